@@ -1,0 +1,102 @@
+"""The one flat, frozen configuration of an explanation run, validated on creation."""
+
+import dataclasses
+import numbers
+from typing import Optional, Union
+
+from kernels import CHANNEL_REDUCTIONS, KERNELS
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+SIZES = ("input", "native")
+
+# Options a caller may pass as **method_options, with the methods that read them.
+METHOD_OPTIONS = {
+    "channel_reduce": ("saliency", "smoothgrad"),
+    "num_samples": ("smoothgrad",),
+    "noise_sigma": ("smoothgrad",),
+    "noise_seed": ("smoothgrad",),
+    "num_steps": ("integrated_gradients",),
+    "baseline": ("integrated_gradients",),
+    "memory_budget_mb": ("smoothgrad", "integrated_gradients"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainConfig:
+    methods: tuple = ("gradcam",)
+    layer: Optional[str] = None
+    normalize: bool = True
+    size: str = "input"
+    precision: str = "float32"
+    batch_size: int = 64
+    xla: Union[bool, str] = "auto"
+    unsafe: bool = False
+    channel_reduce: str = "max"
+    num_samples: int = 25
+    noise_sigma: float = 0.15
+    noise_seed: int = 0
+    num_steps: int = 32
+    baseline: float = 0.0
+    memory_budget_mb: int = 1024
+
+    def __post_init__(self):
+        methods = self.methods
+        if isinstance(methods, str):
+            methods = (methods,)
+        if not isinstance(methods, (tuple, list)) or not methods:
+            raise TypeError(f"methods must be a non-empty sequence of method names; got {self.methods!r}")
+        unknown = [m for m in methods if m not in KERNELS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; "
+                             f"choose from {', '.join(KERNELS)}")
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods must not repeat; got {list(methods)}")
+        object.__setattr__(self, "methods", tuple(methods))
+        if self.layer is not None and not isinstance(self.layer, str):
+            raise TypeError(f"layer must be a layer name or None; got {self.layer!r}")
+        _check_bool("normalize", self.normalize)
+        _check_bool("unsafe", self.unsafe)
+        _check_choice("size", self.size, SIZES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("channel_reduce", self.channel_reduce, CHANNEL_REDUCTIONS)
+        if not (self.xla is True or self.xla is False or self.xla == "auto"):
+            raise ValueError(f"xla must be True, False or 'auto'; got {self.xla!r}")
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("num_samples", self.num_samples, 1)
+        _check_int("num_steps", self.num_steps, 1)
+        _check_int("noise_seed", self.noise_seed, 0)
+        _check_int("memory_budget_mb", self.memory_budget_mb, 1)
+        if (not isinstance(self.noise_sigma, numbers.Real) or isinstance(self.noise_sigma, bool)
+                or not 0 <= self.noise_sigma):
+            raise ValueError(f"noise_sigma must be a number >= 0 (a fraction of each image's "
+                             f"value range); got {self.noise_sigma!r}")
+        if not isinstance(self.baseline, numbers.Real) or isinstance(self.baseline, bool):
+            raise TypeError(f"baseline must be a number (the constant image Integrated Gradients "
+                            f"starts from); got {self.baseline!r}")
+
+
+def make_config(methods=("gradcam",), **options):
+    """ExplainConfig from keyword options, with one clear line for an unknown option."""
+    known = {field.name for field in dataclasses.fields(ExplainConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; method options are "
+                        f"{', '.join(METHOD_OPTIONS)}")
+    return ExplainConfig(methods=methods, **options)
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _check_int(name, value, minimum):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
