@@ -66,6 +66,8 @@ class ExplainConfig:
         _check_int("num_steps", self.num_steps, 1)
         _check_int("noise_seed", self.noise_seed, 0)
         _check_int("memory_budget_mb", self.memory_budget_mb, 1)
+        if self.noise_seed >= 2 ** 32:
+            raise ValueError(f"noise_seed must be below 2**32; got {self.noise_seed}")
         if (not isinstance(self.noise_sigma, numbers.Real) or isinstance(self.noise_sigma, bool)
                 or not 0 <= self.noise_sigma):
             raise ValueError(f"noise_sigma must be a number >= 0 (a fraction of each image's "

@@ -392,6 +392,7 @@ def _adapt_keras(model, flavor, layer, precision):
     num_classes = int(output.shape[-1])
     if output_kind == "sigmoid" and num_classes == 1:
         output_kind = "binary_sigmoid"
+        num_classes = 2  # class 0 is explained by -z, class 1 by z
 
     def to_logits(values):  # values: the logits tensor's value [B, classes or features]
         values = tf.cast(values, tf.float32)

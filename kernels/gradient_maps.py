@@ -28,29 +28,17 @@ def smoothgrad(input_gradient, images, targets, sample_index, *, num_samples=25,
 
     The mean gradient over `num_samples` noisy copies, noise std = noise_sigma *
     (max(x) - min(x)) per image, then reduced over channels as `saliency` does.
-    The noise of copy j of a sample comes from a stateless generator keyed by
-    (noise_seed, sample_index, j): a map never depends on the batch it sat in.
+    The noise of copy j of a sample is a function of (noise_seed, sample_index, j)
+    only (see `sample_noise`): a map never depends on the batch it sat in.
     Copies are folded into the batch, `copies_per_call` copies per gradient call.
     """
     images = tf.cast(images, tf.float32)
     spread = (tf.reduce_max(images, axis=(1, 2, 3))
               - tf.reduce_min(images, axis=(1, 2, 3)))  # [B]
     noise_std = noise_sigma * spread[:, None, None, None]  # [B,1,1,1]
-    sample_index = tf.cast(sample_index, tf.int64)
-    image_shape = tf.shape(images)[1:]
 
     def noisy_copies(copy_ids):  # copy_ids[c] -> images[c,B,H,W,C]
-        pairs = tf.stack(tf.meshgrid(tf.cast(copy_ids, tf.int64), sample_index,
-                                     indexing="ij"), axis=-1)  # [c,B,2]
-        pairs = tf.reshape(pairs, [-1, 2])  # [c*B,2]
-
-        def one_noise(pair):
-            seed = tf.stack([tf.cast(noise_seed, tf.int64), pair[1]])
-            seed = tf.random.experimental.stateless_fold_in(seed, pair[0])
-            return tf.random.stateless_normal(image_shape, seed=seed)
-
-        noise = tf.map_fn(one_noise, pairs, fn_output_signature=tf.float32)  # [c*B,H,W,C]
-        noise = tf.reshape(noise, tf.concat([[-1], tf.shape(images)], 0))  # [c,B,H,W,C]
+        noise = sample_noise(noise_seed, sample_index, copy_ids, tf.shape(images)[1:])
         return images[None] + noise * noise_std[None]
 
     mean_grads = mean_gradient_over_copies(input_gradient, noisy_copies, targets,
@@ -81,6 +69,56 @@ def integrated_gradients(input_gradient, images, targets, baselines, *, num_step
     mean_grads = mean_gradient_over_copies(input_gradient, path_points, targets,
                                            num_steps, copies_per_call)
     return tf.reduce_sum(differences * mean_grads, axis=-1)  # [B,H,W]
+
+
+def sample_noise(noise_seed, sample_index, copy_ids, image_shape):
+    """Standard normal noise keyed by (noise_seed, sample_index, copy, position).
+
+    sample_index[B] int, copy_ids[c] int, image_shape [H,W,C] -> noise[c,B,H,W,C].
+
+    TensorFlow's stateless generators give other numbers under XLA than in graph mode,
+    even with the algorithm named (measured with Philox on CPU, TF 2.21), and a
+    sample's noise must depend neither on its batch nor on how the step was compiled.
+    So the bits come from an integer hash of a counter, exact in every backend, and
+    Box-Muller turns pairs of them into normals.
+    """
+    sample_index = tf.cast(sample_index, tf.int64)
+    low = tf.cast(tf.bitwise.bitwise_and(sample_index, 0xFFFFFFFF), tf.uint32)
+    high = tf.cast(tf.bitwise.right_shift(sample_index, 32), tf.uint32)
+    seed = tf.fill(tf.shape(low), tf.cast(noise_seed, tf.uint32))  # [B]
+    sample_keys = _mix(_mix(seed, low), high)  # [B]
+    copy_keys = _mix(sample_keys[None, :], tf.cast(copy_ids, tf.uint32)[:, None])  # [c,B]
+    size = tf.reduce_prod(image_shape)
+    counters = tf.range(size, dtype=tf.int32)
+    even = tf.cast(2 * counters, tf.uint32)  # [HWC]
+    radius_bits = _mix(copy_keys[..., None], even)  # [c,B,HWC]
+    angle_bits = _mix(copy_keys[..., None], even + 1)  # [c,B,HWC]
+    radius = tf.sqrt(-2.0 * tf.math.log(_unit_interval(radius_bits)))
+    noise = radius * tf.cos(2.0 * 3.141592653589793 * _unit_interval(angle_bits))
+    return tf.reshape(noise, tf.concat([tf.shape(copy_keys), image_shape], 0))
+
+
+_GOLDEN_RATIO_32 = 0x9E3779B9
+
+
+def _hash32(values):
+    """uint32 -> uint32: the "lowbias32" integer hash (xor-shift-multiply, two rounds)."""
+    values = tf.bitwise.bitwise_xor(values, tf.bitwise.right_shift(values, tf.constant(16, tf.uint32)))
+    values = values * tf.constant(0x7FEB352D, tf.uint32)
+    values = tf.bitwise.bitwise_xor(values, tf.bitwise.right_shift(values, tf.constant(15, tf.uint32)))
+    values = values * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(values, tf.bitwise.right_shift(values, tf.constant(16, tf.uint32)))
+
+
+def _mix(keys, values):
+    """Two uint32 tensors (broadcast) -> one uint32 key that depends on both."""
+    return _hash32(tf.bitwise.bitwise_xor(keys, _hash32(values + tf.constant(_GOLDEN_RATIO_32, tf.uint32))))
+
+
+def _unit_interval(bits):
+    """uint32 -> float32 in (0, 1): the top 24 bits, centred, so log() never sees 0."""
+    top = tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32)
+    return (top + 0.5) / float(2 ** 24)
 
 
 def mean_gradient_over_copies(input_gradient, make_copies, targets, num_copies,
