@@ -1,0 +1,228 @@
+"""CAM-family kernels against float64 NumPy references written as explicit per-image
+loops over the papers' formulas, plus the methods' known properties."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kernels import cam, gradcam, gradcam_plus_plus
+from tests.tolerances import GRADCAM_CAM_RTOL, KERNEL_ATOL, KERNEL_RTOL
+
+B, h, w, K = 4, 5, 6, 7
+
+
+# --- float64 references: one image, one channel, one position at a time ----------------
+
+def reference_cam(activations, class_weights):
+    A = np.asarray(activations, np.float64)
+    W = np.asarray(class_weights, np.float64)
+    out = np.zeros(A.shape[:3])
+    for b in range(A.shape[0]):
+        for i in range(A.shape[1]):
+            for j in range(A.shape[2]):
+                total = 0.0
+                for k in range(A.shape[3]):
+                    total += W[b, k] * A[b, i, j, k]
+                out[b, i, j] = total
+    return out
+
+
+def reference_gradcam(activations, activation_grads):
+    A = np.asarray(activations, np.float64)
+    G = np.asarray(activation_grads, np.float64)
+    nb, nh, nw, nk = A.shape
+    out = np.zeros((nb, nh, nw))
+    for b in range(nb):
+        alpha = np.zeros(nk)
+        for k in range(nk):
+            alpha[k] = sum(G[b, i, j, k] for i in range(nh) for j in range(nw)) / (nh * nw)
+        for i in range(nh):
+            for j in range(nw):
+                out[b, i, j] = max(0.0, sum(alpha[k] * A[b, i, j, k] for k in range(nk)))
+    return out
+
+
+def reference_gradcam_plus_plus(activations, activation_grads):
+    """alpha = g^2 / (2 g^2 + sum_ab A_ab g^3) (0 where the denominator is 0),
+    w_k = sum_ij alpha * ReLU(g), map = ReLU(sum_k w_k A_k)."""
+    A = np.asarray(activations, np.float64)
+    G = np.asarray(activation_grads, np.float64)
+    nb, nh, nw, nk = A.shape
+    out = np.zeros((nb, nh, nw))
+    for b in range(nb):
+        weights = np.zeros(nk)
+        for k in range(nk):
+            channel_total = sum(A[b, a, c, k] for a in range(nh) for c in range(nw))
+            for i in range(nh):
+                for j in range(nw):
+                    g = G[b, i, j, k]
+                    denominator = 2.0 * g ** 2 + channel_total * g ** 3
+                    alpha = 0.0 if denominator == 0.0 else g ** 2 / denominator
+                    weights[k] += alpha * max(g, 0.0)
+        for i in range(nh):
+            for j in range(nw):
+                out[b, i, j] = max(0.0, sum(weights[k] * A[b, i, j, k] for k in range(nk)))
+    return out
+
+
+# --- inputs ----------------------------------------------------------------------------
+
+def random_activations(rng, shape=(B, h, w, K)):
+    """Post-ReLU-like activations: non-negative, about a third of them exactly zero."""
+    return np.maximum(rng.normal(0.3, 1.0, shape), 0.0).astype(np.float32)
+
+
+def random_grads(rng, shape=(B, h, w, K), scale=0.3):
+    return (scale * rng.normal(size=shape)).astype(np.float32)
+
+
+def assert_close(actual, expected):
+    np.testing.assert_allclose(np.asarray(actual, np.float64), expected,
+                               rtol=KERNEL_RTOL, atol=KERNEL_ATOL)
+
+
+# --- against the references ------------------------------------------------------------
+
+def test_cam_matches_reference(rng):
+    A = rng.normal(size=(B, h, w, K)).astype(np.float32)
+    W = rng.normal(size=(B, K)).astype(np.float32)
+    out = cam(A, W)
+    assert out.shape == (B, h, w) and out.dtype == tf.float32
+    expected = reference_cam(A, W)
+    assert (expected < 0).any(), "CAM is signed: the test needs negative values"
+    assert_close(out, expected)
+
+
+def test_gradcam_matches_reference(rng):
+    A = random_activations(rng)
+    G = random_grads(rng)
+    out = gradcam(A, G)
+    assert out.shape == (B, h, w) and out.dtype == tf.float32
+    expected = reference_gradcam(A, G)
+    assert (expected == 0).any() and (expected > 0).any(), "the ReLU must bite somewhere"
+    assert_close(out, expected)
+
+
+@pytest.mark.parametrize("activation_sign", ["non_negative", "signed"])
+def test_gradcam_plus_plus_matches_reference(rng, activation_sign):
+    G = random_grads(rng)
+    if activation_sign == "non_negative":
+        A = random_activations(rng)
+    else:
+        A = rng.normal(size=(B, h, w, K)).astype(np.float32)
+        # Negative channel sums put a pole at 2 + S g = 0 for some g > 0, where alpha
+        # has no float32 digits left; keep the inputs away from it (flip those g).
+        S = A.astype(np.float64).sum(axis=(1, 2), keepdims=True)
+        near_pole = (G > 0) & (np.abs(2.0 + S * G) < 0.5)
+        G[near_pole] *= -1.0
+        assert ((G > 0) & (S < 0)).any(), "the signed case must have negative channel sums"
+    out = gradcam_plus_plus(A, G)
+    assert out.shape == (B, h, w) and out.dtype == tf.float32
+    expected = reference_gradcam_plus_plus(A, G)
+    assert (expected > 0).any()
+    assert_close(out, expected)
+
+
+def test_gradcam_plus_plus_zero_gradients_give_zero_alpha_not_nan(rng):
+    A = random_activations(rng)
+    G = random_grads(rng)
+    G[rng.uniform(size=G.shape) < 0.4] = 0.0  # scattered zeros
+    G[0, :, :, 2] = 0.0  # a whole channel without gradient
+    G[1] = 0.0  # a whole image without gradient
+    out = gradcam_plus_plus(A, G).numpy()
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[1], 0.0)
+    assert_close(out, reference_gradcam_plus_plus(A, G))
+
+
+def test_gradcam_plus_plus_channel_without_gradient_has_no_weight(rng):
+    """A channel whose gradient is 0 everywhere contributes nothing, however large."""
+    A = random_activations(rng)
+    G = random_grads(rng)
+    G[..., 3] = 0.0
+    A_loud = A.copy()
+    A_loud[..., 3] = 1e3
+    np.testing.assert_allclose(gradcam_plus_plus(A_loud, G).numpy(),
+                               gradcam_plus_plus(A, G).numpy(),
+                               rtol=KERNEL_RTOL, atol=KERNEL_ATOL)
+
+
+def test_gradcam_zero_gradients_give_zero_maps(rng):
+    A = random_activations(rng)
+    out = gradcam(A, np.zeros_like(A)).numpy()
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out, 0.0)
+
+
+# --- float32 arithmetic whatever the input dtype ---------------------------------------
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+@pytest.mark.parametrize("name", ["cam", "gradcam", "gradcam_plus_plus"])
+def test_low_precision_inputs_give_float32_maps(rng, dtype, name):
+    kernel, reference = {
+        "cam": (cam, reference_cam),
+        "gradcam": (gradcam, reference_gradcam),
+        "gradcam_plus_plus": (gradcam_plus_plus, reference_gradcam_plus_plus),
+    }[name]
+    A = tf.constant(random_activations(rng), dtype)
+    if name == "cam":
+        second = tf.constant(rng.normal(size=(B, K)), dtype)
+    else:
+        second = tf.constant(random_grads(rng), dtype)
+    out = kernel(A, second)
+    assert out.dtype == tf.float32
+    # The reference sees exactly the rounded inputs; the arithmetic after them is
+    # float32, so the kernel tolerance holds (a half-precision sum would not).
+    assert_close(out, reference(tf.cast(A, tf.float64).numpy(),
+                                tf.cast(second, tf.float64).numpy()))
+
+
+# --- properties ------------------------------------------------------------------------
+
+def test_gradcam_with_constant_channel_gradients_is_relu_of_weighted_sum(rng):
+    A = rng.normal(size=(B, h, w, K)).astype(np.float32)
+    per_channel = rng.normal(size=(B, K)).astype(np.float32)
+    G = np.broadcast_to(per_channel[:, None, None, :], A.shape).copy()
+    expected = np.maximum(np.einsum("bijk,bk->bij", A.astype(np.float64),
+                                    per_channel.astype(np.float64)), 0.0)
+    assert (expected == 0).any() and (expected > 0).any()
+    assert_close(gradcam(A, G), expected)
+    # ... which is ReLU(CAM) with those weights.
+    assert_close(gradcam(A, G), np.maximum(cam(A, per_channel).numpy(), 0.0))
+
+
+def test_gradcam_on_gap_dense_head_is_relu_cam_over_area(rng):
+    """GAP then dense: dy_c/dA[i,j,k] = W[k,c] / (h*w) everywhere, so Grad-CAM equals
+    ReLU(CAM) / (h*w) (DESIGN.md)."""
+    A = random_activations(rng)
+    W = rng.normal(size=(B, K)).astype(np.float32)
+    G = np.broadcast_to((W / (h * w))[:, None, None, :], A.shape).astype(np.float32)
+    expected = np.maximum(cam(A, W).numpy(), 0.0) / (h * w)
+    assert (expected == 0).any() and (expected > 0).any()
+    np.testing.assert_allclose(gradcam(A, G).numpy(), expected, rtol=GRADCAM_CAM_RTOL,
+                               atol=KERNEL_ATOL / (h * w))
+
+
+def test_cam_is_linear_in_the_weights(rng):
+    A = rng.normal(size=(B, h, w, K)).astype(np.float32)
+    W1 = rng.normal(size=(B, K)).astype(np.float32)
+    W2 = rng.normal(size=(B, K)).astype(np.float32)
+    a, b = 1.5, -0.75
+    combined = (a * W1.astype(np.float64) + b * W2).astype(np.float32)
+    assert_close(cam(A, combined),
+                 a * cam(A, W1).numpy().astype(np.float64) + b * cam(A, W2).numpy())
+    # No hidden bias: zero weights give a zero map.
+    np.testing.assert_array_equal(cam(A, np.zeros_like(W1)).numpy(), 0.0)
+
+
+def test_gradcam_plus_plus_scales_with_gradients_when_channel_sums_vanish(rng):
+    """With every channel sum of A at 0, alpha = 1/2 wherever g != 0, so scaling the
+    gradients by a positive s scales the weights, hence the map, by s."""
+    A = rng.normal(size=(1, h, w, K))
+    A -= A.mean(axis=(1, 2), keepdims=True)  # channel sums exactly 0 (up to rounding)
+    A = A.astype(np.float32)
+    G = random_grads(rng, (1, h, w, K))
+    base = gradcam_plus_plus(A, G).numpy()
+    assert (base > 0).any()
+    np.testing.assert_allclose(gradcam_plus_plus(A, 3.0 * G).numpy(), 3.0 * base,
+                               rtol=KERNEL_RTOL, atol=KERNEL_ATOL)
