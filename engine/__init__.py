@@ -12,6 +12,7 @@ _EXPORTS = {
     "explain": "engine.api", "Explanation": "engine.api",
     "ExplainConfig": "engine.config", "make_config": "engine.config",
     "ModelAdapter": "engine.model", "adapt_model": "engine.model", "load_model": "engine.model",
+    "open_results": "engine.results", "run_job": "engine.runner",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -8,6 +8,8 @@ from kernels import CHANNEL_REDUCTIONS, KERNELS
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 SIZES = ("input", "native")
+COMPRESSIONS = ("gzip", "lzf", "none")
+TARGET_MODES = ("predicted", "label")
 
 # Options a caller may pass as **method_options, with the methods that read them.
 METHOD_OPTIONS = {
@@ -38,6 +40,24 @@ class ExplainConfig:
     num_steps: int = 32
     baseline: float = 0.0
     memory_budget_mb: int = 1024
+    # A dataset job (`sightline explain`); `explain()` on arrays ignores these.
+    model: Optional[str] = None
+    data: Optional[str] = None
+    out: Optional[str] = None
+    labels: Optional[str] = None
+    target: Union[str, int] = "predicted"
+    shard_size: int = 1024
+    image_size: Optional[tuple] = None
+    preprocess: str = "none"
+    devices: Union[str, int] = "all"
+    compression: str = "gzip"
+    worker: Optional[int] = None
+    workers: Optional[int] = None
+    overwrite: bool = False
+    log_json: bool = False
+    quiet: bool = False
+    tfrecord_image_key: str = "image/encoded"
+    tfrecord_label_key: str = "image/class/label"
 
     def __post_init__(self):
         methods = self.methods
@@ -75,6 +95,30 @@ class ExplainConfig:
         if not isinstance(self.baseline, numbers.Real) or isinstance(self.baseline, bool):
             raise TypeError(f"baseline must be a number (the constant image Integrated Gradients "
                             f"starts from); got {self.baseline!r}")
+        _check_int("shard_size", self.shard_size, 1)
+        _check_choice("compression", self.compression, COMPRESSIONS)
+        _check_bool("overwrite", self.overwrite)
+        _check_bool("log_json", self.log_json)
+        _check_bool("quiet", self.quiet)
+        if not (self.target in TARGET_MODES or (isinstance(self.target, numbers.Integral)
+                                                and not isinstance(self.target, bool)
+                                                and self.target >= 0)):
+            raise ValueError(f"target must be 'predicted', 'label' or a class index >= 0; "
+                             f"got {self.target!r}")
+        if self.image_size is not None:
+            size = tuple(self.image_size)
+            if len(size) != 2 or not all(isinstance(v, numbers.Integral) and v > 0 for v in size):
+                raise ValueError(f"image_size must be two positive integers (height, width); "
+                                 f"got {self.image_size!r}")
+            object.__setattr__(self, "image_size", tuple(int(v) for v in size))
+        from engine.pipeline import preprocessing_name
+        object.__setattr__(self, "preprocess", preprocessing_name(self.preprocess))
+        from engine.strategy import parse_devices
+        object.__setattr__(self, "devices", parse_devices(self.devices))
+        for name in ("worker", "workers"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value, 0 if name == "worker" else 1)
 
 
 def make_config(methods=("gradcam",), **options):

@@ -42,6 +42,7 @@ class ModelAdapter:
     input_shape: tuple  # (H, W, C); H and W may be None for fully convolutional models
     num_classes: int
     layer_name: Optional[str]
+    logits_layer: Optional[str]  # the layer whose output (or pre-activation) is explained
     activation_shape: Optional[tuple]  # (h, w, K)
     cam_weights: Optional[tf.Tensor]
     cam_unsupported: Optional[str]
@@ -289,7 +290,8 @@ def _adapt_saved_model(loaded, layer):
     return ModelAdapter(
         forward=forward, backbone=None, head=None,
         input_shape=tuple(input_specs[0].shape[1:]),
-        num_classes=int(output_spec.shape[-1]), layer_name=None, activation_shape=None,
+        num_classes=int(output_spec.shape[-1]), layer_name=None, logits_layer=None,
+        activation_shape=None,
         cam_weights=None, cam_unsupported=reason, activations_unsupported=reason,
         output_kind="served", flavor="saved_model", precision="float32",
         # No layers to count: assume a network of typical depth for its input size.
@@ -390,6 +392,7 @@ def _adapt_keras(model, flavor, layer, precision):
         output_kind = "logits"
         logits_tensor = output
     num_classes = int(output.shape[-1])
+    logits_layer = (dense_with_activation or graph.producer(logits_tensor)).name
     if output_kind == "sigmoid" and num_classes == 1:
         output_kind = "binary_sigmoid"
         num_classes = 2  # class 0 is explained by -z, class 1 by z
@@ -440,7 +443,8 @@ def _adapt_keras(model, flavor, layer, precision):
 
         return ModelAdapter(
             forward=forward, backbone=None, head=None, input_shape=tuple(inputs.shape[1:]),
-            num_classes=num_classes, layer_name=None, activation_shape=None, cam_weights=None,
+            num_classes=num_classes, layer_name=None, logits_layer=logits_layer,
+            activation_shape=None, cam_weights=None,
             cam_unsupported=activations_unsupported,
             activations_unsupported=activations_unsupported, output_kind=output_kind,
             flavor=flavor, precision=precision, values_per_image=_values_per_image(model),
@@ -478,7 +482,7 @@ def _adapt_keras(model, flavor, layer, precision):
 
     return ModelAdapter(
         forward=forward, backbone=backbone, head=head, input_shape=tuple(inputs.shape[1:]),
-        num_classes=num_classes, layer_name=target.name,
+        num_classes=num_classes, layer_name=target.name, logits_layer=logits_layer,
         activation_shape=tuple(activations_tensor.shape[1:]), cam_weights=cam_weights,
         cam_unsupported=cam_unsupported, activations_unsupported=None,
         output_kind=output_kind, flavor=flavor, precision=precision,

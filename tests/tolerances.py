@@ -28,3 +28,7 @@ GRADCAM_CAM_RTOL = 1e-5
 # gradients pass back through every layer in bfloat16 (8-bit significand), so on
 # random-weight models saliency keeps less: 0.975 measured for mixed_bfloat16.
 MIXED_PRECISION_MIN_CORRELATION = {"cam": 0.98, "gradcam": 0.98, "saliency": 0.95}
+
+# Maps stored as float16 in [0, 1] against float32 maps: half a float16 step near 1
+# (2**-11) plus MODEL_ATOL for the different batch shapes of the two runs.
+FLOAT16_ATOL = 2 ** -11 + MODEL_ATOL

@@ -1,0 +1,89 @@
+"""The input pipeline: parallel decode and resize, preprocessing, fixed-shape batches.
+
+Every batch has the same shape, so the compiled step traces once: the last batch of a
+range is padded and carries a validity mask. A sample that cannot be decoded is
+dropped here; the runner finds it by its missing index and records why.
+"""
+
+import tensorflow as tf
+
+PREPROCESSING = {
+    "none": "none", "unit": "unit", "[0,1]": "unit", "0,1": "unit",
+    "symmetric": "symmetric", "[-1,1]": "symmetric", "-1,1": "symmetric",
+    "caffe": "caffe", "torch": "torch",
+}
+
+# ImageNet statistics of the two common conventions (Keras applications' "caffe" and
+# "torch" modes): caffe is BGR with mean subtraction on 0..255, torch is RGB on 0..1.
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+def preprocessing_name(name):
+    """The canonical name of a preprocessing convention, or a ValueError."""
+    if name not in PREPROCESSING:
+        raise ValueError(f"unknown preprocessing {name!r}; choose from none, [0,1], [-1,1], "
+                         "caffe, torch")
+    return PREPROCESSING[name]
+
+
+def preprocess(images, name):
+    """images[...,H,W,C] float32 in 0..255 -> the model's input convention."""
+    name = preprocessing_name(name)
+    if name == "none":
+        return images
+    if name == "unit":
+        return images / 255.0
+    if name == "symmetric":
+        return images / 127.5 - 1.0
+    if images.shape[-1] != 3:
+        raise ValueError(f"preprocessing {name!r} needs 3-channel RGB images; these have "
+                         f"{images.shape[-1]} channels")
+    if name == "caffe":
+        return images[..., ::-1] - tf.constant(_CAFFE_BGR_MEAN, tf.float32)
+    return (images / 255.0 - tf.constant(_TORCH_MEAN, tf.float32)) / tf.constant(_TORCH_STD, tf.float32)
+
+
+def batches(source, start, stop, *, batch_size, image_size, channels, preprocessing="none"):
+    """Fixed-shape batches of samples [start, stop) of `source`.
+
+    Yields dicts: images[B,H,W,C] float32, labels[B] int32, index[B] int64 (-1 in
+    padding), keys[B] string, mask[B] bool (False in padding).
+    """
+    height, width = image_size
+    name = preprocessing_name(preprocessing)
+
+    def prepare(content, label, index, key):
+        if source.encoded:
+            image = tf.io.decode_image(content, channels=channels, expand_animations=False)
+            image.set_shape([None, None, channels])
+        else:
+            image = content
+        image = tf.cast(image, tf.float32)
+        if not source.encoded and source.array_shape[:2] == (height, width):
+            resized = image
+        else:
+            resized = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
+        resized = tf.ensure_shape(resized, [height, width, channels])
+        return preprocess(resized, name), label, index, key
+
+    def pad(images, labels, index, keys):
+        count = tf.shape(images)[0]
+        missing = batch_size - count
+        return {
+            "images": tf.ensure_shape(tf.pad(images, [[0, missing], [0, 0], [0, 0], [0, 0]]),
+                                      [batch_size, height, width, channels]),
+            "labels": tf.ensure_shape(tf.pad(labels, [[0, missing]], constant_values=-1), [batch_size]),
+            "index": tf.ensure_shape(tf.pad(index, [[0, missing]], constant_values=-1), [batch_size]),
+            "keys": tf.ensure_shape(tf.pad(keys, [[0, missing]]), [batch_size]),
+            "mask": tf.ensure_shape(tf.range(batch_size) < count, [batch_size]),
+        }
+
+    dataset = (source.records(start, stop)
+               .map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .ignore_errors()
+               .batch(batch_size)
+               .map(pad)
+               .prefetch(tf.data.AUTOTUNE))
+    return dataset

@@ -1,0 +1,277 @@
+"""Data sources: a folder of images, TFRecord files, a .npy array, an HDF5 dataset.
+
+A source lists its samples up front, in a deterministic order: sample `i` is the
+same image in every run, on every worker. `records(start, stop)` gives a tf.data
+dataset of the raw samples in that index range, each with its index, label and key.
+"""
+
+import dataclasses
+import glob
+import os
+import re
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A listed data source.
+
+    kind: "folder", "tfrecord", "npy" or "h5"; description: what the manifest records;
+    keys[N] str; labels[N] int32 (-1 where unknown); class_names: folder classes.
+    encoded: samples are encoded image files (decode them); else arrays [N,H,W,C].
+    """
+
+    kind: str
+    description: str
+    keys: tuple
+    labels: np.ndarray
+    class_names: tuple
+    encoded: bool
+    array_shape: Optional[tuple] = None  # (H, W, C) of array sources
+    paths: tuple = ()  # folder: one per sample; tfrecord: the files
+    array_file: Optional[str] = None
+    array_dataset: Optional[str] = None
+    image_key: str = "image/encoded"
+    label_key: str = "image/class/label"
+
+    @property
+    def num_samples(self):
+        return len(self.keys)
+
+    def records(self, start, stop):
+        """tf.data of (image_bytes or image_array, label, index, key) for [start, stop)."""
+        labels = self.labels[start:stop]
+        indices = np.arange(start, stop, dtype=np.int64)
+        keys = np.asarray(self.keys[start:stop], dtype=object).astype(str)
+        if self.kind == "folder":
+            paths = tf.data.Dataset.from_tensor_slices(list(self.paths[start:stop]))
+            contents = paths.map(tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE)
+        elif self.kind == "tfrecord":
+            parse = _tfrecord_parser(self.image_key)
+            contents = (tf.data.TFRecordDataset(list(self.paths)).skip(start).take(stop - start)
+                        .map(parse, num_parallel_calls=tf.data.AUTOTUNE))
+        else:
+            contents = tf.data.Dataset.from_generator(
+                lambda: _array_rows(self, start, stop),
+                output_signature=tf.TensorSpec(self.array_shape, self._array_dtype()))
+        meta = tf.data.Dataset.from_tensor_slices((labels, indices, keys))
+        return tf.data.Dataset.zip((contents, meta)).map(
+            lambda content, m: (content, m[0], m[1], m[2]))
+
+    def _array_dtype(self):
+        with _open_array(self) as array:
+            return tf.as_dtype(array.dtype)
+
+    def read_error(self, index):
+        """Why sample `index` cannot be decoded, or None (it can)."""
+        if not self.encoded:
+            return None
+        try:
+            if self.kind == "folder":
+                data = tf.io.read_file(self.paths[index])
+            else:
+                record = next(iter(tf.data.TFRecordDataset(list(self.paths)).skip(index).take(1)))
+                data = _tfrecord_parser(self.image_key)(record)
+            tf.io.decode_image(data, expand_animations=False)
+        except (tf.errors.OpError, OSError, StopIteration) as error:
+            message = getattr(error, "message", None) or str(error) or type(error).__name__
+            # TensorFlow wraps the decoder's words in op names: keep the words only.
+            message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
+            message = re.sub(r"\s*\[Op:\w+\].*$", "", message.strip().splitlines()[-1])
+            return message.strip()[:200] or type(error).__name__
+        return None
+
+
+def _tfrecord_parser(image_key):
+    def parse(record):
+        features = tf.io.parse_single_example(
+            record, {image_key: tf.io.FixedLenFeature([], tf.string)})
+        return features[image_key]
+    return parse
+
+
+class _open_array:
+    """Context manager over an .npy (memory-mapped) or HDF5 dataset."""
+
+    def __init__(self, source):
+        self.source = source
+        self.handle = None
+
+    def __enter__(self):
+        if self.source.kind == "npy":
+            return np.load(self.source.array_file, mmap_mode="r")
+        import h5py
+        self.handle = h5py.File(self.source.array_file, "r")
+        return self.handle[self.source.array_dataset]
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _array_rows(source, start, stop, chunk=256):
+    with _open_array(source) as array:
+        for begin in range(start, stop, chunk):
+            block = np.asarray(array[begin:min(begin + chunk, stop)])
+            yield from block
+
+
+# ----------------------------------------------------------------------------- opening
+
+
+def open_source(spec, *, labels=None, image_key="image/encoded", label_key="image/class/label"):
+    """List a source. spec: a folder, a TFRecord file/glob/folder, `x.npy`, `x.h5:/images`.
+
+    labels: for arrays, a `.npy` file or `file.h5:/dataset` of int labels [N].
+    Raises ValueError with one line when the source is missing, empty or unreadable.
+    """
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"data source must be a path; got {type(spec).__name__}")
+    spec = os.fspath(spec)
+    path, _, dataset = _split_h5_spec(spec)
+    if path.lower().endswith((".h5", ".hdf5")):
+        return _open_h5(path, dataset, spec, labels)
+    if path.lower().endswith(".npy"):
+        return _open_npy(path, labels)
+    if os.path.isdir(spec):
+        records = sorted(f for f in glob.glob(os.path.join(spec, "*"))
+                         if f.lower().endswith(TFRECORD_EXTENSIONS))
+        if records:
+            return _open_tfrecords(records, spec, image_key, label_key)
+        return _open_folder(spec)
+    if any(ch in spec for ch in "*?[") or spec.lower().endswith(TFRECORD_EXTENSIONS):
+        records = sorted(glob.glob(spec))
+        if not records:
+            raise ValueError(f"no TFRecord files match {spec!r}; check the path or pattern")
+        return _open_tfrecords(records, spec, image_key, label_key)
+    if not os.path.exists(spec):
+        raise ValueError(f"data source not found: {spec!r}; pass a folder of images, TFRecord "
+                         "files, a .npy file or file.h5:/dataset")
+    raise ValueError(f"unrecognised data source {spec!r}: expected a folder of images, TFRecord "
+                     "files (.tfrecord), a .npy file or file.h5:/dataset")
+
+
+def _split_h5_spec(spec):
+    lowered = spec.lower()
+    for ext in (".h5:", ".hdf5:"):
+        position = lowered.find(ext)
+        if position >= 0:
+            cut = position + len(ext) - 1
+            return spec[:cut], ":", spec[cut + 1:]
+    return spec, "", ""
+
+
+def _open_folder(folder):
+    entries = sorted(os.listdir(folder))
+    class_names = tuple(e for e in entries if os.path.isdir(os.path.join(folder, e)))
+    paths, labels = [], []
+    for name in entries:
+        full = os.path.join(folder, name)
+        if os.path.isfile(full) and name.lower().endswith(IMAGE_EXTENSIONS):
+            paths.append(full)
+            labels.append(-1)
+    for label, class_name in enumerate(class_names):
+        for root, dirs, files in os.walk(os.path.join(folder, class_name)):
+            dirs.sort()
+            for name in sorted(files):
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(root, name))
+                    labels.append(label)
+    if not paths:
+        raise ValueError(f"data folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), "
+                         "directly or in class subfolders")
+    keys = tuple(os.path.relpath(p, folder) for p in paths)
+    return Source(kind="folder", description=f"folder {os.path.abspath(folder)}", keys=keys,
+                  labels=np.asarray(labels, np.int32), class_names=class_names, encoded=True,
+                  paths=tuple(paths))
+
+
+def _open_tfrecords(files, spec, image_key, label_key):
+    keys, labels = [], []
+    for file in files:
+        try:
+            for number, record in enumerate(tf.data.TFRecordDataset(file)):
+                example = tf.train.Example.FromString(record.numpy())
+                features = example.features.feature
+                if image_key not in features:
+                    raise ValueError(f"TFRecord {file!r} record {number} has no feature "
+                                     f"{image_key!r}; features: {', '.join(sorted(features))}; "
+                                     "set the image key (--tfrecord-image-key)")
+                label = features[label_key].int64_list.value if label_key in features else []
+                labels.append(int(label[0]) if len(label) else -1)
+                keys.append(f"{os.path.basename(file)}:{number}")
+        except tf.errors.OpError as error:
+            raise ValueError(f"TFRecord file {file!r} is unreadable ({error.message.strip()})") from None
+    if not keys:
+        raise ValueError(f"TFRecord source {spec!r} holds no records")
+    return Source(kind="tfrecord", description=f"tfrecord {spec}", keys=tuple(keys),
+                  labels=np.asarray(labels, np.int32), class_names=(), encoded=True,
+                  paths=tuple(files), image_key=image_key, label_key=label_key)
+
+
+def _check_array(shape, what):
+    if len(shape) != 4 or shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{what} must hold images [N,H,W,C] with C in 1, 3, 4; its shape is "
+                         f"{tuple(shape)}")
+    if shape[0] == 0:
+        raise ValueError(f"{what} is empty (N = 0)")
+
+
+def _open_npy(path, labels):
+    if not os.path.exists(path):
+        raise ValueError(f"data source not found: {path!r}")
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as error:
+        raise ValueError(f"data source {path!r} is not a readable .npy array ({error})") from None
+    _check_array(array.shape, f"array {path!r}")
+    keys = tuple(f"{os.path.basename(path)}[{i}]" for i in range(array.shape[0]))
+    return Source(kind="npy", description=f"npy {os.path.abspath(path)}", keys=keys,
+                  labels=_read_labels(labels, array.shape[0]), class_names=(), encoded=False,
+                  array_shape=tuple(array.shape[1:]), array_file=path)
+
+
+def _open_h5(path, dataset, spec, labels):
+    import h5py
+    if not os.path.exists(path):
+        raise ValueError(f"data source not found: {path!r}")
+    if not dataset:
+        raise ValueError(f"HDF5 source {spec!r} names no dataset; write it as file.h5:/images")
+    try:
+        with h5py.File(path, "r") as handle:
+            if dataset not in handle:
+                raise ValueError(f"HDF5 file {path!r} has no dataset {dataset!r}; it has "
+                                 f"{', '.join(sorted(handle.keys()))}")
+            shape = handle[dataset].shape
+    except OSError as error:
+        raise ValueError(f"data source {path!r} is not a readable HDF5 file ({error})") from None
+    _check_array(shape, f"dataset {spec!r}")
+    keys = tuple(f"{os.path.basename(path)}:{dataset}[{i}]" for i in range(shape[0]))
+    return Source(kind="h5", description=f"h5 {os.path.abspath(path)}:{dataset}", keys=keys,
+                  labels=_read_labels(labels, shape[0]), class_names=(), encoded=False,
+                  array_shape=tuple(shape[1:]), array_file=path, array_dataset=dataset)
+
+
+def _read_labels(spec, count):
+    if spec is None:
+        return np.full(count, -1, np.int32)
+    path, _, dataset = _split_h5_spec(os.fspath(spec))
+    try:
+        if dataset:
+            import h5py
+            with h5py.File(path, "r") as handle:
+                values = np.asarray(handle[dataset])
+        else:
+            values = np.load(path)
+    except (OSError, KeyError, ValueError) as error:
+        raise ValueError(f"labels {spec!r} are unreadable ({error})") from None
+    if values.shape != (count,) or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"labels {spec!r} must be {count} integers, one per image; got "
+                         f"shape {values.shape} of {values.dtype}")
+    return values.astype(np.int32)
