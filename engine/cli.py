@@ -4,10 +4,17 @@ Errors in the input end the command with one line on stderr and exit code 2.
 """
 
 import argparse
+import importlib
 import os
 import sys
 
 EXIT_BAD_INPUT = 2
+
+# Commands implemented in modules of their own: name -> (module, one-line help). Each
+# module defines add_arguments(parser) and run(args) -> exit code; its ValueError and
+# TypeError become one line on stderr and exit code 2, like the commands below.
+MODULE_COMMANDS = {
+}
 
 # Options of `sightline explain` that a TOML file (--config) may also give; flags win.
 EXPLAIN_OPTIONS = {
@@ -79,6 +86,10 @@ def build_parser():
 
     inspect = commands.add_parser("inspect", help="summarise an output folder and its shards")
     inspect.add_argument("out", help="the output folder of a job")
+
+    for name, (module, summary) in MODULE_COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary)
+        importlib.import_module(module).add_arguments(sub)
     return parser
 
 
@@ -96,6 +107,8 @@ def main(argv=None):
             return _index(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command in MODULE_COMMANDS:
+            return importlib.import_module(MODULE_COMMANDS[args.command][0]).run(args)
     except (ValueError, TypeError) as error:
         print(f"sightline {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
