@@ -107,7 +107,6 @@ class ShardWriter:
         self.compression = compression
         self.queue = queue.Queue(maxsize=depth)
         self.error = None
-        self.finished = []  # records of shards finished, in order
         self.thread = threading.Thread(target=self._run, name="sightline-writer", daemon=True)
         self.thread.start()
 
@@ -162,7 +161,6 @@ class ShardWriter:
                 elif kind == "finish":
                     record = state.finish(payload)
                     state = None
-                    self.finished.append(record)
                     if self.on_finished is not None:
                         self.on_finished(record)
                 elif kind == "abort":
