@@ -16,13 +16,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def write_image_folder(folder, *, per_class=12, classes=("cat", "dog"), size=(20, 24), seed=0,
                        corrupt=("dog/zz-broken.png",)):
     """PNG images in class subfolders (varied sizes to exercise resizing), plus corrupt files."""
-    from PIL import Image
+    import tensorflow as tf
     rng = np.random.default_rng(seed)
     for label, name in enumerate(classes):
         os.makedirs(os.path.join(folder, name), exist_ok=True)
         for i in range(per_class):
             pixels = (rng.random((size[0] + i % 3, size[1], 3)) * 255).astype(np.uint8)
-            Image.fromarray(pixels).save(os.path.join(folder, name, f"{i:03d}.png"))
+            tf.io.write_file(os.path.join(folder, name, f"{i:03d}.png"), tf.io.encode_png(pixels))
     for relative in corrupt:
         with open(os.path.join(folder, relative), "wb") as handle:
             handle.write(b"\x89PNG\r\n\x1a\n definitely not a png")
