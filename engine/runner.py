@@ -97,9 +97,10 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     write_manifest()
 
     map_shapes = _map_shapes(config, adapter, image_shape)
+    encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
     layout = {
         "maps": map_shapes,
-        "key_length": max(1, max(len(k.encode("utf-8")) for k in source.keys)),
+        "key_length": max(1, encoded_keys.itemsize),
         "attributes": _shard_attributes(config, adapter, image_shape, map_shapes),
     }
     step = build_step(adapter, config, config.batch_size // replicas, image_shape)
@@ -139,7 +140,7 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
                     raise Interrupted(stop_signal[0])
                 outputs = distributed_step(element["images"], element["targets"],
                                            element["index"])
-                arrays = _host_arrays(strategy, outputs, element, source)
+                arrays = _host_arrays(strategy, outputs, element, encoded_keys)
                 seen[arrays["sample/index"] - start] = True
                 writer.append(arrays)
                 progress.advance(len(arrays["sample/index"]))
@@ -257,7 +258,7 @@ def _with_targets(config):
     return attach
 
 
-def _host_arrays(strategy, outputs, element, source):
+def _host_arrays(strategy, outputs, element, encoded_keys):
     """Per-replica results -> the valid rows as NumPy arrays, in the shard layout."""
     def gather(value):
         parts = strategy.experimental_local_results(value)
@@ -269,7 +270,7 @@ def _host_arrays(strategy, outputs, element, source):
     arrays = {
         "sample/index": index.astype(np.int64),
         "sample/label": gather(element["labels"])[valid].astype(np.int32),
-        "sample/key": np.array([source.keys[i].encode("utf-8") for i in index], dtype=np.bytes_),
+        "sample/key": encoded_keys[index],
         "pred/target": gather(outputs["targets"])[valid].astype(np.int32),
         "pred/class": gather(outputs["predictions"])[valid].astype(np.int32),
         "pred/score": gather(outputs["scores"])[valid].astype(np.float32),

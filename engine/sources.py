@@ -39,6 +39,9 @@ class Source:
     array_dataset: Optional[str] = None
     image_key: str = "image/encoded"
     label_key: str = "image/class/label"
+    # tfrecord: per sample, which file (index into paths) and which record in it.
+    record_files: Optional[np.ndarray] = None
+    record_numbers: Optional[np.ndarray] = None
 
     @property
     def num_samples(self):
@@ -53,9 +56,9 @@ class Source:
             paths = tf.data.Dataset.from_tensor_slices(list(self.paths[start:stop]))
             contents = paths.map(tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE)
         elif self.kind == "tfrecord":
-            parse = _tfrecord_parser(self.image_key)
-            contents = (tf.data.TFRecordDataset(list(self.paths)).skip(start).take(stop - start)
-                        .map(parse, num_parallel_calls=tf.data.AUTOTUNE))
+            contents = (self._tfrecords_from(start).take(stop - start)
+                        .map(_tfrecord_parser(self.image_key),
+                             num_parallel_calls=tf.data.AUTOTUNE))
         else:
             contents = tf.data.Dataset.from_generator(
                 lambda: _array_rows(self, start, stop),
@@ -63,6 +66,13 @@ class Source:
         meta = tf.data.Dataset.from_tensor_slices((labels, indices, keys))
         return tf.data.Dataset.zip((contents, meta)).map(
             lambda content, m: (content, m[0], m[1], m[2]))
+
+    def _tfrecords_from(self, index):
+        """Records from sample `index` on: open only the files from its file onwards and
+        skip within that file, so a shard late in the dataset does not read all before it."""
+        first_file = int(self.record_files[index])
+        files = list(self.paths[first_file:])
+        return tf.data.TFRecordDataset(files).skip(int(self.record_numbers[index]))
 
     def _array_dtype(self):
         with _open_array(self) as array:
@@ -76,7 +86,7 @@ class Source:
             if self.kind == "folder":
                 data = tf.io.read_file(self.paths[index])
             else:
-                record = next(iter(tf.data.TFRecordDataset(list(self.paths)).skip(index).take(1)))
+                record = next(iter(self._tfrecords_from(index).take(1)))
                 data = _tfrecord_parser(self.image_key)(record)
             tf.io.decode_image(data, expand_animations=False)
         except (tf.errors.OpError, OSError, StopIteration) as error:
@@ -193,10 +203,12 @@ def _open_folder(folder):
 
 
 def _open_tfrecords(files, spec, image_key, label_key):
-    keys, labels = [], []
-    for file in files:
+    keys, labels, record_files, record_numbers = [], [], [], []
+    for file_index, file in enumerate(files):
         try:
             for number, record in enumerate(tf.data.TFRecordDataset(file)):
+                record_files.append(file_index)
+                record_numbers.append(number)
                 example = tf.train.Example.FromString(record.numpy())
                 features = example.features.feature
                 if image_key not in features:
@@ -212,7 +224,9 @@ def _open_tfrecords(files, spec, image_key, label_key):
         raise ValueError(f"TFRecord source {spec!r} holds no records")
     return Source(kind="tfrecord", description=f"tfrecord {spec}", keys=tuple(keys),
                   labels=np.asarray(labels, np.int32), class_names=(), encoded=True,
-                  paths=tuple(files), image_key=image_key, label_key=label_key)
+                  paths=tuple(files), image_key=image_key, label_key=label_key,
+                  record_files=np.asarray(record_files, np.int32),
+                  record_numbers=np.asarray(record_numbers, np.int64))
 
 
 def _check_array(shape, what):
