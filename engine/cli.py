@@ -33,7 +33,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="sightline",
         description="Batch explanation engine for TensorFlow/Keras image classifiers: CAM, "
-                    "Grad-CAM, Grad-CAM++, saliency, SmoothGrad and Integrated Gradients over "
+                    "Grad-CAM, Grad-CAM++, Score-CAM, saliency, SmoothGrad and Integrated "
+                    "Gradients over "
                     "whole datasets. The Python API is `from engine import explain`.")
     parser.add_argument("--version", action="version", version=f"sightline {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -49,8 +50,8 @@ def build_parser():
     explain.add_argument("--out", help="the output folder")
     explain.add_argument("--labels", help="labels for array sources: a .npy file or file.h5:/labels")
     explain.add_argument("--methods", help="comma-separated: cam, gradcam, gradcam_plus_plus, "
-                                           "saliency, smoothgrad, integrated_gradients "
-                                           "(default gradcam)")
+                                           "scorecam, saliency, smoothgrad, "
+                                           "integrated_gradients (default gradcam)")
     explain.add_argument("--layer", help="target layer name (default: the last 4-D layer)")
     explain.add_argument("--target", help="predicted (default), label, or a class index")
     explain.add_argument("--batch-size", type=int, help="global batch size (default 64)")

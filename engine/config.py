@@ -19,7 +19,7 @@ METHOD_OPTIONS = {
     "noise_seed": ("smoothgrad",),
     "num_steps": ("integrated_gradients",),
     "baseline": ("integrated_gradients",),
-    "memory_budget_mb": ("smoothgrad", "integrated_gradients"),
+    "memory_budget_mb": ("smoothgrad", "integrated_gradients", "scorecam"),
 }
 
 

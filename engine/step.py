@@ -31,9 +31,9 @@ def check_methods(adapter, config):
             raise ValueError(f"method 'cam' cannot run: {adapter.cam_unsupported}")
 
 
-def copies_per_call(adapter, config, batch_size):
-    """How many noisy copies or path steps fit in one gradient call within the budget."""
-    per_image = max(1, adapter.values_per_image) * _GRADIENT_BYTES_PER_VALUE
+def copies_per_call(adapter, config, batch_size, bytes_per_value=_GRADIENT_BYTES_PER_VALUE):
+    """How many noisy copies, path steps or masked inputs fit in one call within the budget."""
+    per_image = max(1, adapter.values_per_image) * bytes_per_value
     budget = config.memory_budget_mb * 2 ** 20
     return max(1, budget // (per_image * batch_size))
 
@@ -54,6 +54,8 @@ def build_step(adapter, config, batch_size, image_shape):
     wants_input_grads = "saliency" in methods
     input_size = tuple(image_shape[:2])
     chunk = copies_per_call(adapter, config, batch_size)
+    # Score-CAM only runs forward passes: no gradients to keep.
+    forward_chunk = copies_per_call(adapter, config, batch_size, bytes_per_value=4)
 
     def explained_scores(logits, targets):
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -66,6 +68,10 @@ def build_step(adapter, config, batch_size, image_shape):
             _, logits = adapter.forward(images)
             score = tf.gather(logits, targets, batch_dims=1)
         return tape.gradient(score, images)
+
+    def target_probability(images, targets):
+        _, logits = adapter.forward(images)
+        return tf.gather(adapter.probabilities(logits), targets, batch_dims=1)
 
     def step(images, targets, sample_index):
         activations = activation_grads = input_grads = None
@@ -102,6 +108,9 @@ def build_step(adapter, config, batch_size, image_shape):
                 raw[method] = kernels.gradcam(activations, activation_grads)
             elif method == "gradcam_plus_plus":
                 raw[method] = kernels.gradcam_plus_plus(activations, activation_grads)
+            elif method == "scorecam":
+                raw[method] = kernels.scorecam(target_probability, images, chosen, activations,
+                                               channels_per_call=forward_chunk)
             elif method == "saliency":
                 raw[method] = kernels.saliency(input_grads, config.channel_reduce)
             elif method == "smoothgrad":

@@ -55,3 +55,47 @@ def gradcam_plus_plus(activations, activation_grads):
     alphas = tf.math.divide_no_nan(grads_squared, denominator)  # [B,h,w,K]
     channel_weights = tf.reduce_sum(alphas * tf.nn.relu(grads), axis=(1, 2))  # [B,K]
     return tf.nn.relu(tf.einsum("bhwk,bk->bhw", activations, channel_weights))
+
+
+def scorecam(score_fn, images, targets, activations, *, channels_per_call=None):
+    """Score-CAM (Wang et al. 2020): channels weighed by the score of the masked input.
+
+    images[B,H,W,C], targets[B], activations[B,h,w,K] -> heatmaps[B,h,w].
+    score_fn(images[n,H,W,C], targets[n]) -> scores[n]: the engine passes the softmax
+    probability of the target class, as the paper does (logits would let one
+    channel's weight grow without bound).
+
+    Each channel's map is upsampled to the input (bilinear), scaled to [0, 1] and
+    multiplies the input; w[k] = score_fn(x * mask_k); map = ReLU(sum_k w[k] A[...,k]).
+    Channels are folded into the batch, `channels_per_call` at a time (all when None),
+    and only a chunk's masks exist at once: all K masks at input size would be
+    K times the batch (1280x on MobileNetV2).
+    """
+    from kernels.postprocess import scale_to_unit_range
+    images = tf.cast(images, tf.float32)
+    activations = tf.cast(activations, tf.float32)
+    num_channels = activations.shape[-1]
+    chunk = num_channels if channels_per_call is None else max(1, min(int(channels_per_call),
+                                                                      num_channels))
+    num_chunks = -(-num_channels // chunk)
+    input_size = tf.shape(images)[1:3]
+    tiled_targets = tf.tile(tf.reshape(targets, [-1]), [chunk])  # [chunk*B]
+
+    def chunk_scores(chunk_index):
+        # The last chunk may run past K: repeat a real channel, drop its score below.
+        channel_ids = tf.minimum(chunk_index * chunk + tf.range(chunk), num_channels - 1)
+        maps = tf.gather(activations, channel_ids, axis=-1)  # [B,h,w,chunk]
+        masks = scale_to_unit_range(tf.image.resize(maps, input_size, method="bilinear"),
+                                    axis=(1, 2))  # [B,H,W,chunk]
+        masks = tf.transpose(masks, [3, 0, 1, 2])[..., None]  # [chunk,B,H,W,1]
+        masked = tf.reshape(images[None] * masks, tf.concat([[-1], tf.shape(images)[1:]], 0))
+        scores = tf.cast(score_fn(masked, tiled_targets), tf.float32)  # [chunk*B]
+        return tf.reshape(scores, [chunk, -1])  # [chunk,B]
+
+    collected = tf.TensorArray(tf.float32, size=num_chunks)
+    _, collected = tf.while_loop(
+        lambda i, _: i < num_chunks,
+        lambda i, acc: (i + 1, acc.write(i, chunk_scores(i))),
+        (tf.constant(0), collected))
+    weights = tf.reshape(collected.stack(), [num_chunks * chunk, -1])[:num_channels]  # [K,B]
+    return tf.nn.relu(tf.einsum("bhwk,kb->bhw", activations, weights))

@@ -26,3 +26,11 @@ def scale_heatmaps(heatmaps):
     scales = tf.reduce_max(tf.abs(heatmaps), axis=(1, 2))  # [B]
     scaled = tf.math.divide_no_nan(tf.nn.relu(heatmaps), scales[:, None, None])
     return scaled, scales
+
+
+def scale_to_unit_range(values, axis):
+    """(values - min) / (max - min) over `axis`; 0 where the values are constant."""
+    values = tf.cast(values, tf.float32)
+    low = tf.reduce_min(values, axis=axis, keepdims=True)
+    high = tf.reduce_max(values, axis=axis, keepdims=True)
+    return tf.math.divide_no_nan(values - low, high - low)

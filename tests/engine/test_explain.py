@@ -75,6 +75,28 @@ def test_raw_maps_match_eager_per_image_reference(model, images, fixed_targets, 
     _close_relative(result.heatmaps[method], reference[method], MODEL_RELATIVE_ATOL)
 
 
+def test_scorecam_matches_eager_masked_inputs(model, images, fixed_targets):
+    """Per image and channel: mask the input with the channel's upsampled, [0, 1]-scaled
+    map, take the model's probability of the target, weigh the channel by it."""
+    from tests.kernels.test_postprocess import reference_bilinear
+    K = keras_module("keras3")
+    features = K.Model(model.inputs[0], model.get_layer("conv_c").output)
+    count = 3
+    result = explain(model, images[:count], methods=("scorecam",), targets=fixed_targets[:count],
+                     size="native", normalize=False, memory_budget_mb=1)
+    for i in range(count):
+        a = features(images[i:i + 1]).numpy()[0].astype(np.float64)  # [h,w,K]
+        weights = []
+        for k in range(a.shape[-1]):
+            upsampled = reference_bilinear(a[None, :, :, k], images.shape[1:3])[0]
+            span = upsampled.max() - upsampled.min()
+            mask = (upsampled - upsampled.min()) / span if span > 0 else 0 * upsampled
+            masked = (images[i] * mask[..., None]).astype(np.float32)
+            weights.append(model(masked[None]).numpy()[0, fixed_targets[i]])
+        expected = np.maximum((a * np.asarray(weights)).sum(-1), 0)
+        _close_relative(result.heatmaps["scorecam"][i:i + 1], expected[None], MODEL_RELATIVE_ATOL)
+
+
 def test_one_step_gives_every_method_and_matches_single_method_runs(model, images,
                                                                     fixed_targets, reference):
     together = explain(model, images, methods=("cam", "gradcam", "gradcam_plus_plus",

@@ -27,6 +27,12 @@ def analytic_input_gradient(images, targets):
     return w * tf.cos(w * images) + 0.2 * images
 
 
+def analytic_score(images, targets):
+    """A bounded, class-dependent score of (masked) images: sigmoid of a weighted sum."""
+    w = tf.gather(tf.constant(_WEIGHTS, tf.float32), targets)
+    return tf.sigmoid(tf.reduce_sum(w * images, axis=(1, 2, 3)) / 20.0)
+
+
 def _activations(rng, n):
     return np.maximum(rng.normal(0.3, 1.0, (n,) + MAP_SHAPE + (K,)), 0).astype(np.float32)
 
@@ -65,6 +71,11 @@ TABLE = {
         make=lambda rng, n: (_activations(rng, n),
                              rng.normal(size=(n,) + MAP_SHAPE + (K,)).astype(np.float32)),
         call=lambda kernel, activations, grads: kernel(activations, grads),
+        map_shape=MAP_SHAPE),
+    "scorecam": Entry(
+        make=lambda rng, n: (_images(rng, n), _targets(rng, n), _activations(rng, n)),
+        call=lambda kernel, images, targets, activations: kernel(
+            analytic_score, images, targets, activations, channels_per_call=3),
         map_shape=MAP_SHAPE),
     "saliency": Entry(
         make=lambda rng, n: (rng.normal(size=(n,) + IMAGE_SHAPE).astype(np.float32),),
