@@ -45,16 +45,28 @@ def preprocess(images, name):
     return (images / 255.0 - tf.constant(_TORCH_MEAN, tf.float32)) / tf.constant(_TORCH_STD, tf.float32)
 
 
-def batches(source, start, stop, *, batch_size, image_size, channels, preprocessing="none"):
-    """Fixed-shape batches of samples [start, stop) of `source`.
+def batches(source, start, stop, **options):
+    """Fixed-shape batches of samples [start, stop): `shard_batches` with one range."""
+    return shard_batches(source, [(start, stop)], **options)
 
-    Yields dicts: images[B,H,W,C] float32, labels[B] int32, index[B] int64 (-1 in
-    padding), keys[B] string, mask[B] bool (False in padding).
+
+def shard_batches(source, ranges, *, batch_size, image_size, channels, preprocessing="none"):
+    """Fixed-shape batches of the sample ranges `ranges` [(start, stop), ...], in order.
+
+    No batch holds samples of two ranges: each range's last batch is padded. Yields
+    dicts: images[B,H,W,C] float32, labels[B] int32, index[B] int64 (-1 in padding),
+    mask[B] bool (False in padding), position[] int64 (which range, counted from 0).
+    One pipeline for all ranges, built in a flat_map: its functions are traced once,
+    and prefetching runs across range boundaries.
     """
+    import numpy as np
     height, width = image_size
     name = preprocessing_name(preprocessing)
+    tables = source.tables()
+    starts = tf.constant(np.asarray([r[0] for r in ranges], np.int64))
+    stops = tf.constant(np.asarray([r[1] for r in ranges], np.int64))
 
-    def prepare(content, label, index, key):
+    def prepare(content, label, index):
         if source.encoded:
             image = tf.io.decode_image(content, channels=channels, expand_animations=False)
             image.set_shape([None, None, channels])
@@ -64,11 +76,15 @@ def batches(source, start, stop, *, batch_size, image_size, channels, preprocess
         if not source.encoded and source.array_shape[:2] == (height, width):
             resized = image
         else:
-            resized = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
+            # Antialiased resizing costs as much as decoding: skip it for images that
+            # already have the model's size.
+            same_size = tf.reduce_all(tf.shape(image)[:2] == tf.constant([height, width]))
+            resized = tf.cond(same_size, lambda: image, lambda: tf.image.resize(
+                image, (height, width), method="bilinear", antialias=True))
         resized = tf.ensure_shape(resized, [height, width, channels])
-        return preprocess(resized, name), label, index, key
+        return preprocess(resized, name), label, index
 
-    def pad(images, labels, index, keys):
+    def pad(images, labels, index, position):
         count = tf.shape(images)[0]
         missing = batch_size - count
         return {
@@ -76,14 +92,17 @@ def batches(source, start, stop, *, batch_size, image_size, channels, preprocess
                                       [batch_size, height, width, channels]),
             "labels": tf.ensure_shape(tf.pad(labels, [[0, missing]], constant_values=-1), [batch_size]),
             "index": tf.ensure_shape(tf.pad(index, [[0, missing]], constant_values=-1), [batch_size]),
-            "keys": tf.ensure_shape(tf.pad(keys, [[0, missing]]), [batch_size]),
             "mask": tf.ensure_shape(tf.range(batch_size) < count, [batch_size]),
+            "position": position,
         }
 
-    dataset = (source.records(start, stop)
-               .map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-               .ignore_errors()
-               .batch(batch_size)
-               .map(pad)
-               .prefetch(tf.data.AUTOTUNE))
-    return dataset
+    def one_range(position):
+        return (source.records(starts[position], stops[position], tables)
+                .map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .ignore_errors()  # an undecodable sample drops out; the runner finds it
+                .batch(batch_size)
+                .map(lambda images, labels, index: pad(images, labels, index, position)))
+
+    return (tf.data.Dataset.range(len(ranges))
+            .flat_map(one_range)
+            .prefetch(tf.data.AUTOTUNE))

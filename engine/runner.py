@@ -34,10 +34,93 @@ class JobSummary:
     shards_written: int
     shards_reused: int
     shards_total: int
-    images_per_second: float
+    startup_seconds: float  # until the first batch's maps: tracing, compiling, first reads
+    images_per_second: float  # after start-up, until the last shard is on disk
     wall_seconds: float
     index_built: bool
     exit_code: int = 0
+
+
+class _Timer:
+    """Start-up (until the first batch is done) apart from steady-state throughput."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.first_batch = None
+        self.stopped = None
+        self.steady_images = 0
+
+    def batch_done(self, images):
+        if self.first_batch is None:
+            self.first_batch = time.monotonic()
+        else:
+            self.steady_images += images
+
+    def stop(self):
+        self.stopped = time.monotonic()
+
+    @property
+    def startup(self):
+        return (self.first_batch or time.monotonic()) - self.started
+
+    def steady_rate(self):
+        if self.first_batch is None or not self.steady_images:
+            return 0.0
+        return self.steady_images / max((self.stopped or time.monotonic()) - self.first_batch,
+                                        1e-9)
+
+
+class _ShardProgress:
+    """Follows the batches of one pipeline over many shards: opens a shard in the writer
+    at its first batch, finishes it (with its skipped samples) when the next begins.
+    A shard none of whose samples decode yields no batch and is finished empty."""
+
+    def __init__(self, source, writer, progress, ranges, shards):
+        self.source, self.writer, self.progress = source, writer, progress
+        self.ranges, self.shards = ranges, shards
+        self.current = None  # position in `ranges` being written
+        self.next_position = 0
+        self.seen = None
+        self.images = self.skipped = self.written = 0
+
+    def add(self, position, arrays):
+        if position != self.current:
+            self._close_current()
+            while self.next_position < position:
+                self._open(self.next_position)
+                self._close_current()
+            self._open(position)
+        start = self.ranges[position][0]
+        self.seen[arrays["sample/index"] - start] = True
+        self.writer.append(arrays)
+        self.progress.advance(len(arrays["sample/index"]))
+
+    def close_all(self):
+        self._close_current()
+        while self.next_position < len(self.ranges):
+            self._open(self.next_position)
+            self._close_current()
+
+    def _open(self, position):
+        start, stop = self.ranges[position]
+        self.writer.begin(self.shards[position], start, stop)
+        self.current, self.next_position = position, position + 1
+        self.seen = np.zeros(stop - start, bool)
+
+    def _close_current(self):
+        if self.current is None:
+            return
+        start = self.ranges[self.current][0]
+        skipped = [{"index": int(start + i), "key": self.source.keys[start + i],
+                    "reason": self.source.read_error(start + i) or "could not be decoded"}
+                   for i in np.flatnonzero(~self.seen)]
+        for item in skipped:
+            self.progress.event("skipped", message=f"{item['key']}: {item['reason']}")
+        self.writer.finish(skipped)
+        self.images += int(self.seen.sum())
+        self.skipped += len(skipped)
+        self.written += 1
+        self.current = None
 
 
 class Interrupted(Exception):
@@ -52,7 +135,7 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     import tensorflow as tf
 
     from engine.model import adapt_model
-    from engine.pipeline import batches
+    from engine.pipeline import shard_batches
     from engine.progress import Progress
     from engine.sources import open_source
     from engine.step import build_step, check_methods
@@ -117,52 +200,41 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
                          on_finished=write_manifest)
     stop_signal = []
     previous_handlers = _install_signal_handlers(stop_signal)
-    written = reused = images_done = skipped_total = 0
-    computing_seconds = 0.0
+    pending = []
+    for shard in mine:
+        if verify_shard(out, shard, num_shards)[0] is None:
+            pending.append(shard)
+        else:
+            progress.advance(ranges[shard][1] - ranges[shard][0])
+    job = _ShardProgress(source, writer, progress, [ranges[s] for s in pending], pending)
+    timer = _Timer()
     exit_code = 0
     try:
-        for shard in mine:
-            start, stop = ranges[shard]
-            record, _ = verify_shard(out, shard, num_shards)
-            if record is not None:
-                reused += 1
-                progress.advance(stop - start)
-                continue
-            writer.begin(shard, start, stop)
-            seen = np.zeros(stop - start, bool)
-            dataset = batches(source, start, stop, batch_size=config.batch_size,
-                              image_size=image_shape[:2], channels=image_shape[2],
-                              preprocessing=config.preprocess)
+        if pending:
+            dataset = shard_batches(source, [ranges[s] for s in pending],
+                                    batch_size=config.batch_size, image_size=image_shape[:2],
+                                    channels=image_shape[2], preprocessing=config.preprocess)
             dataset = dataset.map(_with_targets(config))
-            shard_started = time.monotonic()
             for element in strategy.experimental_distribute_dataset(dataset):
                 if stop_signal:
                     raise Interrupted(stop_signal[0])
                 outputs = distributed_step(element["images"], element["targets"],
                                            element["index"])
                 arrays = _host_arrays(strategy, outputs, element, encoded_keys)
-                seen[arrays["sample/index"] - start] = True
-                writer.append(arrays)
-                progress.advance(len(arrays["sample/index"]))
+                position = int(strategy.experimental_local_results(element["position"])[0][0])
+                job.add(position, arrays)
+                timer.batch_done(len(arrays["sample/index"]))
             if stop_signal:
                 raise Interrupted(stop_signal[0])
-            computing_seconds += time.monotonic() - shard_started
-            skipped = [{"index": int(start + i), "key": source.keys[start + i],
-                        "reason": source.read_error(start + i) or "could not be decoded"}
-                       for i in np.flatnonzero(~seen)]
-            for item in skipped:
-                progress.event("skipped", message=f"{item['key']}: {item['reason']}")
-            writer.finish(skipped)
-            written += 1
-            images_done += int(seen.sum())
-            skipped_total += len(skipped)
+            job.close_all()
         writer.close()
+        timer.stop()
     except Interrupted as interrupted:
         writer.abort()
         writer.close()
         exit_code = interrupted.exit_code
-        progress.event("stopped", message=f"signal received; finished shards are kept, run "
-                                          f"the same command again to continue")
+        progress.event("stopped", message="signal received; finished shards are kept, run "
+                                          "the same command again to continue")
     except BaseException:
         try:
             writer.abort()
@@ -182,9 +254,10 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
         write_manifest()
     wall = time.monotonic() - started
     summary = JobSummary(
-        images=images_done, skipped=skipped_total, shards_written=written,
-        shards_reused=reused, shards_total=num_shards,
-        images_per_second=round(images_done / computing_seconds, 2) if computing_seconds else 0.0,
+        images=job.images, skipped=job.skipped, shards_written=job.written,
+        shards_reused=len(mine) - len(pending), shards_total=num_shards,
+        startup_seconds=round(timer.startup, 2),
+        images_per_second=round(timer.steady_rate(), 2),
         wall_seconds=round(wall, 2), index_built=index_built, exit_code=exit_code)
     progress.summary(**{k: v for k, v in dataclasses.asdict(summary).items() if k != "exit_code"})
     return summary
@@ -252,8 +325,10 @@ def _with_targets(config):
             targets = tf.fill(tf.shape(batch["labels"]), -1)
         else:
             targets = tf.fill(tf.shape(batch["labels"]), int(config.target))
+        # The position is repeated per sample so the batch can be split over replicas.
         return {"images": batch["images"], "targets": tf.cast(targets, tf.int32),
-                "index": batch["index"], "labels": batch["labels"]}
+                "index": batch["index"], "labels": batch["labels"],
+                "position": tf.fill(tf.shape(batch["index"]), batch["position"])}
 
     return attach
 

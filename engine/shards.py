@@ -184,6 +184,11 @@ class _OpenShard:
         self.handle = h5py.File(self.temporary, "w")
         compression = None if writer.compression == "none" else writer.compression
         options = dict(compression=compression, shuffle=compression is not None)
+        if compression == "gzip":
+            # Level 1: compression runs on the writer thread, and on a small machine it
+            # takes its CPU from the model; after the byte shuffle, higher levels buy
+            # little for heatmaps.
+            options["compression_opts"] = 1
         layout = writer.layout
         for method, (height, width) in layout["maps"].items():
             self.handle.create_dataset(f"heatmaps/{method}", shape=(0, height, width),

@@ -47,32 +47,45 @@ class Source:
     def num_samples(self):
         return len(self.keys)
 
-    def records(self, start, stop):
-        """tf.data of (image_bytes or image_array, label, index, key) for [start, stop)."""
-        labels = self.labels[start:stop]
-        indices = np.arange(start, stop, dtype=np.int64)
-        keys = np.asarray(self.keys[start:stop], dtype=object).astype(str)
+    def tables(self):
+        """The listing as constant tensors, made once per pipeline (see `records`)."""
+        tables = {"labels": tf.constant(self.labels, tf.int32)}
         if self.kind == "folder":
-            paths = tf.data.Dataset.from_tensor_slices(list(self.paths[start:stop]))
-            contents = paths.map(tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE)
+            tables["paths"] = tf.constant(list(self.paths), tf.string)
         elif self.kind == "tfrecord":
-            contents = (self._tfrecords_from(start).take(stop - start)
+            tables["paths"] = tf.constant(list(self.paths), tf.string)
+            tables["record_files"] = tf.constant(self.record_files, tf.int64)
+            tables["record_numbers"] = tf.constant(self.record_numbers, tf.int64)
+        return tables
+
+    def records(self, start, stop, tables=None):
+        """tf.data of (image bytes or image array, label, index) for samples [start, stop).
+
+        start and stop may be tensors: the pipeline builds this once inside a flat_map
+        over shard ranges, so its functions are traced once per job, not per shard.
+        """
+        tables = self.tables() if tables is None else tables
+        start = tf.cast(start, tf.int64)
+        stop = tf.cast(stop, tf.int64)
+        meta = tf.data.Dataset.from_tensor_slices(
+            (tables["labels"][start:stop], tf.range(start, stop, dtype=tf.int64)))
+        if self.kind == "folder":
+            contents = (tf.data.Dataset.from_tensor_slices(tables["paths"][start:stop])
+                        .map(tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE))
+        elif self.kind == "tfrecord":
+            # Open only the files from the first sample's file on and skip within that
+            # file: a shard late in the dataset does not read every record before it.
+            first_file = tables["record_files"][start]
+            contents = (tf.data.TFRecordDataset(tables["paths"][first_file:])
+                        .skip(tables["record_numbers"][start]).take(stop - start)
                         .map(_tfrecord_parser(self.image_key),
                              num_parallel_calls=tf.data.AUTOTUNE))
         else:
             contents = tf.data.Dataset.from_generator(
-                lambda: _array_rows(self, start, stop),
+                lambda first, last: _array_rows(self, int(first), int(last)), args=(start, stop),
                 output_signature=tf.TensorSpec(self.array_shape, self._array_dtype()))
-        meta = tf.data.Dataset.from_tensor_slices((labels, indices, keys))
         return tf.data.Dataset.zip((contents, meta)).map(
-            lambda content, m: (content, m[0], m[1], m[2]))
-
-    def _tfrecords_from(self, index):
-        """Records from sample `index` on: open only the files from its file onwards and
-        skip within that file, so a shard late in the dataset does not read all before it."""
-        first_file = int(self.record_files[index])
-        files = list(self.paths[first_file:])
-        return tf.data.TFRecordDataset(files).skip(int(self.record_numbers[index]))
+            lambda content, m: (content, m[0], m[1]))
 
     def _array_dtype(self):
         with _open_array(self) as array:
@@ -86,8 +99,8 @@ class Source:
             if self.kind == "folder":
                 data = tf.io.read_file(self.paths[index])
             else:
-                record = next(iter(self._tfrecords_from(index).take(1)))
-                data = _tfrecord_parser(self.image_key)(record)
+                record = next(iter(self.records(index, index + 1)))
+                data = record[0]
             tf.io.decode_image(data, expand_animations=False)
         except (tf.errors.OpError, OSError, StopIteration) as error:
             message = getattr(error, "message", None) or str(error) or type(error).__name__

@@ -368,3 +368,30 @@ def test_bad_inputs_stop_with_one_line_before_any_work(workspace, bad_inputs, ca
     # The other run's output survives a refused run.
     with open_results(str(bad_inputs / "other-run")) as results:
         assert len(results) == 24
+
+
+def test_shards_without_any_decodable_image_are_finished_empty(workspace, tmp_path):
+    """Shard 1 and the last shard hold only corrupt files: no batch ever carries them,
+    yet each gets its record, and every skipped file is listed."""
+    import tensorflow as tf
+    folder = tmp_path / "mixed"
+    os.makedirs(folder)
+    good = (workspace["images"][:3] * 255).astype(np.uint8)
+    names = ["a0.png", "a1.png", "b0.png", "b1.png", "c0.png", "d0.png", "e0.png", "e1.png"]
+    corrupt = {"b0.png", "b1.png", "d0.png", "e0.png", "e1.png"}
+    pixels = iter(good)
+    for name in names:
+        if name in corrupt:
+            (folder / name).write_bytes(b"GIF89a broken")
+        else:
+            tf.io.write_file(str(folder / name), tf.io.encode_png(next(pixels)))
+    out = tmp_path / "out"
+    assert main(["explain", "--model", str(workspace["root"] / "model.keras"), "--data",
+                 str(folder), "--out", str(out), "--quiet", "--devices", "1", "--shard-size",
+                 "2", "--batch-size", "2"]) == 0
+    manifest = json.load(open(out / "manifest.json"))
+    assert manifest["shards_complete"] == 4
+    assert [entry["num_samples"] for entry in manifest["shards"]] == [2, 0, 1, 0]
+    assert sorted(item["key"] for item in manifest["skipped"]) == sorted(corrupt)
+    data = read_index(str(out))
+    assert [k.decode() for k in data["sample/key"]] == ["a0.png", "a1.png", "c0.png"]
