@@ -76,11 +76,12 @@ def test_kill_9_then_resume_gives_the_uninterrupted_output(workspace):
     _assert_same_as_reference(workspace, out)
 
 
-def test_sigterm_stops_cleanly_with_143_and_the_next_run_continues(workspace):
-    out = workspace / "terminated"
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stop_signal_exits_cleanly_and_the_next_run_continues(workspace, signum, code):
+    out = workspace / f"stopped-{code}"
     process = run_cli(*_args(workspace, out), wait=False)
-    _stop_after_first_shard(process, str(out), signal.SIGTERM)
-    assert process.returncode == 143, process.stderr.read()
+    _stop_after_first_shard(process, str(out), signum)
+    assert process.returncode == code, process.stderr.read()
     assert not [f for f in os.listdir(out / "shards") if ".tmp" in f]
     manifest = json.load(open(out / "manifest.json"))
     states = {entry["state"] for entry in manifest["shards"]}
