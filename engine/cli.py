@@ -14,6 +14,12 @@ EXIT_BAD_INPUT = 2
 # module defines add_arguments(parser) and run(args) -> exit code; its ValueError and
 # TypeError become one line on stderr and exit code 2, like the commands below.
 MODULE_COMMANDS = {
+    "audit": ("engine.audit", "audit a finished run for shortcuts: where the evidence sits, "
+                              "per class, against object masks or boxes"),
+    "demo": ("engine.demo", "generate scenes with a planted shortcut, train two models, explain, "
+                            "audit and report: find the cloudy-sky detector"),
+    "activations": ("engine.activations", "per-layer activation statistics over a dataset "
+                                          "(dead and saturated channels) and feature-map grids"),
 }
 
 # Options of `sightline explain` that a TOML file (--config) may also give; flags win.

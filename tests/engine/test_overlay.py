@@ -1,4 +1,5 @@
-"""engine.overlay (colormap, overlays, grids, PNG files) and the end-to-end demo."""
+"""engine.overlay: colormap, overlays, grids, PNG files. (The demo is tested in
+test_demo.py.)"""
 
 import os
 
@@ -6,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine.demo import METHODS, NUM_EXPLAINED, TILE_ZOOM, make_dataset, run_demo
 from engine.overlay import (INFERNO, clip_percentile, colorize, grid, overlay, to_display_rgb,
                             upscale, write_png)
 
@@ -160,57 +160,3 @@ def test_write_png_refuses_float_images(tmp_path):
     with pytest.raises(TypeError, match="uint8"):
         write_png(tmp_path / "x.png", np.zeros((4, 4, 3), np.float32))
     assert not os.listdir(tmp_path)
-
-
-# --- demo ----------------------------------------------------------------------------
-
-def test_demo_dataset_is_deterministic_and_balanced():
-    images, labels = make_dataset(40, seed=3)
-    again, labels_again = make_dataset(40, seed=3)
-    np.testing.assert_array_equal(images, again)
-    np.testing.assert_array_equal(labels, labels_again)
-    assert images.shape == (40, 64, 64, 3) and images.dtype == np.float32
-    assert 0.0 <= images.min() and images.max() <= 1.0
-    assert np.bincount(labels).tolist() == [20, 20]
-    assert np.bincount(labels[:8]).tolist() == [4, 4]
-    other, _ = make_dataset(40, seed=4)
-    assert not np.array_equal(images, other)
-
-
-def test_demo_objects_are_brighter_than_the_background():
-    images, _ = make_dataset(20, seed=0)
-    bright = images.min(axis=-1) > 0.55  # object pixels; the background stays darker
-    fraction = bright.mean(axis=(1, 2))
-    assert np.all(fraction > 0.03) and np.all(fraction < 0.15)
-
-
-def test_run_demo_end_to_end(tmp_path):
-    summary = run_demo(tmp_path / "out", seed=0, verbose=False)
-    assert summary["held_out_accuracy"] >= 0.9
-    assert summary["train_accuracy"] >= 0.9
-    np.testing.assert_array_equal(summary["predictions"], summary["labels"])
-    out = tmp_path / "out"
-    expected = {f"{m}.png" for m in METHODS} | {"overview.png", "model.keras"}
-    assert set(os.listdir(out)) == expected
-    tile = 64 * TILE_ZOOM
-    for method in METHODS:
-        row = tf.io.decode_png((out / f"{method}.png").read_bytes()).numpy()
-        assert row.shape == (tile + 4, NUM_EXPLAINED * tile + (NUM_EXPLAINED + 1) * 2, 3)
-    overview = tf.io.decode_png((out / "overview.png").read_bytes()).numpy()
-    columns = 1 + len(METHODS)
-    assert overview.shape == (NUM_EXPLAINED * tile + (NUM_EXPLAINED + 1) * 2,
-                              columns * tile + (columns + 1) * 2, 3)
-    # The maps must point at the object: more heat on it (and the 3 pixels around its
-    # edge, where the gradient methods light up) than on the rest of the image.
-    # SmoothGrad's noise spreads its map the most, so it gets the weakest bound.
-    on_object = summary["images"].min(axis=-1) > 0.55
-    near_object = on_object.copy()
-    for dy in range(-3, 4):
-        for dx in range(-3, 4):
-            near_object |= np.roll(on_object, (dy, dx), axis=(1, 2))
-    for method in METHODS:
-        heat = summary["heatmaps"][method]
-        factor = 1.0 if method == "smoothgrad" else 1.5
-        for i in range(NUM_EXPLAINED):
-            inside, outside = heat[i][near_object[i]].mean(), heat[i][~near_object[i]].mean()
-            assert inside > factor * outside, (method, i, inside, outside)

@@ -1,0 +1,90 @@
+"""The demo end to end, from fixed seeds: the audit finds the planted shortcut (the sky)
+in the shortcut model and not in the clean one, with margin; the report it writes holds
+valid pictures only."""
+
+import base64
+import json
+import os
+
+import numpy as np
+import pytest
+
+from engine.audit import DEFAULT_THRESHOLD
+from engine.cli import build_parser
+from engine.demo import run_demo
+from tests.engine.test_report import assert_png, parse
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return run_demo(str(out), seed=0, num_train=1200, num_held_out=200, verbose=False)
+
+
+def test_the_shortcut_model_learned_the_sky(demo):
+    shortcut = demo["models"]["shortcut"]
+    assert shortcut["train_accuracy"] >= 0.9
+    # On held-out scenes whose sky says nothing, it falls to about chance.
+    assert shortcut["held_out_accuracy"] <= 0.65
+    assert shortcut["train_accuracy"] - shortcut["held_out_accuracy"] >= 0.3
+    clean = demo["models"]["clean"]
+    assert clean["held_out_accuracy"] >= 0.9
+
+
+def test_the_audit_flags_the_shortcut_model_and_not_the_clean_one_with_margin(demo):
+    assert demo["flagged"] == {"shortcut": True, "clean": False} and demo["as_expected"]
+    shortcut = demo["models"]["shortcut"]["audit"]
+    for entry in shortcut["classes"]:
+        assert entry["flagged"] and entry["status"] == "off-object"
+        assert entry["lift"] < DEFAULT_THRESHOLD / 2  # the object gets at most its area share
+        assert entry["regions"]["sky"]["mean"] > 0.45  # the sky band is 31% of the image
+        assert entry["coverage"]["median"] < 0.8  # concentrated somewhere: not flat
+    clean = demo["models"]["clean"]["audit"]
+    assert clean["flagged"] == []
+    lifts = [entry["lift"] for entry in clean["classes"]]
+    assert max(lifts) > 2 * DEFAULT_THRESHOLD
+    for entry in clean["classes"]:
+        assert entry["status"] in ("on-object", "diffuse")
+        assert entry["regions"]["sky"]["mean"] < 0.4
+    on_object = [e for e in clean["classes"] if e["status"] == "on-object"]
+    assert on_object and all(e["pointing_game"] > 0.5 for e in on_object)
+
+
+def test_the_demo_writes_its_files_and_a_report_of_valid_pictures(demo):
+    out = os.path.dirname(os.path.dirname(demo["report"]))
+    for name in ("shortcut", "clean"):
+        assert os.path.isfile(os.path.join(out, "models", f"{name}.keras"))
+        saved = json.load(open(os.path.join(out, "runs", name, "audit.json")))
+        assert saved["flagged"] == demo["models"][name]["audit"]["flagged"]
+        assert os.path.isfile(os.path.join(out, "activations", name, "activations.json"))
+    page = parse(demo["report"])
+    text = " ".join(page.text)
+    assert "shortcut model" in text and "clean model" in text and "Activations" in text
+    assert len(page.sources) == 2 * 3 + 2 * (1 + 4)  # audits: 3 each; activations: 1 + 4 layers
+    for src in page.sources:
+        assert_png(base64.b64decode(src.split(",", 1)[1]))
+    folder = os.path.dirname(demo["report"])
+    for link in page.links:
+        if not link.startswith("#"):
+            assert_png(open(os.path.join(folder, link), "rb").read())
+
+
+def test_activations_of_the_demo_models_are_sane(demo):
+    out = os.path.dirname(os.path.dirname(demo["report"]))
+    saved = json.load(open(os.path.join(out, "activations", "clean", "activations.json")))
+    assert [layer["layer"] for layer in saved["layers"]] == ["conv1", "conv2", "conv3",
+                                                             "last_conv"]
+    for layer in saved["layers"]:
+        assert 0 <= layer["dead_fraction"] < 1 and layer["mean_activation"] > 0
+        assert np.all(np.asarray(layer["channel_active_fraction"]) <= 1)
+
+
+def test_demo_command_is_registered_and_checks_its_arguments(capsys):
+    parser = build_parser()
+    args = parser.parse_args(["demo", "--out", "x", "--num-train", "1"])
+    from engine.demo import run
+    with pytest.raises(ValueError, match="--num-train must be at least 2"):
+        run(args)
+    for command in ("audit", "activations"):
+        assert parser.parse_args([command, "out"] if command == "audit" else
+                                 [command, "--model", "m", "--data", "d"]).command == command
