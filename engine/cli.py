@@ -14,6 +14,7 @@ EXIT_BAD_INPUT = 2
 # module defines add_arguments(parser) and run(args) -> exit code; its ValueError and
 # TypeError become one line on stderr and exit code 2, like the commands below.
 MODULE_COMMANDS = {
+    "bench": ("engine.bench", "images/s of every method against compiled inference and the naive eager loop"),
     "audit": ("engine.audit", "audit a finished run for shortcuts: where the evidence sits, "
                               "per class, against object masks or boxes"),
     "demo": ("engine.demo", "generate scenes with a planted shortcut, train two models, explain, "
