@@ -5,7 +5,7 @@ Fashion-MNIST CNN at 28x28x1, MobileNetV2 and ResNet50 at 224x224x3 (random weig
 nothing downloaded). SIGHTLINE_BENCH_SIZE=tiny shrinks inputs and batches so CI runs
 every benchmark once quickly:
 
-    SIGHTLINE_BENCH_SIZE=tiny pytest benchmarks --benchmark-disable
+    SIGHTLINE_BENCH_SIZE=tiny pytest benchmarks      (scripts/test.sh does this)
 
 SIGHTLINE_BENCH_MODELS=fashion,mobilenet_v2 limits the models.
 """
@@ -23,6 +23,13 @@ if SIZE not in ("tiny", "full"):
     raise ValueError(f"SIGHTLINE_BENCH_SIZE must be tiny or full; got {SIZE!r}")
 MODELS = tuple(m for m in os.environ.get("SIGHTLINE_BENCH_MODELS",
                                          ",".join(bench.BUILTIN_MODELS)).split(",") if m)
+
+
+def pytest_configure(config):
+    # Tiny timings mean nothing: run each benchmark once (pytest-benchmark's
+    # --benchmark-disable) and keep its table out of the test output.
+    if SIZE == "tiny":
+        config.option.benchmark_disable = True
 
 
 def fashion_cnn():

@@ -33,7 +33,12 @@ METHODS = ("cam", "gradcam", "gradcam_plus_plus", "saliency", "smoothgrad",
            "integrated_gradients")
 MODES = ("eager_loop", "eager_batched", "graph", "xla", "bf16")
 BUILTIN_MODELS = ("fashion", "mobilenet_v2", "resnet50")
-METHOD_OPTIONS = {"smoothgrad": {"num_samples": 8}, "integrated_gradients": {"num_steps": 16}}
+# The issue's settings; the tiny size (CI: every benchmark once, so none can rot) keeps
+# the code paths and cuts the work per image.
+METHOD_OPTIONS = {
+    "full": {"smoothgrad": {"num_samples": 8}, "integrated_gradients": {"num_steps": 16}},
+    "tiny": {"smoothgrad": {"num_samples": 2}, "integrated_gradients": {"num_steps": 2}},
+}
 
 # Per size and model: input shape, batch size, images the eager loop explains, and the
 # seconds of timed calls per row (at least one call, at most MAX_REPS).
@@ -154,6 +159,10 @@ class Context:
         self._adapters = {"float32": self.adapter}
         self.strategy = None
 
+    def options(self, *methods):
+        """The method options (num_samples, num_steps) of this size, for these methods."""
+        return {k: v for m in methods for k, v in METHOD_OPTIONS[self.size].get(m, {}).items()}
+
     def adapter_for(self, precision):
         from engine.model import adapt_model
         if precision not in self._adapters:
@@ -165,7 +174,7 @@ class Context:
         from engine.config import make_config
         return make_config((method,), layer=self.layer, normalize=False, size="native",
                            precision=precision, batch_size=self.batch, xla=xla,
-                           **METHOD_OPTIONS.get(method, {}))
+                           **self.options(method))
 
     def step_call(self, method, precision="float32", xla=False, eager=False):
         """A no-argument callable running the step on the context's batch -> raw maps."""
@@ -209,7 +218,7 @@ class Context:
 
     def eager_call(self, method, count):
         from engine.eager_baseline import eager_maps
-        options = dict(METHOD_OPTIONS.get(method, {}))
+        options = self.options(method)
         return lambda: eager_maps(method, self.adapter, self.images[:count],
                                   self.targets[:count], **options)
 
@@ -500,12 +509,11 @@ def _write_image_folder(folder, images, start=0):
         tf.io.write_file(os.path.join(folder, "class0", f"{start + i:06d}.png"), data)
 
 
-def _job_config(model_path, data, out, methods, batch, shard_size):
+def _job_config(model_path, data, out, methods, batch, shard_size, options=None):
     from engine.config import make_config
     return make_config(tuple(methods), model=model_path, data=data, out=out,
                        batch_size=batch, shard_size=shard_size, preprocess="[0,1]", devices=1,
-                       size="native", quiet=True, overwrite=True,
-                       **{k: v for m in methods for k, v in METHOD_OPTIONS.get(m, {}).items()})
+                       size="native", quiet=True, overwrite=True, **(options or {}))
 
 
 def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=None, log=None):
@@ -541,14 +549,15 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
     wall = {}
     for n in (0, small, large):  # 0: the warm-up job, on the small folder
         config = _job_config(model_path, folders[n or small], os.path.join(workdir, f"out-{n}"),
-                             methods, batch, shard_size=2 * batch)
+                             methods, batch, shard_size=2 * batch,
+                             options=context.options(*methods))
         started = time.perf_counter()
         summary = run_job(config)
         wall[n] = time.perf_counter() - started
         if summary.images != (n or small):
             raise RuntimeError(f"the end-to-end job explained {summary.images} of {n} images")
     job_rate = (large - small) / max(wall[large] - wall[small], 1e-9)
-    options = {k: v for m in methods for k, v in METHOD_OPTIONS.get(m, {}).items()}
+    options = context.options(*methods)
 
     def kernel():
         return explain(context.model, images, methods=tuple(methods), batch_size=batch,
@@ -604,7 +613,8 @@ def peak_memory(context, model_path, workdir, methods=("gradcam", "saliency"), c
                             start=written)
         written = n
         args = dict(model_path=model_path, data=folder, out=os.path.join(workdir, f"mem-{n}"),
-                    methods=list(methods), batch=batch, shard_size=2 * batch)
+                    methods=list(methods), batch=batch, shard_size=2 * batch,
+                    options=context.options(*methods))
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
         done = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, json.dumps(args)],
                               capture_output=True, text=True, env=env, check=False)
@@ -768,7 +778,7 @@ def run(args):
         "input_shape": list(context.image_shape), "devices": args.devices,
         "device_kind": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
         "cpu_count": os.cpu_count(), "cpu_bf16": has_bf16_units(), "auto_xla": auto_xla,
-        "tensorflow": tf.__version__, "method_options": METHOD_OPTIONS, "ceiling": ceiling,
+        "tensorflow": tf.__version__, "method_options": METHOD_OPTIONS[args.size], "ceiling": ceiling,
         "eager_loop_images": context.eager_images, "rows": rows,
     }
     if not args.no_end_to_end:

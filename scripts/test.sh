@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Set up .venv (when missing or stale), then run the test suite. Exit code = pytest's.
+# Set up .venv (when missing or stale), then run the test suite (with no arguments: tests/
+# and benchmarks/ at the tiny size; with arguments: pytest with those). Exit code = pytest's.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+if [ "$#" -eq 0 ]; then
+    # The whole suite: the tests, and every benchmark once at the tiny size so that none
+    # can rot (timings at that size mean nothing; speed is measured by `sightline bench`).
+    export SIGHTLINE_BENCH_SIZE="${SIGHTLINE_BENCH_SIZE:-tiny}"
+    set -- tests benchmarks
+fi
 exec .venv/bin/python -m pytest "$@"
