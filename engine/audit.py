@@ -544,6 +544,7 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
     for group in sorted(heaps):
         for badness, item in sorted(heaps[group], key=lambda t: t[0], reverse=True):
             item["class_name"] = names.get(item["label"], str(item["label"]))
+            item["predicted_name"] = names.get(item["predicted"], str(item["predicted"]))
             item["group"] = group
             ranked.append(item)
     audit = {

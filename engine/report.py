@@ -122,7 +122,7 @@ def _worst_items(audit):
         out.append({
             "image": image, "mask": mask, "heatmap": heatmap / top if top > 0 else heatmap,
             "caption": f"#{rank} {item['key']}\nlabel {item['class_name']}, pred "
-                       f"{item['predicted']}\non object {item['share']:.1%} (area "
+                       f"{item.get('predicted_name', item['predicted'])}\non object {item['share']:.1%} (area "
                        f"{item['area']:.1%}){'' if item['hit'] else ', peak off'}",
         })
     return out

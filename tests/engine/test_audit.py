@@ -15,7 +15,7 @@ from engine.audit import (EXIT_FLAGGED, bilinear_matrix, image_metrics, parse_re
                           peak_spread, resize_maps, run_audit)
 from engine.cli import main
 from tests.engine import audit_runs
-from tests.engine.audit_runs import SIZE, shortcut_run, stored_maps, write_run
+from tests.engine.audit_runs import CLASSES, SIZE, shortcut_run, stored_maps, write_run
 
 
 # --- references ------------------------------------------------------------------------
@@ -165,6 +165,9 @@ def test_audit_numbers_match_a_reference_over_the_whole_run(made):
         everyone = sorted(per_image[i]["share"] / per_image[i]["area"]
                           for i in range(24) if made["labels"][i] == group)
         assert lifts == pytest.approx(everyone[:8], abs=1e-6)
+        for w in ranked:
+            assert w["class_name"] == CLASSES[w["label"]]
+            assert w["predicted_name"] == CLASSES[w["predicted"]]
 
 
 def test_streaming_in_chunks_gives_the_same_audit(made):
