@@ -17,11 +17,23 @@ import threading
 import numpy as np
 
 SHARD_DIRECTORY = "shards"
+# Heatmap chunks hold several maps, up to this many bytes (or MAX_CHUNK_ROWS maps): HDF5
+# pays per chunk (compression call, index entry), and one chunk per 3x3 or 28x28 map cost
+# the writer 3 to 5 times as much as the compression of the bytes themselves. Reading
+# one map back decompresses at most 64 KiB.
+CHUNK_BYTES = 64 * 1024
+MAX_CHUNK_ROWS = 256
 INDEX_FILE = "index.h5"
 SCALAR_DATASETS = {
     "sample/index": np.int64, "sample/label": np.int32, "pred/target": np.int32,
     "pred/class": np.int32, "pred/score": np.float32,
 }
+
+
+def map_chunk_rows(height, width):
+    """Maps per HDF5 chunk for float16 maps [h,w]: as many as fit in CHUNK_BYTES, 1 to
+    MAX_CHUNK_ROWS."""
+    return int(max(1, min(MAX_CHUNK_ROWS, CHUNK_BYTES // (2 * height * width))))
 
 
 def shard_name(shard, num_shards):
@@ -193,7 +205,8 @@ class _OpenShard:
         for method, (height, width) in layout["maps"].items():
             self.handle.create_dataset(f"heatmaps/{method}", shape=(0, height, width),
                                        maxshape=(None, height, width), dtype=np.float16,
-                                       chunks=(1, height, width), **options)
+                                       chunks=(map_chunk_rows(height, width), height, width),
+                                       **options)
             self.handle.create_dataset(f"heatmaps/{method}_scale", shape=(0,), maxshape=(None,),
                                        dtype=np.float32, chunks=(1024,), **options)
         for name, dtype in SCALAR_DATASETS.items():

@@ -11,7 +11,7 @@ import pytest
 
 from engine import explain, open_results
 from engine.cli import main
-from engine.shards import sha256_of
+from engine.shards import CHUNK_BYTES, MAX_CHUNK_ROWS, map_chunk_rows, sha256_of
 from tests.engine.jobs import (IMAGE_SHAPE, read_index, write_arrays, write_image_folder,
                                write_model)
 from tests.tolerances import FLOAT16_ATOL
@@ -62,7 +62,8 @@ def test_output_layout_matches_the_contract(folder_run):
             assert shard["heatmaps/saliency"].shape == (n, 16, 16)
             for method in METHODS.split(","):
                 maps = shard[f"heatmaps/{method}"]
-                assert maps.dtype == np.float16 and maps.chunks == (1, *maps.shape[1:])
+                assert maps.dtype == np.float16
+                assert maps.chunks == (map_chunk_rows(*maps.shape[1:]), *maps.shape[1:])
                 assert maps.compression == "gzip" and maps.shuffle
                 values = maps[:]
                 assert values.min() >= 0 and values.max() <= 1
@@ -395,3 +396,12 @@ def test_shards_without_any_decodable_image_are_finished_empty(workspace, tmp_pa
     assert sorted(item["key"] for item in manifest["skipped"]) == sorted(corrupt)
     data = read_index(str(out))
     assert [k.decode() for k in data["sample/key"]] == ["a0.png", "a1.png", "c0.png"]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 3), (8, 8), (28, 28), (224, 224), (600, 600)])
+def test_map_chunks_hold_as_many_maps_as_fit_in_the_chunk_budget(size):
+    rows = map_chunk_rows(*size)
+    map_bytes = 2 * size[0] * size[1]  # float16
+    assert 1 <= rows <= MAX_CHUNK_ROWS
+    assert rows == 1 or rows * map_bytes <= CHUNK_BYTES
+    assert rows == MAX_CHUNK_ROWS or (rows + 1) * map_bytes > CHUNK_BYTES
