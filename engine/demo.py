@@ -10,11 +10,12 @@
    on `train-clean`;
 3. explain both on `held-out` with Grad-CAM (engine.runner.run_job: the path of
    `sightline explain`), 4. audit both against the object masks, 5. look at their
-   activations, 6. write one report, and print the verdict: the shortcut model flagged,
-   the clean one not.
+   activations, 6. write one report (with every method's maps on a few held-out scenes
+   for both models), and print the verdict: the shortcut model flagged, the clean one
+   not.
 
 Everything lands in OUT: data/, models/, runs/<model>/ (shards, audit.json),
-activations/<model>/ and report/report.html. Exit 0 when the verdict is the expected
+activations/<model>/ and report/report.html (with methods-<model>.png). Exit 0 when the verdict is the expected
 one, 1 otherwise.
 """
 
@@ -27,6 +28,14 @@ IMAGE_SIZE = 64
 SKY_REGION = "sky=0:20,0:64"
 MODELS = ("shortcut", "clean")
 TRAIN_SPLIT = {"shortcut": "train", "clean": "train-clean"}
+# The overview of every method on a few held-out scenes, per model.
+OVERVIEW_METHODS = ("cam", "gradcam", "gradcam_plus_plus", "scorecam", "saliency",
+                    "smoothgrad", "integrated_gradients")
+# Maps that live on single pixels: shown with their top 1% clipped (display only), or
+# they look black but for a handful of pixels.
+PIXEL_METHODS = ("saliency", "smoothgrad", "integrated_gradients")
+OVERVIEW_IMAGES = 4
+TILE_ZOOM = 2
 
 
 def build_model(seed=0, size=IMAGE_SIZE, num_classes=2):
@@ -74,6 +83,25 @@ def train_model(images, labels, *, seed=0, max_epochs=8, min_delta=0.01, batch_s
     history = model.fit(x, labels, batch_size=batch_size, epochs=max_epochs, shuffle=True,
                         verbose=0, callbacks=[StopWhenFlat()])
     return model, [float(a) for a in history.history["accuracy"]]
+
+
+def method_overview(model, images, path):
+    """Every method's map over `images` (uint8 [N,H,W,3]): one row per image, the input
+    then one column per method of OVERVIEW_METHODS, written as a PNG at `path`."""
+    from engine.api import explain
+    from engine.overlay import clip_percentile, grid, overlay, to_display_rgb, upscale, write_png
+    result = explain(model, images.astype("float32") / 255.0, methods=OVERVIEW_METHODS,
+                     batch_size=len(images))
+    rows = []
+    for i, image in enumerate(images):
+        row = [upscale(to_display_rgb(image), TILE_ZOOM)]
+        for method in OVERVIEW_METHODS:
+            heatmap = result.heatmaps[method][i]
+            if method in PIXEL_METHODS:
+                heatmap = clip_percentile(heatmap)
+            row.append(upscale(overlay(image, heatmap), TILE_ZOOM))
+        rows.append(row)
+    return write_png(path, grid(rows))
 
 
 def _accuracy(model, images, labels):
@@ -159,12 +187,26 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
 
     report_path = None
     if report:
-        from engine.report import write_report
+        from engine.report import embed_png, write_report
+        folder = os.path.join(out, "report")
+        os.makedirs(folder, exist_ok=True)
+        shown = held_out["images"][:OVERVIEW_IMAGES]
+        overviews = "".join(
+            embed_png(method_overview(results[name]["model"], shown,
+                                      os.path.join(folder, f"methods-{name}.png")),
+                      f"{name} model: every method on {OVERVIEW_IMAGES} held-out scenes")
+            for name in MODELS)
+        intro = _intro(results, CLASS_NAMES) + (
+            "<h2>Every method, both models</h2><p class='note'>Columns: the scene, then "
+            + ", ".join(OVERVIEW_METHODS) + " (the last three clipped at their 99th "
+            "percentile for display). The CAM family puts the shortcut model's evidence in the "
+            "sky and the clean model's on the object; the pixel-gradient maps are noisier and "
+            "also trace the object's edges, where a small change of the input still moves "
+            "the score.</p>" + overviews)
         report_path = write_report(
-            os.path.join(out, "report"),
-            [(f"{name} model", results[name]["audit"]) for name in MODELS],
+            folder, [(f"{name} model", results[name]["audit"]) for name in MODELS],
             activations=activation_results, title="sightline demo: find the cloudy-sky detector",
-            intro=_intro(results, CLASS_NAMES))
+            intro=intro)
         say(f"[6/6] report: {os.path.abspath(report_path)}")
 
     expected = {"shortcut": True, "clean": False}

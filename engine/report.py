@@ -38,7 +38,8 @@ def _slug(text):
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40] or "section"
 
 
-def _embed(path, alt):
+def embed_png(path, alt):
+    """A <figure> holding the PNG at `path` as a data URI, captioned, linking the file."""
     with open(path, "rb") as handle:
         data = base64.b64encode(handle.read()).decode("ascii")
     name = os.path.basename(path)
@@ -194,18 +195,18 @@ def _audit_section(folder, title, audit):
     path = os.path.join(folder, f"{slug}-mean-heatmaps.png")
     figures.mean_heatmaps(classes, path, title="mean heatmap per class (outline: where the "
                                                "objects lie)" if with_masks else "mean heatmap per class")
-    parts.append("<h3>Mean heatmaps</h3>" + _embed(path, f"{title}: per-class mean heatmaps"))
+    parts.append("<h3>Mean heatmaps</h3>" + embed_png(path, f"{title}: per-class mean heatmaps"))
     if with_masks:
         path = os.path.join(folder, f"{slug}-share-histograms.png")
         figures.share_histograms(classes, audit["threshold"], path)
         parts.append("<h3>On-object share</h3>"
-                     + _embed(path, f"{title}: histograms of the on-object share per class"))
+                     + embed_png(path, f"{title}: histograms of the on-object share per class"))
         items = _worst_items(audit)
         if items:
             path = os.path.join(folder, f"{slug}-worst.png")
             figures.worst_overlays(items, path)
             parts.append(f"<h3>Per class, the {len(items) // max(1, len(classes))} images with the least evidence on the object"
-                         "</h3>" + _embed(path, f"{title}: worst images (left: image, object "
+                         "</h3>" + embed_png(path, f"{title}: worst images (left: image, object "
                                                 "outlined; right: heatmap over it)"))
     provenance = audit.get("provenance") or {}
     rows = [[html.escape(k), f"<code>{html.escape(str(v))}</code>"]
@@ -239,12 +240,12 @@ def _activations_section(folder, title, result):
 
     files = result.get("files") or {}
     if "stats" in files:
-        parts.append(_embed(local(files["stats"], "stats.png"),
+        parts.append(embed_png(local(files["stats"], "stats.png"),
                             f"{title}: dead and saturated channels, mean activation per layer"))
     for key, path in files.items():
         if key.startswith("featuremaps/"):
             layer = key.split("/", 1)[1]
-            parts.append(_embed(local(path, f"featuremaps-{_slug(layer)}.png"),
+            parts.append(embed_png(local(path, f"featuremaps-{_slug(layer)}.png"),
                                 f"{title}: feature maps of {layer} for the first images"))
     return "\n".join(parts)
 

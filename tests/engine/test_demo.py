@@ -8,10 +8,11 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from engine.audit import DEFAULT_THRESHOLD
 from engine.cli import build_parser
-from engine.demo import run_demo
+from engine.demo import IMAGE_SIZE, OVERVIEW_IMAGES, OVERVIEW_METHODS, TILE_ZOOM, run_demo
 from tests.engine.test_report import assert_png, parse
 
 
@@ -60,13 +61,30 @@ def test_the_demo_writes_its_files_and_a_report_of_valid_pictures(demo):
     page = parse(demo["report"])
     text = " ".join(page.text)
     assert "shortcut model" in text and "clean model" in text and "Activations" in text
-    assert len(page.sources) == 2 * 3 + 2 * (1 + 4)  # audits: 3 each; activations: 1 + 4 layers
+    # Method overviews: 1 per model; audits: 3 each; activations: 1 + 4 layers each.
+    assert len(page.sources) == 2 + 2 * 3 + 2 * (1 + 4)
     for src in page.sources:
         assert_png(base64.b64decode(src.split(",", 1)[1]))
     folder = os.path.dirname(demo["report"])
     for link in page.links:
         if not link.startswith("#"):
             assert_png(open(os.path.join(folder, link), "rb").read())
+
+
+def test_method_overviews_show_every_method_on_the_held_out_scenes(demo):
+    folder = os.path.dirname(demo["report"])
+    tile = IMAGE_SIZE * TILE_ZOOM
+    columns = 1 + len(OVERVIEW_METHODS)
+    for name in ("shortcut", "clean"):
+        png = open(os.path.join(folder, f"methods-{name}.png"), "rb").read()
+        assert_png(png)
+        overview = tf.io.decode_png(png).numpy()
+        assert overview.shape == (OVERVIEW_IMAGES * tile + (OVERVIEW_IMAGES + 1) * 2,
+                                  columns * tile + (columns + 1) * 2, 3)
+        # Every column holds a picture, none is left blank.
+        for column in range(columns):
+            x0 = 2 + column * (tile + 2)
+            assert overview[2:2 + tile, x0:x0 + tile].std() > 5
 
 
 def test_activations_of_the_demo_models_are_sane(demo):
