@@ -509,10 +509,11 @@ def _write_image_folder(folder, images, start=0):
         tf.io.write_file(os.path.join(folder, "class0", f"{start + i:06d}.png"), data)
 
 
-def _job_config(model_path, data, out, methods, batch, shard_size, options=None):
+def _job_config(model_path, data, out, methods, batch, options=None):
+    """The job as a user runs it: default shard size and compression."""
     from engine.config import make_config
     return make_config(tuple(methods), model=model_path, data=data, out=out,
-                       batch_size=batch, shard_size=shard_size, preprocess="[0,1]", devices=1,
+                       batch_size=batch, preprocess="[0,1]", devices=1,
                        size="native", quiet=True, overwrite=True, **(options or {}))
 
 
@@ -549,7 +550,7 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
     wall = {}
     for n in (0, small, large):  # 0: the warm-up job, on the small folder
         config = _job_config(model_path, folders[n or small], os.path.join(workdir, f"out-{n}"),
-                             methods, batch, shard_size=2 * batch,
+                             methods, batch,
                              options=context.options(*methods))
         started = time.perf_counter()
         summary = run_job(config)
@@ -613,7 +614,7 @@ def peak_memory(context, model_path, workdir, methods=("gradcam", "saliency"), c
                             start=written)
         written = n
         args = dict(model_path=model_path, data=folder, out=os.path.join(workdir, f"mem-{n}"),
-                    methods=list(methods), batch=batch, shard_size=2 * batch,
+                    methods=list(methods), batch=batch,
                     options=context.options(*methods))
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
         done = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, json.dumps(args)],
