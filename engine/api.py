@@ -105,7 +105,12 @@ def _adapter_for(model, config):
     key = (config.layer, config.precision)
     if key not in per_model:
         per_model[key] = (build(), {})
-    return per_model[key]
+    adapter, steps = per_model[key]
+    if adapter.model is not model:
+        # A mixed-precision adapter runs a rebuilt copy of the model: give it the
+        # weights the model has now, or maps would lag behind a model that trained on.
+        adapter.model.set_weights(model.get_weights())
+    return adapter, steps
 
 
 def _as_images(images):

@@ -33,7 +33,8 @@ class ModelAdapter:
     backbone(images) -> activations; head(activations) -> logits: None where the head
         cannot be separated (the step then records the whole forward pass).
     cam_weights[K,classes]: the dense kernel of a GAP + dense head, None otherwise,
-        with `cam_unsupported` saying why.
+        with `cam_unsupported` saying why. Read from the layer's variable on every
+        access, so a compiled step sees the weights as they are when it runs.
     """
 
     forward: Callable
@@ -44,7 +45,7 @@ class ModelAdapter:
     layer_name: Optional[str]
     logits_layer: Optional[str]  # the layer whose output (or pre-activation) is explained
     activation_shape: Optional[tuple]  # (h, w, K)
-    cam_weights: Optional[tf.Tensor]
+    cam_kernel: Optional[Callable]  # () -> cam_weights
     cam_unsupported: Optional[str]
     activations_unsupported: Optional[str]
     output_kind: str
@@ -52,6 +53,10 @@ class ModelAdapter:
     precision: str
     values_per_image: int  # activation values one image produces in a forward pass
     model: object = dataclasses.field(repr=False, default=None)
+
+    @property
+    def cam_weights(self):
+        return None if self.cam_kernel is None else self.cam_kernel()
 
     def probabilities(self, logits):
         """logits[B,classes] float32 -> probabilities[B,classes] as the model outputs them."""
@@ -292,7 +297,7 @@ def _adapt_saved_model(loaded, layer):
         input_shape=tuple(input_specs[0].shape[1:]),
         num_classes=int(output_spec.shape[-1]), layer_name=None, logits_layer=None,
         activation_shape=None,
-        cam_weights=None, cam_unsupported=reason, activations_unsupported=reason,
+        cam_kernel=None, cam_unsupported=reason, activations_unsupported=reason,
         output_kind="served", flavor="saved_model", precision="float32",
         # No layers to count: assume a network of typical depth for its input size.
         values_per_image=int(np.prod([d or 224 for d in input_specs[0].shape[1:]])) * 64,
@@ -415,8 +420,13 @@ def _adapt_keras(model, flavor, layer, precision):
     target = None
     activations_unsupported = None
     if layer is None:
-        if candidates:
-            target = candidates[-1]
+        # A head that pools with keepdims (MobileNetV3, MobileNet v1) leaves 4-D layers of
+        # 1x1 after the last feature map: a 1x1 map says nothing about where, so the
+        # default is the last 4-D output with more than one position.
+        spatial = [l for l in candidates
+                   if not all(d == 1 for d in graph.output_of(l).shape[1:3])]
+        if spatial or candidates:
+            target = (spatial or candidates)[-1]
         else:
             activations_unsupported = (
                 "the model has no layer with a 4-D output (no convolutional feature maps), so "
@@ -444,7 +454,7 @@ def _adapt_keras(model, flavor, layer, precision):
         return ModelAdapter(
             forward=forward, backbone=None, head=None, input_shape=tuple(inputs.shape[1:]),
             num_classes=num_classes, layer_name=None, logits_layer=logits_layer,
-            activation_shape=None, cam_weights=None,
+            activation_shape=None, cam_kernel=None,
             cam_unsupported=activations_unsupported,
             activations_unsupported=activations_unsupported, output_kind=output_kind,
             flavor=flavor, precision=precision, values_per_image=_values_per_image(model),
@@ -452,7 +462,7 @@ def _adapt_keras(model, flavor, layer, precision):
 
     activations_tensor = graph.output_of(target)
     # Read the graph before building sub-models: building them adds nodes to the layers.
-    cam_weights, cam_unsupported = _cam_weights(
+    cam_kernel, cam_unsupported = _cam_kernel(
         graph, activations_tensor, logits_tensor, dense_with_activation, output_kind)
     backbone_model = K.Model(inputs, activations_tensor)
     try:
@@ -483,7 +493,7 @@ def _adapt_keras(model, flavor, layer, precision):
     return ModelAdapter(
         forward=forward, backbone=backbone, head=head, input_shape=tuple(inputs.shape[1:]),
         num_classes=num_classes, layer_name=target.name, logits_layer=logits_layer,
-        activation_shape=tuple(activations_tensor.shape[1:]), cam_weights=cam_weights,
+        activation_shape=tuple(activations_tensor.shape[1:]), cam_kernel=cam_kernel,
         cam_unsupported=cam_unsupported, activations_unsupported=None,
         output_kind=output_kind, flavor=flavor, precision=precision,
         values_per_image=_values_per_image(model), model=model)
@@ -504,8 +514,10 @@ def _values_per_image(model):
     return total
 
 
-def _cam_weights(graph, activations_tensor, logits_tensor, dense_with_activation, output_kind):
-    """The dense kernel [K, classes] when the head is GAP -> (Dropout) -> Dense, else a reason."""
+def _cam_kernel(graph, activations_tensor, logits_tensor, dense_with_activation, output_kind):
+    """A reader of the dense kernel [K, classes] when the head is GAP -> (Dropout) -> Dense,
+    else (None, a reason). A reader, not a copy: a copy taken here would go stale when
+    the model trains on, while the step (cached per model by `explain`) lives on."""
     reason = ("CAM needs a head of global average pooling then one dense layer right after "
               "the target layer; this model's head is {}; use gradcam instead")
     dense = dense_with_activation
@@ -524,7 +536,10 @@ def _cam_weights(graph, activations_tensor, logits_tensor, dense_with_activation
         return None, reason.format("a pooling layer that is not channels_last without keepdims")
     if graph.input_of(pooling) is not activations_tensor:
         return None, reason.format("not fed by the target layer")
-    kernel = tf.cast(tf.convert_to_tensor(dense.kernel), tf.float32)  # [K,classes]
-    if output_kind == "binary_sigmoid":
-        kernel = tf.concat([-kernel, kernel], axis=-1)  # [K,2]
-    return kernel, None
+    def read():
+        kernel = tf.cast(tf.convert_to_tensor(dense.kernel), tf.float32)  # [K,classes]
+        if output_kind == "binary_sigmoid":
+            kernel = tf.concat([-kernel, kernel], axis=-1)  # [K,2]
+        return kernel
+
+    return read, None

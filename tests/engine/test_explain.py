@@ -286,6 +286,36 @@ def test_mixed_precision_maps_correlate_with_float32(precision):
         assert correlation >= MIXED_PRECISION_MIN_CORRELATION[method], (method, correlation)
 
 
+def test_maps_follow_weights_changed_after_the_first_call():
+    """`explain` keeps its compiled steps per model; a model that trains on between two
+    calls must be explained with the weights it has at the second call."""
+    model = models.fashion_cnn("keras3", seed=11)
+    images = np.random.default_rng(4).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
+    targets = np.arange(8, dtype=np.int32) % 10
+    explain(model, images, methods=("cam", "gradcam"), targets=targets, normalize=False,
+            size="native")
+    explain(model, images, methods=("gradcam",), targets=targets, precision="mixed_bfloat16")
+    dense = model.get_layer("classifier")
+    kernel, bias = dense.get_weights()
+    dense.set_weights([-kernel[:, ::-1], bias])  # a different head: other classes' evidence
+    after = explain(model, images, methods=("cam", "gradcam"), targets=targets, normalize=False,
+            size="native")
+    features = keras_module("keras3").Model(model.inputs[0], model.get_layer("last_conv").output)
+    activations = features(images).numpy().astype(np.float64)  # [B,h,w,K]
+    new_kernel = -kernel[:, ::-1].astype(np.float64)  # [K,classes]
+    expected = np.einsum("bhwk,bk->bhw", activations, new_kernel[:, targets].T)
+    _close_relative(after.heatmaps["cam"], expected, MODEL_RELATIVE_ATOL)
+    area = activations.shape[1] * activations.shape[2]
+    _close_relative(after.heatmaps["gradcam"], np.maximum(expected, 0) / area, MODEL_RELATIVE_ATOL)
+    # The mixed-precision step runs a rebuilt copy of the model: it must follow too.
+    mixed = explain(model, images, methods=("gradcam",), targets=targets,
+                    precision="mixed_bfloat16")
+    float32 = explain(model, images, methods=("gradcam",), targets=targets)
+    correlation = np.corrcoef(mixed.heatmaps["gradcam"].ravel(),
+                              float32.heatmaps["gradcam"].ravel())[0, 1]
+    assert correlation >= MIXED_PRECISION_MIN_CORRELATION["gradcam"], correlation
+
+
 # ----------------------------------------------------------------------------- bad input
 
 BAD_CALLS = [
