@@ -82,11 +82,16 @@ def build_step(adapter, config, batch_size, image_shape):
                 tape.watch(images)
                 activations, logits = adapter.forward(images)
                 score, chosen, predictions = explained_scores(logits, targets)
-            sources = [images] + ([activations] if wants_activation_grads else [])
-            gradients = tape.gradient(score, sources)
-            input_grads = gradients[0]
+            # Only the sources asked for: the input as a source makes the backward pass
+            # run through the whole backbone, which Grad-CAM alone does not need.
+            sources = {}
+            if wants_input_grads:
+                sources["input"] = images
             if wants_activation_grads:
-                activation_grads = gradients[1]
+                sources["activations"] = activations
+            gradients = tape.gradient(score, sources)
+            input_grads = gradients.get("input")
+            activation_grads = gradients.get("activations")
         elif wants_activation_grads:
             # The backbone runs outside the tape: only the head is differentiated.
             activations = adapter.backbone(images)

@@ -68,6 +68,25 @@ def test_nested_mobilenet_base_is_the_default_target(flavor):
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
+def test_default_target_skips_1x1_maps_after_a_keepdims_pool(flavor):
+    """MobileNetV3's head: pooling with keepdims, then 1x1 convolutions on a 1x1 map.
+    The default target is the last map with more than one position."""
+    K = keras_module(flavor)
+    K.utils.set_random_seed(0)
+    inputs = K.Input((16, 16, 3))
+    x = K.layers.Conv2D(8, 3, padding="same", activation="relu", name="features")(inputs)
+    x = K.layers.GlobalAveragePooling2D(keepdims=True, name="pool")(x)
+    x = K.layers.Conv2D(6, 1, activation="relu", name="head_conv")(x)
+    x = K.layers.Flatten()(x)
+    model = K.Model(inputs, K.layers.Dense(3, activation="softmax")(x))
+    adapter = adapt_model(model)
+    assert adapter.layer_name == "features"
+    assert adapter.activation_shape == (16, 16, 8)
+    # Asked for by name, a 1x1 layer is still the caller's to choose.
+    assert adapt_model(model, layer="head_conv").activation_shape == (1, 1, 6)
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
 def test_named_layer_is_used(flavor):
     model = models.functional_cnn(flavor)
     adapter = adapt_model(model, layer="conv_b")
