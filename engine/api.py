@@ -58,7 +58,9 @@ def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, no
     _check_image_shape(images, adapter.input_shape)
     targets = _as_targets(targets, num_images, adapter.num_classes)
 
-    batch = min(config.batch_size, num_images)
+    # Fewer images than batch_size: the next power of two, so calls with many different
+    # small N share a handful of compiled steps instead of one each.
+    batch = min(config.batch_size, 1 << (num_images - 1).bit_length())
     image_shape = tuple(images.shape[1:])
     key = (config, batch, image_shape)
     if key not in steps:

@@ -144,6 +144,12 @@ def test_short_last_batch_traces_once():
     steps = [step for _, cache in engine.api._COMPILED[model].values() for step in cache.values()]
     assert len(steps) == 1
     assert steps[0].experimental_get_tracing_count() == 1
+    # Fewer images than batch_size: 5, 6, 7 and 8 images share one step of batch 8.
+    for count in (5, 6, 7, 8):
+        explain(model, images[:count], methods=("gradcam", "saliency"), batch_size=64)
+    steps = [step for _, cache in engine.api._COMPILED[model].values() for step in cache.values()]
+    assert len(steps) == 2
+    assert all(step.experimental_get_tracing_count() == 1 for step in steps)
 
 
 def test_predicted_targets_are_argmax_and_scores_are_probabilities(model, images):
