@@ -16,6 +16,10 @@ per image   energy share on the object  s = sum(M * mask) / sum(M)
                                         spreads over (1 = flat, 0.3 = a third of it)
             peak position               (row, col) of the argmax as fractions of the side
 
+            A map that is zero everywhere holds no evidence: it has no share, peak or hit
+            and is left out of every per-class mean and spread (its area too, so share,
+            hit and area are averaged over the same images); empty_maps counts them.
+
 per class   (named by the class subfolder when the keys are folder paths)
             the mean heatmap, the distribution of s, mean s and a, the lift
 (by label,  L = mean(s) / mean(a) (1 = no better than a map blind to the object), the
@@ -51,8 +55,8 @@ Masks: an HDF5 file with /keys [N] (the sample keys of the run, e.g. "cat/001.pn
 /masks [N,H,W] (non-zero on the object), or a folder of PNGs that mirrors the keys
 (DIR/cat/001.png; a key not ending in .png looks for DIR/<key>.png). Boxes: a CSV with
 the header key,y0,x0,y1,x1 in pixels of the input size (half-open; several rows of one
-key are united). Regions: NAME=y0:y1,x0:x1 in pixels, or in fractions of the side when
-any number has a decimal point (sky=0:0.3,0:1).
+key are united). Regions (one per --regions flag): NAME=y0:y1,x0:x1 in pixels, or in
+fractions of the side when any number has a decimal point (sky=0:0.3,0:1).
 """
 
 import heapq
@@ -104,9 +108,10 @@ def image_metrics(maps, masks=None, regions=None):
     """Per-image metrics of maps [B,H,W] (>= 0) against masks bool [B,H,W] (or None)
     and regions {name: bool [H,W]}.
 
-    Returns a dict of [B] arrays: total, entropy, peak_y, peak_x (fractions of the
-    side, pixel centres), and with masks share, area, hit; region/<name> per region.
-    A map that is zero everywhere has NaN shares and entropy (nothing to attribute).
+    Returns a dict of [B] arrays: total, entropy, coverage, peak_y, peak_x (fractions of
+    the side, pixel centres), and with masks share, area, hit (1.0 or 0.0); region/<name>
+    per region. A map that is zero everywhere has nothing to attribute: NaN shares,
+    entropy, coverage, peak and hit (its area is still the mask's).
     """
     maps = np.maximum(np.asarray(maps, np.float64), 0.0)
     batch, height, width = maps.shape
@@ -118,19 +123,27 @@ def image_metrics(maps, masks=None, regions=None):
     with np.errstate(divide="ignore", invalid="ignore"):
         plogp = np.where(p > 0, p * np.log(p), 0.0)
     entropy = -plogp.sum(axis=1) / math.log(height * width)
+    # Ties go to the first pixel in row-major order (np.argmax), so a constant non-zero
+    # map peaks at the top-left pixel. It keeps that peak rather than none: it does
+    # spread evidence (its share is the object's area), and dropping it from the
+    # pointing game alone would average hit and share over different images; its
+    # coverage of 1 is what marks it as pointing nowhere.
     peak = flat.argmax(axis=1)
     result = {
         "total": total,
         "entropy": np.where(empty, np.nan, entropy),
         "coverage": np.where(empty, np.nan, np.exp(-plogp.sum(axis=1)) / (height * width)),
-        "peak_y": (peak // width + 0.5) / height,
-        "peak_x": (peak % width + 0.5) / width,
+        # An empty map has no peak; argmax would put a fake one in the top-left corner,
+        # which looks like a peak that stays put (a shortcut) to the peak spread.
+        "peak_y": np.where(empty, np.nan, (peak // width + 0.5) / height),
+        "peak_x": np.where(empty, np.nan, (peak % width + 0.5) / width),
     }
     if masks is not None:
         masks = np.asarray(masks, bool).reshape(batch, -1)
         result["share"] = np.where(empty, np.nan, (flat * masks).sum(axis=1) / safe)
         result["area"] = masks.mean(axis=1)
-        result["hit"] = np.where(empty, False, masks[np.arange(batch), peak])
+        # 1.0 / 0.0, NaN for an empty map: it neither hits nor misses, as it has no share.
+        result["hit"] = np.where(empty, np.nan, masks[np.arange(batch), peak].astype(np.float64))
     for name, region in (regions or {}).items():
         region = np.asarray(region, bool).reshape(-1)
         result[f"region/{name}"] = np.where(empty, np.nan, (flat * region).sum(axis=1) / safe)
@@ -143,11 +156,22 @@ def lift(mean_share, mean_area):
 
 
 def peak_spread(peak_y, peak_x):
-    """RMS distance of peaks from their mean, in image sides (uniform: 0.408)."""
+    """RMS distance of peaks from their mean, in image sides (uniform: 0.408). Peaks of
+    empty maps (NaN) are left out; NaN when no peak is left."""
     peak_y, peak_x = np.asarray(peak_y, np.float64), np.asarray(peak_x, np.float64)
-    if peak_y.size == 0:
+    present = np.isfinite(peak_y) & np.isfinite(peak_x)
+    if not present.any():
         return float("nan")
-    return float(np.sqrt(peak_y.var() + peak_x.var()))
+    return float(np.sqrt(peak_y[present].var() + peak_x[present].var()))
+
+
+def peak_mean(peak_y, peak_x):
+    """[mean row, mean col] of the peaks of the non-empty maps; NaN when there are none."""
+    peak_y, peak_x = np.asarray(peak_y, np.float64), np.asarray(peak_x, np.float64)
+    present = np.isfinite(peak_y) & np.isfinite(peak_x)
+    if not present.any():
+        return [float("nan"), float("nan")]
+    return [float(peak_y[present].mean()), float(peak_x[present].mean())]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -204,14 +228,22 @@ class _H5Masks:
                 self.handle.close()
                 raise ValueError(f"mask file {path!r} has no /{name} dataset; it needs /keys [N] "
                                  "(the sample keys) and /masks [N,H,W]")
+        # Shapes are read while the file is open: the messages below name them after it
+        # is closed.
+        key_shape = tuple(self.handle["keys"].shape)
+        mask_shape = tuple(self.handle["masks"].shape)
+        if len(key_shape) != 1:
+            self.handle.close()
+            raise ValueError(f"mask file {path!r}: /keys must be a 1-D list of sample keys; "
+                             f"it has shape {key_shape}")
+        if len(mask_shape) != 3 or mask_shape[0] != key_shape[0]:
+            self.handle.close()
+            raise ValueError(f"mask file {path!r}: /masks must be [N,H,W] with N = len(/keys) = "
+                             f"{key_shape[0]}; it has shape {mask_shape}")
         keys = [k.decode("utf-8") if isinstance(k, bytes) else str(k)
                 for k in self.handle["keys"][:]]
         self.row = {k: i for i, k in enumerate(keys)}
-        self.size = tuple(int(v) for v in self.handle["masks"].shape[1:3])
-        if len(self.handle["masks"].shape) != 3 or self.handle["masks"].shape[0] != len(keys):
-            self.handle.close()
-            raise ValueError(f"mask file {path!r}: /masks must be [N,H,W] with N = len(/keys) = "
-                             f"{len(keys)}; it is {self.handle['masks'].shape}")
+        self.size = tuple(int(v) for v in mask_shape[1:])
 
     def __call__(self, keys):
         rows = np.array([self.row[k] for k in keys])
@@ -400,7 +432,13 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
     with h5py.File(shard_files[0], "r") as first:
         size = tuple(int(v) for v in first.attrs["input_size"])
         stored = tuple(first[f"heatmaps/{method}"].shape[1:])
-    region_masks = dict(parse_region(text, size) for text in regions)
+    region_masks = {}
+    for text in regions:
+        name, region = parse_region(text, size)
+        if name in region_masks:
+            raise ValueError(f"region name {name!r} is given twice ({text!r}); give each "
+                             "--regions its own name")
+        region_masks[name] = region
 
     mask_source = open_masks(masks, boxes, size)
     try:
@@ -491,27 +529,43 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
             "entropy": _summary(s.column("entropy")),
             "coverage": _summary(s.column("coverage")),
             "peak_spread": peak_spread(s.column("peak_y"), s.column("peak_x")),
-            "peak_mean": [float(np.mean(s.column("peak_y"))), float(np.mean(s.column("peak_x")))],
+            "peak_mean": peak_mean(s.column("peak_y"), s.column("peak_x")),
+            "empty_maps": int(np.isnan(s.column("peak_y")).sum()),
             "regions": {name: _summary(s.column(f"region/{name}")) for name in region_masks},
         }
         if mask_source is not None:
-            shares, areas = s.column("share"), s.column("area")
-            finite = np.isfinite(shares)
-            mean_share = float(shares[finite].mean()) if finite.any() else float("nan")
-            mean_area = float(areas.mean())
+            shares, areas, hits = s.column("share"), s.column("area"), s.column("hit")
+            # An empty map has no share and no peak; leaving its area in would compare the
+            # mean share with the mean area of other images. Share, hit and area are all
+            # averaged over the maps that hold some evidence.
+            scored = np.isfinite(shares)
+            if scored.any():
+                mean_share = float(shares[scored].mean())
+                mean_area = float(areas[scored].mean())
+                pointing = float(hits[scored].mean())
+            else:
+                mean_share = mean_area = pointing = float("nan")
             entry.update({
                 "mean_mask": (s.mask_sum / max(s.count, 1)).astype(np.float32),
                 "on_object_share": _summary(shares),
-                "area_fraction": float(mean_area),
+                "area_fraction": mean_area,
                 "lift": lift(mean_share, mean_area),
-                "pointing_game": float(s.column("hit").mean()),
-                "pointing_chance": float(mean_area),
+                "pointing_game": pointing,
+                "pointing_chance": mean_area,
             })
+            if not scored.any():
+                entry["share_histogram"] = []
+                entry["share_histogram_range"] = [0.0, 1.0]
+                entry["status"] = "empty"
+                entry["flagged"] = False
+                entry["reason"] = ("every map of this class is zero: there is no evidence to "
+                                   "compare with the object")
+                classes.append(entry)
+                continue
             # Shares of small objects crowd near 0: bin over [0, top] (every share, the
             # flag line and a little room), in steps of 0.05.
-            finite_shares = _finite(shares)
-            top = max([0.05, 1.5 * threshold * mean_area]
-                      + ([float(finite_shares.max())] if finite_shares.size else []))
+            finite_shares = shares[scored].astype(np.float64)
+            top = max(0.05, 1.5 * threshold * mean_area, float(finite_shares.max()))
             top = min(1.0, math.ceil(top * 20 - 1e-9) / 20)
             entry["share_histogram"] = np.histogram(finite_shares, bins=HISTOGRAM_BINS,
                                                     range=(0.0, top))[0].tolist()
@@ -598,7 +652,7 @@ def to_json(audit):
     """The audit as JSON-ready data (arrays to nested lists, NaN to null)."""
     def convert(value):
         if isinstance(value, np.ndarray):
-            return np.round(value.astype(np.float64), 5).tolist()
+            return _round(value.astype(np.float64).tolist())  # NaN is not JSON: null
         if isinstance(value, dict):
             return {k: convert(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -623,11 +677,16 @@ def summary_lines(audit):
     for c in audit["classes"]:
         accuracy = "n/a" if c["accuracy"] is None else f"{c['accuracy']:.3f}"
         line = f"  class {c['name']}: {c['count']} images, accuracy {accuracy}"
-        if "lift" in c:
+        if c.get("empty_maps"):
+            line += f", {c['empty_maps']} empty map(s) left out"
+        if c.get("status") == "empty":
+            line += ", every map is zero: no evidence to compare with the object"
+        elif "lift" in c:
             line += (f", on-object share {c['on_object_share']['mean']:.3f} vs area "
                      f"{c['area_fraction']:.3f} (lift {c['lift']:.2f}), pointing game "
                      f"{c['pointing_game']:.2f}")
-        line += f", peak spread {c['peak_spread']:.2f}"
+        if c["peak_spread"] is not None and math.isfinite(c["peak_spread"]):
+            line += f", peak spread {c['peak_spread']:.2f}"
         for name, summary in c["regions"].items():
             if summary:
                 line += f", {name} share {summary['mean']:.3f}"
@@ -649,9 +708,12 @@ def add_arguments(parser):
     parser.add_argument("--masks", help="object masks: file.h5 with /keys and /masks, or a folder "
                                         "of PNGs mirroring the image keys")
     parser.add_argument("--boxes", help="object boxes: CSV with header key,y0,x0,y1,x1 (pixels)")
-    parser.add_argument("--regions", nargs="+", default=[], metavar="NAME=y0:y1,x0:x1",
-                        help="named regions to report the evidence share of (pixels, or "
-                             "fractions of the side: sky=0:0.3,0:1)")
+    # One region per flag: a flag taking several values would swallow the run folder
+    # written after it (`--regions sky=0:0.3,0:1 OUT`).
+    parser.add_argument("--regions", action="append", default=None, metavar="NAME=y0:y1,x0:x1",
+                        help="a named region to report the evidence share of (pixels, or "
+                             "fractions of the side: sky=0:0.3,0:1); repeat the flag for "
+                             "several regions")
     parser.add_argument("--method", help="which stored maps to audit (default gradcam, else the "
                                          "first method of the run)")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
@@ -676,7 +738,7 @@ def add_arguments(parser):
 
 def run(args):
     audit = run_audit(args.out, method=args.method, masks=args.masks, boxes=args.boxes,
-                      regions=args.regions, threshold=args.threshold, diffuse=args.diffuse,
+                      regions=args.regions or (), threshold=args.threshold, diffuse=args.diffuse,
                       flag_diffuse=args.flag_diffuse, worst=args.worst)
     path = write_audit(audit, args.json or os.path.join(args.out, AUDIT_FILE))
     for line in summary_lines(audit):

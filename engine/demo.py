@@ -16,7 +16,8 @@
 
 Everything lands in OUT: data/, models/, runs/<model>/ (shards, audit.json),
 activations/<model>/ and report/report.html (with methods-<model>.png). Exit 0 when the verdict is the expected
-one, 1 otherwise.
+one, 1 otherwise. OUT must be new, empty or an earlier demo's output (marked by
+.sightline-demo): the demo replaces those folders on every run.
 """
 
 import html
@@ -36,6 +37,25 @@ OVERVIEW_METHODS = ("cam", "gradcam", "gradcam_plus_plus", "scorecam", "saliency
 PIXEL_METHODS = ("saliency", "smoothgrad", "integrated_gradients")
 OVERVIEW_IMAGES = 4
 TILE_ZOOM = 2
+# What the demo replaces in OUT on every run, and the file that says OUT is the demo's:
+# without it, `--out .` in a project would wipe the project's own data/ and models/.
+OWNED_FOLDERS = ("data", "models", "runs", "activations", "report")
+MARKER_FILE = ".sightline-demo"
+
+
+def check_demo_folder(out):
+    """Refuse an OUT the demo may not replace parts of: an existing non-empty folder with
+    no MARKER_FILE (one a previous demo did not write), or something that is not a folder."""
+    out = os.fspath(out)
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise ValueError(f"--out must be a folder; {out!r} is a file. Pass a new or empty folder "
+                         "for the demo's output")
+    if os.listdir(out) and not os.path.isfile(os.path.join(out, MARKER_FILE)):
+        raise ValueError(f"--out {out!r} is a non-empty folder the demo did not write (it has no "
+                         f"{MARKER_FILE}), and the demo replaces {', '.join(OWNED_FOLDERS)} in "
+                         "it; pass a new or empty folder, or the output of an earlier demo")
 
 
 def build_model(seed=0, size=IMAGE_SIZE, num_classes=2):
@@ -114,6 +134,7 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
              activations=True, report=True, verbose=True):
     """The whole demo; returns a dict with per model: train/held-out accuracy, epochs,
     the audit, and the verdict, plus the report path and seconds."""
+    check_demo_folder(out)  # before TensorFlow is even imported: a refusal costs nothing
     from engine.audit import AUDIT_FILE, run_audit, summary_lines, write_audit
     from engine.config import make_config
     from engine.demo_data import CLASS_NAMES, make_demo_data
@@ -126,8 +147,12 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
     started = time.monotonic()
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
-    for name in ("data", "models", "runs", "activations", "report"):
-        shutil.rmtree(os.path.join(out, name), ignore_errors=True)  # only what the demo writes
+    # The marker goes in before anything else, so a demo stopped half-way can be re-run.
+    with open(os.path.join(out, MARKER_FILE), "w") as handle:
+        handle.write("written by `sightline demo`, which replaces "
+                     f"{', '.join(OWNED_FOLDERS)} here on every run\n")
+    for name in OWNED_FOLDERS:
+        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
     data = os.path.join(out, "data")
     say(f"[1/6] generating scenes into {data}: {num_train} training scenes where the sky "
         f"agrees with the class 95% of the time, {num_train} where it agrees 50%, "
@@ -214,8 +239,10 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
     as_expected = flagged == expected
     for name in MODELS:
         audit = results[name]["audit"]
-        shares = ", ".join(f"{c['name']} {c['on_object_share']['mean']:.3f} (lift {c['lift']:.2f})"
-                           for c in audit["classes"])
+        shares = ", ".join(
+            f"{c['name']} {c['on_object_share']['mean']:.3f} (lift {c['lift']:.2f})"
+            if c["on_object_share"] else f"{c['name']} n/a (every map is zero)"
+            for c in audit["classes"])
         say(f"verdict: {name} model {'FLAGGED' if flagged[name] else 'not flagged'}; on-object "
             f"share {shares}; held-out accuracy {results[name]['held_out_accuracy']:.3f}")
     seconds = time.monotonic() - started
@@ -227,20 +254,36 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
             "report": report_path, "seconds": seconds}
 
 
+def _mean_over_images(audit, summary_of):
+    """The per-class means of a summary, weighted by the images they average over: the
+    empty maps of a class have no share and are not in its mean."""
+    total = weight = 0.0
+    for c in audit["classes"]:
+        summary = summary_of(c)
+        if summary:
+            images = c["count"] - c.get("empty_maps", 0)
+            total += summary["mean"] * images
+            weight += images
+    return total / weight if weight else float("nan")
+
+
+def _number(value):
+    return f"{value:.3f}" if value == value else "n/a"  # NaN: no map with evidence
+
+
 def _intro(results, class_names):
     rows = []
     for name in MODELS:
         r = results[name]
         audit = r["audit"]
-        share = sum(c["on_object_share"]["mean"] * c["count"] for c in audit["classes"]) / max(
-            1, sum(c["count"] for c in audit["classes"]))
-        sky = sum(c["regions"]["sky"]["mean"] * c["count"] for c in audit["classes"]) / max(
-            1, sum(c["count"] for c in audit["classes"]))
+        share = _mean_over_images(audit, lambda c: c["on_object_share"])
+        sky = _mean_over_images(audit, lambda c: c["regions"]["sky"])
         verdict = ('<span class="flagged">FLAGGED</span>' if audit["flagged"]
                    else '<span class="ok">not flagged</span>')
         rows.append(f"<tr><td class='text'>{name}</td><td class='text'>{TRAIN_SPLIT[name]}</td>"
                     f"<td>{r['epochs']}</td><td>{r['train_accuracy']:.3f}</td>"
-                    f"<td>{r['held_out_accuracy']:.3f}</td><td>{share:.3f}</td><td>{sky:.3f}</td>"
+                    f"<td>{r['held_out_accuracy']:.3f}</td><td>{_number(share)}</td>"
+                    f"<td>{_number(sky)}</td>"
                     f"<td>{verdict}</td></tr>")
     return (
         "<p>Two CNNs of the same shape and recipe learned to tell a "

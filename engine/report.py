@@ -49,8 +49,8 @@ def embed_png(path, alt):
 
 
 def _fmt(value, digits=3):
-    if value is None:
-        return "n/a"
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"  # NaN: nothing to average (e.g. a class whose maps are all zero)
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return html.escape(str(value))
@@ -147,11 +147,17 @@ def _audit_section(folder, title, audit):
         css = "flagged"
     else:
         diffuse = [c["name"] for c in audit["classes"] if c.get("status") == "diffuse"]
-        verdict = "not flagged: " + (
-            "the evidence sits on the object in every class" if not diffuse else
-            f"the evidence sits on the object, except for {', '.join(map(str, diffuse))} "
-            "whose maps are flat (diffuse: no localised evidence, the class predicted when the "
-            "other's evidence is absent)")
+        empty = [c["name"] for c in audit["classes"] if c.get("status") == "empty"]
+        exceptions = []
+        if diffuse:
+            exceptions.append(f"{', '.join(map(str, diffuse))} whose maps are flat (diffuse: no "
+                              "localised evidence, the class predicted when the other's "
+                              "evidence is absent)")
+        if empty:
+            exceptions.append(f"{', '.join(map(str, empty))} whose maps are all zero (no "
+                              "evidence to place)")
+        verdict = "not flagged: the evidence sits on the object" + (
+            " in every class" if not exceptions else ", except for " + "; and ".join(exceptions))
         css = "ok"
     parts.append(f'<p class="verdict {css}">{html.escape(verdict)}</p>')
     parts.append(f'<p class="note">method <code>{html.escape(audit["method"])}</code>, '
@@ -181,6 +187,7 @@ def _audit_section(folder, title, audit):
         row += [_fmt((c["regions"].get(r) or {}).get("mean")) for r in regions]
         row.append('<span class="flagged">FLAGGED</span>' if c["flagged"]
                    else '<span class="note">diffuse</span>' if c.get("status") == "diffuse"
+                   else '<span class="note">empty maps</span>' if c.get("status") == "empty"
                    else '<span class="ok">ok</span>' if with_masks else "n/a")
         rows.append(row)
     parts.append(_table(header, rows))

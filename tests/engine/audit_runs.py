@@ -113,3 +113,20 @@ def shortcut_run(root, count=24, seed=0):
     masks_path = write_masks(os.path.join(root, "masks.h5"), keys, masks)
     return {"out": out, "masks": masks_path, "mask_array": masks, "maps": maps,
             "labels": labels, "predictions": predictions, "keys": keys}
+
+
+def empty_map_run(root, count=24, seed=0):
+    """Maps that are zero everywhere: class 0 (cross) looks at its objects but a third of
+    its maps are empty, every map of class 1 (disc) is empty. Returns a dict like
+    shortcut_run's, with `empty` the bool [N] of the empty maps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 2
+    keys = np.array([f"{CLASSES[label]}/{i:03d}.png" for i, label in enumerate(labels)])
+    masks = scene_masks(count, seed)
+    maps = object_maps(masks, rng)
+    empty = (labels == 1) | (np.arange(count) % 6 == 0)
+    maps[empty] = 0.0
+    out = write_run(os.path.join(root, "run"), maps, labels, labels.copy(), keys, shard_size=10)
+    masks_path = write_masks(os.path.join(root, "masks.h5"), keys, masks)
+    return {"out": out, "masks": masks_path, "mask_array": masks, "maps": maps,
+            "labels": labels, "predictions": labels.copy(), "keys": keys, "empty": empty}

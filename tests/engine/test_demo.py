@@ -5,14 +5,16 @@ valid pictures only."""
 import base64
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from engine.audit import DEFAULT_THRESHOLD
-from engine.cli import build_parser
-from engine.demo import IMAGE_SIZE, OVERVIEW_IMAGES, OVERVIEW_METHODS, TILE_ZOOM, run_demo
+from engine.cli import build_parser, main
+from engine.demo import (IMAGE_SIZE, MARKER_FILE, OVERVIEW_IMAGES, OVERVIEW_METHODS, TILE_ZOOM,
+                         _mean_over_images, check_demo_folder, run_demo)
 from tests.engine.test_report import assert_png, parse
 
 
@@ -53,6 +55,8 @@ def test_the_audit_flags_the_shortcut_model_and_not_the_clean_one_with_margin(de
 
 def test_the_demo_writes_its_files_and_a_report_of_valid_pictures(demo):
     out = os.path.dirname(os.path.dirname(demo["report"]))
+    assert os.path.isfile(os.path.join(out, MARKER_FILE))
+    check_demo_folder(out)  # its own output: a second demo may replace it
     for name in ("shortcut", "clean"):
         assert os.path.isfile(os.path.join(out, "models", f"{name}.keras"))
         saved = json.load(open(os.path.join(out, "runs", name, "audit.json")))
@@ -106,3 +110,56 @@ def test_demo_command_is_registered_and_checks_its_arguments(capsys):
     for command in ("audit", "activations"):
         assert parser.parse_args([command, "out"] if command == "audit" else
                                  [command, "--model", "m", "--data", "d"]).command == command
+
+
+def listing(folder):
+    return sorted(os.path.relpath(os.path.join(root, name), folder)
+                  for root, folders, files in os.walk(folder) for name in folders + files)
+
+
+def test_demo_refuses_a_non_empty_folder_it_did_not_write_before_any_work(tmp_path, capsys):
+    project = tmp_path / "project"
+    for name in ("data/images.npy", "models/model.keras", "runs/x/notes.txt", "report/a.html"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(name)
+    before = listing(project)
+    assert main(["demo", "--out", str(project), "--num-train", "4", "--num-held-out", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("sightline demo: error: --out")
+    assert repr(str(project)) in err and MARKER_FILE in err and "new or empty folder" in err
+    assert listing(project) == before  # nothing deleted, nothing generated, no marker
+    for name in before:
+        if os.path.isfile(project / name):
+            assert (project / name).read_text() == name
+    with pytest.raises(ValueError, match="non-empty folder the demo did not write "
+                                         rf"\(it has no {re.escape(MARKER_FILE)}\)"):
+        run_demo(str(project))
+
+
+def test_demo_folder_may_be_new_empty_or_its_own_earlier_output(tmp_path):
+    check_demo_folder(str(tmp_path / "absent"))
+    check_demo_folder(str(tmp_path))  # empty
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "scenes.npy").write_text("x")
+    with pytest.raises(ValueError, match="non-empty folder"):
+        check_demo_folder(str(tmp_path))
+    (tmp_path / MARKER_FILE).write_text("")
+    check_demo_folder(str(tmp_path))  # an earlier demo's output
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="--out must be a folder"):
+        check_demo_folder(str(tmp_path / "file"))
+
+
+def test_the_intro_averages_shares_over_the_images_that_have_one():
+    # Per image: cross 3 shares (1 of its 4 maps empty), disc none (all maps empty).
+    shares = {"cross": [0.2, 0.5, 0.8], "disc": []}
+    audit = {"classes": [
+        {"name": "cross", "count": 4, "empty_maps": 1,
+         "on_object_share": {"mean": float(np.mean(shares["cross"]))}},
+        {"name": "disc", "count": 5, "empty_maps": 5, "on_object_share": None},
+    ]}
+    every_share = shares["cross"] + shares["disc"]
+    assert _mean_over_images(audit, lambda c: c["on_object_share"]) == pytest.approx(
+        np.mean(every_share))
+    audit["classes"][0]["on_object_share"] = None
+    assert np.isnan(_mean_over_images(audit, lambda c: c["on_object_share"]))
