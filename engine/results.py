@@ -6,13 +6,19 @@ import os
 import numpy as np
 
 from engine.manifest import MANIFEST_FILE, read_manifest, refresh_manifest
-from engine.shards import INDEX_FILE, build_index, verify_shard
+from engine.shards import INDEX_FILE, build_index, remove_stale_temporaries, verify_shard
+
+# What `sightline inspect` calls a shard, by the kind of its problem (see ShardProblem).
+INSPECT_STATES = {"missing": "pending", "unfinished": "pending", "lost": "missing",
+                  "damaged": "damaged", "foreign": "other run"}
 
 
 def index_output(out):
-    """Verify every shard against its record, build index.h5, rewrite the manifest."""
+    """Verify every shard against its record and the run's fingerprint, build index.h5,
+    rewrite the manifest."""
     manifest = read_manifest(out)
-    records = build_index(out, manifest["num_shards"])
+    remove_stale_temporaries(out)
+    records = build_index(out, manifest["num_shards"], fingerprint=manifest.get("fingerprint"))
     refresh_manifest(out)
     return records
 
@@ -99,14 +105,17 @@ def open_results(out):
 
 
 def describe_output(out):
-    """A few lines a person can read: what ran, on what, and the state of every shard."""
+    """A few lines a person can read: what ran, on what, and the state of every shard.
+
+    Every shard's checksum is verified: reading them all is the price of reporting
+    damage, which is what a person runs inspect to find."""
     manifest = read_manifest(out)
     run = manifest["run"]
     states = {}
     for entry in manifest["shards"]:
-        _, problem = verify_shard(out, entry["shard"], manifest["num_shards"], checksum=False)
-        state = "complete" if problem is None else ("pending" if "missing" in problem
-                                                    or "record" in problem else "damaged")
+        _, problem = verify_shard(out, entry["shard"], manifest["num_shards"],
+                                  fingerprint=manifest.get("fingerprint"))
+        state = "complete" if problem is None else INSPECT_STATES[problem.kind]
         states.setdefault(state, []).append(entry["shard"])
     lines = [
         f"output:     {os.path.abspath(out)}",
@@ -122,10 +131,11 @@ def describe_output(out):
         "input(s)",
         f"index:      {'present' if os.path.exists(os.path.join(out, INDEX_FILE)) else 'not built'}",
     ]
-    for state in ("pending", "damaged"):
+    for state in sorted(set(INSPECT_STATES.values())):
         if state in states:
             shown = ", ".join(str(s) for s in states[state][:20])
-            lines.append(f"{state}:    shards {shown}{' ...' if len(states[state]) > 20 else ''}")
+            lines.append(f"{state + ':':<11} shards {shown}"
+                         f"{' ...' if len(states[state]) > 20 else ''}")
     for item in manifest.get("skipped", [])[:10]:
         lines.append(f"  skipped {item['key']}: {item['reason']}")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from engine.config import ExplainConfig
-from engine.manifest import MANIFEST_FILE
+from engine.manifest import MANIFEST_FILE, fingerprint_hash
 from engine.manifest import write_manifest as write_manifest_file
 from engine.shards import (INDEX_FILE, SHARD_DIRECTORY, ShardWriter, build_index,
                            remove_stale_temporaries, shard_name, verify_shard)
@@ -166,6 +166,7 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     num_shards = math.ceil(source.num_samples / config.shard_size)
     mine = shards_of(worker, workers, num_shards)
     run = _run_fingerprint(config, adapter, source, image_shape)
+    fingerprint = fingerprint_hash(run)
     _claim_out_folder(out, run, config.overwrite, mine, num_shards)
     remove_stale_temporaries(out, mine, num_shards)
     provenance = _provenance(config, adapter, replicas, workers)
@@ -175,7 +176,7 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
 
     def write_manifest(*_):
         with manifest_lock:
-            write_manifest_file(out, run, provenance, ranges)
+            write_manifest_file(out, run, provenance, ranges, fingerprint=fingerprint)
 
     write_manifest()
 
@@ -197,19 +198,28 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     progress = Progress(sum(ranges[s][1] - ranges[s][0] for s in mine),
                         log_json=config.log_json, quiet=config.quiet, stream=progress_stream)
     writer = ShardWriter(out, num_shards, layout, compression=config.compression,
-                         on_finished=write_manifest)
+                         on_finished=write_manifest, fingerprint=fingerprint, worker=worker,
+                         workers=workers)
     stop_signal = []
-    previous_handlers = _install_signal_handlers(stop_signal)
-    pending = []
-    for shard in mine:
-        if verify_shard(out, shard, num_shards)[0] is None:
-            pending.append(shard)
-        else:
-            progress.advance(ranges[shard][1] - ranges[shard][0])
-    job = _ShardProgress(source, writer, progress, [ranges[s] for s in pending], pending)
+    pending, reused = [], 0
+    job = None
     timer = _Timer()
     exit_code = 0
+    previous_handlers = _install_signal_handlers(stop_signal)
     try:
+        # On a large resume, checksumming the finished shards reads them all and takes
+        # a while: a signal during it must end the run as cleanly as one between batches.
+        for shard in mine:
+            if stop_signal:
+                raise Interrupted(stop_signal[0])
+            if verify_shard(out, shard, num_shards, fingerprint=fingerprint)[0] is None:
+                pending.append(shard)
+            else:
+                reused += 1
+                progress.advance(ranges[shard][1] - ranges[shard][0])
+        job = _ShardProgress(source, writer, progress, [ranges[s] for s in pending], pending)
+        if stop_signal:
+            raise Interrupted(stop_signal[0])
         if pending:
             dataset = shard_batches(source, [ranges[s] for s in pending],
                                     batch_size=config.batch_size, image_size=image_shape[:2],
@@ -247,15 +257,17 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
         write_manifest()
 
     index_built = False
-    if exit_code == 0 and all(verify_shard(out, s, num_shards, checksum=False)[0]
+    if exit_code == 0 and all(verify_shard(out, s, num_shards, checksum=False,
+                                           fingerprint=fingerprint)[0]
                               for s in range(num_shards)):
-        build_index(out, num_shards)
+        build_index(out, num_shards, fingerprint=fingerprint)
         index_built = True
         write_manifest()
     wall = time.monotonic() - started
     summary = JobSummary(
-        images=job.images, skipped=job.skipped, shards_written=job.written,
-        shards_reused=len(mine) - len(pending), shards_total=num_shards,
+        images=job.images if job else 0, skipped=job.skipped if job else 0,
+        shards_written=job.written if job else 0,
+        shards_reused=reused, shards_total=num_shards,
         startup_seconds=round(timer.startup, 2),
         images_per_second=round(timer.steady_rate(), 2),
         wall_seconds=round(wall, 2), index_built=index_built, exit_code=exit_code)
@@ -424,7 +436,16 @@ def method_parameters(config):
 
 
 def _run_fingerprint(config, adapter, source, image_shape):
-    """What must match for an existing output folder to be resumed."""
+    """What must match for an existing output folder to be resumed.
+
+    The source is named by its path, and what it holds by a hash of its sample keys
+    and of its labels (the --labels file, the TFRecord label key, class folders): one
+    pass over N short strings, where hashing the images themselves would read the
+    whole dataset again.
+    """
+    keys_digest = hashlib.sha256("\0".join(source.keys).encode("utf-8")).hexdigest()
+    labels = np.ascontiguousarray(source.labels, "<i4")
+    labels_digest = hashlib.sha256(labels.tobytes()).hexdigest()
     return {
         "model_sha256": model_digest(config.model),
         "layer": adapter.layer_name,
@@ -437,6 +458,10 @@ def _run_fingerprint(config, adapter, source, image_shape):
         "target": config.target,
         "source": source.description,
         "num_samples": source.num_samples,
+        "keys_sha256": keys_digest,
+        "labels_sha256": labels_digest,
+        "tfrecord_keys": ({"image": source.image_key, "label": source.label_key}
+                          if source.kind == "tfrecord" else None),
         "image_shape": list(image_shape),
         "preprocess": config.preprocess,
         "shard_size": config.shard_size,

@@ -2,17 +2,24 @@
 place only when complete; verification against the manifest; the index file.
 
     shards/shard-00003-of-00016.h5     the maps and sample data of one index range
-    shards/shard-00003-of-00016.json   its record: sha256, sample range, count, skipped
+    shards/shard-00003-of-00016.json   its record: sha256, sample range, count, skipped,
+                                       the run's fingerprint and the worker that wrote it
 
 The record is written (atomically) only after the shard file has been renamed into
-place, so a shard without a record, or whose checksum differs from it, is redone.
+place, so a shard without a record, or whose checksum differs from it, is redone. A
+shard whose record carries another run's fingerprint (left by an --overwrite that other
+workers have not reached yet) is redone too, and never indexed.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
 import queue
+import re
+import socket
 import threading
+import time
 
 import numpy as np
 
@@ -24,10 +31,17 @@ SHARD_DIRECTORY = "shards"
 CHUNK_BYTES = 64 * 1024
 MAX_CHUNK_ROWS = 256
 INDEX_FILE = "index.h5"
+MANIFEST_FILE = "manifest.json"
 SCALAR_DATASETS = {
     "sample/index": np.int64, "sample/label": np.int32, "pred/target": np.int32,
     "pred/class": np.int32, "pred/score": np.float32,
 }
+TEMPORARY_MARK = ".tmp-"
+# Workers on other nodes share the folder, and whether their process is alive cannot be
+# asked from here: their temporaries go only once untouched this long. Every write
+# behind a shared temporary (the manifest, index.h5) takes seconds at most.
+FOREIGN_TEMPORARY_SECONDS = 3600
+_HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
 
 
 def map_chunk_rows(height, width):
@@ -53,15 +67,61 @@ def sha256_of(path, block=1 << 20):
     return digest.hexdigest()
 
 
+def temporary_path(path):
+    """The name `path` is written under before its rename. It names the writer (pid,
+    thread, host) so that a later run can tell a dead writer's leftover from a file
+    that a live worker is still writing."""
+    return f"{path}{TEMPORARY_MARK}{os.getpid()}-{threading.get_ident()}@{_HOST}"
+
+
+def _temporary_writer(name):
+    """(pid, thread, host) from a temporary_path name, or None when it is not one."""
+    match = re.search(re.escape(TEMPORARY_MARK) + r"(\d+)-(\d+)@([^/]+)$", name)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2)), match.group(3)
+
+
+def _writer_is_gone(path):
+    """True when nobody can still be writing this temporary file."""
+    writer = _temporary_writer(os.path.basename(path))
+    if writer is not None and writer[2] == _HOST:
+        pid, thread, _ = writer
+        if pid == os.getpid():
+            return thread not in {t.ident for t in threading.enumerate()}
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, owned by another user
+            return False
+        return False
+    try:
+        return time.time() - os.stat(path).st_mtime > FOREIGN_TEMPORARY_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def write_json_atomic(path, payload):
     """Write JSON under a temporary name, fsync, rename: readers see old or new, whole."""
-    temporary = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    temporary = temporary_path(path)
+    try:
+        with open(temporary, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
     _fsync_directory(os.path.dirname(path) or ".")
 
 
@@ -88,16 +148,50 @@ def read_record(out, shard, num_shards):
         return None
 
 
-def verify_shard(out, shard, num_shards, *, checksum=True):
-    """(record, None) for a complete shard, else (None, what is wrong)."""
-    path, _ = shard_paths(out, shard, num_shards)
+@dataclasses.dataclass(frozen=True)
+class ShardProblem:
+    """Why a shard cannot be used. kind is one of:
+
+    missing     neither file nor record: not written yet
+    unfinished  the file without its record: the run stopped between the two
+    lost        the record without its file: the file was deleted or moved
+    damaged     unreadable record, or file bytes that differ from its checksum
+    foreign     the record carries another run's fingerprint
+    """
+
+    kind: str
+    message: str
+
+    def __str__(self):
+        return self.message
+
+
+def verify_shard(out, shard, num_shards, *, checksum=True, fingerprint=None):
+    """(record, None) for a complete shard, else (None, ShardProblem).
+
+    fingerprint: the run's fingerprint hash; a record that carries another is a problem.
+    None skips that check (output written without fingerprints).
+    """
+    path, record_path = shard_paths(out, shard, num_shards)
+    has_file, has_record = os.path.exists(path), os.path.exists(record_path)
+    if not has_file:
+        if has_record:
+            return None, ShardProblem("lost", "missing, though its record says it was "
+                                              "finished (deleted or moved)")
+        return None, ShardProblem("missing", "missing")
+    if not has_record:
+        return None, ShardProblem("unfinished", "no record (the run stopped before "
+                                                "finishing it)")
     record = read_record(out, shard, num_shards)
-    if not os.path.exists(path):
-        return None, "missing"
-    if record is None:
-        return None, "no record (the run stopped before finishing it)"
-    if checksum and sha256_of(path) != record.get("sha256"):
-        return None, "checksum differs from its record (damaged or overwritten)"
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        return None, ShardProblem("damaged", "its record is unreadable (damaged)")
+    if fingerprint is not None and record.get("fingerprint") != fingerprint:
+        theirs = str(record.get("fingerprint") or "none")[:12]
+        return None, ShardProblem("foreign", f"written by another run (fingerprint {theirs}, "
+                                             f"this run's {fingerprint[:12]})")
+    if checksum and sha256_of(path) != record["sha256"]:
+        return None, ShardProblem("damaged", "checksum differs from its record (damaged or "
+                                             "overwritten)")
     return record, None
 
 
@@ -107,14 +201,21 @@ class ShardWriter:
     `begin`, `append` (repeatedly), then `finish` or `abort`, per shard. The queue
     holds at most `depth` batches: compute runs ahead of the disk by that much and no
     more, so memory stays flat. An error on the writer thread is raised on the next
-    call from the main thread.
+    call from the main thread. `abort` with no shard open does nothing: a stop signal
+    can arrive before the first batch.
+
+    Each shard's record and file attributes carry `fingerprint` (the run's) and
+    `worker` of `workers` (who wrote it), so a resume can refuse another run's shard
+    and a test can check that worker i wrote only shards s with s mod W == i.
     """
 
     def __init__(self, out, num_shards, layout, *, compression="gzip", depth=8,
-                 on_finished=None):
+                 on_finished=None, fingerprint=None, worker=0, workers=1):
         self.out = out
         self.on_finished = on_finished  # called on the writer thread with each record
         self.num_shards = num_shards
+        self.fingerprint = fingerprint
+        self.worker, self.workers = worker, workers
         self.layout = layout  # method -> (h, w); plus "attributes" and "key_length"
         self.compression = compression
         self.queue = queue.Queue(maxsize=depth)
@@ -161,6 +262,7 @@ class ShardWriter:
             if item is None:
                 if state is not None:
                     state.discard()
+                    state = None
                 return
             if self.error is not None:
                 continue  # drain: the main thread will see the error
@@ -176,8 +278,9 @@ class ShardWriter:
                     if self.on_finished is not None:
                         self.on_finished(record)
                 elif kind == "abort":
-                    state.discard()
-                    state = None
+                    if state is not None:
+                        state.discard()
+                        state = None
             except BaseException as error:  # noqa: BLE001 - handed to the main thread
                 self.error = error
                 if state is not None:
@@ -191,9 +294,17 @@ class _OpenShard:
         self.writer = writer
         self.shard, self.start, self.stop = shard, start, stop
         self.path, self.record_path = shard_paths(writer.out, shard, writer.num_shards)
-        self.temporary = f"{self.path}.tmp-{os.getpid()}"
+        self.temporary = temporary_path(self.path)
         self.count = 0
         self.handle = h5py.File(self.temporary, "w")
+        try:
+            self._create_layout(shard, start, stop)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _create_layout(self, shard, start, stop):
+        writer = self.writer
         compression = None if writer.compression == "none" else writer.compression
         options = dict(compression=compression, shuffle=compression is not None)
         if compression == "gzip":
@@ -220,6 +331,10 @@ class _OpenShard:
         self.handle.attrs["num_shards"] = writer.num_shards
         self.handle.attrs["sample_start"] = start
         self.handle.attrs["sample_stop"] = stop
+        self.handle.attrs["worker"] = writer.worker
+        self.handle.attrs["workers"] = writer.workers
+        if writer.fingerprint is not None:
+            self.handle.attrs["fingerprint"] = writer.fingerprint
 
     def append(self, arrays):
         rows = len(arrays["sample/index"])
@@ -247,6 +362,8 @@ class _OpenShard:
             "shard": self.shard, "file": os.path.relpath(self.path, self.writer.out),
             "sample_start": self.start, "sample_stop": self.stop, "num_samples": self.count,
             "sha256": sha256_of(self.path), "skipped": skipped,
+            "fingerprint": self.writer.fingerprint, "worker": self.writer.worker,
+            "workers": self.writer.workers,
         }
         write_json_atomic(self.record_path, record)
         return record
@@ -258,38 +375,56 @@ class _OpenShard:
             except Exception:  # noqa: BLE001 - the file is being thrown away
                 pass
             self.handle = None
-        if os.path.exists(self.temporary):
-            os.remove(self.temporary)
+        _remove_quietly(self.temporary)
 
 
-def remove_stale_temporaries(out, shards, num_shards):
-    """Temporary files of these shards left by a killed run (this worker's shards only)."""
+def remove_stale_temporaries(out, shards=(), num_shards=None):
+    """Temporary files left by killed runs; returns the paths removed.
+
+    Shard temporaries (.h5 and .json) of `shards`: all of them. Only this worker
+    writes these shards, so whatever is there was left by an earlier process; another
+    worker's shard temporaries are that worker's to remove, as it may be writing them.
+    Temporaries in OUT itself (manifest.json, index.h5, ...), which every worker
+    writes: only those whose writer is known to be gone (see _writer_is_gone).
+    """
+    removed = []
     folder = os.path.join(out, SHARD_DIRECTORY)
-    if not os.path.isdir(folder):
-        return
-    prefixes = {shard_name(s, num_shards) + ".h5.tmp-" for s in shards}
-    for name in os.listdir(folder):
-        if any(name.startswith(p) for p in prefixes):
-            os.remove(os.path.join(folder, name))
+    own = {shard_name(s, num_shards) for s in shards}
+    if own and os.path.isdir(folder):
+        for name in os.listdir(folder):
+            final, mark, _ = name.partition(TEMPORARY_MARK)
+            stem, extension = os.path.splitext(final)
+            if mark and stem in own and extension in (".h5", ".json"):
+                _remove_quietly(os.path.join(folder, name))
+                removed.append(os.path.join(folder, name))
+    if os.path.isdir(out):
+        for name in os.listdir(out):
+            path = os.path.join(out, name)
+            if TEMPORARY_MARK in name and os.path.isfile(path) and _writer_is_gone(path):
+                _remove_quietly(path)
+                removed.append(path)
+    return removed
 
 
-def build_index(out, num_shards, *, checksum=True):
+def build_index(out, num_shards, *, checksum=True, fingerprint=None):
     """Verify every shard, then stitch them with virtual datasets into index.h5.
 
-    Raises ValueError naming the missing or damaged shards: a virtual dataset would
-    silently read a missing source as fill values. Paths inside are relative, so the
+    Raises ValueError naming the missing, damaged or other-run shards (fingerprint: the
+    run's, see verify_shard): a virtual dataset would silently read a missing source as
+    fill values, and would as silently mix two runs. Paths inside are relative, so the
     output folder can be moved as a whole.
     """
     import h5py
     records, problems = [], []
     for shard in range(num_shards):
-        record, problem = verify_shard(out, shard, num_shards, checksum=checksum)
+        record, problem = verify_shard(out, shard, num_shards, checksum=checksum,
+                                       fingerprint=fingerprint)
         if problem:
             problems.append(f"{shard_name(shard, num_shards)}.h5: {problem}")
         records.append(record)
     if problems:
         raise ValueError(f"cannot build {INDEX_FILE}: {len(problems)} of {num_shards} shard(s) "
-                         f"incomplete: {'; '.join(problems[:5])}"
+                         f"are not finished shards of this run: {'; '.join(problems[:5])}"
                          f"{' ...' if len(problems) > 5 else ''}; run the job again to finish them")
     total = sum(r["num_samples"] for r in records)
     first_path, _ = shard_paths(out, 0, num_shards)
@@ -299,7 +434,18 @@ def build_index(out, num_shards, *, checksum=True):
                          if isinstance(item, h5py.Dataset) else None)
         specs = {name: (first[name].shape[1:], first[name].dtype) for name in names}
         attributes = dict(first.attrs)
-    temporary = os.path.join(out, f"{INDEX_FILE}.tmp-{os.getpid()}")
+    temporary = temporary_path(os.path.join(out, INDEX_FILE))
+    try:
+        _write_index(temporary, specs, records, attributes, total)
+        os.replace(temporary, os.path.join(out, INDEX_FILE))
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+    return records
+
+
+def _write_index(temporary, specs, records, attributes, total):
+    import h5py
     with h5py.File(temporary, "w") as index:
         for name, (shape, dtype) in specs.items():
             layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
@@ -312,8 +458,7 @@ def build_index(out, num_shards, *, checksum=True):
                 offset += count
             index.create_virtual_dataset(name, layout)
         for key, value in attributes.items():
-            if key not in ("shard", "sample_start", "sample_stop", "num_samples"):
+            if key not in ("shard", "sample_start", "sample_stop", "num_samples", "worker",
+                           "workers"):
                 index.attrs[key] = value
         index.attrs["num_samples"] = total
-    os.replace(temporary, os.path.join(out, INDEX_FILE))
-    return records

@@ -4,14 +4,20 @@ devices, precision, reading back, and the table of bad inputs."""
 import json
 import os
 import shutil
+import signal
+import subprocess
+import threading
+import time
 
 import h5py
 import numpy as np
 import pytest
 
+import engine.runner
 from engine import explain, open_results
 from engine.cli import main
-from engine.shards import CHUNK_BYTES, MAX_CHUNK_ROWS, map_chunk_rows, sha256_of
+from engine.shards import (CHUNK_BYTES, FOREIGN_TEMPORARY_SECONDS, MAX_CHUNK_ROWS, ShardWriter,
+                           map_chunk_rows, remove_stale_temporaries, sha256_of, temporary_path)
 from tests.engine.jobs import (IMAGE_SHAPE, read_index, write_arrays, write_image_folder,
                                write_model)
 from tests.tolerances import FLOAT16_ATOL
@@ -76,6 +82,11 @@ def test_output_layout_matches_the_contract(folder_run):
             assert list(shard.attrs["input_size"]) == [16, 16]
             indices = shard["sample/index"][:]
             assert np.all((indices >= entry["sample_start"]) & (indices < entry["sample_stop"]))
+            assert shard.attrs["fingerprint"] == manifest["fingerprint"]
+            assert shard.attrs["worker"] == 0 and shard.attrs["workers"] == 1
+        record = json.load(open(path[:-len(".h5")] + ".json"))
+        assert record["fingerprint"] == manifest["fingerprint"] and record["worker"] == 0
+    assert len(manifest["fingerprint"]) == 64
     assert not [f for f in os.listdir(os.path.join(out, "shards")) if ".tmp" in f]
 
 
@@ -256,6 +267,27 @@ def test_inspect_summarises(folder_run, capsys):
     assert "index:      present" in text
 
 
+def test_inspect_names_damaged_lost_and_other_run_shards(folder_run, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(folder_run, out)
+    shards = out / "shards"
+    record_path = shards / "shard-00000-of-00003.json"
+    record = json.load(open(record_path))
+    record["fingerprint"] = "f" * 64
+    record_path.write_text(json.dumps(record))
+    with open(shards / "shard-00001-of-00003.h5", "r+b") as handle:  # same size, other bytes
+        handle.seek(-64, os.SEEK_END)
+        handle.write(b"\0" * 64)
+    os.remove(shards / "shard-00002-of-00003.h5")
+    assert main(["inspect", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shard_line = [line for line in lines if line.startswith("shards:")][0]
+    assert shard_line.endswith("1 damaged, 1 missing, 1 other run"), shard_line
+    assert "damaged:    shards 1" in lines
+    assert "missing:    shards 2" in lines
+    assert "other run:  shards 0" in lines
+
+
 def test_index_names_missing_shard(folder_run, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(folder_run, out)
@@ -263,6 +295,160 @@ def test_index_names_missing_shard(folder_run, tmp_path, capsys):
     assert main(["index", str(out)]) == 2
     error = capsys.readouterr().err
     assert "shard-00002-of-00003.h5: missing" in error and "1 of 3 shard(s)" in error
+
+
+def test_changed_labels_need_overwrite_and_no_worker_reuses_the_old_shards(workspace, tmp_path,
+                                                                           capsys):
+    root = workspace["root"]
+    out = tmp_path / "out"
+    labels_file = tmp_path / "labels.npy"
+    old_labels = workspace["labels"]
+    new_labels = (old_labels + 1) % 4
+    np.save(labels_file, old_labels)
+    job = ["explain", "--model", str(root / "model.keras"), "--data",
+           f"{root / 'arrays.h5'}:/images", "--labels", str(labels_file), "--target", "label", "--out", str(out), "--quiet",
+           "--devices", "1", "--shard-size", "8", "--batch-size", "8", "--methods", "gradcam"]
+    assert main(job) == 0
+    old_fingerprint = json.load(open(out / "manifest.json"))["fingerprint"]
+    np.save(labels_file, new_labels)  # same path, other contents
+    capsys.readouterr()
+    assert main(job) == 2
+    assert "holds another run's shards (different labels_sha256)" in capsys.readouterr().err
+    # The same --overwrite job on two workers. Worker 0 finds the old run and claims the
+    # folder; worker 1 then finds the manifest already naming the new run, and must still
+    # not take the old shards 1 and 3 for its own.
+    assert main([*job, "--overwrite", "--worker", "0", "--workers", "2"]) == 0
+    assert not os.path.exists(out / "index.h5")
+    assert main(["index", str(out)]) == 2
+    error = capsys.readouterr().err
+    for shard in (1, 3):
+        assert f"shard-0000{shard}-of-00004.h5: written by another run (fingerprint " \
+               f"{old_fingerprint[:12]}" in error, error
+    assert main([*job, "--overwrite", "--worker", "1", "--workers", "2"]) == 0
+    data = read_index(str(out))
+    np.testing.assert_array_equal(data["sample/label"], new_labels)
+    np.testing.assert_array_equal(data["pred/target"], new_labels)
+    manifest = json.load(open(out / "manifest.json"))
+    assert manifest["fingerprint"] != old_fingerprint and manifest["shards_complete"] == 4
+    records = [json.load(open(out / "shards" / f"shard-{s:05d}-of-00004.json")) for s in range(4)]
+    assert [r["fingerprint"] for r in records] == [manifest["fingerprint"]] * 4
+    assert [r["worker"] for r in records] == [0, 1, 0, 1]
+
+
+def test_stop_signal_while_checksumming_finished_shards_exits_cleanly(folder_run, tmp_path,
+                                                                      monkeypatch, capsys):
+    """The signal arrives while a resume verifies the finished shards, before any batch:
+    no shard is open in the writer, and the run must still end with 143 and a manifest."""
+    out = tmp_path / "copy"
+    shutil.copytree(folder_run, out)
+    for name in ("shards/shard-00002-of-00003.h5", "shards/shard-00002-of-00003.json",
+                 "index.h5"):
+        os.remove(out / name)
+    verify = engine.runner.verify_shard
+    calls = []
+
+    def verify_during_a_signal(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 1:
+            handler = signal.getsignal(signal.SIGTERM)
+            # Raising SIGTERM without the job's handler in place would end pytest.
+            assert callable(handler), "run_job did not install its signal handler"
+            signal.raise_signal(signal.SIGTERM)
+        return verify(*args, **kwargs)
+
+    monkeypatch.setattr(engine.runner, "verify_shard", verify_during_a_signal)
+    code = main(["explain", "--model", str(folder_run.parent / "model.keras"), "--data",
+                 str(folder_run.parent / "images"), "--out", str(out), "--methods", METHODS,
+                 "--num-samples", "3", "--shard-size", "10", "--batch-size", "4",
+                 "--preprocess", "[0,1]", "--devices", "1", "--quiet"])
+    error = capsys.readouterr().err
+    assert code == 143, error
+    assert "Traceback" not in error and "stopping after this batch" in error
+    assert calls == [0]  # stopped before verifying the next shard
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    manifest = json.load(open(out / "manifest.json"))
+    assert [entry["state"] for entry in manifest["shards"]] == ["complete", "complete", "pending"]
+    assert not [f for f in os.listdir(out) + os.listdir(out / "shards") if ".tmp" in f]
+
+
+def _writer(out, **kwargs):
+    layout = {"maps": {"gradcam": (2, 2)}, "key_length": 4, "attributes": {}}
+    os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+    return ShardWriter(str(out), 2, layout, compression="none", **kwargs)
+
+
+def _rows(start, count):
+    return {"heatmaps/gradcam": np.zeros((count, 2, 2), np.float16),
+            "heatmaps/gradcam_scale": np.ones(count, np.float32),
+            "sample/index": np.arange(start, start + count, dtype=np.int64),
+            "sample/key": np.array([b"k%d" % i for i in range(count)]),
+            "sample/label": np.zeros(count, np.int32), "pred/target": np.zeros(count, np.int32),
+            "pred/class": np.zeros(count, np.int32), "pred/score": np.ones(count, np.float32)}
+
+
+def test_writer_abort_with_no_shard_open_closes_cleanly(tmp_path):
+    writer = _writer(tmp_path)
+    writer.abort()
+    writer.close()  # raised AttributeError from the writer thread
+    assert writer.error is None and os.listdir(tmp_path / "shards") == []
+
+
+def test_writer_abort_discards_the_open_shard_and_keeps_finished_ones(tmp_path):
+    writer = _writer(tmp_path, fingerprint="a" * 64, worker=1, workers=2)
+    writer.begin(1, 0, 3)
+    writer.append(_rows(0, 3))
+    writer.finish([])
+    writer.begin(3, 3, 5)
+    writer.append(_rows(3, 2))
+    writer.abort()
+    writer.abort()  # a second abort finds no shard open
+    writer.close()
+    assert sorted(os.listdir(tmp_path / "shards")) == ["shard-00001-of-00002.h5",
+                                                       "shard-00001-of-00002.json"]
+    record = json.load(open(tmp_path / "shards" / "shard-00001-of-00002.json"))
+    assert (record["fingerprint"], record["worker"], record["workers"]) == ("a" * 64, 1, 2)
+    with h5py.File(tmp_path / "shards" / "shard-00001-of-00002.h5", "r") as shard:
+        assert shard.attrs["worker"] == 1 and shard.attrs["fingerprint"] == "a" * 64
+
+
+def test_stale_temporaries_go_unless_a_live_writer_may_own_them(tmp_path):
+    out = tmp_path / "out"
+    os.makedirs(out / "shards")
+    here = temporary_path("x").rsplit("@", 1)[1]
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead = finished.pid
+    live = os.getppid()
+
+    def temporary(name, pid, host, thread=1):
+        return f"{name}.tmp-{pid}-{thread}@{host}"
+
+    removed = {  # worker 0 of 2 owns shards 0 and 2, whoever left their temporaries
+        "shards/" + temporary("shard-00000-of-00004.h5", live, here),
+        "shards/" + temporary("shard-00002-of-00004.json", dead, "elsewhere"),
+        temporary("manifest.json", dead, here),
+        temporary("index.h5", dead, here, thread=7),
+        temporary("manifest.json", dead, "elsewhere"),  # made old below
+    }
+    kept = {
+        "shards/shard-00000-of-00004.h5",
+        "shards/" + temporary("shard-00001-of-00004.h5", dead, here),  # worker 1's to remove
+        "shards/" + temporary("shard-00003-of-00004.json", live, here),
+        "manifest.json",
+        os.path.basename(temporary_path(str(out / "manifest.json"))),  # this very thread
+        temporary("manifest.json", live, here),
+        temporary("index.h5", dead, "elsewhere"),  # recent: its writer may be alive
+    }
+    for name in removed | kept:
+        (out / name).write_text("x")
+    old = time.time() - FOREIGN_TEMPORARY_SECONDS - 60
+    os.utime(out / temporary("manifest.json", dead, "elsewhere"), (old, old))
+    assert threading.get_ident() in {t.ident for t in threading.enumerate()}
+    gone = remove_stale_temporaries(str(out), [0, 2], 4)
+    assert sorted(os.path.relpath(path, out) for path in gone) == sorted(removed)
+    left = {f"shards/{n}" for n in os.listdir(out / "shards")} | {
+        n for n in os.listdir(out) if n != "shards"}
+    assert left == kept
 
 
 def test_toml_config_with_flags_winning(workspace, tmp_path):

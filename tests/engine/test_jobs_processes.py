@@ -5,6 +5,7 @@ import os
 import signal
 import time
 
+import h5py
 import numpy as np
 import pytest
 
@@ -72,7 +73,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_output(workspace):
     summary = [json.loads(line) for line in resumed.stderr.splitlines()
                if line.startswith('{"event": "summary"')][-1]
     assert summary["shards_reused"] >= done and summary["shards_total"] == 7
-    assert not [f for f in os.listdir(out / "shards") if ".tmp" in f]
+    assert not [f for f in os.listdir(out / "shards") + os.listdir(out) if ".tmp" in f]
     _assert_same_as_reference(workspace, out)
 
 
@@ -100,9 +101,15 @@ def test_concurrent_workers_give_the_single_worker_output(workspace, workers):
     for process in processes:
         process.wait(timeout=300)
         assert process.returncode == 0, process.stderr.read()
-    # Each worker wrote only its own shards: s mod W.
+    # Each worker wrote only its own shards, s mod W, as each record and shard file says.
+    writers = {}
     for name in _records(str(out)):
-        assert int(name.split("-")[1]) % workers in range(workers)
+        record = json.load(open(out / "shards" / name))
+        assert record["workers"] == workers, name
+        with h5py.File(out / record["file"], "r") as shard:
+            assert (shard.attrs["worker"], shard.attrs["workers"]) == (record["worker"], workers)
+        writers[record["shard"]] = record["worker"]
+    assert writers == {shard: shard % workers for shard in range(7)}
     indexed = run_cli("index", str(out))
     assert indexed.returncode == 0, indexed.stderr
     assert "7 shard(s) verified" in indexed.stdout
