@@ -421,12 +421,16 @@ def _adapt_keras(model, flavor, layer, precision):
     activations_unsupported = None
     if layer is None:
         # A head that pools with keepdims (MobileNetV3, MobileNet v1) leaves 4-D layers of
-        # 1x1 after the last feature map: a 1x1 map says nothing about where, so the
-        # default is the last 4-D output with more than one position.
-        spatial = [l for l in candidates
-                   if not all(d == 1 for d in graph.output_of(l).shape[1:3])]
-        if spatial or candidates:
-            target = (spatial or candidates)[-1]
+        # 1x1 after the last feature map, which say nothing about where: the default is
+        # the last 4-D output before a global pooling. (A feature map that is 1x1 only
+        # because the input is small stays the default: its CAM head is still there.)
+        pooled = [i for i, l in enumerate(candidates) if type(l).__name__.startswith("Global")]
+        if pooled:
+            candidates_before = candidates[:pooled[0]] or candidates
+        else:
+            candidates_before = candidates
+        if candidates_before:
+            target = candidates_before[-1]
         else:
             activations_unsupported = (
                 "the model has no layer with a 4-D output (no convolutional feature maps), so "
