@@ -155,23 +155,28 @@ def lift(mean_share, mean_area):
     return float(mean_share / mean_area) if mean_area > 0 else float("nan")
 
 
+def _peaks(peak_y, peak_x):
+    """The peaks of the maps that have one (empty maps' are NaN): [n] and [n] float64."""
+    peak_y, peak_x = np.asarray(peak_y, np.float64), np.asarray(peak_x, np.float64)
+    present = np.isfinite(peak_y) & np.isfinite(peak_x)
+    return peak_y[present], peak_x[present]
+
+
 def peak_spread(peak_y, peak_x):
     """RMS distance of peaks from their mean, in image sides (uniform: 0.408). Peaks of
     empty maps (NaN) are left out; NaN when no peak is left."""
-    peak_y, peak_x = np.asarray(peak_y, np.float64), np.asarray(peak_x, np.float64)
-    present = np.isfinite(peak_y) & np.isfinite(peak_x)
-    if not present.any():
+    peak_y, peak_x = _peaks(peak_y, peak_x)
+    if peak_y.size == 0:
         return float("nan")
-    return float(np.sqrt(peak_y[present].var() + peak_x[present].var()))
+    return float(np.sqrt(peak_y.var() + peak_x.var()))
 
 
 def peak_mean(peak_y, peak_x):
     """[mean row, mean col] of the peaks of the non-empty maps; NaN when there are none."""
-    peak_y, peak_x = np.asarray(peak_y, np.float64), np.asarray(peak_x, np.float64)
-    present = np.isfinite(peak_y) & np.isfinite(peak_x)
-    if not present.any():
+    peak_y, peak_x = _peaks(peak_y, peak_x)
+    if peak_y.size == 0:
         return [float("nan"), float("nan")]
-    return [float(peak_y[present].mean()), float(peak_x[present].mean())]
+    return [float(peak_y.mean()), float(peak_x.mean())]
 
 
 # ----------------------------------------------------------------------------- inputs
