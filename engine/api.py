@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from engine.config import make_config
-from engine.model import adapt_model, model_flavor
+from engine.model import adapt_model, copy_weights, model_flavor
 from engine.step import build_step, check_methods
 
 
@@ -111,7 +111,7 @@ def _adapter_for(model, config):
     if adapter.model is not model:
         # A mixed-precision adapter runs a rebuilt copy of the model: give it the
         # weights the model has now, or maps would lag behind a model that trained on.
-        adapter.model.set_weights(model.get_weights())
+        copy_weights(model, adapter.model)
     return adapter, steps
 
 

@@ -231,8 +231,23 @@ def with_precision(model, flavor, precision):
                          "use precision='float32'") from None
     finally:
         set_policy(previous)
-    rebuilt.set_weights(model.get_weights())
+    copy_weights(model, rebuilt)
     return rebuilt
+
+
+def copy_weights(source, target):
+    """Assign every weight of `source` to the same-shaped variable of `target`, variable
+    to variable: no round trip through host memory, which on a GPU would copy the whole
+    model out and back in on every call of `explain` on a mixed-precision copy."""
+    sources, targets = source.weights, target.weights
+    if len(sources) != len(targets):
+        raise ValueError(f"cannot copy weights: the source model has {len(sources)} weights "
+                         f"and the target {len(targets)}")
+    for value, variable in zip(sources, targets):
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(f"cannot copy weight {value.name!r} of shape {tuple(value.shape)} "
+                             f"into one of shape {tuple(variable.shape)}")
+        variable.assign(tf.cast(tf.convert_to_tensor(value), variable.dtype))
 
 
 def _without_layer_dtypes(config):
