@@ -439,13 +439,11 @@ def _adapt_keras(model, flavor, layer, precision):
         # 1x1 after the last feature map, which say nothing about where: the default is
         # the last 4-D output before a global pooling. (A feature map that is 1x1 only
         # because the input is small stays the default: its CAM head is still there.)
-        pooled = [i for i, l in enumerate(candidates) if type(l).__name__.startswith("Global")]
-        if pooled:
-            candidates_before = candidates[:pooled[0]] or candidates
-        else:
-            candidates_before = candidates
-        if candidates_before:
-            target = candidates_before[-1]
+        first_pool = next((i for i, l in enumerate(candidates)
+                           if type(l).__name__.startswith("Global")), len(candidates))
+        default_candidates = candidates[:first_pool] or candidates
+        if default_candidates:
+            target = default_candidates[-1]
         else:
             activations_unsupported = (
                 "the model has no layer with a 4-D output (no convolutional feature maps), so "
