@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from engine import bench  # noqa: E402
+from sightline.bench import bench  # noqa: E402
 
 SIZE = os.environ.get("SIGHTLINE_BENCH_SIZE", "full")
 if SIZE not in ("tiny", "full"):

@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.bench import write_report  # noqa: E402
+from sightline.bench.bench import write_report  # noqa: E402
 
 
 def main(argv=None):

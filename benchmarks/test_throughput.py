@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import MODELS, SIZE, context_for, rounds
-from engine import bench
+from sightline.bench import bench
 
 # References computed once per (model, method): the eager loop and float32 graph mode.
 _REFERENCES = {}
@@ -88,7 +88,7 @@ def test_method_throughput(benchmark, model_name, method, mode):
     elif mode == "bf16":
         # mixed_bfloat16 in whichever float32 mode is the faster: graph on CPUs, where
         # XLA lost (see `sightline bench`), XLA on GPUs.
-        from engine.step import resolve_xla
+        from sightline.compute.step import resolve_xla
         xla = resolve_xla("auto")
         call = context.step_call(method, precision="mixed_bfloat16", xla=xla)
         guard_info = bench.guard(method, "bf16", call(), _reference(context, method, "graph"),
@@ -128,7 +128,7 @@ def test_end_to_end_against_kernel_alone(benchmark, fashion, workdir):
     benchmark.extra_info["target"] = f">= {bench.TARGET_END_TO_END}"
     # The timed part: the kernel alone on the large set (the job was timed above, twice,
     # to take its start-up out).
-    from engine import explain
+    from sightline import explain
     images = np.random.default_rng(0).uniform(0, 1, (entry["large"], *fashion.image_shape))
     images = images.astype(np.float32)
     benchmark.pedantic(lambda: explain(fashion.model, images, methods=("gradcam", "saliency"),

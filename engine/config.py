@@ -4,12 +4,19 @@ import dataclasses
 import numbers
 from typing import Optional, Union
 
-from kernels import CHANNEL_REDUCTIONS, KERNELS
+from sightline.kernels import CHANNEL_REDUCTIONS, KERNELS
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 SIZES = ("input", "native")
 COMPRESSIONS = ("gzip", "lzf", "none")
 TARGET_MODES = ("predicted", "label")
+
+# Preprocessing conventions by every name a user may give, to the one the pipeline applies.
+PREPROCESSING = {
+    "none": "none", "unit": "unit", "[0,1]": "unit", "0,1": "unit",
+    "symmetric": "symmetric", "[-1,1]": "symmetric", "-1,1": "symmetric",
+    "caffe": "caffe", "torch": "torch",
+}
 
 # Options a caller may pass as **method_options, with the methods that read them.
 METHOD_OPTIONS = {
@@ -111,9 +118,7 @@ class ExplainConfig:
                 raise ValueError(f"image_size must be two positive integers (height, width); "
                                  f"got {self.image_size!r}")
             object.__setattr__(self, "image_size", tuple(int(v) for v in size))
-        from engine.pipeline import preprocessing_name
         object.__setattr__(self, "preprocess", preprocessing_name(self.preprocess))
-        from engine.strategy import parse_devices
         object.__setattr__(self, "devices", parse_devices(self.devices))
         for name in ("worker", "workers"):
             value = getattr(self, name)
@@ -146,3 +151,24 @@ def _check_int(name, value, minimum):
         raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def preprocessing_name(name):
+    """The canonical name of a preprocessing convention, or a ValueError."""
+    if name not in PREPROCESSING:
+        raise ValueError(f"unknown preprocessing {name!r}; choose from none, [0,1], [-1,1], "
+                         "caffe, torch")
+    return PREPROCESSING[name]
+
+
+def parse_devices(devices):
+    """None/"all" or an int >= 1 (also from a string)."""
+    if devices is None or devices == "all":
+        return "all"
+    try:
+        count = int(devices)
+    except (TypeError, ValueError):
+        raise ValueError(f"devices must be a number >= 1 or 'all'; got {devices!r}") from None
+    if count < 1:
+        raise ValueError(f"devices must be a number >= 1 or 'all'; got {devices!r}")
+    return count

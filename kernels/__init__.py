@@ -4,10 +4,10 @@ Pure, batch-first TensorFlow functions, safe to trace and to compile with XLA; t
 engine decides where to compile. `KERNELS` maps each method name to its kernel.
 """
 
-from kernels.activation_maps import cam, gradcam, gradcam_plus_plus, scorecam
-from kernels.gradient_maps import (CHANNEL_REDUCTIONS, integrated_gradients,
+from sightline.kernels.activation_maps import cam, gradcam, gradcam_plus_plus, scorecam
+from sightline.kernels.gradient_maps import (CHANNEL_REDUCTIONS, integrated_gradients,
                                    mean_gradient_over_copies, saliency, smoothgrad)
-from kernels.postprocess import resize_heatmaps, scale_heatmaps, scale_to_unit_range
+from sightline.kernels.postprocess import resize_heatmaps, scale_heatmaps, scale_to_unit_range
 
 KERNELS = {
     "cam": cam,

@@ -71,7 +71,7 @@ def scorecam(score_fn, images, targets, activations, *, channels_per_call=None):
     and only a chunk's masks exist at once: all K masks at input size would be
     K times the batch (1280x on MobileNetV2).
     """
-    from kernels.postprocess import scale_to_unit_range
+    from sightline.kernels.postprocess import scale_to_unit_range
     images = tf.cast(images, tf.float32)
     activations = tf.cast(activations, tf.float32)
     num_channels = activations.shape[-1]

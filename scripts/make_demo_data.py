@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from engine.demo_data import SPLITS, make_demo_data  # noqa: E402
+from sightline.demo.scenes import SPLITS, make_demo_data  # noqa: E402
 
 
 def main(argv=None):

@@ -25,6 +25,11 @@ stamp=.venv/.sightline-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
+    # Before 0.2 the distribution was named "sightline" and installed top-level packages
+    # engine and kernels: take it out, so only the sightline import package remains.
+    if .venv/bin/python -m pip show --quiet sightline >/dev/null 2>&1; then
+        .venv/bin/python -m pip uninstall --quiet --yes sightline
+    fi
     .venv/bin/python -m pip install --quiet -e ".[test]"
     echo "$want" > "$stamp"
 fi

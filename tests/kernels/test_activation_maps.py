@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kernels import cam, gradcam, gradcam_plus_plus
+from sightline.kernels import cam, gradcam, gradcam_plus_plus
 from tests.tolerances import GRADCAM_CAM_RTOL, KERNEL_ATOL, KERNEL_RTOL
 
 B, h, w, K = 4, 5, 6, 7

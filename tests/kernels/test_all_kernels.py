@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import kernels
+from sightline import kernels
 from tests.tolerances import KERNEL_ATOL, KERNEL_RTOL
 
 B = 5

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kernels import (CHANNEL_REDUCTIONS, integrated_gradients, mean_gradient_over_copies,
+from sightline.kernels import (CHANNEL_REDUCTIONS, integrated_gradients, mean_gradient_over_copies,
                      saliency, smoothgrad)
 from tests.tolerances import IG_COMPLETENESS_RTOL, KERNEL_ATOL, KERNEL_RTOL
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kernels import resize_heatmaps, scale_heatmaps
+from sightline.kernels import resize_heatmaps, scale_heatmaps
 from tests.tolerances import KERNEL_ATOL, KERNEL_RTOL
 
 B, h, w = 5, 5, 6

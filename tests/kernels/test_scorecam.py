@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kernels import scorecam
+from sightline.kernels import scorecam
 from tests.kernels.test_postprocess import reference_bilinear
 from tests.tolerances import KERNEL_ATOL, KERNEL_RTOL
 

@@ -1,0 +1,166 @@
+"""`explain`: heatmaps for an in-memory batch of images, from one compiled function."""
+
+import dataclasses
+import numbers
+import weakref
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from sightline.config import make_config
+from sightline.model.adapter import adapt_model, copy_weights, model_flavor
+from sightline.compute.step import build_step, check_methods
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """What `explain` returns.
+
+    heatmaps: method -> float32 [N,h,w] (scaled to [0, 1] unless normalize=False).
+    scales: method -> float32 [N], max |raw map|: ReLU(raw) == heatmap * scale.
+    targets: int32 [N], the explained class; predictions: int32 [N], the predicted
+    class; scores: float32 [N], the probability of the predicted class.
+    """
+
+    heatmaps: Dict[str, np.ndarray]
+    scales: Dict[str, np.ndarray]
+    targets: np.ndarray
+    predictions: np.ndarray
+    scores: np.ndarray
+    layer: Optional[str]
+
+
+# Adapters and compiled steps of in-memory models, so that calling `explain` again on
+# the same model with the same settings neither rebuilds nor retraces.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, normalize=True,
+            size="input", precision="float32", batch_size=64, xla="auto", unsafe=False,
+            **method_options):
+    """Explain every image of `images` with every method in `methods`.
+
+    model: a Keras 3 or tf_keras model, or a path (.keras, .h5, SavedModel directory).
+    images: array or tensor [N,H,W,C], already preprocessed for the model.
+    targets: None (the predicted class), an int (that class for every image) or an
+        int array [N]. Method options: channel_reduce ("max"/"sum"), num_samples,
+        noise_sigma, noise_seed (smoothgrad), num_steps, baseline (integrated
+        gradients), memory_budget_mb (how much one gradient call may hold).
+    """
+    config = make_config(methods, layer=layer, normalize=normalize, size=size,
+                         precision=precision, batch_size=batch_size, xla=xla, unsafe=unsafe,
+                         **method_options)
+    images = _as_images(images)
+    num_images = images.shape[0]
+    adapter, steps = _adapter_for(model, config)
+    check_methods(adapter, config)
+    _check_image_shape(images, adapter.input_shape)
+    targets = _as_targets(targets, num_images, adapter.num_classes)
+
+    # Fewer images than batch_size: the next power of two, so calls with many different
+    # small N share a handful of compiled steps instead of one each.
+    batch = min(config.batch_size, 1 << (num_images - 1).bit_length())
+    image_shape = tuple(images.shape[1:])
+    key = (config, batch, image_shape)
+    if key not in steps:
+        steps[key] = build_step(adapter, config, batch, image_shape)
+    step = steps[key]
+
+    collected = {}
+    for start in range(0, num_images, batch):
+        stop = min(start + batch, num_images)
+        valid = stop - start
+        batch_images = images[start:stop]
+        batch_targets = targets[start:stop]
+        if valid < batch:  # pad to the fixed batch shape: one trace for every batch
+            batch_images = np.concatenate(
+                [batch_images, np.zeros((batch - valid, *image_shape), np.float32)])
+            batch_targets = np.concatenate([batch_targets, np.full(batch - valid, -1, np.int32)])
+        sample_index = np.arange(start, start + batch, dtype=np.int64)
+        outputs = step(tf.constant(batch_images), tf.constant(batch_targets),
+                       tf.constant(sample_index))
+        for name, value in outputs.items():
+            value = value.numpy()[:valid]
+            if name not in collected:
+                collected[name] = np.empty((num_images, *value.shape[1:]), value.dtype)
+            collected[name][start:stop] = value
+
+    return Explanation(
+        heatmaps={m: collected[f"heatmaps/{m}"] for m in config.methods},
+        scales={m: collected[f"scales/{m}"] for m in config.methods},
+        targets=collected["targets"].astype(np.int32),
+        predictions=collected["predictions"].astype(np.int32),
+        scores=collected["scores"].astype(np.float32),
+        layer=adapter.layer_name)
+
+
+def _adapter_for(model, config):
+    """(adapter, cache of compiled steps); in-memory models keep theirs between calls."""
+    def build():
+        return adapt_model(model, layer=config.layer, precision=config.precision,
+                           unsafe=config.unsafe)
+
+    if model_flavor(model) is None:
+        return build(), {}
+    per_model = _COMPILED.setdefault(model, {})
+    key = (config.layer, config.precision)
+    if key not in per_model:
+        per_model[key] = (build(), {})
+    adapter, steps = per_model[key]
+    if adapter.model is not model:
+        # A mixed-precision adapter runs a rebuilt copy of the model: give it the
+        # weights the model has now, or maps would lag behind a model that trained on.
+        copy_weights(model, adapter.model)
+    return adapter, steps
+
+
+def _as_images(images):
+    if isinstance(images, tf.Tensor):
+        images = images.numpy()
+    images = np.asarray(images)
+    if images.dtype == object or not (np.issubdtype(images.dtype, np.number)
+                                      or images.dtype == np.bool_):
+        raise TypeError(f"images must be a numeric array [N,H,W,C]; got dtype {images.dtype}")
+    if images.ndim == 3:
+        raise ValueError(f"images must be a batch [N,H,W,C]; got one image of shape "
+                         f"{images.shape}: add a batch axis with images[None]")
+    if images.ndim != 4:
+        raise ValueError(f"images must be a batch [N,H,W,C]; got shape {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError("images is empty (N = 0): pass at least one image")
+    images = images.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(images)):
+        raise ValueError("images contain NaN or infinite values; clean or re-preprocess them")
+    return images
+
+
+def _check_image_shape(images, input_shape):
+    got = images.shape[1:]
+    for axis, (want, have) in enumerate(zip(input_shape, got)):
+        if want is not None and want != have:
+            what = ("channels", "height", "width")[(axis + 1) % 3]
+            raise ValueError(f"images have shape {tuple(got)} per image but the model takes "
+                             f"{tuple(input_shape)} ({what} differ); resize or convert them first")
+
+
+def _as_targets(targets, num_images, num_classes):
+    """-1 everywhere for the predicted class, else validated class indices, int32 [N]."""
+    if targets is None:
+        return np.full(num_images, -1, np.int32)
+    if isinstance(targets, numbers.Integral) and not isinstance(targets, bool):
+        targets = np.full(num_images, int(targets), np.int64)
+    else:
+        if isinstance(targets, tf.Tensor):
+            targets = targets.numpy()
+        targets = np.asarray(targets)
+        if not np.issubdtype(targets.dtype, np.integer):
+            raise TypeError(f"targets must be None, an int or an int array [N]; got dtype {targets.dtype}")
+        if targets.shape != (num_images,):
+            raise ValueError(f"targets must have one class per image, shape ({num_images},); "
+                             f"got shape {targets.shape}")
+    bad = (targets < 0) | (targets >= num_classes)
+    if np.any(bad):
+        raise ValueError(f"targets must be class indices in [0, {num_classes}); got "
+                         f"{targets[bad][:5].tolist()}")
+    return targets.astype(np.int32)

@@ -1,0 +1,283 @@
+"""report.html: one self-contained page (every picture embedded as a base64 data URI, no
+script, no network) that opens offline, with the same pictures also written as PNGs
+beside it.
+
+For every audit: the verdict, a summary table per class, the per-class mean heatmaps,
+the histograms of the on-object share, the worst images as overlays (image with the
+object outlined, heatmap over it) and the run's provenance from its manifest. For every
+activations result (`sightline activations`): the per-layer table, the statistics plot
+and the feature-map grids.
+"""
+
+import base64
+import html
+import os
+import re
+
+import numpy as np
+
+REPORT_FILE = "report.html"
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto;
+       max-width: 1180px; color: #1a1a1a; line-height: 1.4; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 4px; margin-top: 2em; }
+h3 { margin-top: 1.4em; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th { background: #f3f3f3; } td.text, th.text { text-align: left; }
+.flagged { color: #b00020; font-weight: bold; } .ok { color: #2e7d32; font-weight: bold; }
+.verdict { font-size: 1.15em; padding: 8px 12px; border-left: 5px solid #999; background: #fafafa; }
+.verdict.flagged { border-color: #b00020; } .verdict.ok { border-color: #2e7d32; }
+img { max-width: 100%; border: 1px solid #eee; } .note { color: #555; font-size: 0.9em; }
+code { background: #f3f3f3; padding: 0 3px; }
+"""
+
+
+def _slug(text):
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40] or "section"
+
+
+def embed_png(path, alt):
+    """A <figure> holding the PNG at `path` as a data URI, captioned, linking the file."""
+    with open(path, "rb") as handle:
+        data = base64.b64encode(handle.read()).decode("ascii")
+    name = os.path.basename(path)
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+            f'<figcaption class="note">{html.escape(alt)} (<a href="{html.escape(name)}">'
+            f'{html.escape(name)}</a>)</figcaption></figure>')
+
+
+def _fmt(value, digits=3):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"  # NaN: nothing to average (e.g. a class whose maps are all zero)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _table(header, rows, text_columns=(0,)):
+    out = ["<table><tr>"]
+    out += [f'<th class="{"text" if i in text_columns else ""}">{html.escape(h)}</th>'
+            for i, h in enumerate(header)]
+    out.append("</tr>")
+    for row in rows:
+        out.append("<tr>" + "".join(
+            f'<td class="{"text" if i in text_columns else ""}">{cell}</td>'
+            for i, cell in enumerate(row)) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+# ----------------------------------------------------------------------------- worst images
+
+
+def _load_display_images(audit, items):
+    """The source images of the worst items, resized to the compared size; None where the
+    source cannot be read back (TFRecord, moved files)."""
+    source = (audit.get("provenance") or {}).get("source") or ""
+    size = tuple(audit["compared_at"])
+    kind, _, location = source.partition(" ")
+    images = []
+    for item in items:
+        image = None
+        try:
+            import tensorflow as tf
+            if kind == "folder":
+                data = tf.io.read_file(os.path.join(location, item["key"]))
+                image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            elif kind == "npy":
+                image = np.load(location, mmap_mode="r")[item["index"]]
+            elif kind == "h5":
+                import h5py
+                path, _, dataset = location.rpartition(":")
+                with h5py.File(path, "r") as handle:
+                    image = handle[dataset][item["index"]]
+            if image is not None:
+                image = tf.image.resize(tf.cast(image, tf.float32), size).numpy()
+        except Exception:  # noqa: BLE001 - the report shows the heatmap alone
+            image = None
+        images.append(image)
+    return images
+
+
+def _worst_items(audit):
+    from sightline.audit.audit import open_masks, resize_maps
+    from sightline.store.results import open_results
+    items = audit.get("worst") or []
+    if not items:
+        return []
+    size = tuple(audit["compared_at"])
+    mask_source = open_masks(audit["mask_args"]["masks"], audit["mask_args"]["boxes"], size)
+    try:
+        masks = mask_source.read([item["key"] for item in items])
+    finally:
+        mask_source.close()
+    with open_results(audit["out"]) as results:
+        maps = np.stack([results.heatmap(audit["method"], key=item["key"]) for item in items])
+    maps = resize_maps(maps, size)
+    images = _load_display_images(audit, items)
+    out = []
+    for rank, (item, heatmap, mask, image) in enumerate(zip(items, maps, masks, images), 1):
+        top = heatmap.max()
+        out.append({
+            "image": image, "mask": mask, "heatmap": heatmap / top if top > 0 else heatmap,
+            "caption": f"#{rank} {item['key']}\nlabel {item['class_name']}, pred "
+                       f"{item.get('predicted_name', item['predicted'])}\non object {item['share']:.1%} (area "
+                       f"{item['area']:.1%}){'' if item['hit'] else ', peak off'}",
+        })
+    return out
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def _audit_section(folder, title, audit):
+    from sightline.report import figures
+    slug = _slug(title)
+    parts = [f'<h2 id="{slug}">{html.escape(title)}</h2>']
+    flagged = audit["flagged"]
+    if audit["masks"] is None:
+        verdict = ("nothing flagged: no masks or boxes were given, so only the mask-free "
+                   "statistics are shown")
+        css = "ok"
+    elif flagged:
+        verdict = (f"FLAGGED: class(es) {', '.join(map(str, flagged))}: the evidence sits "
+                   "mostly off the object")
+        css = "flagged"
+    else:
+        diffuse = [c["name"] for c in audit["classes"] if c.get("status") == "diffuse"]
+        empty = [c["name"] for c in audit["classes"] if c.get("status") == "empty"]
+        exceptions = []
+        if diffuse:
+            exceptions.append(f"{', '.join(map(str, diffuse))} whose maps are flat (diffuse: no "
+                              "localised evidence, the class predicted when the other's "
+                              "evidence is absent)")
+        if empty:
+            exceptions.append(f"{', '.join(map(str, empty))} whose maps are all zero (no "
+                              "evidence to place)")
+        verdict = "not flagged: the evidence sits on the object" + (
+            " in every class" if not exceptions else ", except for " + "; and ".join(exceptions))
+        css = "ok"
+    parts.append(f'<p class="verdict {css}">{html.escape(verdict)}</p>')
+    parts.append(f'<p class="note">method <code>{html.escape(audit["method"])}</code>, '
+                 f'{audit["num_images"]} images, maps stored at '
+                 f'{"x".join(map(str, audit["stored_size"]))} and compared at '
+                 f'{"x".join(map(str, audit["compared_at"]))} (bilinear); '
+                 f'masks: {html.escape(str(audit["masks"]))}. Rule: '
+                 f'{html.escape(audit["rule"])} (threshold {audit["threshold"]:g}, diffuse limit {audit["diffuse"]:g}). A map blind to the '
+                 'object puts its area fraction on it: lift 1.</p>')
+    classes = audit["classes"]
+    regions = list(audit.get("regions") or {})
+    header = ["class", "images", "accuracy"]
+    with_masks = audit["masks"] is not None
+    if with_masks:
+        header += ["on-object share (mean)", "median", "object area", "lift",
+                   "pointing game", "chance"]
+    header += ["entropy", "coverage", "peak spread"] + [f"{r} share" for r in regions] + ["verdict"]
+    rows = []
+    for c in classes:
+        row = [html.escape(str(c["name"])), str(c["count"]), _fmt(c["accuracy"])]
+        if with_masks:
+            share = c.get("on_object_share") or {}
+            row += [_fmt(share.get("mean")), _fmt(share.get("median")), _fmt(c["area_fraction"]),
+                    _fmt(c["lift"], 2), _fmt(c["pointing_game"]), _fmt(c["pointing_chance"])]
+        row += [_fmt((c.get("entropy") or {}).get("mean")),
+                _fmt((c.get("coverage") or {}).get("median")), _fmt(c["peak_spread"])]
+        row += [_fmt((c["regions"].get(r) or {}).get("mean")) for r in regions]
+        row.append('<span class="flagged">FLAGGED</span>' if c["flagged"]
+                   else '<span class="note">diffuse</span>' if c.get("status") == "diffuse"
+                   else '<span class="note">empty maps</span>' if c.get("status") == "empty"
+                   else '<span class="ok">ok</span>' if with_masks else "n/a")
+        rows.append(row)
+    parts.append(_table(header, rows))
+    parts.append('<p class="note">Entropy: 1 = evidence spread evenly, 0 = on one pixel. '
+                 'Coverage (median): the fraction of the image the evidence effectively spreads '
+                 'over; a class at or above the diffuse limit has flat maps that point nowhere '
+                 '(the class a model predicts when it finds no evidence of the others) and is '
+                 'reported as diffuse, not flagged. Peak '
+                 'spread: RMS distance of the maps\' peaks from their mean place, in image sides '
+                 '(0.41 when peaks fall anywhere; a low value is a cue that stays put).</p>')
+
+    path = os.path.join(folder, f"{slug}-mean-heatmaps.png")
+    figures.mean_heatmaps(classes, path, title="mean heatmap per class (outline: where the "
+                                               "objects lie)" if with_masks else "mean heatmap per class")
+    parts.append("<h3>Mean heatmaps</h3>" + embed_png(path, f"{title}: per-class mean heatmaps"))
+    if with_masks:
+        path = os.path.join(folder, f"{slug}-share-histograms.png")
+        figures.share_histograms(classes, audit["threshold"], path)
+        parts.append("<h3>On-object share</h3>"
+                     + embed_png(path, f"{title}: histograms of the on-object share per class"))
+        items = _worst_items(audit)
+        if items:
+            path = os.path.join(folder, f"{slug}-worst.png")
+            figures.worst_overlays(items, path)
+            parts.append(f"<h3>Per class, the {len(items) // max(1, len(classes))} images with the least evidence on the object"
+                         "</h3>" + embed_png(path, f"{title}: worst images (left: image, object "
+                                                "outlined; right: heatmap over it)"))
+    provenance = audit.get("provenance") or {}
+    rows = [[html.escape(k), f"<code>{html.escape(str(v))}</code>"]
+            for k, v in provenance.items() if v is not None]
+    parts.append("<h3>Provenance (from the run's manifest)</h3>" + _table(
+        ["field", "value"], rows, text_columns=(0, 1)))
+    parts.append(f'<p class="note">run folder <code>{html.escape(audit["out"])}</code></p>')
+    return "\n".join(parts)
+
+
+def _activations_section(folder, title, result):
+    import shutil
+    slug = _slug("activations " + title)
+    parts = [f'<h2 id="{slug}">Activations: {html.escape(title)}</h2>',
+             f'<p class="note">{result["images"]} images of {html.escape(result["data"])}, model '
+             f'<code>{html.escape(str(result["model"]))}</code>. Dead: never active anywhere. '
+             f'Saturated: {html.escape(result["saturated_rule"])}.</p>']
+    rows = [[html.escape(layer["layer"]), html.escape(str(layer["activation"])),
+             str(layer["channels"]), f'{len(layer["dead"])} {layer["dead"][:12]}',
+             f'{len(layer["saturated"])} {layer["saturated"][:12]}',
+             _fmt(layer["mean_activation"], 4)] for layer in result["layers"]]
+    parts.append(_table(["layer", "activation", "channels", "dead", "saturated",
+                         "mean activation"], rows, text_columns=(0, 1, 3, 4)))
+
+    def local(path, name):
+        if os.path.dirname(os.path.abspath(path)) == os.path.abspath(folder):
+            return path  # the activations' own report: the PNGs are already beside it
+        target = os.path.join(folder, f"{slug}-{name}")
+        shutil.copyfile(path, target)
+        return target
+
+    files = result.get("files") or {}
+    if "stats" in files:
+        parts.append(embed_png(local(files["stats"], "stats.png"),
+                            f"{title}: dead and saturated channels, mean activation per layer"))
+    for key, path in files.items():
+        if key.startswith("featuremaps/"):
+            layer = key.split("/", 1)[1]
+            parts.append(embed_png(local(path, f"featuremaps-{_slug(layer)}.png"),
+                                f"{title}: feature maps of {layer} for the first images"))
+    return "\n".join(parts)
+
+
+def write_report(folder, audits, *, activations=None, title="sightline audit", intro=None):
+    """Write report.html (and its PNGs) into `folder`.
+
+    audits: [(section title, audit dict from sightline.audit.audit.run_audit)]
+    activations: [(section title, dict from sightline.audit.activations.read_activations)] or None
+    intro: optional HTML put under the title (the demo's summary).
+    Returns the report's path.
+    """
+    os.makedirs(folder, exist_ok=True)
+    sections = [_audit_section(folder, t, a) for t, a in audits]
+    sections += [_activations_section(folder, t, r) for t, r in (activations or [])]
+    toc = "".join(f'<li><a href="#{_slug(t)}">{html.escape(t)}</a></li>' for t, _ in audits)
+    toc += "".join(f'<li><a href="#{_slug("activations " + t)}">Activations: '
+                   f'{html.escape(t)}</a></li>' for t, _ in (activations or []))
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>'
+            f'<h1>{html.escape(title)}</h1>{intro or ""}<ul>{toc}</ul>'
+            + "\n".join(sections) + "</body></html>\n")
+    path = os.path.join(folder, REPORT_FILE)
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(page)
+    os.replace(temporary, path)
+    return path

@@ -1,0 +1,84 @@
+"""Worker placement from flags and cluster environments; progress lines."""
+
+import io
+import json
+
+import pytest
+
+from sightline.jobs.progress import Progress
+from sightline.compute.strategy import parse_devices
+from sightline.jobs.workers import resolve_worker, shards_of
+
+SLURM = {"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_STEP": "2",
+         "SLURM_ARRAY_TASK_COUNT": "4"}
+TF_CONFIG = json.dumps({"cluster": {"chief": ["c:1"], "worker": ["w:1", "w:2"]},
+                        "task": {"type": "worker", "index": 1}})
+
+
+@pytest.mark.parametrize("kwargs, environ, expected", [
+    ({}, {}, (0, 1)),
+    ({"worker": 1, "workers": 3}, {}, (1, 3)),
+    ({}, SLURM, (2, 4)),  # ids 5, 7, 9, 11: id 9 is the third task
+    ({}, {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}, (3, 4)),
+    ({"workers": 4}, {"JOB_COMPLETION_INDEX": "3"}, (3, 4)),
+    ({}, {"TF_CONFIG": TF_CONFIG}, (2, 3)),  # the chief is worker 0
+    ({"worker": 0, "workers": 2}, SLURM, (0, 2)),  # flags win
+])
+def test_worker_resolution(kwargs, environ, expected):
+    assert resolve_worker(environ=environ, **kwargs) == expected
+
+
+@pytest.mark.parametrize("kwargs, environ, message", [
+    ({"worker": 3, "workers": 3}, {}, r"worker index 3 \(from --worker\) is out of range for 3 "
+                                      r"worker\(s\): it must be 0 to 2"),
+    ({}, {"JOB_COMPLETION_INDEX": "1"}, r"pass --workers with the job's completions"),
+    ({}, {**SLURM, "SLURM_ARRAY_TASK_ID": "8"}, r"SLURM_ARRAY_TASK_ID 8 is not on the array's "
+                                                r"grid \(min 5, step 2\)"),
+    ({}, {"SLURM_ARRAY_TASK_ID": "x"}, r"SLURM_ARRAY_TASK_ID must be an integer; got 'x'"),
+    ({}, {"TF_CONFIG": "{"}, r"TF_CONFIG must be JSON"),
+    ({"workers": 0}, {}, r"workers must be an integer >= 1; got 0"),
+])
+def test_worker_errors(kwargs, environ, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_worker(environ=environ, **kwargs)
+
+
+def test_shards_split_by_modulo_cover_everything_once():
+    for workers in (1, 2, 3, 5):
+        owned = [shards_of(w, workers, 11) for w in range(workers)]
+        assert sorted(s for shards in owned for s in shards) == list(range(11))
+        assert all(s % workers == w for w, shards in enumerate(owned) for s in shards)
+
+
+def test_devices_parse():
+    assert parse_devices("all") == "all" and parse_devices("2") == 2 and parse_devices(None) == "all"
+    for bad in ("0", "two", -1):
+        with pytest.raises(ValueError, match=r"devices must be a number >= 1 or 'all'"):
+            parse_devices(bad)
+
+
+def test_progress_without_terminal_prints_periodic_plain_lines():
+    stream = io.StringIO()
+    progress = Progress(100, stream=stream, every_seconds=0.0)
+    progress.advance(40)
+    progress.event("skipped", message="a.png: broken")
+    progress.summary(images=40, skipped=1)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("sightline: 40/100 images, ") and "img/s, eta" in lines[0]
+    assert lines[1] == "sightline: skipped: a.png: broken"
+    assert lines[2] == "sightline: done: images 40, skipped 1"
+
+
+def test_progress_json_lines_and_quiet():
+    stream = io.StringIO()
+    progress = Progress(10, stream=stream, log_json=True, every_seconds=0.0)
+    progress.advance(5)
+    progress.summary(images=5)
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [e["event"] for e in events] == ["progress", "summary"]
+    assert events[0]["images"] == 5 and events[0]["total"] == 10
+    quiet = io.StringIO()
+    silent = Progress(10, stream=quiet, quiet=True, every_seconds=0.0)
+    silent.advance(5)
+    silent.summary(images=5)
+    assert quiet.getvalue() == ""
