@@ -15,9 +15,9 @@ import tensorflow as tf
 from sightline.audit.audit import (EXIT_FLAGGED, bilinear_matrix, image_metrics, parse_region,
                           peak_mean, peak_spread, resize_maps, run_audit, summary_lines)
 from sightline.cli.main import build_parser, main
-from tests.engine import audit_runs
-from tests.engine.audit_runs import CLASSES, SIZE, shortcut_run, stored_maps, write_run
-from tests.engine.test_report import assert_png
+from tests.audit import audit_runs
+from tests.audit.audit_runs import CLASSES, SIZE, shortcut_run, stored_maps, write_run
+from tests.report.test_report import assert_png
 
 
 # --- references ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sightline.audit.audit import DEFAULT_THRESHOLD
 from sightline.cli.main import build_parser, main
 from sightline.demo.demo import (IMAGE_SIZE, MARKER_FILE, OVERVIEW_IMAGES, OVERVIEW_METHODS, TILE_ZOOM,
                          _mean_over_images, check_demo_folder, run_demo)
-from tests.engine.test_report import assert_png, parse
+from tests.report.test_report import assert_png, parse
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from sightline import explain, open_results
 from sightline.cli.main import main
 from sightline.store.shards import (CHUNK_BYTES, FOREIGN_TEMPORARY_SECONDS, MAX_CHUNK_ROWS, ShardWriter,
                            map_chunk_rows, remove_stale_temporaries, sha256_of, temporary_path)
-from tests.engine.jobs import (IMAGE_SHAPE, read_index, write_arrays, write_image_folder,
+from tests.jobs.jobs import (IMAGE_SHAPE, read_index, write_arrays, write_image_folder,
                                write_model)
 from tests.tolerances import FLOAT16_ATOL
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from sightline.audit.audit import run_audit
 from sightline.cli.main import main
 from sightline.report.page import write_report
-from tests.engine import audit_runs
+from tests.audit import audit_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
