@@ -18,7 +18,8 @@ layer and the logits, and draws SmoothGrad's noise from the noise's definition i
 
 Every function takes `model` (a Keras model, or an adapter from `adapt_model`: then its
 Keras model is walked at the adapter's layer, which the caller may have chosen; a
-SavedModel has no layers to walk and falls back on the adapter's forward), `images`
+SavedModel or a nested model, which this walk cannot enter, falls back on the adapter's
+forward and is then no independent reference), `images`
 float32 [N,H,W,C] and `targets` int [N] (None: the predicted class) and returns the
 raw maps, float32 [N,h,w] (CAM family, the target layer's resolution) or [N,H,W]
 (gradient methods).
@@ -67,11 +68,23 @@ def _output_rank(layer):
 
 def feature_model(model, layer=None):
     """A FeatureModel for `model`, found by walking the model's layers (see the module)."""
-    if not hasattr(model, "layers") and hasattr(model, "forward"):  # an adapter
-        if getattr(model.model, "layers", None) is None:  # a SavedModel: nothing to walk
-            return FeatureModel(model.forward, model.cam_weights, model.cam_unsupported)
-        layer = model.layer_name if layer is None else layer
-        model = model.model
+    if hasattr(model, "layers"):
+        return _walk(model, layer)
+    adapter = model
+    if getattr(adapter.model, "layers", None) is not None:
+        try:
+            return _walk(adapter.model, adapter.layer_name if layer is None else layer)
+        except _NotWalkable:
+            pass
+    # A SavedModel or a nested model: only the adapter knows its way in.
+    return FeatureModel(adapter.forward, adapter.cam_weights, adapter.cam_unsupported)
+
+
+class _NotWalkable(ValueError):
+    pass
+
+
+def _walk(model, layer):
     import tensorflow as tf
     K = _keras_module(model)
     layers = [l for l in model.layers if type(l).__name__ != "InputLayer"]
@@ -110,11 +123,19 @@ def feature_model(model, layer=None):
         four_d = [l for l in (before_pooling or layers) if _output_rank(l) == 4]
         target = four_d[-1] if four_d else None
 
-    if target is None:
-        whole = K.Model(model.inputs, logits_tensor)
-        return FeatureModel(lambda x: (None, to_logits(whole(x, training=False))),
-                            cam_unsupported="the model has no layer with a 4-D output")
-    features = K.Model(model.inputs, [target.output, logits_tensor])
+    try:
+        if target is None:
+            whole = K.Model(model.inputs, logits_tensor)
+            return FeatureModel(lambda x: (None, to_logits(whole(x, training=False))),
+                                cam_unsupported="the model has no layer with a 4-D output")
+        features = K.Model(model.inputs, [target.output, logits_tensor])
+    except ValueError as error:
+        # A nested model's `output` is a tensor of its own inner graph.
+        reached = "the logits" if target is None else f"layer {target.name!r} and the logits"
+        raise _NotWalkable(f"the eager baseline cannot reach {reached} from the model's input: "
+                           "it walks models whose layers are called once, in one graph (no "
+                           "nested models); pass adapt_model(model) to use the engine's adapter "
+                           "instead") from error
 
     def forward(x):
         activations, values = features(x, training=False)

@@ -47,3 +47,54 @@ def test_explain_matches_the_eager_loop(model, images, method, targets):
 def test_unknown_method_is_refused(model, images):
     with pytest.raises(ValueError, match="no method"):
         eager_maps("scorecam", model, images)
+
+
+# The baseline finds the target layer and the logits by itself: other model shapes than
+# the course's Sequential CNN, each against `explain`.
+OTHER_MODELS = {
+    # A Softmax layer of its own after Dropout and a linear "logits" Dense.
+    "functional_gap_dense": (lambda: models.functional_cnn("keras3", seed=2),
+                             ("gradcam", "saliency", "cam")),
+    # One sigmoid unit: class 0 is explained by -z, class 1 by z.
+    "binary_sigmoid": (lambda: models.binary_sigmoid_cnn("tf_keras", seed=4),
+                       ("cam", "gradcam", "saliency")),
+    # No 4-D layer at all: gradient methods only.
+    "dense_only": (lambda: models.dense_only("keras3", seed=6),
+                   ("saliency", "integrated_gradients")),
+    # A flatten head: no CAM, Grad-CAM at the last convolution.
+    "flatten_head": (lambda: models.functional_cnn("keras3", head="flatten", seed=8),
+                     ("gradcam", "gradcam_plus_plus")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_MODELS))
+def test_explain_matches_the_eager_loop_on_other_model_shapes(name):
+    build, methods = OTHER_MODELS[name]
+    other = build()
+    shape = tuple(other.inputs[0].shape[1:])
+    pixels = np.random.default_rng(3).uniform(0, 1, (4, *shape)).astype(np.float32)
+    num_classes = max(int(other.outputs[0].shape[-1]), 2)  # one sigmoid unit: 2 classes
+    targets = np.arange(4, dtype=np.int32) % num_classes
+    for method in methods:
+        expected = eager_maps(method, other, pixels, targets, **OPTIONS.get(method, {}))
+        result = explain(other, pixels, methods=(method,), targets=targets, normalize=False,
+                         size="native", batch_size=4, xla=False, **OPTIONS.get(method, {}))
+        assert np.abs(expected).max() > 0, (name, method)
+        _close_relative(result.heatmaps[method], expected, MODEL_RELATIVE_ATOL)
+
+
+def test_an_explicit_layer_is_explained(model, images):
+    second_conv = model.layers[2].name  # conv 8, pooling, conv 16: at 14x14
+    expected = eager_maps("gradcam", model, images, layer=second_conv)
+    result = explain(model, images, methods=("gradcam",), layer=second_conv,
+                     normalize=False, size="native", batch_size=4, xla=False)
+    assert expected.shape == (NUM_IMAGES, 14, 14)
+    _close_relative(result.heatmaps["gradcam"], expected, MODEL_RELATIVE_ATOL)
+
+
+def test_heads_without_cam_are_refused():
+    flatten = models.functional_cnn("keras3", head="flatten", seed=8)
+    with pytest.raises(ValueError, match="CAM cannot run: the head after 'conv_c'"):
+        eager_maps("cam", flatten, np.zeros((1, 16, 16, 3), np.float32))
+    with pytest.raises(ValueError, match="need a layer with a 4-D output"):
+        eager_maps("gradcam", models.dense_only("keras3"), np.zeros((1, 8, 8, 1), np.float32))
