@@ -1,11 +1,13 @@
 """The naive eager loop (sightline.bench.eager_baseline) as a second reference: `explain` with
-raw, native-size maps must give the same maps, method by method."""
+raw, native-size maps must give the same maps, method by method. The loop shares nothing
+with the engine's adapter or kernels (its own target layer, logits and noise), so a wrong
+layer, logit or noise in the engine shows up here."""
 
 import numpy as np
 import pytest
 
 from sightline import explain
-from sightline.bench.eager_baseline import EAGER_FUNCTIONS, eager_maps
+from sightline.bench.eager_baseline import EAGER_FUNCTIONS, eager_maps, smoothgrad_noise
 from tests import models
 from tests.models import FLAVORS
 from tests.tolerances import MODEL_RELATIVE_ATOL
@@ -98,3 +100,17 @@ def test_heads_without_cam_are_refused():
         eager_maps("cam", flatten, np.zeros((1, 16, 16, 3), np.float32))
     with pytest.raises(ValueError, match="need a layer with a 4-D output"):
         eager_maps("gradcam", models.dense_only("keras3"), np.zeros((1, 8, 8, 1), np.float32))
+
+
+@pytest.mark.parametrize("sample_index", [0, 41, 2 ** 32 + 7])  # the last one has high bits
+def test_smoothgrad_noise_is_the_kernels_and_standard_normal(sample_index):
+    import tensorflow as tf
+    from sightline.kernels.gradient_maps import sample_noise
+    shape = (6, 5, 3)
+    ours = np.stack([smoothgrad_noise(9, sample_index, copy, shape) for copy in range(4)])
+    kernel = sample_noise(9, tf.constant([sample_index], tf.int64), tf.range(4),
+                          tf.constant(shape))[:, 0].numpy()  # [copies,H,W,C]
+    np.testing.assert_allclose(kernel, ours, atol=1e-5)  # float32 against float64
+    # 360 draws of N(0, 1): mean within 4 standard errors, spread near 1.
+    assert abs(ours.mean()) < 4 / np.sqrt(ours.size) and 0.85 < ours.std() < 1.15
+    assert not np.allclose(ours[0], ours[1])
