@@ -1,12 +1,23 @@
 """`sightline bench` at a tiny size through the command line: the table, the JSON and
-the report have their structure, and every accuracy guard passes. No speed is asserted."""
+the report have their structure, every accuracy guard passes, and every ratio and verdict
+agrees with the measurements it is derived from. No speed is asserted."""
 
 import json
+import operator
 
 import pytest
 
 from sightline.bench import bench
 from sightline.cli.main import main
+
+
+COMPARISONS = {">=": operator.ge, ">": operator.gt, "<=": operator.le}
+
+
+def _row(result, method, mode):
+    found = [r for r in result["rows"] if r["method"] == method and r["mode"] == mode]
+    assert len(found) == 1, (method, mode, len(found))
+    return found[0]
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +48,13 @@ def test_bench_measures_every_method_and_mode(bench_run):
     for row in result["rows"]:
         assert row["images_per_second"] > 0
         assert row["startup_seconds"] >= 0
-        assert row["x_ceiling"] is not None
+        ceiling = row.get("ceiling_alongside") or result["ceiling"]
+        assert row["x_ceiling"] == pytest.approx(row["images_per_second"] / ceiling,
+                                                 rel=1e-3, abs=1e-4)
         if row["method"] != "inference":
-            assert row["x_eager_loop"] is not None
+            eager = _row(result, row["method"], "eager_loop")
+            assert row["x_eager_loop"] == pytest.approx(
+                row["images_per_second"] / eager["images_per_second"], rel=1e-3, abs=0.01)
     assert result["ceiling"] == max(r["images_per_second"] for r in result["rows"]
                                     if r["method"] == "inference"
                                     and r["precision"] == "float32")
@@ -52,10 +67,47 @@ def test_bench_reports_every_target(bench_run):
                  "mixed_bfloat16 faster", "end to end", "peak memory"):
         assert part in names
     for target in result["targets"]:
-        assert target["met"] in (True, False, None)
-    assert result["memory"]["ratio"] > 0
-    assert set(result["memory"]["vmhwm_mb"]) == {str(result["memory"]["small"]),
-                                                 str(result["memory"]["large"])}
+        comparison, threshold = target["threshold"].split()
+        threshold = float(threshold)
+        if target["ratio"] is None:
+            assert target["met"] is None, target
+        elif abs(target["ratio"] - threshold) > 1e-3:  # the ratio is stored to 3 decimals
+            assert target["met"] is COMPARISONS[comparison](target["ratio"], threshold), target
+        else:
+            assert target["met"] in (True, False), target
+
+
+def test_bench_targets_quote_the_measured_rows(bench_run):
+    _, result, _ = bench_run
+    auto = "xla" if result["auto_xla"] else "graph"
+    memory = result["memory"]
+    expected = {"end to end": result["end_to_end"]["ratio"], "peak memory": memory["ratio"]}
+    for method in ("cam", "gradcam", "saliency"):
+        expected[f"{method} >="] = _row(result, method, auto)["x_ceiling"]
+    quoted = 0
+    for target in result["targets"]:
+        for start, ratio in expected.items():
+            if target["target"].startswith(start) and "eager" not in target["target"]:
+                assert target["ratio"] == pytest.approx(ratio, abs=1e-3), target
+                quoted += 1
+        if "the naive eager loop" in target["target"] and target["ratio"] is not None:
+            method = target["target"].split()[0]
+            speedup = (_row(result, method, auto)["images_per_second"]
+                       / _row(result, method, "eager_loop")["images_per_second"])
+            assert target["ratio"] == pytest.approx(speedup, rel=1e-3, abs=0.01), target
+            quoted += 1
+    assert quoted == len(expected) + len(bench.METHODS)
+
+
+def test_bench_memory_ratio_is_large_over_small(bench_run):
+    _, result, _ = bench_run
+    memory = result["memory"]
+    assert set(memory["vmhwm_mb"]) == {str(memory["small"]), str(memory["large"])}
+    assert memory["large"] > memory["small"] > 0
+    small, large = (memory["vmhwm_mb"][str(memory[n])] for n in ("small", "large"))
+    # Peak resident memory of a process that ran TensorFlow: hundreds of MB, never a stub.
+    assert small > 100 and large > 100
+    assert memory["ratio"] == pytest.approx(large / small, rel=1e-3)  # MB to 0.1: 1e-4 each
 
 
 def test_bench_prints_the_table_and_writes_the_report(bench_run, capsys):

@@ -15,14 +15,19 @@ import pytest
 
 import sightline.jobs.runner
 from sightline import explain, open_results
+from sightline.bench.eager_baseline import eager_maps
 from sightline.cli.main import main
 from sightline.store.shards import (CHUNK_BYTES, FOREIGN_TEMPORARY_SECONDS, MAX_CHUNK_ROWS, ShardWriter,
                            map_chunk_rows, remove_stale_temporaries, sha256_of, temporary_path)
 from tests.jobs.jobs import (IMAGE_SHAPE, read_index, write_arrays, write_image_folder,
                                write_model)
-from tests.tolerances import FLOAT16_ATOL
+from tests.kernels.test_postprocess import reference_bilinear
+from tests.tolerances import FLOAT16_ATOL, MODEL_RELATIVE_ATOL
 
 METHODS = "cam,gradcam,saliency,smoothgrad"
+# A map's scale (its largest |value|) from the job against the eager loop: the same
+# relative error as the raw maps (MODEL_RELATIVE_ATOL), with a factor 2 of room.
+SCALE_RTOL = 2 * MODEL_RELATIVE_ATOL
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +108,65 @@ def test_corrupt_image_is_skipped_and_recorded(folder_run):
     assert all(label == (0 if key.startswith("cat/") else 1) for key, label in zip(keys, labels))
 
 
-def test_shard_maps_equal_explain_within_float16(workspace):
+@pytest.fixture(scope="module")
+def eager_reference(workspace):
+    """What a job on images.npy must store, from the eager loop on the saved model (walked by
+    itself, sharing nothing with the engine's step) and a plain Keras call for predictions."""
+    import keras
+    model = keras.models.load_model(str(workspace["root"] / "model.keras"))
+    images = workspace["images"]
+    probabilities = np.asarray(model(images, training=False), np.float64)
+    cache = {}
+
+    def reference(method, input_size=None, **options):
+        """(heatmaps as stored: ReLU(raw) / max|raw|, scales: max|raw|) for every image."""
+        key = (method, input_size, tuple(sorted(options.items())))
+        if key not in cache:
+            raw = eager_maps(method, model, images, **options).astype(np.float64)
+            if input_size is not None:  # --store input: CAM-family maps resized first
+                raw = reference_bilinear(raw, input_size)
+            scales = np.abs(raw).max(axis=(1, 2))
+            cache[key] = np.maximum(raw, 0) / scales[:, None, None], scales
+        return cache[key]
+
+    reference.predictions = probabilities.argmax(-1)
+    reference.scores = probabilities.max(-1)
+    return reference
+
+
+def assert_matches_eager_reference(data, reference, options, input_size=None):
+    """Every stored map and scale of `data` (index.h5 of a job on images.npy) against the
+    eager loop; predictions against the model's own probabilities."""
+    np.testing.assert_array_equal(data["sample/index"], np.arange(len(reference.predictions)))
+    np.testing.assert_array_equal(data["pred/class"], reference.predictions)
+    np.testing.assert_allclose(data["pred/score"], reference.scores, rtol=1e-5)
+    np.testing.assert_array_equal(data["pred/target"], reference.predictions)
+    methods = [name[len("heatmaps/"):] for name in data
+               if name.startswith("heatmaps/") and not name.endswith("_scale")]
+    assert methods
+    for method in methods:
+        resize = input_size if method in ("cam", "gradcam", "gradcam_plus_plus") else None
+        maps, scales = reference(method, resize, **options.get(method, {}))
+        np.testing.assert_allclose(data[f"heatmaps/{method}"].astype(np.float64), maps,
+                                   atol=FLOAT16_ATOL, err_msg=method)
+        np.testing.assert_allclose(data[f"heatmaps/{method}_scale"], scales,
+                                   rtol=SCALE_RTOL, err_msg=method)
+
+
+def test_shard_maps_equal_explain_and_the_eager_loop(workspace, eager_reference):
     out = workspace["root"] / "array-out"
     assert run(workspace, "array-out", "--data", str(workspace["root"] / "images.npy"),
                "--methods", "gradcam,saliency,integrated_gradients", "--num-steps", "8",
                "--store", "input", "--shard-size", "8", "--batch-size", "4", "--devices", "1",
                data="images.npy") == 0
     data = read_index(str(out))
+    # The independent reference: the eager loop, maps resized by a float64 bilinear.
+    assert_matches_eager_reference(data, eager_reference,
+                                   {"integrated_gradients": {"num_steps": 8}},
+                                   input_size=IMAGE_SHAPE[:2])
+    # And the same numbers as `explain` on the arrays, within float16.
     expected = explain(str(workspace["root"] / "model.keras"), workspace["images"],
                        methods=("gradcam", "saliency", "integrated_gradients"), num_steps=8)
-    np.testing.assert_array_equal(data["sample/index"], np.arange(30))
     for method in ("gradcam", "saliency", "integrated_gradients"):
         np.testing.assert_allclose(data[f"heatmaps/{method}"].astype(np.float32),
                                    expected.heatmaps[method], atol=FLOAT16_ATOL)
@@ -122,7 +176,9 @@ def test_shard_maps_equal_explain_within_float16(workspace):
     np.testing.assert_allclose(data["pred/score"], expected.scores, rtol=1e-5)
 
 
-def test_two_devices_equal_one(workspace, folder_run):
+def test_two_devices_equal_one_and_the_eager_loop(workspace, folder_run, eager_reference):
+    # Folder source (decoding, a skipped image, a short last batch split over replicas):
+    # two devices store what one device stores.
     assert run(workspace, "two-devices", "--methods", METHODS, "--num-samples", "3",
                "--shard-size", "10", "--batch-size", "4", "--preprocess", "[0,1]",
                "--devices", "2") == 0
@@ -136,6 +192,12 @@ def test_two_devices_equal_one(workspace, folder_run):
         else:
             np.testing.assert_allclose(two[name].astype(np.float64), one[name].astype(np.float64),
                                        atol=FLOAT16_ATOL, err_msg=name)
+    # Array source on two devices against the independent reference: the eager loop.
+    assert run(workspace, "two-devices-arrays", "--methods", METHODS, "--num-samples", "3",
+               "--shard-size", "10", "--batch-size", "4", "--devices", "2",
+               data="images.npy") == 0
+    data = read_index(str(workspace["root"] / "two-devices-arrays"))
+    assert_matches_eager_reference(data, eager_reference, {"smoothgrad": {"num_samples": 3}})
 
 
 def test_h5_source_with_labels_and_label_targets(workspace):

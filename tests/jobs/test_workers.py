@@ -43,11 +43,39 @@ def test_worker_errors(kwargs, environ, message):
         resolve_worker(environ=environ, **kwargs)
 
 
-def test_shards_split_by_modulo_cover_everything_once():
-    for workers in (1, 2, 3, 5):
-        owned = [shards_of(w, workers, 11) for w in range(workers)]
-        assert sorted(s for shards in owned for s in shards) == list(range(11))
-        assert all(s % workers == w for w, shards in enumerate(owned) for s in shards)
+# The placement, written out: shards owned by workers 0, 1, ... for (shards, workers).
+PLACEMENTS = [
+    (5, 1, [[0, 1, 2, 3, 4]]),
+    (7, 3, [[0, 3, 6], [1, 4], [2, 5]]),
+    (10, 4, [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]]),
+    (4, 4, [[0], [1], [2], [3]]),
+    (3, 5, [[0], [1], [2], [], []]),  # more workers than shards: the last ones idle
+    (11, 2, [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9]]),
+    (0, 2, [[], []]),
+]
+
+
+@pytest.mark.parametrize("num_shards, workers, expected", PLACEMENTS)
+def test_shards_of_each_worker(num_shards, workers, expected):
+    assert [shards_of(w, workers, num_shards) for w in range(workers)] == expected
+
+
+@pytest.mark.parametrize("kwargs, environ, num_shards, expected", [
+    # Slurm --array=5-11:2: ids 5, 7, 9, 11; id 9 is worker 2 of 4.
+    ({}, SLURM, 10, [2, 6]),
+    ({}, {**SLURM, "SLURM_ARRAY_TASK_ID": "5"}, 10, [0, 4, 8]),
+    # Slurm --array=0-2: id 1 is worker 1 of 3.
+    ({}, {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3"}, 8, [1, 4, 7]),
+    # Kubernetes Indexed Job with 3 completions, pod 2.
+    ({"workers": 3}, {"JOB_COMPLETION_INDEX": "2"}, 8, [2, 5]),
+    # TF_CONFIG: one chief and two workers; worker 1 comes after the chief and worker 0.
+    ({}, {"TF_CONFIG": TF_CONFIG}, 7, [2, 5]),
+    ({}, {"TF_CONFIG": json.dumps({"cluster": {"chief": ["c:1"], "worker": ["w:1", "w:2"]},
+                                   "task": {"type": "chief", "index": 0}})}, 7, [0, 3, 6]),
+])
+def test_shards_of_a_worker_placed_by_its_environment(kwargs, environ, num_shards, expected):
+    worker, workers = resolve_worker(environ=environ, **kwargs)
+    assert shards_of(worker, workers, num_shards) == expected
 
 
 def test_devices_parse():

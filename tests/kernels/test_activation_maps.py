@@ -147,6 +147,52 @@ def test_gradcam_plus_plus_channel_without_gradient_has_no_weight(rng):
                                rtol=KERNEL_RTOL, atol=KERNEL_ATOL)
 
 
+# --- Grad-CAM++ by hand, from the paper's definition ------------------------------------
+#
+# The paper explains Y = exp(S), S the class's logit, and defines
+#     alpha[i,j,k] = Y2[i,j,k] / (2 Y2[i,j,k] + sum_ab A[a,b,k] Y3[i,j,k]),
+#     w[k] = sum_ij alpha[i,j,k] ReLU(Y1[i,j,k]),   map = ReLU(sum_k w[k] A[...,k]),
+# where Y1, Y2, Y3 are the 1st, 2nd and 3rd derivatives of Y with respect to A[i,j,k].
+# For a head that is linear in A, S = sum_ijk V[i,j,k] A[i,j,k] + b, the derivatives of S
+# are V, 0, 0, so by the chain rule Y1 = e^S V, Y2 = e^S V^2, Y3 = e^S V^3 and
+#     alpha[i,j,k] = 1 / (2 + S_k V[i,j,k])  where V[i,j,k] != 0, with S_k = sum_ab A[a,b,k],
+#     w[k] = e^S sum_ij ReLU(V[i,j,k]) / (2 + S_k V[i,j,k]).
+# The kernel takes g = dS/dA = V and leaves out the one positive factor e^S per image.
+
+def test_gradcam_plus_plus_by_hand_on_a_linear_head():
+    """One channel, two positions: A = [1, 2] (S_1 = 3), V = [1, -1].
+    alpha = [1/(2 + 3*1), 1/(2 + 3*(-1))] = [1/5, -1]; only the first position has
+    ReLU(V) > 0, so w = (1/5)*1 = 1/5 and the map is ReLU((1/5) * [1, 2]) = [0.2, 0.4]."""
+    A = np.array([1.0, 2.0], np.float32).reshape(1, 1, 2, 1)
+    V = np.array([1.0, -1.0], np.float32).reshape(1, 1, 2, 1)
+    assert_close(gradcam_plus_plus(A, V), np.array([[[0.2, 0.4]]]))
+
+
+def test_gradcam_plus_plus_by_hand_on_a_gap_dense_head():
+    """GAP then dense, S = sum_k W[k] mean_ij A[i,j,k] + b, on a 1x2 map with 2 channels:
+    A[...,0] = [1, 3], A[...,1] = [2, 0], W = [0.5, -1]. Then V[i,j,k] = W[k]/2:
+    g_0 = 0.25, g_1 = -0.5; S_0 = 4, S_1 = 2; alpha_0 = 1/(2 + 4*0.25) = 1/3,
+    alpha_1 = 1/(2 + 2*(-0.5)) = 1; w_0 = 2 positions * (1/3) * 0.25 = 1/6, w_1 = 0
+    (ReLU of a negative gradient); map = ReLU((1/6) * [1, 3]) = [1/6, 1/2]."""
+    A = np.array([[1.0, 2.0], [3.0, 0.0]], np.float32).reshape(1, 1, 2, 2)
+    G = np.broadcast_to(np.array([0.25, -0.5], np.float32), (1, 1, 2, 2))
+    assert_close(gradcam_plus_plus(A, G), np.array([[[1.0 / 6.0, 0.5]]]))
+
+
+def test_gradcam_plus_plus_on_gap_dense_heads_has_closed_form_weights(rng):
+    """On a GAP + dense head g[i,j,k] = W[k]/(h w) everywhere, so the sum over positions
+    in w[k] is h w times one term: w[k] = ReLU(W[k]) / (2 + a[k] W[k]), with a[k] the
+    pooled activation mean_ij A[i,j,k]; map = ReLU(sum_k w[k] A[...,k])."""
+    A = random_activations(rng)
+    W = rng.uniform(-1.0, 1.0, (B, K))  # keeps 2 + a W > 0 (a is below 1 on average)
+    G = np.broadcast_to((W / (h * w))[:, None, None, :], (B, h, w, K)).astype(np.float32)
+    pooled = A.astype(np.float64).mean(axis=(1, 2))  # [B,K]
+    weights = np.maximum(W, 0.0) / (2.0 + pooled * W)  # [B,K]
+    expected = np.maximum(np.einsum("bhwk,bk->bhw", A.astype(np.float64), weights), 0.0)
+    assert (expected > 0).any() and (W < 0).any()
+    assert_close(gradcam_plus_plus(A, G), expected)
+
+
 def test_gradcam_zero_gradients_give_zero_maps(rng):
     A = random_activations(rng)
     out = gradcam(A, np.zeros_like(A)).numpy()
