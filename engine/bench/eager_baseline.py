@@ -5,7 +5,7 @@ layer's activations and the class scores together; CAM multiplies the activation
 the dense layer's weights; Grad-CAM and saliency take the gradient of the explained
 class's score. This is what people write from tutorials, and what `sightline bench`
 measures the compiled step against. It is also a second, independent reference for
-`explain(..., normalize=False, size="native")` in the tests.
+`explain(..., normalize=False, map_size="native")` in the tests.
 
 The explained score is the pre-softmax logit (as in the engine): the feature model is
 `sightline.model.adapter.adapt_model(model).forward`, which returns `(activations, logits)`.
@@ -17,10 +17,6 @@ returns the raw maps, float32 [N,h,w] (CAM family, the target layer's resolution
 """
 
 import numpy as np
-
-EAGER_METHODS = ("cam", "gradcam", "gradcam_plus_plus", "saliency", "smoothgrad",
-                 "integrated_gradients")
-
 
 def feature_model(model, layer=None):
     """The adapter whose forward(images) -> (activations[B,h,w,K], logits[B,classes])."""
@@ -110,7 +106,7 @@ def eager_saliency(model, images, targets=None, *, layer=None, channel_reduce="m
     return _per_image(model, images, targets, layer, one)
 
 
-def eager_smoothgrad(model, images, targets=None, *, layer=None, num_samples=25,
+def eager_smoothgrad(model, images, targets=None, *, layer=None, num_copies=25,
                      noise_sigma=0.15, noise_seed=0, channel_reduce="max", sample_index=None):
     """SmoothGrad: reduce_C |mean_j dy_c/dx (x + noise_j)|, one noisy copy at a time.
 
@@ -126,12 +122,12 @@ def eager_smoothgrad(model, images, targets=None, *, layer=None, num_samples=25,
         c = _class(logits, target)
         spread = float(tf.reduce_max(x) - tf.reduce_min(x))
         total = np.zeros(x.shape[1:], np.float32)
-        for j in range(num_samples):
+        for j in range(num_copies):
             noise = sample_noise(noise_seed, tf.constant([index], tf.int64),
                                  tf.constant([j], tf.int32), tf.shape(x)[1:])[0]
             grads, _ = _input_gradient(adapter, x + noise * noise_sigma * spread, c)
             total += grads
-        return _reduce(np.abs(total / num_samples), channel_reduce)
+        return _reduce(np.abs(total / num_copies), channel_reduce)
     return _per_image(model, images, targets, layer, one)
 
 
@@ -164,7 +160,7 @@ EAGER_FUNCTIONS = {
 
 
 def eager_maps(method, model, images, targets=None, **options):
-    """Dispatch by method name; options are the method's own (num_samples, ...)."""
+    """Dispatch by method name; options are the method's own (num_copies, ...)."""
     if method not in EAGER_FUNCTIONS:
         raise ValueError(f"the eager baseline has no method {method!r}; "
                          f"choose from {', '.join(EAGER_FUNCTIONS)}")

@@ -11,7 +11,7 @@ from tests.models import FLAVORS
 from tests.tolerances import MODEL_RELATIVE_ATOL
 
 NUM_IMAGES = 6
-OPTIONS = {"smoothgrad": dict(num_samples=3, noise_sigma=0.2, noise_seed=5),
+OPTIONS = {"smoothgrad": dict(num_copies=3, noise_sigma=0.2, noise_seed=5),
            "integrated_gradients": dict(num_steps=4)}
 
 
@@ -38,7 +38,7 @@ def test_explain_matches_the_eager_loop(model, images, method, targets):
     options = OPTIONS.get(method, {})
     expected = eager_maps(method, model, images, targets, **options)
     result = explain(model, images, methods=(method,), targets=targets, normalize=False,
-                     size="native", batch_size=4, xla=False, **options)
+                     map_size="native", batch_size=4, xla=False, **options)
     assert result.heatmaps[method].shape == expected.shape
     assert expected.dtype == np.float32
     _close_relative(result.heatmaps[method], expected, MODEL_RELATIVE_ATOL)

@@ -43,7 +43,7 @@ def run(workspace, out, *extra, data="images"):
 
 @pytest.fixture(scope="module")
 def folder_run(workspace):
-    code = run(workspace, "folder-out", "--methods", METHODS, "--num-samples", "3",
+    code = run(workspace, "folder-out", "--methods", METHODS, "--num-copies", "3",
                "--shard-size", "10", "--batch-size", "4", "--preprocess", "[0,1]",
                "--devices", "1")
     assert code == 0
@@ -78,7 +78,7 @@ def test_output_layout_matches_the_contract(folder_run):
             for name in ("sample/label", "pred/target", "pred/class"):
                 assert shard[name].dtype == np.int32 and shard[name].shape == (n,)
             assert shard["pred/score"].dtype == np.float32
-            assert json.loads(shard.attrs["parameters"])["smoothgrad"]["num_samples"] == 3
+            assert json.loads(shard.attrs["parameters"])["smoothgrad"]["num_copies"] == 3
             assert list(shard.attrs["input_size"]) == [16, 16]
             indices = shard["sample/index"][:]
             assert np.all((indices >= entry["sample_start"]) & (indices < entry["sample_stop"]))
@@ -107,7 +107,7 @@ def test_shard_maps_equal_explain_within_float16(workspace):
     out = workspace["root"] / "array-out"
     assert run(workspace, "array-out", "--data", str(workspace["root"] / "images.npy"),
                "--methods", "gradcam,saliency,integrated_gradients", "--num-steps", "8",
-               "--store", "input", "--shard-size", "8", "--batch-size", "4", "--devices", "1",
+               "--map-size", "input", "--shard-size", "8", "--batch-size", "4", "--devices", "1",
                data="images.npy") == 0
     data = read_index(str(out))
     expected = explain(str(workspace["root"] / "model.keras"), workspace["images"],
@@ -123,7 +123,7 @@ def test_shard_maps_equal_explain_within_float16(workspace):
 
 
 def test_two_devices_equal_one(workspace, folder_run):
-    assert run(workspace, "two-devices", "--methods", METHODS, "--num-samples", "3",
+    assert run(workspace, "two-devices", "--methods", METHODS, "--num-copies", "3",
                "--shard-size", "10", "--batch-size", "4", "--preprocess", "[0,1]",
                "--devices", "2") == 0
     manifest = json.load(open(workspace["root"] / "two-devices" / "manifest.json"))
@@ -173,7 +173,7 @@ def test_tfrecord_source_across_files(workspace, tmp_path):
     assert main(["explain", "--model", str(workspace["root"] / "model.keras"), "--data",
                  str(folder), "--out", str(out), "--quiet", "--devices", "1", "--shard-size",
                  "4", "--batch-size", "2", "--target", "label", "--methods", "saliency",
-                 "--store", "input"]) == 0
+                 "--map-size", "input"]) == 0
     data = read_index(str(out))
     np.testing.assert_array_equal(data["sample/label"], np.arange(7) % 4)
     assert [k.decode() for k in data["sample/key"]] == (
@@ -359,7 +359,7 @@ def test_stop_signal_while_checksumming_finished_shards_exits_cleanly(folder_run
     monkeypatch.setattr(sightline.jobs.runner, "verify_shard", verify_during_a_signal)
     code = main(["explain", "--model", str(folder_run.parent / "model.keras"), "--data",
                  str(folder_run.parent / "images"), "--out", str(out), "--methods", METHODS,
-                 "--num-samples", "3", "--shard-size", "10", "--batch-size", "4",
+                 "--num-copies", "3", "--shard-size", "10", "--batch-size", "4",
                  "--preprocess", "[0,1]", "--devices", "1", "--quiet"])
     error = capsys.readouterr().err
     assert code == 143, error
@@ -534,7 +534,7 @@ def _bad_cases(root, scratch):
         (base + ["--image-size", "12,12"], r"image size \(12, 12\) differs from the model's"),
         (base + ["--xla", "maybe"], r"--xla must be auto, on or off"),
         (base + ["--compression", "zstd"], r"compression must be one of"),
-        (base + ["--store", "full"], r"size must be one of 'input', 'native'"),
+        (base + ["--map-size", "full"], r"map_size must be one of 'native', 'input'"),
     ]
 
 

@@ -63,7 +63,7 @@ def test_nested_mobilenet_base_is_the_default_target(flavor):
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(adapter.probabilities(logits).numpy(), model(images).numpy(),
                                rtol=1e-4, atol=1e-6)
-    result = explain(model, images, methods=("cam", "gradcam"), size="native")
+    result = explain(model, images, methods=("cam", "gradcam"), map_size="native")
     assert result.heatmaps["gradcam"].shape == (2, 2, 2)
 
 
@@ -117,7 +117,7 @@ def test_flatten_head_refuses_cam_and_names_gradcam(flavor):
     with pytest.raises(ValueError, match=r"method 'cam' cannot run: CAM needs a head of global "
                                          r"average pooling then one dense layer.*use gradcam"):
         explain(model, images, methods=("cam",))
-    result = explain(model, images, methods=("gradcam",))
+    result = explain(model, images, methods=("gradcam",), map_size="input")
     assert result.heatmaps["gradcam"].shape == (3, 16, 16)
 
 
@@ -134,7 +134,7 @@ def test_skip_connection_head_falls_back_to_whole_tape(flavor):
     features = K.Model(model.inputs[0], [model.get_layer("conv_c").output,
                                       model.get_layer("concat").output])
     images = _images((16, 16, 3), n=2)
-    result = explain(model, images, methods=("gradcam",), size="native", normalize=False,
+    result = explain(model, images, methods=("gradcam",), map_size="native", normalize=False,
                      targets=1)
     for i in range(2):
         x = tf.constant(images[i:i + 1])
@@ -167,12 +167,12 @@ def test_binary_sigmoid_head_explains_both_classes(flavor):
     assert adapter.output_kind == "binary_sigmoid" and adapter.num_classes == 2
     images = _images((16, 16, 3), n=4)
     probability = model(images).numpy()[:, 0]
-    result = explain(model, images, methods=("cam", "gradcam"), size="native", normalize=False,
+    result = explain(model, images, methods=("cam", "gradcam"), map_size="native", normalize=False,
                      targets=np.array([0, 1, 0, 1]))
     np.testing.assert_array_equal(result.predictions, (probability > 0.5).astype(np.int32))
     np.testing.assert_allclose(result.scores, np.maximum(probability, 1 - probability), rtol=1e-5)
     # Class 1 is explained by the logit z, class 0 by -z: CAM maps are exact negatives.
-    both = explain(model, images, methods=("cam",), size="native", normalize=False, targets=1)
+    both = explain(model, images, methods=("cam",), map_size="native", normalize=False, targets=1)
     np.testing.assert_allclose(result.heatmaps["cam"][0], -both.heatmaps["cam"][0], rtol=1e-6)
     np.testing.assert_allclose(result.heatmaps["cam"][1], both.heatmaps["cam"][1], rtol=1e-6)
 
