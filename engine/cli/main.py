@@ -180,8 +180,9 @@ def config_from_options(options):
 
 
 def _explain(args):
-    from sightline.jobs.runner import run_job
+    # Options first: a typo fails before TensorFlow (which the runner imports) loads.
     config = config_from_options(explain_options(args))
+    from sightline.jobs.runner import run_job
     summary = run_job(config)
     return summary.exit_code
 

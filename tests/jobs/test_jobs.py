@@ -111,7 +111,8 @@ def test_shard_maps_equal_explain_within_float16(workspace):
                data="images.npy") == 0
     data = read_index(str(out))
     expected = explain(str(workspace["root"] / "model.keras"), workspace["images"],
-                       methods=("gradcam", "saliency", "integrated_gradients"), num_steps=8)
+                       methods=("gradcam", "saliency", "integrated_gradients"), num_steps=8,
+                       map_size="input")
     np.testing.assert_array_equal(data["sample/index"], np.arange(30))
     for method in ("gradcam", "saliency", "integrated_gradients"):
         np.testing.assert_allclose(data[f"heatmaps/{method}"].astype(np.float32),

@@ -58,3 +58,38 @@ def test_option_checks_give_one_line(option, bad, error):
 def test_every_option_is_read_by_some_method():
     for option in methods.OPTIONS:
         assert methods.methods_using(option), option
+
+
+def test_every_method_option_is_settable_from_flags_and_toml(tmp_path):
+    """Flags and TOML keys are generated from the table: each option, set to a value
+    other than its default, reaches the configuration."""
+    from sightline.cli.main import build_parser, config_from_options, explain_options
+    values = {"channel_reduce": "sum", "num_copies": 3, "noise_sigma": 0.5, "noise_seed": 9,
+              "num_steps": 5, "baseline": 0.25, "memory_budget_mb": 64}
+    assert set(values) == set(methods.OPTIONS)
+    assert all(values[name] != option.default for name, option in methods.OPTIONS.items())
+    flags = [part for name, value in values.items()
+             for part in ("--" + name.replace("_", "-"), str(value))]
+    args = build_parser().parse_args(["explain", "--methods", "smoothgrad", *flags])
+    config = config_from_options(explain_options(args))
+    assert {name: getattr(config, name) for name in values} == values
+    toml = tmp_path / "job.toml"
+    toml.write_text("".join(f"{name} = {value!r}\n".replace("'", '"')
+                            for name, value in values.items()) + 'map_size = "input"\n')
+    args = build_parser().parse_args(["explain", "--config", str(toml)])
+    config = config_from_options(explain_options(args))
+    assert {name: getattr(config, name) for name in values} == values
+    assert config.map_size == "input"
+    assert config_from_options({}).map_size == "native"
+
+
+def test_cli_rejects_a_bad_option_before_loading_tensorflow(tmp_path):
+    code = ("import sys\n"
+            "from sightline.cli.main import main\n"
+            "code = main(['explain', '--model', 'm.keras', '--data', 'd', '--out', 'o',\n"
+            "             '--methods', 'smoothgrad', '--num-copies', '0'])\n"
+            "print(code, 'tensorflow' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.stdout.strip() == "2 False", result.stderr
+    assert "num_copies must be an integer >= 1" in result.stderr
