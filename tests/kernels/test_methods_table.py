@@ -9,6 +9,12 @@ import pytest
 from sightline.kernels import methods
 
 
+def run_fresh_python(code, cwd=None):
+    """Run `code` in a new interpreter (nothing imported yet) -> CompletedProcess."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+
+
 def test_table_and_config_import_without_tensorflow():
     """The CLI checks options before TensorFlow loads: importing the table and the
     configuration must not pull it in (a fresh interpreter, so nothing is cached)."""
@@ -17,8 +23,7 @@ def test_table_and_config_import_without_tensorflow():
             "from sightline.config import make_config\n"
             "make_config(('layercam', 'smoothgrad'), num_copies=3)\n"
             "print('tensorflow' in sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)
+    result = run_fresh_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
 
@@ -89,7 +94,6 @@ def test_cli_rejects_a_bad_option_before_loading_tensorflow(tmp_path):
             "code = main(['explain', '--model', 'm.keras', '--data', 'd', '--out', 'o',\n"
             "             '--methods', 'smoothgrad', '--num-copies', '0'])\n"
             "print(code, 'tensorflow' in sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60, cwd=tmp_path)
+    result = run_fresh_python(code, cwd=tmp_path)
     assert result.stdout.strip() == "2 False", result.stderr
     assert "num_copies must be an integer >= 1" in result.stderr
