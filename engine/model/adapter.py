@@ -12,6 +12,8 @@ gradient tape halved Grad-CAM throughput on MobileNetV2.
 """
 
 import dataclasses
+import os
+import sys
 import warnings
 from typing import Callable, Optional
 
@@ -297,11 +299,10 @@ def _adapt_keras(model, flavor, layer, precision):
     backbone_model = K.Model(inputs, activations_tensor)
     head_model = _sub_model(K, activations_tensor, logits_tensor)
     if head_model is None:
-        warnings.warn(
+        _warn_at_caller(
             f"the layers after target layer {target.name!r} also read tensors from before "
             "it (a skip connection), so its gradient comes from recording the whole forward "
-            "pass, which is slower; a layer after the connection joins gets the fast path",
-            stacklevel=3)
+            "pass, which is slower; a layer after the connection joins gets the fast path")
     cam_source = None
     if cam_kernel is not None and cam_map_tensor is not activations_tensor:
         # A fully convolutional head whose class convolution is not the target layer:
@@ -343,6 +344,17 @@ def _adapt_keras(model, flavor, layer, precision):
         cam_unsupported=cam_unsupported, activations_unsupported=None,
         output_kind=output_kind, flavor=flavor, precision=precision,
         values_per_image=_values_per_image(model), model=model, cam_source=cam_source)
+
+
+def _warn_at_caller(message):
+    """Warn at the first frame outside sightline: the user's own line, whichever entry
+    point (explain, the job runner, the bench) built the adapter, and Python's default
+    filter then shows it once per line."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, stacklevel=level)
 
 
 # How Keras refuses a sub-model whose outputs need tensors from before its inputs:

@@ -130,7 +130,8 @@ def test_skip_connection_head_falls_back_to_whole_tape(flavor):
     """The head reads a tensor from before the target layer: no separate head, and the
     Grad-CAM from the whole-model tape still matches an eager per-image reference."""
     model = models.functional_cnn(flavor, head="skip")
-    adapter = adapt_model(model)
+    with pytest.warns(UserWarning, match="skip connection"):
+        adapter = adapt_model(model)
     assert adapter.head is None and adapter.layer_name == "conv_c"
     K = keras_module(flavor)
     classifier = model.get_layer("classifier")
@@ -138,8 +139,9 @@ def test_skip_connection_head_falls_back_to_whole_tape(flavor):
     features = K.Model(model.inputs[0], [model.get_layer("conv_c").output,
                                       model.get_layer("concat").output])
     images = _images((16, 16, 3), n=2)
-    result = explain(model, images, methods=("gradcam",), map_size="native", normalize=False,
-                     targets=1)
+    with pytest.warns(UserWarning, match="skip connection") as caught:
+        result = explain(model, images, methods=("gradcam",), normalize=False, targets=1)
+    assert all(w.filename == __file__ for w in caught), "the warning must point at the caller"
     for i in range(2):
         x = tf.constant(images[i:i + 1])
         with tf.GradientTape() as tape:
@@ -340,8 +342,9 @@ def _close_relative(actual, expected):
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_slow_path_is_announced_once_naming_the_layer(flavor):
     with pytest.warns(UserWarning, match=r"target layer 'conv_c' also read tensors from "
-                                         r"before it \(a skip connection\).*slower"):
+                                         r"before it \(a skip connection\).*slower") as caught:
         adapt_model(models.functional_cnn(flavor, head="skip"))
+    assert len(caught) == 1 and caught[0].filename == __file__
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
