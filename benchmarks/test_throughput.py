@@ -132,7 +132,7 @@ def test_end_to_end_against_kernel_alone(benchmark, fashion, workdir):
     images = np.random.default_rng(0).uniform(0, 1, (entry["large"], *fashion.image_shape))
     images = images.astype(np.float32)
     benchmark.pedantic(lambda: explain(fashion.model, images, methods=("gradcam", "saliency"),
-                                       batch_size=fashion.batch, size="native"),
+                                       batch_size=fashion.batch, map_size="native"),
                        rounds=1 if SIZE == "tiny" else 3, iterations=1, warmup_rounds=1)
     with open(os.path.join(workdir, "model_path"), "w") as handle:
         handle.write(model_path)

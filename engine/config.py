@@ -1,13 +1,17 @@
-"""The one flat, frozen configuration of an explanation run, validated on creation."""
+"""The one flat, frozen configuration of an explanation run, validated on creation.
+
+Imports no TensorFlow: the command line checks a user's options before loading it.
+"""
 
 import dataclasses
 import numbers
 from typing import Optional, Union
 
-from sightline.kernels import CHANNEL_REDUCTIONS, KERNELS
+from sightline.kernels.methods import METHODS, OPTIONS, methods_using
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-SIZES = ("input", "native")
+# Where CAM-family maps are stored: at the target layer's resolution, or resized to the input.
+MAP_SIZES = ("native", "input")
 COMPRESSIONS = ("gzip", "lzf", "none")
 TARGET_MODES = ("predicted", "label")
 
@@ -19,34 +23,21 @@ PREPROCESSING = {
 }
 
 # Options a caller may pass as **method_options, with the methods that read them.
-METHOD_OPTIONS = {
-    "channel_reduce": ("saliency", "smoothgrad"),
-    "num_samples": ("smoothgrad",),
-    "noise_sigma": ("smoothgrad",),
-    "noise_seed": ("smoothgrad",),
-    "num_steps": ("integrated_gradients",),
-    "baseline": ("integrated_gradients",),
-    "memory_budget_mb": ("smoothgrad", "integrated_gradients", "scorecam"),
-}
+METHOD_OPTIONS = {name: methods_using(name) for name in OPTIONS}
 
 
 @dataclasses.dataclass(frozen=True)
-class ExplainConfig:
+class _RunSettings:
+    """Every setting but the method options, which ExplainConfig adds from the table."""
+
     methods: tuple = ("gradcam",)
     layer: Optional[str] = None
     normalize: bool = True
-    size: str = "input"
+    map_size: str = "native"
     precision: str = "float32"
     batch_size: int = 64
     xla: Union[bool, str] = "auto"
     unsafe: bool = False
-    channel_reduce: str = "max"
-    num_samples: int = 25
-    noise_sigma: float = 0.15
-    noise_seed: int = 0
-    num_steps: int = 32
-    baseline: float = 0.0
-    memory_budget_mb: int = 1024
     # A dataset job (`sightline explain`); `explain()` on arrays ignores these.
     model: Optional[str] = None
     data: Optional[str] = None
@@ -72,10 +63,10 @@ class ExplainConfig:
             methods = (methods,)
         if not isinstance(methods, (tuple, list)) or not methods:
             raise TypeError(f"methods must be a non-empty sequence of method names; got {self.methods!r}")
-        unknown = [m for m in methods if m not in KERNELS]
+        unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; "
-                             f"choose from {', '.join(KERNELS)}")
+                             f"choose from {', '.join(METHODS)}")
         if len(set(methods)) != len(methods):
             raise ValueError(f"methods must not repeat; got {list(methods)}")
         object.__setattr__(self, "methods", tuple(methods))
@@ -83,25 +74,13 @@ class ExplainConfig:
             raise TypeError(f"layer must be a layer name or None; got {self.layer!r}")
         _check_bool("normalize", self.normalize)
         _check_bool("unsafe", self.unsafe)
-        _check_choice("size", self.size, SIZES)
+        _check_choice("map_size", self.map_size, MAP_SIZES)
         _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("channel_reduce", self.channel_reduce, CHANNEL_REDUCTIONS)
         if not (self.xla is True or self.xla is False or self.xla == "auto"):
             raise ValueError(f"xla must be True, False or 'auto'; got {self.xla!r}")
         _check_int("batch_size", self.batch_size, 1)
-        _check_int("num_samples", self.num_samples, 1)
-        _check_int("num_steps", self.num_steps, 1)
-        _check_int("noise_seed", self.noise_seed, 0)
-        _check_int("memory_budget_mb", self.memory_budget_mb, 1)
-        if self.noise_seed >= 2 ** 32:
-            raise ValueError(f"noise_seed must be below 2**32; got {self.noise_seed}")
-        if (not isinstance(self.noise_sigma, numbers.Real) or isinstance(self.noise_sigma, bool)
-                or not 0 <= self.noise_sigma):
-            raise ValueError(f"noise_sigma must be a number >= 0 (a fraction of each image's "
-                             f"value range); got {self.noise_sigma!r}")
-        if not isinstance(self.baseline, numbers.Real) or isinstance(self.baseline, bool):
-            raise TypeError(f"baseline must be a number (the constant image Integrated Gradients "
-                            f"starts from); got {self.baseline!r}")
+        for option in OPTIONS.values():
+            option.check(getattr(self, option.name))
         _check_int("shard_size", self.shard_size, 1)
         _check_choice("compression", self.compression, COMPRESSIONS)
         _check_bool("overwrite", self.overwrite)
@@ -124,6 +103,35 @@ class ExplainConfig:
             value = getattr(self, name)
             if value is not None:
                 _check_int(name, value, 0 if name == "worker" else 1)
+
+
+# The method options are fields generated from the table: a new option in the table is a
+# new setting here, with its default, and checked by its own rule in __post_init__.
+ExplainConfig = dataclasses.make_dataclass(
+    "ExplainConfig",
+    [(option.name, option.kind, dataclasses.field(default=option.default))
+     for option in OPTIONS.values()],
+    bases=(_RunSettings,), frozen=True)
+ExplainConfig.__module__ = __name__
+ExplainConfig.__doc__ = ("The settings of one explanation run: _RunSettings plus one field "
+                         "per method option of the table (sightline.kernels.methods.OPTIONS).")
+
+
+def method_options(config, method):
+    """{option: value} of the options that shape `method`'s maps (the memory budget
+    changes only how the work is split, never the maps)."""
+    return {name: getattr(config, name) for name in METHODS[method].options}
+
+
+def add_method_arguments(parser):
+    """One --flag per method option of the table, on an argparse parser (default None:
+    a flag not given leaves the option to the TOML file or the default)."""
+    for option in OPTIONS.values():
+        flag = "--" + option.name.replace("_", "-")
+        users = ", ".join(methods_using(option.name))
+        choices = f" ({'/'.join(option.choices)})" if option.choices else ""
+        parser.add_argument(flag, type=option.kind, default=None,
+                            help=f"{users}: {option.help}{choices} (default {option.default})")
 
 
 def make_config(methods=("gradcam",), **options):

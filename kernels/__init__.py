@@ -1,31 +1,29 @@
 """Explanation kernels: the math and nothing else.
 
 Pure, batch-first TensorFlow functions, safe to trace and to compile with XLA; the
-engine decides where to compile. `KERNELS` maps each method name to its kernel.
+engine decides where to compile. The table of methods (`sightline.kernels.methods`)
+names each method's kernel. Kernels load lazily: importing this package or the table
+does not import TensorFlow.
 """
 
-from sightline.kernels.activation_maps import cam, gradcam, gradcam_plus_plus, scorecam
-from sightline.kernels.gradient_maps import (CHANNEL_REDUCTIONS, integrated_gradients,
-                                   mean_gradient_over_copies, saliency, smoothgrad)
-from sightline.kernels.postprocess import resize_heatmaps, scale_heatmaps, scale_to_unit_range
+import importlib
 
-KERNELS = {
-    "cam": cam,
-    "gradcam": gradcam,
-    "gradcam_plus_plus": gradcam_plus_plus,
-    "scorecam": scorecam,
-    "saliency": saliency,
-    "smoothgrad": smoothgrad,
-    "integrated_gradients": integrated_gradients,
-}
+from sightline.kernels.methods import METHODS
 
-# Maps these methods make live at the target layer's resolution; the others at the input's.
-ACTIVATION_METHODS = ("cam", "gradcam", "gradcam_plus_plus", "scorecam")
-GRADIENT_METHODS = ("saliency", "smoothgrad", "integrated_gradients")
+# Public name -> the module under sightline.kernels that defines it: every row's kernel
+# (a new row is exported without an edit here), plus the helpers.
+_LAZY = {function: module
+         for module, function in (row.kernel.split(":") for row in METHODS.values())}
+_LAZY.update({
+    "mean_gradient_over_copies": "gradient_maps", "CHANNEL_REDUCTIONS": "gradient_maps",
+    "resize_heatmaps": "postprocess", "scale_heatmaps": "postprocess",
+    "scale_to_unit_range": "postprocess",
+})
 
-__all__ = [
-    "KERNELS", "ACTIVATION_METHODS", "GRADIENT_METHODS", "CHANNEL_REDUCTIONS",
-    "cam", "gradcam", "gradcam_plus_plus", "scorecam", "saliency", "smoothgrad",
-    "integrated_gradients", "mean_gradient_over_copies", "resize_heatmaps",
-    "scale_heatmaps", "scale_to_unit_range",
-]
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'sightline.kernels' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"sightline.kernels.{_LAZY[name]}"), name)

@@ -99,3 +99,71 @@ def scorecam(score_fn, images, targets, activations, *, channels_per_call=None):
         (tf.constant(0), collected))
     weights = tf.reshape(collected.stack(), [num_chunks * chunk, -1])[:num_channels]  # [K,B]
     return tf.nn.relu(tf.einsum("bhwk,kb->bhw", activations, weights))
+
+
+def layercam(activations, activation_grads):
+    """LayerCAM (Jiang et al. 2021): positive gradients weigh each position.
+
+    activations[B,h,w,K], activation_grads[B,h,w,K] (d y_c / d A) -> heatmaps[B,h,w]
+    = ReLU(sum_k ReLU(d y_c / d A[...,k]) * A[...,k]).
+    """
+    activations = tf.cast(activations, tf.float32)
+    activation_grads = tf.cast(activation_grads, tf.float32)
+    return tf.nn.relu(tf.reduce_sum(tf.nn.relu(activation_grads) * activations, axis=-1))
+
+
+def hirescam(activations, activation_grads):
+    """HiResCAM (Draelos & Carin 2020): the gradient weighs each position, unaveraged.
+
+    activations[B,h,w,K], activation_grads[B,h,w,K] -> heatmaps[B,h,w]
+    = ReLU(sum_k d y_c / d A[...,k] * A[...,k]).
+    """
+    activations = tf.cast(activations, tf.float32)
+    activation_grads = tf.cast(activation_grads, tf.float32)
+    return tf.nn.relu(tf.reduce_sum(activation_grads * activations, axis=-1))
+
+
+def xgradcam(activations, activation_grads):
+    """XGrad-CAM (Fu et al. 2020): gradients averaged with the activations as weights.
+
+    activations[B,h,w,K], activation_grads[B,h,w,K] -> heatmaps[B,h,w]
+    = ReLU(sum_k alpha[k] * A[...,k]),
+    alpha[k] = sum_ij (A[i,j,k] / sum_ab A[a,b,k]) * d y_c / d A[i,j,k].
+    A channel whose activations sum to 0 gets alpha 0 (its normalisation is undefined).
+    """
+    activations = tf.cast(activations, tf.float32)
+    activation_grads = tf.cast(activation_grads, tf.float32)
+    channel_sums = tf.reduce_sum(activations, axis=(1, 2))  # [B,K]
+    weighted = tf.reduce_sum(activations * activation_grads, axis=(1, 2))  # [B,K]
+    channel_weights = tf.math.divide_no_nan(weighted, channel_sums)  # [B,K]
+    return tf.nn.relu(tf.einsum("bhwk,bk->bhw", activations, channel_weights))
+
+
+def eigencam(activations):
+    """Eigen-CAM (Muhammad & Yeasin 2020): the first principal component of the
+    activations over positions. Forward only, class-agnostic.
+
+    activations[B,h,w,K] -> heatmaps[B,h,w] = ReLU(X v), X the activations [h*w,K]
+    with each channel's mean over positions removed, v its first right singular vector.
+
+    X v = s u, with u the top eigenvector of the Gram matrix X X^T [h*w,h*w] and s^2 its
+    eigenvalue: h*w (49 on a 224-pixel ResNet50) is far smaller than K (2048), so the
+    eigen-decomposition runs on the Gram matrix, never on the K x K covariance.
+    A singular vector has no sign of its own. The rule: the projection correlates
+    positively with the channel-mean map mean_k A[...,k] (the sign that makes the map
+    look like the activations); a projection orthogonal to it keeps eigh's sign.
+    """
+    activations = tf.cast(activations, tf.float32)
+    shape = tf.shape(activations)
+    positions = tf.reshape(activations, [shape[0], -1, shape[3]])  # [B,h*w,K]
+    centred = positions - tf.reduce_mean(positions, axis=1, keepdims=True)  # [B,h*w,K]
+    gram = tf.matmul(centred, centred, transpose_b=True)  # [B,h*w,h*w]
+    eigenvalues, eigenvectors = tf.linalg.eigh(gram)  # ascending: the last is the largest
+    top_value = tf.nn.relu(eigenvalues[:, -1])  # [B]; rounding can make 0 slightly negative
+    projection = eigenvectors[:, :, -1] * tf.sqrt(top_value)[:, None]  # [B,h*w]
+    channel_mean = tf.reduce_mean(positions, axis=2)  # [B,h*w]
+    # The projection sums to 0 (X is centred), so its dot product with the channel-mean
+    # map is its covariance with it.
+    agreement = tf.reduce_sum(projection * channel_mean, axis=1, keepdims=True)  # [B,1]
+    projection = tf.where(agreement < 0, -projection, projection)
+    return tf.nn.relu(tf.reshape(projection, shape[:3]))

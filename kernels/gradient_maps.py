@@ -7,7 +7,9 @@ kernels stay pure and can be traced, compiled and tested against any function.
 
 import tensorflow as tf
 
-CHANNEL_REDUCTIONS = ("max", "sum")
+from sightline.kernels.methods import OPTIONS
+
+CHANNEL_REDUCTIONS = OPTIONS["channel_reduce"].choices
 
 
 def saliency(input_grads, channel_reduce="max"):
@@ -19,14 +21,14 @@ def saliency(input_grads, channel_reduce="max"):
     return _reduce_channels(tf.abs(tf.cast(input_grads, tf.float32)), channel_reduce)
 
 
-def smoothgrad(input_gradient, images, targets, sample_index, *, num_samples=25,
+def smoothgrad(input_gradient, images, targets, sample_index, *, num_copies=25,
                noise_sigma=0.15, noise_seed=0, copies_per_call=None,
                channel_reduce="max"):
     """SmoothGrad (Smilkov et al. 2017) wrapped around an input-gradient kernel.
 
     images[B,H,W,C], targets[B], sample_index[B] -> heatmaps[B,H,W].
 
-    The mean gradient over `num_samples` noisy copies, noise std = noise_sigma *
+    The mean gradient over `num_copies` noisy copies, noise std = noise_sigma *
     (max(x) - min(x)) per image, then reduced over channels as `saliency` does.
     The noise of copy j of a sample is a function of (noise_seed, sample_index, j)
     only (see `sample_noise`): a map never depends on the batch it sat in.
@@ -42,15 +44,16 @@ def smoothgrad(input_gradient, images, targets, sample_index, *, num_samples=25,
         return images[None] + noise * noise_std[None]
 
     mean_grads = mean_gradient_over_copies(input_gradient, noisy_copies, targets,
-                                           num_samples, copies_per_call)
+                                           num_copies, copies_per_call)
     return _reduce_channels(tf.abs(mean_grads), channel_reduce)
 
 
-def integrated_gradients(input_gradient, images, targets, baselines, *, num_steps=32,
+def integrated_gradients(input_gradient, images, targets, baseline=0.0, *, num_steps=32,
                          copies_per_call=None):
     """Integrated Gradients (Sundararajan et al. 2017).
 
-    images[B,H,W,C], targets[B], baselines[B,H,W,C] (or broadcastable) ->
+    images[B,H,W,C], targets[B], baseline[B,H,W,C] (or broadcastable: a number is a
+    constant image) ->
     heatmaps[B,H,W], the signed sum over channels of
         (x - x') * mean_k d y_c / d x (x' + a_k (x - x')),  a_k = (k + 1/2) / num_steps,
     the midpoint rule, whose error falls as 1/num_steps^2. Because the map keeps its
@@ -59,7 +62,7 @@ def integrated_gradients(input_gradient, images, targets, baselines, *, num_step
     Steps are folded into the batch, `copies_per_call` steps per gradient call.
     """
     images = tf.cast(images, tf.float32)
-    baselines = tf.broadcast_to(tf.cast(baselines, tf.float32), tf.shape(images))
+    baselines = tf.broadcast_to(tf.cast(baseline, tf.float32), tf.shape(images))
     differences = images - baselines  # [B,H,W,C]
 
     def path_points(step_ids):  # step_ids[c] -> images[c,B,H,W,C]

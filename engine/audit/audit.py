@@ -644,7 +644,7 @@ def _provenance(manifest):
         "model": manifest.get("model"), "model_sha256": run.get("model_sha256"),
         "layer": run.get("layer"), "logits_layer": run.get("logits_layer"),
         "methods": run.get("methods"), "parameters": run.get("parameters"),
-        "store": run.get("store"), "precision": run.get("precision"),
+        "map_size": run.get("map_size"), "precision": run.get("precision"),
         "target": run.get("target"), "source": run.get("source"),
         "num_samples": run.get("num_samples"), "image_shape": run.get("image_shape"),
         "preprocess": run.get("preprocess"), "batch_size": manifest.get("batch_size"),

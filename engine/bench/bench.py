@@ -29,15 +29,19 @@ import time
 
 import numpy as np  # light; TensorFlow stays out of import time
 
-METHODS = ("cam", "gradcam", "gradcam_plus_plus", "saliency", "smoothgrad",
-           "integrated_gradients")
+from sightline.bench.eager_baseline import EAGER_FUNCTIONS
+from sightline.kernels.methods import CLASS_WEIGHTS, LAYER
+from sightline.kernels.methods import METHODS as METHOD_TABLE
+
+# Every method of the table with an eager loop to measure it against, in table order.
+METHODS = tuple(name for name in METHOD_TABLE if name in EAGER_FUNCTIONS)
 MODES = ("eager_loop", "eager_batched", "graph", "xla", "bf16")
 BUILTIN_MODELS = ("fashion", "mobilenet_v2", "resnet50")
 # The issue's settings; the tiny size (CI: every benchmark once, so none can rot) keeps
 # the code paths and cuts the work per image.
 METHOD_OPTIONS = {
-    "full": {"smoothgrad": {"num_samples": 8}, "integrated_gradients": {"num_steps": 16}},
-    "tiny": {"smoothgrad": {"num_samples": 2}, "integrated_gradients": {"num_steps": 2}},
+    "full": {"smoothgrad": {"num_copies": 8}, "integrated_gradients": {"num_steps": 16}},
+    "tiny": {"smoothgrad": {"num_copies": 2}, "integrated_gradients": {"num_steps": 2}},
 }
 
 # Per size and model: input shape, batch size, images the eager loop explains, and the
@@ -152,15 +156,15 @@ class Context:
         self.images = rng.uniform(0, 1, (self.batch, *shape)).astype(np.float32)
         self.targets = (np.arange(self.batch) % self.adapter.num_classes).astype(np.int32)
         self.sample_index = np.arange(self.batch, dtype=np.int64)
-        self.methods_supported = [m for m in METHODS
-                                  if not (m == "cam" and self.adapter.cam_unsupported)
-                                  and not (m in ("cam", "gradcam", "gradcam_plus_plus")
-                                           and self.adapter.activations_unsupported)]
+        self.methods_supported = [
+            m for m in METHODS
+            if not (CLASS_WEIGHTS in METHOD_TABLE[m].arguments and self.adapter.cam_unsupported)
+            and not (METHOD_TABLE[m].resolution == LAYER and self.adapter.activations_unsupported)]
         self._adapters = {"float32": self.adapter}
         self.strategy = None
 
     def options(self, *methods):
-        """The method options (num_samples, num_steps) of this size, for these methods."""
+        """The method options (num_copies, num_steps) of this size, for these methods."""
         return {k: v for m in methods for k, v in METHOD_OPTIONS[self.size].get(m, {}).items()}
 
     def adapter_for(self, precision):
@@ -172,7 +176,7 @@ class Context:
 
     def config(self, method, precision="float32", xla=False):
         from sightline.config import make_config
-        return make_config((method,), layer=self.layer, normalize=False, size="native",
+        return make_config((method,), layer=self.layer, normalize=False, map_size="native",
                            precision=precision, batch_size=self.batch, xla=xla,
                            **self.options(method))
 
@@ -514,7 +518,7 @@ def _job_config(model_path, data, out, methods, batch, options=None):
     from sightline.config import make_config
     return make_config(tuple(methods), model=model_path, data=data, out=out,
                        batch_size=batch, preprocess="[0,1]", devices=1,
-                       size="native", quiet=True, overwrite=True, **(options or {}))
+                       map_size="native", quiet=True, overwrite=True, **(options or {}))
 
 
 def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=None, log=None):
@@ -562,7 +566,7 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
 
     def kernel():
         return explain(context.model, images, methods=tuple(methods), batch_size=batch,
-                       size="native", **options)
+                       map_size="native", **options)
 
     result, startup, median, reps = measure(kernel, context.seconds, warmup=False)
     kernel_rate = large / median

@@ -5,7 +5,7 @@ layer's activations and the class scores together; CAM multiplies the activation
 the dense layer's weights; Grad-CAM and saliency take the gradient of the explained
 class's score. This is what people write from tutorials, and what `sightline bench`
 measures the compiled step against. It is also a second, independent reference for
-`explain(..., normalize=False, size="native")` in the tests, so it shares nothing with
+`explain(..., normalize=False, map_size="native")` in the tests, so it shares nothing with
 the engine's adapter or kernels: it walks the Keras model itself to find the target
 layer and the logits, and draws SmoothGrad's noise from the noise's definition in NumPy.
 
@@ -26,9 +26,6 @@ raw maps, float32 [N,h,w] (CAM family, the target layer's resolution) or [N,H,W]
 """
 
 import numpy as np
-
-EAGER_METHODS = ("cam", "gradcam", "gradcam_plus_plus", "saliency", "smoothgrad",
-                 "integrated_gradients")
 
 _FINAL_ACTIVATIONS = ("softmax", "sigmoid")
 
@@ -284,7 +281,7 @@ def smoothgrad_noise(seed, sample_index, copy, image_shape):
     return (radius * np.cos(angle)).reshape(image_shape)
 
 
-def eager_smoothgrad(model, images, targets=None, *, layer=None, num_samples=25,
+def eager_smoothgrad(model, images, targets=None, *, layer=None, num_copies=25,
                      noise_sigma=0.15, noise_seed=0, channel_reduce="max", sample_index=None):
     """SmoothGrad: reduce_C |mean_j dy_c/dx (x + noise_j)|, one noisy copy at a time.
 
@@ -302,12 +299,12 @@ def eager_smoothgrad(model, images, targets=None, *, layer=None, num_samples=25,
         pixels = x.numpy()[0].astype(np.float64)  # [H,W,C]
         spread = pixels.max() - pixels.min()
         total = np.zeros(pixels.shape, np.float64)
-        for j in range(num_samples):
+        for j in range(num_copies):
             noise = smoothgrad_noise(noise_seed, index, j, pixels.shape)
             noisy = (pixels + noise * noise_sigma * spread).astype(np.float32)[None]
             grads, _ = _input_gradient(features, tf.constant(noisy), c)
             total += grads
-        return _reduce(np.abs(total / num_samples), channel_reduce)
+        return _reduce(np.abs(total / num_copies), channel_reduce)
     return _per_image(model, images, targets, layer, one)
 
 
@@ -340,7 +337,7 @@ EAGER_FUNCTIONS = {
 
 
 def eager_maps(method, model, images, targets=None, **options):
-    """Dispatch by method name; options are the method's own (num_samples, ...)."""
+    """Dispatch by method name; options are the method's own (num_copies, ...)."""
     if method not in EAGER_FUNCTIONS:
         raise ValueError(f"the eager baseline has no method {method!r}; "
                          f"choose from {', '.join(EAGER_FUNCTIONS)}")

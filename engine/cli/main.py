@@ -8,6 +8,9 @@ import importlib
 import os
 import sys
 
+from sightline.config import add_method_arguments
+from sightline.kernels.methods import METHODS, OPTIONS
+
 EXIT_BAD_INPUT = 2
 
 # Commands implemented in modules of their own: name -> (module, one-line help). Each
@@ -24,14 +27,14 @@ MODULE_COMMANDS = {
 }
 
 # Options of `sightline explain` that a TOML file (--config) may also give; flags win.
+# The method options (num_copies, baseline, ...) come from the table of methods.
 EXPLAIN_OPTIONS = {
     "model": str, "data": str, "out": str, "labels": str, "methods": str, "layer": str,
     "target": str, "batch_size": int, "shard_size": int, "image_size": str,
-    "preprocess": str, "precision": str, "devices": str, "xla": str, "store": str,
+    "preprocess": str, "precision": str, "devices": str, "xla": str, "map_size": str,
     "compression": str, "worker": int, "workers": int, "overwrite": bool, "log_json": bool,
-    "quiet": bool, "unsafe": bool, "num_samples": int, "noise_sigma": float,
-    "num_steps": int, "channel_reduce": str, "tfrecord_image_key": str,
-    "tfrecord_label_key": str,
+    "quiet": bool, "unsafe": bool, "tfrecord_image_key": str, "tfrecord_label_key": str,
+    **{name: option.kind for name, option in OPTIONS.items()},
 }
 
 
@@ -56,9 +59,8 @@ def build_parser():
                                         "TFRecord files, a .npy array or file.h5:/dataset")
     explain.add_argument("--out", help="the output folder")
     explain.add_argument("--labels", help="labels for array sources: a .npy file or file.h5:/labels")
-    explain.add_argument("--methods", help="comma-separated: cam, gradcam, gradcam_plus_plus, "
-                                           "scorecam, saliency, smoothgrad, "
-                                           "integrated_gradients (default gradcam)")
+    explain.add_argument("--methods", help=f"comma-separated: {', '.join(METHODS)} "
+                                           "(default gradcam)")
     explain.add_argument("--layer", help="target layer name (default: the last 4-D layer)")
     explain.add_argument("--target", help="predicted (default), label, or a class index")
     explain.add_argument("--batch-size", type=int, help="global batch size (default 64)")
@@ -68,15 +70,12 @@ def build_parser():
     explain.add_argument("--precision", help="float32 (default), mixed_bfloat16, mixed_float16")
     explain.add_argument("--devices", help="N or all (default all)")
     explain.add_argument("--xla", help="auto (default: XLA on GPUs), on or off")
-    explain.add_argument("--store", help="native (default: CAM maps at layer resolution) or input")
+    explain.add_argument("--map-size", help="native (default: CAM maps at layer resolution) or input")
     explain.add_argument("--compression", help="gzip (default), lzf or none")
     explain.add_argument("--worker", type=int, help="this worker's index (or from Slurm, "
                                                     "Kubernetes, TF_CONFIG)")
     explain.add_argument("--workers", type=int, help="number of workers in the job")
-    explain.add_argument("--num-samples", type=int, help="SmoothGrad noisy copies (default 25)")
-    explain.add_argument("--noise-sigma", type=float, help="SmoothGrad noise (default 0.15)")
-    explain.add_argument("--num-steps", type=int, help="Integrated Gradients steps (default 32)")
-    explain.add_argument("--channel-reduce", help="saliency channel reduction: max or sum")
+    add_method_arguments(explain)
     explain.add_argument("--tfrecord-image-key", help="TFRecord image feature (image/encoded)")
     explain.add_argument("--tfrecord-label-key", help="TFRecord label feature "
                                                       "(image/class/label)")
@@ -146,6 +145,8 @@ def explain_options(args):
                 value = ",".join(str(v) for v in value)
             if EXPLAIN_OPTIONS[key] is str and not isinstance(value, str):
                 value = str(value)
+            if EXPLAIN_OPTIONS[key] is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)  # TOML writes 0 for 0.0
             if not isinstance(value, EXPLAIN_OPTIONS[key]) or (EXPLAIN_OPTIONS[key] is int
                                                                and isinstance(value, bool)):
                 raise ValueError(f"config option {key} must be {EXPLAIN_OPTIONS[key].__name__}; "
@@ -175,13 +176,13 @@ def config_from_options(options):
         if xla is None:
             raise ValueError(f"--xla must be auto, on or off; got {options['xla']!r}")
         options["xla"] = xla
-    options["size"] = options.pop("store", "native")
     return make_config(methods, **options)
 
 
 def _explain(args):
-    from sightline.jobs.runner import run_job
+    # Options first: a typo fails before TensorFlow (which the runner imports) loads.
     config = config_from_options(explain_options(args))
+    from sightline.jobs.runner import run_job
     summary = run_job(config)
     return summary.exit_code
 

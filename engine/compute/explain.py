@@ -9,7 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 from sightline.config import make_config
-from sightline.model.adapter import adapt_model, copy_weights, model_flavor
+from sightline.model.adapter import adapt_model
+from sightline.model.loading import model_flavor
+from sightline.model.precision import copy_weights
 from sightline.compute.step import build_step, check_methods
 
 
@@ -37,18 +39,21 @@ _COMPILED = weakref.WeakKeyDictionary()
 
 
 def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, normalize=True,
-            size="input", precision="float32", batch_size=64, xla="auto", unsafe=False,
+            map_size="native", precision="float32", batch_size=64, xla="auto", unsafe=False,
             **method_options):
     """Explain every image of `images` with every method in `methods`.
 
     model: a Keras 3 or tf_keras model, or a path (.keras, .h5, SavedModel directory).
     images: array or tensor [N,H,W,C], already preprocessed for the model.
+    methods: names from the table of methods (`sightline.kernels.methods.METHODS`).
     targets: None (the predicted class), an int (that class for every image) or an
-        int array [N]. Method options: channel_reduce ("max"/"sum"), num_samples,
-        noise_sigma, noise_seed (smoothgrad), num_steps, baseline (integrated
-        gradients), memory_budget_mb (how much one gradient call may hold).
+        int array [N].
+    map_size: "native" keeps CAM-family maps at the target layer's resolution,
+        "input" resizes them to the images'; gradient maps are always input-sized.
+    method_options: any option of the table (`sightline.config.METHOD_OPTIONS` lists
+        them with the methods that read them), e.g. num_copies=8 for smoothgrad.
     """
-    config = make_config(methods, layer=layer, normalize=normalize, size=size,
+    config = make_config(methods, layer=layer, normalize=normalize, map_size=map_size,
                          precision=precision, batch_size=batch_size, xla=xla, unsafe=unsafe,
                          **method_options)
     images = _as_images(images)

@@ -4,11 +4,16 @@ plain methods, every requested method, for one fixed-shape batch."""
 import tensorflow as tf
 
 from sightline import kernels
-from sightline.kernels import ACTIVATION_METHODS
+from sightline.kernels.methods import (ACTIVATION_GRADS, ACTIVATIONS, CAM_ACTIVATIONS,
+                                       CLASS_WEIGHTS, IMAGES, INPUT_GRADIENT, INPUT_GRADS,
+                                       LAYER, METHODS, SAMPLE_INDEX, TARGET_PROBABILITY,
+                                       TARGETS)
 
 # Bytes a gradient call keeps per image and per activation value: the value itself,
 # its gradient, and slack for the backward pass's temporaries.
 _GRADIENT_BYTES_PER_VALUE = 4 * 3
+# A forward-only call (Score-CAM's masked inputs) keeps the value alone.
+_FORWARD_BYTES_PER_VALUE = 4
 
 
 def resolve_xla(xla):
@@ -25,10 +30,11 @@ def resolve_xla(xla):
 def check_methods(adapter, config):
     """Stop, before any work, when the model cannot support a requested method."""
     for method in config.methods:
-        if method in ACTIVATION_METHODS and adapter.activations_unsupported:
+        row = METHODS[method]
+        if row.resolution == LAYER and adapter.activations_unsupported:
             raise ValueError(f"method {method!r} cannot run: {adapter.activations_unsupported}")
-        if method == "cam" and adapter.cam_unsupported:
-            raise ValueError(f"method 'cam' cannot run: {adapter.cam_unsupported}")
+        if CLASS_WEIGHTS in row.arguments and adapter.cam_unsupported:
+            raise ValueError(f"method {method!r} cannot run: {adapter.cam_unsupported}")
 
 
 def copies_per_call(adapter, config, batch_size, bytes_per_value=_GRADIENT_BYTES_PER_VALUE):
@@ -48,14 +54,18 @@ def build_step(adapter, config, batch_size, image_shape):
     is fixed, the caller pads the last batch.
     """
     check_methods(adapter, config)
-    methods = config.methods
-    wants_activation_grads = any(m in ("gradcam", "gradcam_plus_plus") for m in methods)
-    wants_activations = any(m in ACTIVATION_METHODS for m in methods)
-    wants_input_grads = "saliency" in methods
+    rows = [METHODS[method] for method in config.methods]
+    wanted = {argument for row in rows for argument in row.arguments}
+    wants_activation_grads = ACTIVATION_GRADS in wanted
+    wants_input_grads = INPUT_GRADS in wanted
     input_size = tuple(image_shape[:2])
-    chunk = copies_per_call(adapter, config, batch_size)
-    # Score-CAM only runs forward passes: no gradients to keep.
-    forward_chunk = copies_per_call(adapter, config, batch_size, bytes_per_value=4)
+    kernel_of = {row.name: row.load_kernel() for row in rows}
+    # Copies, path steps or masked inputs per call: a method that only runs forward
+    # passes keeps no gradients, so more of its copies fit in the budget.
+    chunk_of = {row.name: copies_per_call(adapter, config, batch_size,
+                                          _GRADIENT_BYTES_PER_VALUE if row.needs_gradients
+                                          else _FORWARD_BYTES_PER_VALUE)
+                for row in rows if row.chunk_keyword}
 
     def explained_scores(logits, targets):
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -104,34 +114,24 @@ def build_step(adapter, config, batch_size, image_shape):
             activations, logits = adapter.forward(images)
             score, chosen, predictions = explained_scores(logits, targets)
 
+        values = {ACTIVATIONS: activations, ACTIVATION_GRADS: activation_grads,
+                  INPUT_GRADS: input_grads, IMAGES: images, TARGETS: chosen,
+                  SAMPLE_INDEX: sample_index, INPUT_GRADIENT: input_gradient,
+                  TARGET_PROBABILITY: target_probability}
+        if CLASS_WEIGHTS in wanted:
+            values[CLASS_WEIGHTS] = tf.gather(tf.transpose(adapter.cam_weights), chosen)  # [B,K']
+        if CAM_ACTIVATIONS in wanted:
+            values[CAM_ACTIVATIONS] = adapter.cam_activations(activations)
         raw = {}
-        for method in methods:
-            if method == "cam":
-                class_weights = tf.gather(tf.transpose(adapter.cam_weights), chosen)  # [B,K]
-                raw[method] = kernels.cam(activations, class_weights)
-            elif method == "gradcam":
-                raw[method] = kernels.gradcam(activations, activation_grads)
-            elif method == "gradcam_plus_plus":
-                raw[method] = kernels.gradcam_plus_plus(activations, activation_grads)
-            elif method == "scorecam":
-                raw[method] = kernels.scorecam(target_probability, images, chosen, activations,
-                                               channels_per_call=forward_chunk)
-            elif method == "saliency":
-                raw[method] = kernels.saliency(input_grads, config.channel_reduce)
-            elif method == "smoothgrad":
-                raw[method] = kernels.smoothgrad(
-                    input_gradient, images, chosen, sample_index,
-                    num_samples=config.num_samples, noise_sigma=config.noise_sigma,
-                    noise_seed=config.noise_seed, copies_per_call=chunk,
-                    channel_reduce=config.channel_reduce)
-            elif method == "integrated_gradients":
-                raw[method] = kernels.integrated_gradients(
-                    input_gradient, images, chosen, tf.fill(tf.shape(images), config.baseline),
-                    num_steps=config.num_steps, copies_per_call=chunk)
+        for row in rows:
+            keywords = {option: getattr(config, option) for option in row.options}
+            if row.chunk_keyword:
+                keywords[row.chunk_keyword] = chunk_of[row.name]
+            raw[row.name] = kernel_of[row.name](*(values[a] for a in row.arguments), **keywords)
 
         outputs = {}
         for method, heatmaps in raw.items():
-            if method in ACTIVATION_METHODS and config.size == "input":
+            if METHODS[method].resolution == LAYER and config.map_size == "input":
                 heatmaps = kernels.resize_heatmaps(heatmaps, input_size)
             scaled, scales = kernels.scale_heatmaps(heatmaps)
             outputs[f"heatmaps/{method}"] = scaled if config.normalize else tf.cast(heatmaps, tf.float32)

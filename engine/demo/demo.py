@@ -25,16 +25,17 @@ import os
 import shutil
 import time
 
+from sightline.kernels.methods import INPUT, method_names
+
 IMAGE_SIZE = 64
 SKY_REGION = "sky=0:20,0:64"
 MODELS = ("shortcut", "clean")
 TRAIN_SPLIT = {"shortcut": "train", "clean": "train-clean"}
-# The overview of every method on a few held-out scenes, per model.
-OVERVIEW_METHODS = ("cam", "gradcam", "gradcam_plus_plus", "scorecam", "saliency",
-                    "smoothgrad", "integrated_gradients")
-# Maps that live on single pixels: shown with their top 1% clipped (display only), or
-# they look black but for a handful of pixels.
-PIXEL_METHODS = ("saliency", "smoothgrad", "integrated_gradients")
+# The overview of every method of the table on a few held-out scenes, per model.
+OVERVIEW_METHODS = method_names()
+# Maps that live on single pixels (the input-resolution methods): shown with their top
+# 1% clipped (display only), or they look black but for a handful of pixels.
+PIXEL_METHODS = method_names(INPUT)
 OVERVIEW_IMAGES = 4
 TILE_ZOOM = 2
 # What the demo replaces in OUT on every run, and the file that says OUT is the demo's:
@@ -111,7 +112,7 @@ def method_overview(model, images, path):
     from sightline.compute.explain import explain
     from sightline.report.overlay import clip_percentile, grid, overlay, to_display_rgb, upscale, write_png
     result = explain(model, images.astype("float32") / 255.0, methods=OVERVIEW_METHODS,
-                     batch_size=len(images))
+                     batch_size=len(images), map_size="input")
     rows = []
     for i, image in enumerate(images):
         row = [upscale(to_display_rgb(image), TILE_ZOOM)]
@@ -184,7 +185,7 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
     for name in MODELS:
         run_out = os.path.join(out, "runs", name)
         config = make_config(("gradcam",), model=results[name]["model"], data=held_images,
-                             out=run_out, preprocess="[0,1]", size="native", batch_size=64,
+                             out=run_out, preprocess="[0,1]", map_size="native", batch_size=64,
                              shard_size=256, devices=1, quiet=True, overwrite=True)
         summary = run_job(config)
         if summary.exit_code:
@@ -223,8 +224,8 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
             for name in MODELS)
         intro = _intro(results, CLASS_NAMES) + (
             "<h2>Every method, both models</h2><p class='note'>Columns: the scene, then "
-            + ", ".join(OVERVIEW_METHODS) + " (the last three clipped at their 99th "
-            "percentile for display). The CAM family puts the shortcut model's evidence in the "
+            + ", ".join(OVERVIEW_METHODS) + " (" + ", ".join(PIXEL_METHODS)
+            + " clipped at their 99th percentile for display). The CAM family puts the shortcut model's evidence in the "
             "sky and the clean model's on the object; the pixel-gradient maps are noisier and "
             "also trace the object's edges, where a small change of the input still moves "
             "the score.</p>" + overviews)

@@ -383,7 +383,7 @@ def _shard_attributes(config, adapter, image_shape, map_shapes):
         "logits_layer": adapter.logits_layer or "",
         "precision": config.precision,
         "normalize": config.normalize,
-        "store": config.size,
+        "map_size": config.map_size,
         "target": str(config.target),
         "preprocess": config.preprocess,
     }
@@ -394,10 +394,10 @@ def _shard_range(shard, shard_size, total):
 
 
 def _map_shapes(config, adapter, image_shape):
-    from sightline.kernels import ACTIVATION_METHODS
+    from sightline.kernels.methods import LAYER, METHODS
     shapes = {}
     for method in config.methods:
-        if method in ACTIVATION_METHODS and config.size == "native":
+        if METHODS[method].resolution == LAYER and config.map_size == "native":
             shapes[method] = tuple(int(v) for v in adapter.activation_shape[:2])
         else:
             shapes[method] = tuple(image_shape[:2])
@@ -428,11 +428,8 @@ def model_digest(path):
 
 def method_parameters(config):
     """The options that shape the maps, per requested method."""
-    from sightline.config import METHOD_OPTIONS
-    return {method: {option: getattr(config, option)
-                     for option, users in METHOD_OPTIONS.items()
-                     if method in users and option != "memory_budget_mb"}
-            for method in config.methods}
+    from sightline.config import method_options
+    return {method: method_options(config, method) for method in config.methods}
 
 
 def _run_fingerprint(config, adapter, source, image_shape):
@@ -453,7 +450,7 @@ def _run_fingerprint(config, adapter, source, image_shape):
         "methods": list(config.methods),
         "parameters": method_parameters(config),
         "normalize": config.normalize,
-        "store": config.size,
+        "map_size": config.map_size,
         "precision": config.precision,
         "target": config.target,
         "source": source.description,

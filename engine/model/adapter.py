@@ -1,4 +1,5 @@
-"""Loading a model and adapting it to the one callable the kernels need.
+"""Adapting a model to the one callable the kernels need (loading: `loading.py`;
+mixed precision: `precision.py`).
 
 `adapt_model` turns a Keras 3 or tf_keras model (in memory, or a path to `.keras`,
 `.h5` or a SavedModel directory) into a `ModelAdapter` whose `forward(images)`
@@ -11,15 +12,19 @@ gradient tape halved Grad-CAM throughput on MobileNetV2.
 """
 
 import dataclasses
-import json
 import os
-import zipfile
+import sys
+import warnings
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from sightline.config import PRECISIONS
+from sightline.model.loading import load_model, model_flavor
+from sightline.model.precision import copy_weights, with_precision
+
+__all__ = ["ModelAdapter", "adapt_model", "load_model", "model_flavor", "copy_weights",
+           "with_precision", "OUTPUT_KINDS"]
 
 # How the model turns its logits into its output.
 OUTPUT_KINDS = ("logits", "softmax", "sigmoid", "binary_sigmoid", "served")
@@ -32,9 +37,14 @@ class ModelAdapter:
     forward(images[B,H,W,C]) -> (activations[B,h,w,K] or None, logits[B,classes] float32)
     backbone(images) -> activations; head(activations) -> logits: None where the head
         cannot be separated (the step then records the whole forward pass).
-    cam_weights[K,classes]: the dense kernel of a GAP + dense head, None otherwise,
-        with `cam_unsupported` saying why. Read from the layer's variable on every
-        access, so a compiled step sees the weights as they are when it runs.
+    cam_weights[K',classes]: what CAM weighs the CAM map source with: the dense kernel
+        of a GAP + dense head, the identity for a fully convolutional head (one channel
+        per class, then GAP); None otherwise, with `cam_unsupported` saying why. Read
+        from the layer's variable on every access, so a compiled step sees the weights
+        as they are when it runs.
+    cam_activations(activations[B,h,w,K]) -> [B,h,w,K']: the CAM map source, which is
+        the target layer's activations for a GAP + dense head and the class
+        convolution's output for a fully convolutional head.
     """
 
     forward: Callable
@@ -53,10 +63,14 @@ class ModelAdapter:
     precision: str
     values_per_image: int  # activation values one image produces in a forward pass
     model: object = dataclasses.field(repr=False, default=None)
+    cam_source: Optional[Callable] = None  # activations -> CAM map source; None: themselves
 
     @property
     def cam_weights(self):
         return None if self.cam_kernel is None else self.cam_kernel()
+
+    def cam_activations(self, activations):
+        return activations if self.cam_source is None else self.cam_source(activations)
 
     def probabilities(self, logits):
         """logits[B,classes] float32 -> probabilities[B,classes] as the model outputs them."""
@@ -69,206 +83,6 @@ class ModelAdapter:
             return logits
         return tf.nn.softmax(logits, axis=-1)
 
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_model(source, *, unsafe=False):
-    """Load a model from a path, or pass an in-memory Keras model through.
-
-    Returns (model, flavor) with flavor "keras3", "tf_keras" or "saved_model".
-    Keras safe mode stays on unless unsafe=True: a Lambda layer holding Python code is
-    refused for both Keras flavours and both file formats (tf_keras applies no safe
-    mode to `.h5` by itself, so the file's config is checked here before loading).
-    """
-    flavor = model_flavor(source)
-    if flavor is not None:
-        return source, flavor
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(
-            "model must be a Keras model (Keras 3 or tf_keras) or a path to a .keras, .h5 "
-            f"or SavedModel directory; got {type(source).__name__}")
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise ValueError(f"model file not found: {path!r}; pass the path of a .keras, .h5 "
-                         "file or a SavedModel directory")
-    if os.path.isdir(path):
-        if not os.path.exists(os.path.join(path, "saved_model.pb")):
-            raise ValueError(f"model directory {path!r} holds no saved_model.pb: it is not a "
-                             "SavedModel; pass a .keras or .h5 file or a SavedModel directory")
-        return tf.saved_model.load(path), "saved_model"
-    lowered = path.lower()
-    if lowered.endswith(".keras"):
-        config, writer = _read_keras_zip(path)
-    elif lowered.endswith((".h5", ".hdf5")):
-        config, writer = _read_h5_config(path)
-    else:
-        raise ValueError(f"unrecognised model file {path!r}: expected a .keras or .h5 file "
-                         "or a SavedModel directory")
-    if not unsafe:
-        lambdas = _lambda_layers(config)
-        if lambdas:
-            raise ValueError(
-                f"model {path!r} has Lambda layer(s) {', '.join(lambdas)} holding Python code, "
-                "which loading would run; pass unsafe=True (--unsafe) only if you trust the file")
-    if writer == "keras3":
-        import keras
-        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
-    else:
-        import tf_keras
-        if lowered.endswith(".keras"):
-            model = tf_keras.models.load_model(path, compile=False, safe_mode=not unsafe)
-        else:
-            model = tf_keras.models.load_model(path, compile=False)
-    return model, writer
-
-
-def model_flavor(model):
-    """"keras3" or "tf_keras" for an in-memory Keras model, None for anything else."""
-    import keras
-    if isinstance(model, keras.Model):
-        return "keras3"
-    try:
-        import tf_keras
-    except ImportError:  # pragma: no cover - tf-keras is a dependency
-        return None
-    if isinstance(model, tf_keras.Model):
-        return "tf_keras"
-    return None
-
-
-def _writer_from_version(version, path):
-    major = str(version).split(".")[0]
-    if major == "3":
-        return "keras3"
-    if major == "2":
-        return "tf_keras"
-    raise ValueError(f"model file {path!r} was written by Keras {version!r}; sightline reads "
-                     "files written by Keras 3 or tf_keras (Keras 2)")
-
-
-def _read_keras_zip(path):
-    try:
-        with zipfile.ZipFile(path) as archive:
-            metadata = json.loads(archive.read("metadata.json"))
-            config = json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
-        raise ValueError(f"model file {path!r} is not a valid .keras archive ({error}); "
-                         "re-save the model with model.save('model.keras')") from None
-    return config, _writer_from_version(metadata.get("keras_version", ""), path)
-
-
-def _read_h5_config(path):
-    import h5py
-    try:
-        with h5py.File(path, "r") as handle:
-            attributes = dict(handle.attrs)
-    except OSError as error:
-        raise ValueError(f"model file {path!r} is not a readable HDF5 file ({error})") from None
-    raw_config = attributes.get("model_config")
-    if raw_config is None:
-        raise ValueError(f"model file {path!r} holds no model_config: it stores weights only; "
-                         "save the whole model with model.save()")
-    if isinstance(raw_config, bytes):
-        raw_config = raw_config.decode("utf-8")
-    version = attributes.get("keras_version", b"")
-    if isinstance(version, bytes):
-        version = version.decode("utf-8")
-    return json.loads(raw_config), _writer_from_version(version, path)
-
-
-def _lambda_layers(config):
-    """Names of every Lambda layer in a (nested) model config."""
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("class_name") == "Lambda":
-                found.append(repr((node.get("config") or {}).get("name", "?")))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
-    return found
-
-
-# ----------------------------------------------------------------------------- precision
-
-
-def with_precision(model, flavor, precision):
-    """Rebuild a float32 Keras model under a mixed-precision policy, same weights.
-
-    A global policy alone does nothing to a model that already exists: its layers
-    carry their dtype in their config. The config is rewritten without layer dtypes,
-    rebuilt under the policy and given the original weights.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if precision == "float32":
-        return model
-    if flavor == "saved_model":
-        raise ValueError(f"precision {precision!r} needs a Keras model; a SavedModel runs as it "
-                         "was saved: use precision='float32' or pass a .keras/.h5 file")
-    if flavor == "keras3":
-        import keras as K
-        set_policy, get_policy = K.config.set_dtype_policy, K.config.dtype_policy
-    else:
-        import tf_keras as K
-        set_policy, get_policy = K.mixed_precision.set_global_policy, K.mixed_precision.global_policy
-    config = _without_layer_dtypes(model.get_config())
-    previous = get_policy()
-    set_policy(precision)
-    try:
-        if isinstance(model, K.Sequential):
-            rebuilt = K.Sequential.from_config(config)
-        else:
-            rebuilt = K.Model.from_config(config)
-    except Exception as error:
-        raise ValueError(f"cannot rebuild the model under {precision!r} ({error}); "
-                         "use precision='float32'") from None
-    finally:
-        set_policy(previous)
-    copy_weights(model, rebuilt)
-    return rebuilt
-
-
-def copy_weights(source, target):
-    """Assign every weight of `source` to the same-shaped variable of `target`, variable
-    to variable: no round trip through host memory, which on a GPU would copy the whole
-    model out and back in on every call of `explain` on a mixed-precision copy."""
-    sources, targets = source.weights, target.weights
-    if len(sources) != len(targets):
-        raise ValueError(f"cannot copy weights: the source model has {len(sources)} weights "
-                         f"and the target {len(targets)}")
-    for value, variable in zip(sources, targets):
-        if tuple(value.shape) != tuple(variable.shape):
-            raise ValueError(f"cannot copy weight {value.name!r} of shape {tuple(value.shape)} "
-                             f"into one of shape {tuple(variable.shape)}")
-        variable.assign(tf.cast(tf.convert_to_tensor(value), variable.dtype))
-
-
-def _without_layer_dtypes(config):
-    def walk(node):
-        if isinstance(node, dict):
-            node = {key: walk(value) for key, value in node.items()}
-            inner = node.get("config")
-            if ("class_name" in node and isinstance(inner, dict)
-                    and node["class_name"] != "InputLayer" and "dtype" in inner):
-                inner = dict(inner)
-                inner.pop("dtype")
-                node["config"] = inner
-            return node
-        if isinstance(node, list):
-            return [walk(value) for value in node]
-        return node
-
-    return walk(config)
-
-
-# ----------------------------------------------------------------------------- adapting
 
 
 def adapt_model(source, *, layer=None, precision="float32", unsafe=False):
@@ -479,15 +293,31 @@ def _adapt_keras(model, flavor, layer, precision):
 
     activations_tensor = graph.output_of(target)
     # Read the graph before building sub-models: building them adds nodes to the layers.
-    cam_kernel, cam_unsupported = _cam_kernel(
-        graph, activations_tensor, logits_tensor, dense_with_activation, output_kind)
+    cam_kernel, cam_map_tensor, cam_unsupported = _cam_head(
+        graph, activations_tensor, logits_tensor, dense_with_activation, output_kind,
+        num_classes)
     backbone_model = K.Model(inputs, activations_tensor)
-    try:
-        head_model = K.Model(activations_tensor, logits_tensor)
-    except Exception:
-        # The layers after the target also read tensors from before it (a skip
-        # connection): no separate head, the step records the whole forward pass.
-        head_model = None
+    head_model = _sub_model(K, activations_tensor, logits_tensor)
+    if head_model is None:
+        _warn_at_caller(
+            f"the layers after target layer {target.name!r} also read tensors from before "
+            "it (a skip connection), so its gradient comes from recording the whole forward "
+            "pass, which is slower; a layer after the connection joins gets the fast path")
+    cam_source = None
+    if cam_kernel is not None and cam_map_tensor is not activations_tensor:
+        # A fully convolutional head whose class convolution is not the target layer:
+        # CAM reads the class maps, computed from the target's activations.
+        source_name = graph.producer(cam_map_tensor).name
+        same_size = tuple(cam_map_tensor.shape[1:3]) == tuple(activations_tensor.shape[1:3])
+        cam_model = _sub_model(K, activations_tensor, cam_map_tensor) if same_size else None
+        if cam_model is None:
+            cam_kernel = None
+            cam_unsupported = (f"CAM reads the class convolution {source_name!r}, which cannot "
+                               f"be computed at the resolution of target layer {target.name!r}; "
+                               f"use layer={source_name!r} or gradcam")
+        else:
+            def cam_source(activations):
+                return cam_model(activations, training=False)
 
     if head_model is not None:
         def backbone(images):
@@ -513,7 +343,36 @@ def _adapt_keras(model, flavor, layer, precision):
         activation_shape=tuple(activations_tensor.shape[1:]), cam_kernel=cam_kernel,
         cam_unsupported=cam_unsupported, activations_unsupported=None,
         output_kind=output_kind, flavor=flavor, precision=precision,
-        values_per_image=_values_per_image(model), model=model)
+        values_per_image=_values_per_image(model), model=model, cam_source=cam_source)
+
+
+def _warn_at_caller(message):
+    """Warn at the first frame outside sightline: the user's own line, whichever entry
+    point (explain, the job runner, the bench) built the adapter, and Python's default
+    filter then shows it once per line."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, stacklevel=level)
+
+
+# How Keras refuses a sub-model whose outputs need tensors from before its inputs:
+# Keras 3 says "Output ... is not connected to `inputs`"; tf_keras, from intermediate
+# tensors, "Found input tensor cannot be reached given provided output tensors", and
+# from model inputs "Graph disconnected".
+_DISCONNECTED = ("is not connected to", "cannot be reached", "graph disconnected")
+
+
+def _sub_model(K, inputs, outputs):
+    """The model from `inputs` to `outputs`, or None when `outputs` also depends on
+    tensors computed before `inputs`. Any other failure is a real error and propagates."""
+    try:
+        return K.Model(inputs, outputs)
+    except ValueError as error:
+        if not any(phrase in str(error).lower() for phrase in _DISCONNECTED):
+            raise
+        return None
 
 
 def _values_per_image(model):
@@ -531,32 +390,73 @@ def _values_per_image(model):
     return total
 
 
-def _cam_kernel(graph, activations_tensor, logits_tensor, dense_with_activation, output_kind):
-    """A reader of the dense kernel [K, classes] when the head is GAP -> (Dropout) -> Dense,
-    else (None, a reason). A reader, not a copy: a copy taken here would go stale when
-    the model trains on, while the step (cached per model by `explain`) lives on."""
-    reason = ("CAM needs a head of global average pooling then one dense layer right after "
-              "the target layer; this model's head is {}; use gradcam instead")
+def _cam_head(graph, activations_tensor, logits_tensor, dense_with_activation, output_kind,
+              num_classes):
+    """(read_weights, cam_map_tensor, None) when the head supports CAM, else
+    (None, None, a reason).
+
+    GAP -> (Dropout) -> Dense, the pooling fed by the target layer: the map source is the
+    target's activations, the weights the dense kernel [K, classes]. Conv(one channel
+    per class) -> GAP, the fully convolutional
+    head: the logit is the spatial mean of the class's channel, so that channel is the
+    map: the source is the convolution's output and the weights the identity.
+    The reader reads the variable on each call rather than copying it: a copy taken here
+    would go stale when the model trains on, while the step (cached per model by
+    `explain`) lives on.
+    """
+    reason = ("CAM needs a head of global average pooling then one dense layer, or a "
+              "convolution with one channel per class then global average pooling; this "
+              "model's head is {}; use gradcam instead")
     dense = dense_with_activation
+    producer = graph.producer(logits_tensor)
+    if dense is None and _is_global_average_pooling(producer):
+        return _fully_convolutional_head(graph, producer, output_kind, num_classes, reason)
     if dense is None:
-        producer = graph.producer(logits_tensor)
         if not (_is_dense(producer) and _activation_name(producer) in (None, "linear")):
-            return None, reason.format(f"'{type(producer).__name__}' before the logits")
+            return None, None, reason.format(f"'{type(producer).__name__}' before the logits")
         dense = producer
     tensor = graph.input_of(dense)
     while type(graph.producer(tensor)).__name__ == "Dropout":
         tensor = graph.input_of(graph.producer(tensor))
     pooling = graph.producer(tensor)
     if type(pooling).__name__ != "GlobalAveragePooling2D":
-        return None, reason.format(f"'{type(pooling).__name__}' before the dense layer")
-    if getattr(pooling, "data_format", "channels_last") != "channels_last" or getattr(pooling, "keepdims", False):
-        return None, reason.format("a pooling layer that is not channels_last without keepdims")
+        return None, None, reason.format(f"'{type(pooling).__name__}' before the dense layer")
+    if not _is_global_average_pooling(pooling):
+        return None, None, reason.format("a pooling layer that is not channels_last without keepdims")
     if graph.input_of(pooling) is not activations_tensor:
-        return None, reason.format("not fed by the target layer")
+        return None, None, reason.format("not fed by the target layer")
+
     def read():
         kernel = tf.cast(tf.convert_to_tensor(dense.kernel), tf.float32)  # [K,classes]
         if output_kind == "binary_sigmoid":
             kernel = tf.concat([-kernel, kernel], axis=-1)  # [K,2]
         return kernel
 
-    return read, None
+    return read, graph.input_of(pooling), None
+
+
+def _fully_convolutional_head(graph, pooling, output_kind, num_classes, reason):
+    class_maps = graph.input_of(pooling)
+    convolution = graph.producer(class_maps)
+    channels = int(class_maps.shape[-1])
+    # A single sigmoid unit explains two classes (-z, z) from its one channel.
+    expected = 1 if output_kind == "binary_sigmoid" else num_classes
+    if not (type(convolution).__name__ == "Conv2D" and channels == expected
+            and _activation_name(convolution) in (None, "linear")):
+        return None, None, reason.format(
+            f"'{type(convolution).__name__}' with {channels} channel(s) before the global "
+            f"pooling (a class convolution needs {expected} channels and no activation)")
+
+    def read():
+        identity = tf.eye(channels, dtype=tf.float32)  # [classes,classes]
+        if output_kind == "binary_sigmoid":
+            identity = tf.concat([-identity, identity], axis=-1)  # [1,2]
+        return identity
+
+    return read, class_maps, None
+
+
+def _is_global_average_pooling(layer):
+    return (type(layer).__name__ == "GlobalAveragePooling2D"
+            and getattr(layer, "data_format", "channels_last") == "channels_last"
+            and not getattr(layer, "keepdims", False))

@@ -121,7 +121,7 @@ def describe_output(out):
         f"output:     {os.path.abspath(out)}",
         f"model:      {manifest.get('model')} (sha256 {run['model_sha256'][:12]}, "
         f"layer {run['layer']}, logits {run['logits_layer']})",
-        f"methods:    {', '.join(run['methods'])} (store {run['store']}, precision "
+        f"methods:    {', '.join(run['methods'])} (map_size {run['map_size']}, precision "
         f"{run['precision']}, target {run['target']})",
         f"source:     {run['source']}, {run['num_samples']} samples, images "
         f"{'x'.join(map(str, run['image_shape']))}, preprocess {run['preprocess']}",

@@ -54,11 +54,11 @@ def write_run(out, maps, labels, predictions, keys, *, shard_size=10, method="gr
     layout = {
         "maps": {method: tuple(maps.shape[1:])},
         "key_length": max(len(k) for k in keys),
-        "attributes": {"input_size": list(SIZE), "methods": f'["{method}"]', "store": "native"},
+        "attributes": {"input_size": list(SIZE), "methods": f'["{method}"]', "map_size": "native"},
     }
     ranges = [(s * shard_size, min(count, (s + 1) * shard_size)) for s in range(num_shards)]
     run = {"model_sha256": "0" * 64, "layer": "last_conv", "logits_layer": "classifier",
-           "methods": [method], "parameters": {method: {}}, "normalize": True, "store": "native",
+           "methods": [method], "parameters": {method: {}}, "normalize": True, "map_size": "native",
            "precision": "float32", "target": "predicted",
            "source": source or "npy /nowhere/images.npy", "num_samples": count,
            "image_shape": [*SIZE, 3], "preprocess": "none", "shard_size": shard_size}

@@ -13,7 +13,7 @@ from tests.models import FLAVORS
 from tests.tolerances import MODEL_RELATIVE_ATOL
 
 NUM_IMAGES = 6
-OPTIONS = {"smoothgrad": dict(num_samples=3, noise_sigma=0.2, noise_seed=5),
+OPTIONS = {"smoothgrad": dict(num_copies=3, noise_sigma=0.2, noise_seed=5),
            "integrated_gradients": dict(num_steps=4)}
 
 
@@ -40,7 +40,7 @@ def test_explain_matches_the_eager_loop(model, images, method, targets):
     options = OPTIONS.get(method, {})
     expected = eager_maps(method, model, images, targets, **options)
     result = explain(model, images, methods=(method,), targets=targets, normalize=False,
-                     size="native", batch_size=4, xla=False, **options)
+                     map_size="native", batch_size=4, xla=False, **options)
     assert result.heatmaps[method].shape == expected.shape
     assert expected.dtype == np.float32
     _close_relative(result.heatmaps[method], expected, MODEL_RELATIVE_ATOL)
@@ -80,7 +80,7 @@ def test_explain_matches_the_eager_loop_on_other_model_shapes(name):
     for method in methods:
         expected = eager_maps(method, other, pixels, targets, **OPTIONS.get(method, {}))
         result = explain(other, pixels, methods=(method,), targets=targets, normalize=False,
-                         size="native", batch_size=4, xla=False, **OPTIONS.get(method, {}))
+                         map_size="native", batch_size=4, xla=False, **OPTIONS.get(method, {}))
         assert np.abs(expected).max() > 0, (name, method)
         _close_relative(result.heatmaps[method], expected, MODEL_RELATIVE_ATOL)
 
@@ -89,7 +89,7 @@ def test_an_explicit_layer_is_explained(model, images):
     second_conv = model.layers[2].name  # conv 8, pooling, conv 16: at 14x14
     expected = eager_maps("gradcam", model, images, layer=second_conv)
     result = explain(model, images, methods=("gradcam",), layer=second_conv,
-                     normalize=False, size="native", batch_size=4, xla=False)
+                     normalize=False, map_size="native", batch_size=4, xla=False)
     assert expected.shape == (NUM_IMAGES, 14, 14)
     _close_relative(result.heatmaps["gradcam"], expected, MODEL_RELATIVE_ATOL)
 

@@ -7,16 +7,18 @@ import tensorflow as tf
 
 import sightline.compute.explain
 from sightline import explain
-from sightline.kernels import KERNELS
+from sightline.kernels.methods import METHODS
 from tests import models
 from tests.models import FLAVORS, keras_module
 from tests.tolerances import (FINITE_DIFFERENCE_ATOL, GRADCAM_CAM_RTOL, IG_COMPLETENESS_RTOL,
                               MIXED_PRECISION_MIN_CORRELATION, MODEL_ATOL,
                               MODEL_RELATIVE_ATOL)
 
-ALL_METHODS = tuple(KERNELS)
-FAST_OPTIONS = dict(num_samples=4, num_steps=8)
+ALL_METHODS = tuple(METHODS)
+FAST_OPTIONS = dict(num_copies=4, num_steps=8)
 NUM_IMAGES = 70  # with batch_size 64 the last batch is short
+REFERENCE_METHODS = ("cam", "gradcam", "gradcam_plus_plus", "saliency", "layercam", "hirescam",
+                     "xgradcam", "eigencam")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def reference(model, images, fixed_targets):
     features = K.Model(model.inputs[0], [model.get_layer("conv_c").output,
                                          model.get_layer("logits").output])
     kernel = np.asarray(model.get_layer("logits").get_weights()[0], np.float64)
-    maps = {m: [] for m in ("cam", "gradcam", "gradcam_plus_plus", "saliency")}
+    maps = {m: [] for m in REFERENCE_METHODS}
     for image, target in zip(images, fixed_targets):
         x = tf.constant(image[None])
         with tf.GradientTape(persistent=True) as tape:
@@ -58,6 +60,19 @@ def reference(model, images, fixed_targets):
         weights = (alpha * np.maximum(g, 0)).sum(axis=(0, 1))
         maps["gradcam_plus_plus"].append(np.maximum((a * weights).sum(-1), 0))
         maps["saliency"].append(np.abs(gx).max(-1))
+        maps["layercam"].append(np.maximum((a * np.maximum(g, 0)).sum(-1), 0))
+        maps["hirescam"].append(np.maximum((a * g).sum(-1), 0))
+        channel_sums = a.sum(axis=(0, 1))
+        x_weights = np.where(channel_sums != 0, (a * g).sum(axis=(0, 1))
+                             / np.where(channel_sums != 0, channel_sums, 1), 0)
+        maps["xgradcam"].append(np.maximum((a * x_weights).sum(-1), 0))
+        positions = a.reshape(-1, a.shape[-1])
+        centred = positions - positions.mean(axis=0)
+        _, _, right = np.linalg.svd(centred, full_matrices=False)
+        projection = centred @ right[0]
+        if projection @ positions.mean(axis=1) < 0:
+            projection = -projection
+        maps["eigencam"].append(np.maximum(projection, 0).reshape(a.shape[:2]))
     return {m: np.stack(v) for m, v in maps.items()}
 
 
@@ -67,10 +82,10 @@ def _close_relative(actual, expected, atol):
     np.testing.assert_allclose(actual / scale, expected / scale, atol=atol)
 
 
-@pytest.mark.parametrize("method", ["cam", "gradcam", "gradcam_plus_plus", "saliency"])
+@pytest.mark.parametrize("method", REFERENCE_METHODS)
 def test_raw_maps_match_eager_per_image_reference(model, images, fixed_targets, reference,
                                                   method):
-    result = explain(model, images, methods=(method,), targets=fixed_targets, size="native",
+    result = explain(model, images, methods=(method,), targets=fixed_targets, map_size="native",
                      normalize=False)
     _close_relative(result.heatmaps[method], reference[method], MODEL_RELATIVE_ATOL)
 
@@ -83,7 +98,7 @@ def test_scorecam_matches_eager_masked_inputs(model, images, fixed_targets):
     features = K.Model(model.inputs[0], model.get_layer("conv_c").output)
     count = 3
     result = explain(model, images[:count], methods=("scorecam",), targets=fixed_targets[:count],
-                     size="native", normalize=False, memory_budget_mb=1)
+                     map_size="native", normalize=False, memory_budget_mb=1)
     for i in range(count):
         a = features(images[i:i + 1]).numpy()[0].astype(np.float64)  # [h,w,K]
         weights = []
@@ -99,9 +114,8 @@ def test_scorecam_matches_eager_masked_inputs(model, images, fixed_targets):
 
 def test_one_step_gives_every_method_and_matches_single_method_runs(model, images,
                                                                     fixed_targets, reference):
-    together = explain(model, images, methods=("cam", "gradcam", "gradcam_plus_plus",
-                                               "saliency"),
-                       targets=fixed_targets, size="native", normalize=False)
+    together = explain(model, images, methods=REFERENCE_METHODS,
+                       targets=fixed_targets, map_size="native", normalize=False)
     for method, expected in reference.items():
         _close_relative(together.heatmaps[method], expected, MODEL_RELATIVE_ATOL)
 
@@ -109,7 +123,7 @@ def test_one_step_gives_every_method_and_matches_single_method_runs(model, image
 @pytest.fixture(scope="module")
 def batch_runs(model, images, fixed_targets):
     return {batch: explain(model, images, methods=ALL_METHODS, targets=fixed_targets,
-                           batch_size=batch, **FAST_OPTIONS)
+                           batch_size=batch, map_size="input", **FAST_OPTIONS)
             for batch in (1, 7, 64)}
 
 
@@ -131,7 +145,7 @@ def test_batch_size_does_not_change_predictions(batch_runs, fixed_targets):
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_xla_equals_graph_mode(model, images, fixed_targets, batch_runs, method):
     xla = explain(model, images[:16], methods=(method,), targets=fixed_targets[:16],
-                  batch_size=8, xla=True, **FAST_OPTIONS)
+                  batch_size=8, xla=True, map_size="input", **FAST_OPTIONS)
     np.testing.assert_allclose(xla.heatmaps[method], batch_runs[64].heatmaps[method][:16],
                                atol=MODEL_ATOL)
 
@@ -169,13 +183,18 @@ def test_int_target_explains_that_class(model, images, fixed_targets):
 
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_gradcam_equals_relu_cam_over_area_on_gap_dense_heads(flavor):
+    """The head's gradient W[k,c]/(h*w) is the same at every position, so Grad-CAM,
+    HiResCAM and XGrad-CAM (post-ReLU activations: a channel summing to 0 is all 0)
+    all equal ReLU(CAM)/(h*w)."""
     model = models.fashion_cnn(flavor, seed=11)
     images = np.random.default_rng(1).uniform(0, 1, (6, 28, 28, 1)).astype(np.float32)
-    result = explain(model, images, methods=("cam", "gradcam"), size="native", normalize=False)
+    result = explain(model, images, methods=("cam", "gradcam", "hirescam", "xgradcam"),
+                     normalize=False)
     h, w = result.heatmaps["cam"].shape[1:]
     expected = np.maximum(result.heatmaps["cam"], 0) / (h * w)
-    np.testing.assert_allclose(result.heatmaps["gradcam"], expected, rtol=GRADCAM_CAM_RTOL,
-                               atol=1e-7 * np.abs(expected).max())
+    for method in ("gradcam", "hirescam", "xgradcam"):
+        np.testing.assert_allclose(result.heatmaps[method], expected, rtol=GRADCAM_CAM_RTOL,
+                                   atol=1e-7 * np.abs(expected).max(), err_msg=method)
     assert np.abs(expected).max() > 0
 
 
@@ -198,10 +217,10 @@ def test_normalized_maps_undo_with_scales(model, images, fixed_targets):
 
 
 def test_native_and_input_sizes(model, images):
-    native = explain(model, images[:3], methods=("cam", "saliency"), size="native")
+    native = explain(model, images[:3], methods=("cam", "saliency"), map_size="native")
     assert native.heatmaps["cam"].shape == (3, 8, 8)
     assert native.heatmaps["saliency"].shape == (3, 16, 16)
-    resized = explain(model, images[:3], methods=("cam",), size="input")
+    resized = explain(model, images[:3], methods=("cam",), map_size="input")
     assert resized.heatmaps["cam"].shape == (3, 16, 16)
 
 
@@ -263,16 +282,16 @@ def test_integrated_gradients_memory_budget_does_not_change_maps(model, images,
 
 def test_smoothgrad_without_noise_is_saliency(model, images, fixed_targets):
     result = explain(model, images[:6], methods=("saliency", "smoothgrad"),
-                     targets=fixed_targets[:6], noise_sigma=0.0, num_samples=3)
+                     targets=fixed_targets[:6], noise_sigma=0.0, num_copies=3)
     np.testing.assert_allclose(result.heatmaps["smoothgrad"], result.heatmaps["saliency"],
                                atol=MODEL_ATOL)
 
 
 def test_smoothgrad_seed_changes_maps(model, images, fixed_targets):
     first = explain(model, images[:4], methods=("smoothgrad",), targets=fixed_targets[:4],
-                    num_samples=4, noise_seed=1)
+                    num_copies=4, noise_seed=1)
     second = explain(model, images[:4], methods=("smoothgrad",), targets=fixed_targets[:4],
-                     num_samples=4, noise_seed=2)
+                     num_copies=4, noise_seed=2)
     assert np.abs(first.heatmaps["smoothgrad"] - second.heatmaps["smoothgrad"]).max() > 1e-3
 
 
@@ -299,13 +318,13 @@ def test_maps_follow_weights_changed_after_the_first_call():
     images = np.random.default_rng(4).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
     targets = np.arange(8, dtype=np.int32) % 10
     explain(model, images, methods=("cam", "gradcam"), targets=targets, normalize=False,
-            size="native")
+            map_size="native")
     explain(model, images, methods=("gradcam",), targets=targets, precision="mixed_bfloat16")
     dense = model.get_layer("classifier")
     kernel, bias = dense.get_weights()
     dense.set_weights([-kernel[:, ::-1], bias])  # a different head: other classes' evidence
     after = explain(model, images, methods=("cam", "gradcam"), targets=targets, normalize=False,
-            size="native")
+            map_size="native")
     features = keras_module("keras3").Model(model.inputs[0], model.get_layer("last_conv").output)
     activations = features(images).numpy().astype(np.float64)  # [B,h,w,K]
     new_kernel = -kernel[:, ::-1].astype(np.float64)  # [K,classes]
@@ -330,7 +349,7 @@ BAD_CALLS = [
     (dict(methods=("gradcam", "gradcam")), ValueError, r"methods must not repeat"),
     (dict(batch_size=0), ValueError, r"batch_size must be an integer >= 1; got 0"),
     (dict(batch_size=2.5), TypeError, r"batch_size must be an integer >= 1; got 2.5"),
-    (dict(size="full"), ValueError, r"size must be one of 'input', 'native'; got 'full'"),
+    (dict(map_size="full"), ValueError, r"map_size must be one of 'native', 'input'; got 'full'"),
     (dict(precision="float16"), ValueError, r"precision must be one of 'float32'"),
     (dict(xla="yes"), ValueError, r"xla must be True, False or 'auto'; got 'yes'"),
     (dict(normalize=1), TypeError, r"normalize must be True or False; got 1"),

@@ -17,6 +17,8 @@ import sightline.jobs.runner
 from sightline import explain, open_results
 from sightline.bench.eager_baseline import eager_maps
 from sightline.cli.main import main
+from sightline.kernels.methods import LAYER
+from sightline.kernels.methods import METHODS as METHOD_TABLE
 from sightline.store.shards import (CHUNK_BYTES, FOREIGN_TEMPORARY_SECONDS, MAX_CHUNK_ROWS, ShardWriter,
                            map_chunk_rows, remove_stale_temporaries, sha256_of, temporary_path)
 from tests.jobs.jobs import (IMAGE_SHAPE, read_index, write_arrays, write_image_folder,
@@ -48,7 +50,7 @@ def run(workspace, out, *extra, data="images"):
 
 @pytest.fixture(scope="module")
 def folder_run(workspace):
-    code = run(workspace, "folder-out", "--methods", METHODS, "--num-samples", "3",
+    code = run(workspace, "folder-out", "--methods", METHODS, "--num-copies", "3",
                "--shard-size", "10", "--batch-size", "4", "--preprocess", "[0,1]",
                "--devices", "1")
     assert code == 0
@@ -83,7 +85,7 @@ def test_output_layout_matches_the_contract(folder_run):
             for name in ("sample/label", "pred/target", "pred/class"):
                 assert shard[name].dtype == np.int32 and shard[name].shape == (n,)
             assert shard["pred/score"].dtype == np.float32
-            assert json.loads(shard.attrs["parameters"])["smoothgrad"]["num_samples"] == 3
+            assert json.loads(shard.attrs["parameters"])["smoothgrad"]["num_copies"] == 3
             assert list(shard.attrs["input_size"]) == [16, 16]
             indices = shard["sample/index"][:]
             assert np.all((indices >= entry["sample_start"]) & (indices < entry["sample_stop"]))
@@ -145,7 +147,7 @@ def assert_matches_eager_reference(data, reference, options, input_size=None):
                if name.startswith("heatmaps/") and not name.endswith("_scale")]
     assert methods
     for method in methods:
-        resize = input_size if method in ("cam", "gradcam", "gradcam_plus_plus") else None
+        resize = input_size if METHOD_TABLE[method].resolution == LAYER else None
         maps, scales = reference(method, resize, **options.get(method, {}))
         np.testing.assert_allclose(data[f"heatmaps/{method}"].astype(np.float64), maps,
                                    atol=FLOAT16_ATOL, err_msg=method)
@@ -157,7 +159,7 @@ def test_shard_maps_equal_explain_and_the_eager_loop(workspace, eager_reference)
     out = workspace["root"] / "array-out"
     assert run(workspace, "array-out", "--data", str(workspace["root"] / "images.npy"),
                "--methods", "gradcam,saliency,integrated_gradients", "--num-steps", "8",
-               "--store", "input", "--shard-size", "8", "--batch-size", "4", "--devices", "1",
+               "--map-size", "input", "--shard-size", "8", "--batch-size", "4", "--devices", "1",
                data="images.npy") == 0
     data = read_index(str(out))
     # The independent reference: the eager loop, maps resized by a float64 bilinear.
@@ -166,7 +168,8 @@ def test_shard_maps_equal_explain_and_the_eager_loop(workspace, eager_reference)
                                    input_size=IMAGE_SHAPE[:2])
     # And the same numbers as `explain` on the arrays, within float16.
     expected = explain(str(workspace["root"] / "model.keras"), workspace["images"],
-                       methods=("gradcam", "saliency", "integrated_gradients"), num_steps=8)
+                       methods=("gradcam", "saliency", "integrated_gradients"), num_steps=8,
+                       map_size="input")
     for method in ("gradcam", "saliency", "integrated_gradients"):
         np.testing.assert_allclose(data[f"heatmaps/{method}"].astype(np.float32),
                                    expected.heatmaps[method], atol=FLOAT16_ATOL)
@@ -179,7 +182,7 @@ def test_shard_maps_equal_explain_and_the_eager_loop(workspace, eager_reference)
 def test_two_devices_equal_one_and_the_eager_loop(workspace, folder_run, eager_reference):
     # Folder source (decoding, a skipped image, a short last batch split over replicas):
     # two devices store what one device stores.
-    assert run(workspace, "two-devices", "--methods", METHODS, "--num-samples", "3",
+    assert run(workspace, "two-devices", "--methods", METHODS, "--num-copies", "3",
                "--shard-size", "10", "--batch-size", "4", "--preprocess", "[0,1]",
                "--devices", "2") == 0
     manifest = json.load(open(workspace["root"] / "two-devices" / "manifest.json"))
@@ -193,11 +196,11 @@ def test_two_devices_equal_one_and_the_eager_loop(workspace, folder_run, eager_r
             np.testing.assert_allclose(two[name].astype(np.float64), one[name].astype(np.float64),
                                        atol=FLOAT16_ATOL, err_msg=name)
     # Array source on two devices against the independent reference: the eager loop.
-    assert run(workspace, "two-devices-arrays", "--methods", METHODS, "--num-samples", "3",
+    assert run(workspace, "two-devices-arrays", "--methods", METHODS, "--num-copies", "3",
                "--shard-size", "10", "--batch-size", "4", "--devices", "2",
                data="images.npy") == 0
     data = read_index(str(workspace["root"] / "two-devices-arrays"))
-    assert_matches_eager_reference(data, eager_reference, {"smoothgrad": {"num_samples": 3}})
+    assert_matches_eager_reference(data, eager_reference, {"smoothgrad": {"num_copies": 3}})
 
 
 def test_h5_source_with_labels_and_label_targets(workspace):
@@ -235,7 +238,7 @@ def test_tfrecord_source_across_files(workspace, tmp_path):
     assert main(["explain", "--model", str(workspace["root"] / "model.keras"), "--data",
                  str(folder), "--out", str(out), "--quiet", "--devices", "1", "--shard-size",
                  "4", "--batch-size", "2", "--target", "label", "--methods", "saliency",
-                 "--store", "input"]) == 0
+                 "--map-size", "input"]) == 0
     data = read_index(str(out))
     np.testing.assert_array_equal(data["sample/label"], np.arange(7) % 4)
     assert [k.decode() for k in data["sample/key"]] == (
@@ -421,7 +424,7 @@ def test_stop_signal_while_checksumming_finished_shards_exits_cleanly(folder_run
     monkeypatch.setattr(sightline.jobs.runner, "verify_shard", verify_during_a_signal)
     code = main(["explain", "--model", str(folder_run.parent / "model.keras"), "--data",
                  str(folder_run.parent / "images"), "--out", str(out), "--methods", METHODS,
-                 "--num-samples", "3", "--shard-size", "10", "--batch-size", "4",
+                 "--num-copies", "3", "--shard-size", "10", "--batch-size", "4",
                  "--preprocess", "[0,1]", "--devices", "1", "--quiet"])
     error = capsys.readouterr().err
     assert code == 143, error
@@ -596,7 +599,7 @@ def _bad_cases(root, scratch):
         (base + ["--image-size", "12,12"], r"image size \(12, 12\) differs from the model's"),
         (base + ["--xla", "maybe"], r"--xla must be auto, on or off"),
         (base + ["--compression", "zstd"], r"compression must be one of"),
-        (base + ["--store", "full"], r"size must be one of 'input', 'native'"),
+        (base + ["--map-size", "full"], r"map_size must be one of 'native', 'input'"),
     ]
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sightline.kernels import cam, gradcam, gradcam_plus_plus
+from sightline.kernels import (cam, eigencam, gradcam, gradcam_plus_plus, hirescam, layercam,
+                               xgradcam)
 from tests.tolerances import GRADCAM_CAM_RTOL, KERNEL_ATOL, KERNEL_RTOL
 
 B, h, w, K = 4, 5, 6, 7
@@ -27,19 +28,26 @@ def reference_cam(activations, class_weights):
     return out
 
 
+def relu_of_weighted_channels(A, weights):
+    """A[B,h,w,K] float64, weights[B,K] -> ReLU(sum_k weights[b,k] * A[b,i,j,k]), looped."""
+    nb, nh, nw, nk = A.shape
+    out = np.zeros((nb, nh, nw))
+    for b in range(nb):
+        for i in range(nh):
+            for j in range(nw):
+                out[b, i, j] = max(0.0, sum(weights[b, k] * A[b, i, j, k] for k in range(nk)))
+    return out
+
+
 def reference_gradcam(activations, activation_grads):
     A = np.asarray(activations, np.float64)
     G = np.asarray(activation_grads, np.float64)
     nb, nh, nw, nk = A.shape
-    out = np.zeros((nb, nh, nw))
+    alpha = np.zeros((nb, nk))
     for b in range(nb):
-        alpha = np.zeros(nk)
         for k in range(nk):
-            alpha[k] = sum(G[b, i, j, k] for i in range(nh) for j in range(nw)) / (nh * nw)
-        for i in range(nh):
-            for j in range(nw):
-                out[b, i, j] = max(0.0, sum(alpha[k] * A[b, i, j, k] for k in range(nk)))
-    return out
+            alpha[b, k] = sum(G[b, i, j, k] for i in range(nh) for j in range(nw)) / (nh * nw)
+    return relu_of_weighted_channels(A, alpha)
 
 
 def reference_gradcam_plus_plus(activations, activation_grads):
@@ -62,6 +70,53 @@ def reference_gradcam_plus_plus(activations, activation_grads):
         for i in range(nh):
             for j in range(nw):
                 out[b, i, j] = max(0.0, sum(weights[k] * A[b, i, j, k] for k in range(nk)))
+    return out
+
+
+def reference_hirescam(activations, activation_grads):
+    A = np.asarray(activations, np.float64)
+    G = np.asarray(activation_grads, np.float64)
+    out = np.zeros(A.shape[:3])
+    for b, i, j in np.ndindex(*A.shape[:3]):
+        out[b, i, j] = max(float(np.dot(G[b, i, j], A[b, i, j])), 0.0)
+    return out
+
+
+def reference_layercam(activations, activation_grads):
+    """HiResCAM of the positive part of the gradient."""
+    return reference_hirescam(activations, np.maximum(np.asarray(activation_grads, np.float64), 0.0))
+
+
+def reference_xgradcam(activations, activation_grads):
+    """alpha_k = sum_ij (A_ijk / sum_ab A_abk) g_ijk (0 for a channel summing to 0)."""
+    A = np.asarray(activations, np.float64)
+    G = np.asarray(activation_grads, np.float64)
+    nb, nh, nw, nk = A.shape
+    alpha = np.zeros((nb, nk))
+    for b, k in np.ndindex(nb, nk):
+        channel_total = sum(A[b, a, c, k] for a in range(nh) for c in range(nw))
+        if channel_total != 0.0:
+            alpha[b, k] = sum(A[b, i, j, k] / channel_total * G[b, i, j, k]
+                              for i in range(nh) for j in range(nw))
+    return relu_of_weighted_channels(A, alpha)
+
+
+def reference_eigencam(activations):
+    """The first principal component from the eigen-decomposition of the K x K
+    covariance of the positions (the kernel uses the h*w x h*w Gram matrix instead),
+    sign: positive covariance with the channel-mean map, then ReLU."""
+    A = np.asarray(activations, np.float64)
+    nb, nh, nw, nk = A.shape
+    out = np.zeros((nb, nh, nw))
+    for b in range(nb):
+        X = A[b].reshape(nh * nw, nk)
+        centred = X - X.mean(axis=0)
+        values, vectors = np.linalg.eigh(centred.T @ centred)
+        projection = centred @ vectors[:, np.argmax(values)]
+        channel_mean = X.mean(axis=1)
+        if np.dot(projection - projection.mean(), channel_mean - channel_mean.mean()) < 0:
+            projection = -projection
+        out[b] = np.maximum(projection, 0.0).reshape(nh, nw)
     return out
 
 
@@ -193,6 +248,66 @@ def test_gradcam_plus_plus_on_gap_dense_heads_has_closed_form_weights(rng):
     assert_close(gradcam_plus_plus(A, G), expected)
 
 
+@pytest.mark.parametrize("kernel, reference", [(layercam, reference_layercam),
+                                               (hirescam, reference_hirescam),
+                                               (xgradcam, reference_xgradcam)],
+                         ids=["layercam", "hirescam", "xgradcam"])
+def test_gradient_weighted_cams_match_reference(rng, kernel, reference):
+    A = random_activations(rng)
+    A[0, :, :, 1] = 0.0  # a dead channel: XGrad-CAM's normalisation must not divide by 0
+    G = random_grads(rng)
+    out = kernel(A, G)
+    assert out.shape == (B, h, w) and out.dtype == tf.float32
+    expected = reference(A, G)
+    assert (expected == 0).any() and (expected > 0).any(), "the ReLU must bite somewhere"
+    assert np.isfinite(out.numpy()).all()
+    assert_close(out, expected)
+
+
+def low_rank_activations(rng, shape=(B, h, w, K)):
+    """Activations with one dominant spatial pattern plus small noise: a clear gap
+    between the first two principal components, so the first is well defined in
+    float32 (with a near-tie any rotation of the top two would be as right)."""
+    nb, nh, nw, nk = shape
+    pattern = rng.normal(size=(nb, nh, nw, 1))
+    loadings = rng.uniform(0.5, 1.5, (nb, 1, 1, nk))
+    return (1.0 + pattern * loadings + 0.05 * rng.normal(size=shape)).astype(np.float32)
+
+
+def test_eigencam_matches_covariance_reference(rng):
+    A = low_rank_activations(rng)
+    out = eigencam(A)
+    assert out.shape == (B, h, w) and out.dtype == tf.float32
+    expected = reference_eigencam(A)
+    assert (expected == 0).any() and (expected > 0).any(), "the ReLU must bite somewhere"
+    # The eigenvector of a Gram matrix in float32: error ~ eps * |G| / gap, relative to the map.
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(out.numpy() / scale, expected / scale, atol=1e-4)
+
+
+def test_eigencam_sign_follows_the_channel_mean_map(rng):
+    """Negating the spatial pattern flips the principal component; the sign rule must
+    flip the projection with it so that the map still follows the activations."""
+    A = low_rank_activations(rng, (1, h, w, K))
+    mean_map = A[0].mean(axis=-1)
+    out = eigencam(A).numpy()[0]
+    hot = out > 0
+    assert hot.any() and (~hot).any()
+    assert mean_map[hot].mean() > mean_map[~hot].mean()
+    # A class-agnostic map: it does not change when a constant is added to every
+    # position of a channel (the centring removes it).
+    shifted = A + rng.uniform(0, 3, (1, 1, 1, K)).astype(np.float32)
+    np.testing.assert_allclose(eigencam(shifted).numpy()[0], out,
+                               atol=1e-4 * np.abs(out).max())
+
+
+def test_eigencam_of_constant_activations_is_zero():
+    A = np.ones((2, h, w, K), np.float32)
+    out = eigencam(A).numpy()
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, 0.0, atol=1e-6)
+
+
 def test_gradcam_zero_gradients_give_zero_maps(rng):
     A = random_activations(rng)
     out = gradcam(A, np.zeros_like(A)).numpy()
@@ -203,12 +318,16 @@ def test_gradcam_zero_gradients_give_zero_maps(rng):
 # --- float32 arithmetic whatever the input dtype ---------------------------------------
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
-@pytest.mark.parametrize("name", ["cam", "gradcam", "gradcam_plus_plus"])
+@pytest.mark.parametrize("name", ["cam", "gradcam", "gradcam_plus_plus", "layercam",
+                                  "hirescam", "xgradcam"])
 def test_low_precision_inputs_give_float32_maps(rng, dtype, name):
     kernel, reference = {
         "cam": (cam, reference_cam),
         "gradcam": (gradcam, reference_gradcam),
         "gradcam_plus_plus": (gradcam_plus_plus, reference_gradcam_plus_plus),
+        "layercam": (layercam, reference_layercam),
+        "hirescam": (hirescam, reference_hirescam),
+        "xgradcam": (xgradcam, reference_xgradcam),
     }[name]
     A = tf.constant(random_activations(rng), dtype)
     if name == "cam":
@@ -247,6 +366,34 @@ def test_gradcam_on_gap_dense_head_is_relu_cam_over_area(rng):
     assert (expected == 0).any() and (expected > 0).any()
     np.testing.assert_allclose(gradcam(A, G).numpy(), expected, rtol=GRADCAM_CAM_RTOL,
                                atol=KERNEL_ATOL / (h * w))
+
+
+def test_hirescam_and_xgradcam_on_gap_dense_head_equal_gradcam(rng):
+    """GAP then dense: the gradient W[k,c]/(h*w) is the same at every position, so
+    HiResCAM's sum_k g*A is Grad-CAM's map, and XGrad-CAM's alpha_k = sum_ij
+    (A/S_k) * W_k/(h*w) = W_k/(h*w) for every channel with S_k != 0 (a channel with
+    S_k = 0 is all zero here, post-ReLU): all three equal ReLU(CAM)/(h*w). LayerCAM
+    keeps only the positive weights: ReLU(CAM with ReLU(W))/(h*w)."""
+    A = random_activations(rng)
+    A[1, :, :, 2] = 0.0  # a dead channel
+    W = rng.normal(size=(B, K)).astype(np.float32)
+    G = np.broadcast_to((W / (h * w))[:, None, None, :], A.shape).astype(np.float32)
+    expected = np.maximum(cam(A, W).numpy(), 0.0) / (h * w)
+    assert (expected == 0).any() and (expected > 0).any()
+    atol = KERNEL_ATOL / (h * w)
+    for kernel in (hirescam, xgradcam, gradcam):
+        np.testing.assert_allclose(kernel(A, G).numpy(), expected, rtol=GRADCAM_CAM_RTOL, atol=atol)
+    positive_part = np.maximum(cam(A, np.maximum(W, 0)).numpy(), 0.0) / (h * w)
+    assert not np.allclose(positive_part, expected), "LayerCAM must differ here"
+    np.testing.assert_allclose(layercam(A, G).numpy(), positive_part, rtol=GRADCAM_CAM_RTOL,
+                               atol=atol)
+
+
+def test_hirescam_differs_from_gradcam_when_gradients_vary(rng):
+    """Averaging the gradient over positions (Grad-CAM) loses what HiResCAM keeps."""
+    A = random_activations(rng)
+    G = random_grads(rng)
+    assert not np.allclose(hirescam(A, G).numpy(), gradcam(A, G).numpy(), atol=1e-3)
 
 
 def test_cam_is_linear_in_the_weights(rng):

@@ -1,15 +1,16 @@
-"""Contract of every kernel in `kernels.KERNELS`: shape, dtype, batch-size invariance,
-and the same numbers eagerly, traced, and compiled with XLA.
+"""Contract of every method in the table of methods: its kernel's shape, dtype,
+batch-size invariance, and the same numbers eagerly, traced, and compiled with XLA.
 
-One table describes every kernel; a kernel missing from it fails
-`test_table_covers_every_kernel`.
+The inputs come from each row's arguments and options: a new row is tested here
+without any edit, and a new kind of step value fails
+`test_every_step_value_and_option_has_a_maker` until it has a maker.
 """
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from sightline import kernels
+from sightline.kernels import methods
 from tests.tolerances import KERNEL_ATOL, KERNEL_RTOL
 
 B = 5
@@ -45,77 +46,65 @@ def _targets(rng, n):
     return rng.integers(0, NUM_CLASSES, n).astype(np.int32)
 
 
-class Entry:
-    """How to build a batch of inputs for one kernel and how to call it.
-
-    make(rng, n) -> tuple of arrays, each batched along axis 0 (so a batch can be
-    sliced image by image); call(kernel, *tensors) -> heatmaps[n, *map_shape].
-    """
-
-    def __init__(self, make, call, map_shape):
-        self.make, self.call, self.map_shape = make, call, map_shape
-
-
-TABLE = {
-    "cam": Entry(
-        make=lambda rng, n: (_activations(rng, n),
-                             rng.normal(size=(n, K)).astype(np.float32)),
-        call=lambda kernel, activations, weights: kernel(activations, weights),
-        map_shape=MAP_SHAPE),
-    "gradcam": Entry(
-        make=lambda rng, n: (_activations(rng, n),
-                             rng.normal(size=(n,) + MAP_SHAPE + (K,)).astype(np.float32)),
-        call=lambda kernel, activations, grads: kernel(activations, grads),
-        map_shape=MAP_SHAPE),
-    "gradcam_plus_plus": Entry(
-        make=lambda rng, n: (_activations(rng, n),
-                             rng.normal(size=(n,) + MAP_SHAPE + (K,)).astype(np.float32)),
-        call=lambda kernel, activations, grads: kernel(activations, grads),
-        map_shape=MAP_SHAPE),
-    "scorecam": Entry(
-        make=lambda rng, n: (_images(rng, n), _targets(rng, n), _activations(rng, n)),
-        call=lambda kernel, images, targets, activations: kernel(
-            analytic_score, images, targets, activations, channels_per_call=3),
-        map_shape=MAP_SHAPE),
-    "saliency": Entry(
-        make=lambda rng, n: (rng.normal(size=(n,) + IMAGE_SHAPE).astype(np.float32),),
-        call=lambda kernel, grads: kernel(grads, "sum"),
-        map_shape=IMAGE_SHAPE[:2]),
-    "smoothgrad": Entry(
-        make=lambda rng, n: (_images(rng, n), _targets(rng, n),
-                             rng.permutation(100)[:n].astype(np.int64)),
-        call=lambda kernel, images, targets, sample_index: kernel(
-            analytic_input_gradient, images, targets, sample_index, num_samples=5,
-            noise_sigma=0.2, noise_seed=7, copies_per_call=2),
-        map_shape=IMAGE_SHAPE[:2]),
-    "integrated_gradients": Entry(
-        make=lambda rng, n: (_images(rng, n), _targets(rng, n),
-                             rng.uniform(-0.5, 0.5, (n,) + IMAGE_SHAPE).astype(np.float32)),
-        call=lambda kernel, images, targets, baselines: kernel(
-            analytic_input_gradient, images, targets, baselines, num_steps=6,
-            copies_per_call=4),
-        map_shape=IMAGE_SHAPE[:2]),
+# One maker per step value a kernel can ask for (methods.STEP_VALUES): make(rng, n) ->
+# an array batched along axis 0, or a function of (images, targets) standing in for
+# the model. Kernels are built from the table, so a new row is enrolled here as is.
+VALUE_MAKERS = {
+    methods.ACTIVATIONS: _activations,
+    methods.CAM_ACTIVATIONS: _activations,
+    methods.ACTIVATION_GRADS: lambda rng, n: rng.normal(size=(n,) + MAP_SHAPE + (K,)).astype(np.float32),
+    methods.CLASS_WEIGHTS: lambda rng, n: rng.normal(size=(n, K)).astype(np.float32),
+    methods.INPUT_GRADS: lambda rng, n: rng.normal(size=(n,) + IMAGE_SHAPE).astype(np.float32),
+    methods.IMAGES: _images,
+    methods.TARGETS: _targets,
+    methods.SAMPLE_INDEX: lambda rng, n: rng.permutation(100)[:n].astype(np.int64),
+    methods.INPUT_GRADIENT: lambda rng, n: analytic_input_gradient,
+    methods.TARGET_PROBABILITY: lambda rng, n: analytic_score,
 }
+# Small, non-default values for every option, so the options really reach the kernels.
+OPTION_VALUES = {"channel_reduce": "sum", "num_copies": 5, "noise_sigma": 0.2, "noise_seed": 7,
+                 "num_steps": 6, "baseline": 0.25}
+CHUNK = 2  # copies or channels per call: below every count above, so chunking runs
 
-NAMES = sorted(TABLE)
+NAMES = list(methods.METHODS)
 
 
-def test_table_covers_every_kernel():
-    assert set(TABLE) == set(kernels.KERNELS)
+def test_every_step_value_and_option_has_a_maker():
+    assert set(VALUE_MAKERS) == set(methods.STEP_VALUES)
+    assert set(OPTION_VALUES) == set(methods.OPTIONS) - {methods.MEMORY_BUDGET}
+
+
+def make_inputs(name, rng, n):
+    """{argument: array or function} for the row's kernel arguments."""
+    return {argument: VALUE_MAKERS[argument](rng, n) for argument in methods.METHODS[name].arguments}
+
+
+def map_shape(name):
+    return MAP_SHAPE if methods.METHODS[name].resolution == methods.LAYER else IMAGE_SHAPE[:2]
+
+
+def sliced(inputs, b):
+    return {key: value if callable(value) else value[b:b + 1] for key, value in inputs.items()}
 
 
 def run(name, inputs, mode="eager"):
-    entry, kernel = TABLE[name], kernels.KERNELS[name]
-    tensors = [tf.constant(x) for x in inputs]
+    row = methods.METHODS[name]
+    kernel = row.load_kernel()
+    functions = {key: value for key, value in inputs.items() if callable(value)}
+    arrays = {key: tf.constant(value) for key, value in inputs.items() if not callable(value)}
+    keywords = {option: OPTION_VALUES[option] for option in row.options}
+    if row.chunk_keyword:
+        keywords[row.chunk_keyword] = CHUNK
 
-    def call(*tensors):
-        return entry.call(kernel, *tensors)
+    def call(arrays):
+        values = {**functions, **arrays}
+        return kernel(*(values[a] for a in row.arguments), **keywords)
 
     if mode == "function":
         call = tf.function(call)
     elif mode == "xla":
         call = tf.function(call, jit_compile=True)
-    return call(*tensors)
+    return call(arrays)
 
 
 def assert_close(actual, expected):
@@ -126,24 +115,24 @@ def assert_close(actual, expected):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shape_and_dtype(rng, name):
-    out = run(name, TABLE[name].make(rng, B))
+    out = run(name, make_inputs(name, rng, B))
     assert out.dtype == tf.float32
-    assert tuple(out.shape) == (B,) + TABLE[name].map_shape
+    assert tuple(out.shape) == (B,) + map_shape(name)
     assert np.isfinite(out.numpy()).all()
     assert np.abs(out.numpy()).max() > 0, "all-zero maps would make the other checks vacuous"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_batch_size_invariance(rng, name):
-    inputs = TABLE[name].make(rng, B)
+    inputs = make_inputs(name, rng, B)
     full = run(name, inputs).numpy()
     for b in range(B):
-        single = run(name, [x[b:b + 1] for x in inputs]).numpy()
+        single = run(name, sliced(inputs, b)).numpy()
         assert_close(single[0], full[b])
 
 
 @pytest.mark.parametrize("mode", ["function", "xla"])
 @pytest.mark.parametrize("name", NAMES)
 def test_eager_traced_and_xla_agree(rng, name, mode):
-    inputs = TABLE[name].make(rng, B)
+    inputs = make_inputs(name, rng, B)
     assert_close(run(name, inputs, mode), run(name, inputs, "eager"))

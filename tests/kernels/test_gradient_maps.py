@@ -269,7 +269,7 @@ def test_smoothgrad_on_linear_function_is_saliency_of_the_weights(rng, how):
     model = AnalyticModel(random_weights(rng), "linear")
     targets = distinct_targets()
     out = smoothgrad(model.input_gradient, random_images(rng), targets, np.arange(B),
-                     num_samples=6, noise_sigma=0.5, noise_seed=3, channel_reduce=how)
+                     num_copies=6, noise_sigma=0.5, noise_seed=3, channel_reduce=how)
     assert out.shape == (B, H, W) and out.dtype == tf.float32
     assert_close(out, channel_reduce_reference(model.weights[targets], how))
 
@@ -279,7 +279,7 @@ def test_smoothgrad_without_noise_is_saliency(rng, how):
     model = AnalyticModel(random_weights(rng, -3.0, 3.0), "sine")
     images = random_images(rng)
     targets = distinct_targets()
-    out = smoothgrad(model.input_gradient, images, targets, np.arange(B), num_samples=3,
+    out = smoothgrad(model.input_gradient, images, targets, np.arange(B), num_copies=3,
                      noise_sigma=0.0, channel_reduce=how)
     x = images.astype(np.float64)
     plain_grads = np.stack([model.weights[targets[b]] * np.cos(model.weights[targets[b]] * x[b])
@@ -296,14 +296,14 @@ def test_smoothgrad_matches_reference_on_the_noisy_copies_it_made(rng, how):
     model = AnalyticModel(random_weights(rng, -3.0, 3.0), "sine")
     images = random_images(rng)
     targets = distinct_targets()  # distinct: a copy's target says whose copy it is
-    num_samples, sigma = 6, 0.3
+    num_copies, sigma = 6, 0.3
     recorded = []
 
     def input_gradient(copies, copy_targets):
         recorded.append((copies.numpy().astype(np.float64), copy_targets.numpy()))
         return model.input_gradient(copies, copy_targets)
 
-    out = smoothgrad(input_gradient, images, targets, np.arange(B), num_samples=num_samples,
+    out = smoothgrad(input_gradient, images, targets, np.arange(B), num_copies=num_copies,
                      noise_sigma=sigma, noise_seed=2, copies_per_call=2,
                      channel_reduce=how).numpy()
     copies = np.concatenate([c for c, _ in recorded])
@@ -311,12 +311,12 @@ def test_smoothgrad_matches_reference_on_the_noisy_copies_it_made(rng, how):
     expected = np.zeros((B, H, W))
     for b in range(B):
         mine = copies[copy_targets == targets[b]]
-        assert len(mine) == num_samples
+        assert len(mine) == num_copies
         x = images[b].astype(np.float64)
         noise = (mine - x) / (sigma * (x.max() - x.min()))
         assert abs(noise.mean()) < 0.15 and 0.9 < noise.std() < 1.1
         wc = model.weights[targets[b]]
-        mean_grad = sum(wc * np.cos(wc * copy) for copy in mine) / num_samples
+        mean_grad = sum(wc * np.cos(wc * copy) for copy in mine) / num_copies
         expected[b] = channel_reduce_reference(mean_grad[None], how)[0]
     assert_close(out, expected)
 
@@ -344,7 +344,7 @@ def test_smoothgrad_noise_std_is_sigma_times_image_spread(rng):
     spreads = [1.0, 4.0, 0.25]
     images = noisy_images(rng, 3, spreads)
     for sigma in (0.1, 0.3):
-        noise = recovered_noise(images, num_samples=1, noise_sigma=sigma, noise_seed=11)
+        noise = recovered_noise(images, num_copies=1, noise_sigma=sigma, noise_seed=11)
         for b, spread in enumerate(spreads):
             # 1024 standard normals: the std estimate is within ~2.2% (1 sigma).
             assert abs(noise[b].mean()) < 0.15 * sigma * spread
@@ -356,8 +356,8 @@ def test_smoothgrad_noise_std_is_sigma_times_image_spread(rng):
 
 def test_smoothgrad_noise_scales_linearly_with_sigma(rng):
     images = noisy_images(rng, 2, [1.0, 2.0])
-    small = recovered_noise(images, num_samples=2, noise_sigma=0.1, noise_seed=4)
-    large = recovered_noise(images, num_samples=2, noise_sigma=0.3, noise_seed=4)
+    small = recovered_noise(images, num_copies=2, noise_sigma=0.1, noise_seed=4)
+    large = recovered_noise(images, num_copies=2, noise_sigma=0.3, noise_seed=4)
     assert np.abs(small).max() > 0.01
     # Same draws, three times the std; float32 resolution at 50 is ~4e-6.
     np.testing.assert_allclose(large, 3.0 * small, rtol=0, atol=2e-5)
@@ -365,14 +365,14 @@ def test_smoothgrad_noise_scales_linearly_with_sigma(rng):
 
 def test_smoothgrad_mean_noise_shrinks_as_one_over_sqrt_samples(rng):
     """The copies of a sample draw independent noise: their mean's std is
-    sigma * spread / sqrt(num_samples)."""
+    sigma * spread / sqrt(num_copies)."""
     images = noisy_images(rng, 2, [1.0, 2.0])
     sigma = 0.2
-    for num_samples in (1, 4, 16, 64):
-        noise = recovered_noise(images, num_samples=num_samples, noise_sigma=sigma,
+    for num_copies in (1, 4, 16, 64):
+        noise = recovered_noise(images, num_copies=num_copies, noise_sigma=sigma,
                                 noise_seed=5, copies_per_call=16)
         for b, spread in enumerate([1.0, 2.0]):
-            expected = sigma * spread / np.sqrt(num_samples)
+            expected = sigma * spread / np.sqrt(num_copies)
             np.testing.assert_allclose(np.sqrt(np.mean(noise[b] ** 2)), expected, rtol=0.1)
 
 
@@ -386,13 +386,13 @@ def test_smoothgrad_on_quadratic_approaches_gradient_at_the_image(rng):
     spread = images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3))
     clean = np.stack([np.sum(2.0 * weights[t] * images[b], axis=-1)
                       for b, t in enumerate(targets)])
-    for num_samples in (4, 64):
+    for num_copies in (4, 64):
         out = smoothgrad(model.input_gradient, images, targets, np.arange(2),
-                         num_samples=num_samples, noise_sigma=sigma, channel_reduce="sum")
+                         num_copies=num_copies, noise_sigma=sigma, channel_reduce="sum")
         error = out.numpy().astype(np.float64) - clean
         # error = sum_C 2 W nbar, nbar ~ N(0, (sigma spread)^2 / n) per element.
         for b, t in enumerate(targets):
-            expected_std = (2.0 * sigma * spread[b] / np.sqrt(num_samples)
+            expected_std = (2.0 * sigma * spread[b] / np.sqrt(num_copies)
                             * np.sqrt(np.sum(weights[t] ** 2, axis=-1)))
             np.testing.assert_allclose(np.sqrt(np.mean(error[b] ** 2)),
                                        np.sqrt(np.mean(expected_std ** 2)), rtol=0.3)
@@ -404,7 +404,7 @@ def test_smoothgrad_noise_depends_only_on_seed_sample_index_and_copy(rng):
     model = AnalyticModel(random_weights(rng, -3.0, 3.0), "sine")
     image = random_images(rng, n=1)
     others = random_images(rng, n=7)
-    options = dict(num_samples=4, noise_sigma=0.3, noise_seed=9)
+    options = dict(num_copies=4, noise_sigma=0.3, noise_seed=9)
 
     def explain_in(batch, target, indices, position):
         out = smoothgrad(model.input_gradient, batch, target, np.asarray(indices), **options)
@@ -428,17 +428,17 @@ def test_smoothgrad_noise_depends_only_on_seed_sample_index_and_copy(rng):
         seed = changed.get("noise_seed", options["noise_seed"])
         index = np.asarray(changed.get("sample_index", [5]), np.int64)
         other = smoothgrad(model.input_gradient, image, np.array([2], np.int32), index,
-                           num_samples=4, noise_sigma=0.3, noise_seed=seed).numpy()[0]
+                           num_copies=4, noise_sigma=0.3, noise_seed=seed).numpy()[0]
         assert np.abs(other - plain).max() > 0.05, changed
 
 
 def test_smoothgrad_different_sample_index_gives_different_noise(rng):
     images = noisy_images(rng, 1, [1.0])
     twice = np.concatenate([images, images])
-    noise = recovered_noise(twice, num_samples=1, noise_sigma=0.2, sample_index=[3, 4])
+    noise = recovered_noise(twice, num_copies=1, noise_sigma=0.2, sample_index=[3, 4])
     # Independent draws: the difference has std sqrt(2) * 0.2, nowhere near 0.
     assert np.std(noise[0] - noise[1]) > 0.2
-    same = recovered_noise(twice, num_samples=1, noise_sigma=0.2, sample_index=[3, 3])
+    same = recovered_noise(twice, num_copies=1, noise_sigma=0.2, sample_index=[3, 3])
     np.testing.assert_array_equal(same[0], same[1])
 
 
@@ -448,7 +448,7 @@ def test_smoothgrad_independent_of_copies_per_call(rng, copies_per_call):
     images = random_images(rng)
     targets = distinct_targets()
     sample_index = np.array([3, 0, 12, 7])
-    options = dict(num_samples=8, noise_sigma=0.2, noise_seed=1)
+    options = dict(num_copies=8, noise_sigma=0.2, noise_seed=1)
     all_at_once = smoothgrad(model.input_gradient, images, targets, sample_index,
                              copies_per_call=None, **options)
     chunked = smoothgrad(model.input_gradient, images, targets, sample_index,
@@ -460,4 +460,4 @@ def test_smoothgrad_rejects_unknown_channel_reduce(rng):
     model = AnalyticModel(random_weights(rng), "linear")
     with pytest.raises(ValueError):
         smoothgrad(model.input_gradient, random_images(rng), distinct_targets(), np.arange(B),
-                   num_samples=2, channel_reduce="mean")
+                   num_copies=2, channel_reduce="mean")

@@ -1,9 +1,13 @@
 """The model adapter: loading, safe mode, target layer, logits, head split."""
 
+import types
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import sightline.model.adapter as adapter_module
 from sightline import adapt_model, explain, load_model
 from tests import models
 from tests.models import FLAVORS, keras_module
@@ -63,7 +67,7 @@ def test_nested_mobilenet_base_is_the_default_target(flavor):
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(adapter.probabilities(logits).numpy(), model(images).numpy(),
                                rtol=1e-4, atol=1e-6)
-    result = explain(model, images, methods=("cam", "gradcam"), size="native")
+    result = explain(model, images, methods=("cam", "gradcam"), map_size="native")
     assert result.heatmaps["gradcam"].shape == (2, 2, 2)
 
 
@@ -117,7 +121,7 @@ def test_flatten_head_refuses_cam_and_names_gradcam(flavor):
     with pytest.raises(ValueError, match=r"method 'cam' cannot run: CAM needs a head of global "
                                          r"average pooling then one dense layer.*use gradcam"):
         explain(model, images, methods=("cam",))
-    result = explain(model, images, methods=("gradcam",))
+    result = explain(model, images, methods=("gradcam",), map_size="input")
     assert result.heatmaps["gradcam"].shape == (3, 16, 16)
 
 
@@ -126,7 +130,8 @@ def test_skip_connection_head_falls_back_to_whole_tape(flavor):
     """The head reads a tensor from before the target layer: no separate head, and the
     Grad-CAM from the whole-model tape still matches an eager per-image reference."""
     model = models.functional_cnn(flavor, head="skip")
-    adapter = adapt_model(model)
+    with pytest.warns(UserWarning, match="skip connection"):
+        adapter = adapt_model(model)
     assert adapter.head is None and adapter.layer_name == "conv_c"
     K = keras_module(flavor)
     classifier = model.get_layer("classifier")
@@ -134,8 +139,9 @@ def test_skip_connection_head_falls_back_to_whole_tape(flavor):
     features = K.Model(model.inputs[0], [model.get_layer("conv_c").output,
                                       model.get_layer("concat").output])
     images = _images((16, 16, 3), n=2)
-    result = explain(model, images, methods=("gradcam",), size="native", normalize=False,
-                     targets=1)
+    with pytest.warns(UserWarning, match="skip connection") as caught:
+        result = explain(model, images, methods=("gradcam",), normalize=False, targets=1)
+    assert all(w.filename == __file__ for w in caught), "the warning must point at the caller"
     for i in range(2):
         x = tf.constant(images[i:i + 1])
         with tf.GradientTape() as tape:
@@ -167,12 +173,12 @@ def test_binary_sigmoid_head_explains_both_classes(flavor):
     assert adapter.output_kind == "binary_sigmoid" and adapter.num_classes == 2
     images = _images((16, 16, 3), n=4)
     probability = model(images).numpy()[:, 0]
-    result = explain(model, images, methods=("cam", "gradcam"), size="native", normalize=False,
+    result = explain(model, images, methods=("cam", "gradcam"), map_size="native", normalize=False,
                      targets=np.array([0, 1, 0, 1]))
     np.testing.assert_array_equal(result.predictions, (probability > 0.5).astype(np.int32))
     np.testing.assert_allclose(result.scores, np.maximum(probability, 1 - probability), rtol=1e-5)
     # Class 1 is explained by the logit z, class 0 by -z: CAM maps are exact negatives.
-    both = explain(model, images, methods=("cam",), size="native", normalize=False, targets=1)
+    both = explain(model, images, methods=("cam",), map_size="native", normalize=False, targets=1)
     np.testing.assert_allclose(result.heatmaps["cam"][0], -both.heatmaps["cam"][0], rtol=1e-6)
     np.testing.assert_allclose(result.heatmaps["cam"][1], both.heatmaps["cam"][1], rtol=1e-6)
 
@@ -260,3 +266,102 @@ def test_unknown_file_kind(tmp_path):
     path.write_bytes(b"\0")
     with pytest.raises(ValueError, match=r"unrecognised model file"):
         explain(str(path), _images((8, 8, 3)))
+
+
+# ----------------------------------------------------------------------------- fully convolutional heads
+
+
+def fully_convolutional_cnn(flavor, *, num_classes=3, seed=0):
+    """A mini-Xception-style head: a convolution with one channel per class, global
+    average pooling, softmax. `more` has the class maps' resolution, `features` twice it."""
+    K = keras_module(flavor)
+    K.utils.set_random_seed(seed)
+    inputs = K.Input((12, 12, 3))
+    x = K.layers.Conv2D(6, 3, padding="same", activation="relu", name="features")(inputs)
+    x = K.layers.MaxPooling2D(name="pool")(x)
+    x = K.layers.Conv2D(8, 3, padding="same", activation="relu", name="more")(x)
+    x = K.layers.Conv2D(num_classes, 3, padding="same", name="class_maps")(x)
+    x = K.layers.GlobalAveragePooling2D(name="gap")(x)
+    return K.Model(inputs, K.layers.Activation("softmax", name="probabilities")(x))
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_cam_on_fully_convolutional_head_is_the_class_channel(flavor):
+    model = fully_convolutional_cnn(flavor)
+    K = keras_module(flavor)
+    layers = K.Model(model.inputs[0], [model.get_layer("class_maps").output,
+                                       model.get_layer("gap").output])
+    images = _images((12, 12, 3), n=4, seed=2)
+    targets = np.array([0, 1, 2, 1])
+    class_maps, logits = [t.numpy().astype(np.float64) for t in layers(images)]
+    expected = class_maps[np.arange(4), :, :, targets]  # [4,6,6]
+    # The logit is the spatial mean of its channel: the map CAM shows is the evidence.
+    np.testing.assert_allclose(expected.mean(axis=(1, 2)), logits[np.arange(4), targets],
+                               rtol=1e-5, atol=1e-6)
+    adapter = adapt_model(model)
+    assert adapter.layer_name == "class_maps" and adapter.cam_unsupported is None
+    result = explain(model, images, methods=("cam", "gradcam"), targets=targets, normalize=False)
+    assert result.heatmaps["cam"].shape == (4, 6, 6)
+    assert (expected < 0).any(), "CAM is signed: the check needs negative values"
+    _close_relative(result.heatmaps["cam"], expected)
+    # Grad-CAM at the class maps: d logit_c / d A[i,j,k] = [k == c] / (h*w).
+    _close_relative(result.heatmaps["gradcam"], np.maximum(expected, 0) / 36)
+    # With an earlier target layer of the same resolution, CAM still reads the class
+    # maps and Grad-CAM moves to the named layer.
+    earlier = explain(model, images, methods=("cam", "gradcam"), targets=targets,
+                      normalize=False, layer="more")
+    _close_relative(earlier.heatmaps["cam"], expected)
+    assert earlier.layer == "more"
+    # A target layer at another resolution cannot give the class maps' CAM.
+    with pytest.raises(ValueError, match=r"method 'cam' cannot run: CAM reads the class "
+                                         r"convolution 'class_maps'.*use layer='class_maps'"):
+        explain(model, images, methods=("cam",), layer="features")
+
+
+def test_convolution_with_wrong_channel_count_is_no_cam_head():
+    K = keras_module("keras3")
+    inputs = K.Input((8, 8, 3))
+    x = K.layers.Conv2D(5, 3, padding="same", name="five")(inputs)
+    x = K.layers.GlobalAveragePooling2D()(x)
+    model = K.Model(inputs, K.layers.Dense(3, name="logits")(K.layers.Activation("relu")(x)))
+    with pytest.raises(ValueError, match=r"method 'cam' cannot run: CAM needs a head"):
+        explain(model, _images((8, 8, 3)), methods=("cam",))
+    pooled = K.Model(inputs, K.layers.Softmax()(x))  # 5 channels, 5 classes: a class head
+    assert adapt_model(pooled).cam_unsupported is None
+
+
+def _close_relative(actual, expected):
+    scale = max(np.abs(expected).max(), 1e-12)
+    np.testing.assert_allclose(np.asarray(actual, np.float64) / scale, expected / scale,
+                               atol=MODEL_RELATIVE_ATOL)
+
+
+# ----------------------------------------------------------------------------- head split
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_slow_path_is_announced_once_naming_the_layer(flavor):
+    with pytest.warns(UserWarning, match=r"target layer 'conv_c' also read tensors from "
+                                         r"before it \(a skip connection\).*slower") as caught:
+        adapt_model(models.functional_cnn(flavor, head="skip"))
+    assert len(caught) == 1 and caught[0].filename == __file__
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_fast_path_is_silent(flavor):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adapter = adapt_model(models.functional_cnn(flavor, head="gap_dense"))
+    assert adapter.head is not None
+
+
+@pytest.mark.parametrize("error", [ValueError("the dtype policy is broken"),
+                                   RuntimeError("out of memory")])
+def test_other_failures_building_the_head_are_not_swallowed(error):
+    """Only Keras's refusal of a disconnected graph means "no separate head"; any other
+    failure is a real one and must reach the user instead of a silent slow path."""
+    def refuse(inputs, outputs):
+        raise error
+
+    with pytest.raises(type(error), match=str(error)):
+        adapter_module._sub_model(types.SimpleNamespace(Model=refuse), None, None)
