@@ -169,3 +169,21 @@ def test_bad_input_is_refused(corner_model):
         ablation_drops(compiled, [], 0, [CORNER])
     with pytest.raises(ValueError, match="batch_size must be a positive"):
         ablation_drops(compiled, corner_images(2), 0, [CORNER], batch_size=0)
+
+
+def test_a_region_no_more_needed_than_the_control_is_not_proof():
+    """A model that reads texture everywhere (class 0's logit grows with the image's
+    variance) loses about as much from the control box as from the hot one: a drop, but
+    no proof that the hot region matters."""
+
+    def texture(images):
+        logit = 60.0 * images.reshape(len(images), -1).var(axis=1) - 4.0
+        first = 1.0 / (1.0 + np.exp(-logit))
+        return np.stack([first, 1.0 - first], axis=1)
+
+    images = np.random.default_rng(4).uniform(0, 1, (20, SIDE, SIDE, 2)).astype(np.float32)
+    cluster = cluster_looking_at(CORNER, corner_heatmap())
+    verification = verify_cluster(texture, images, cluster)
+    hot, control = verification["hot"]["mean_drop"], verification["control"]["mean_drop"]
+    assert hot >= 0.1 and control > hot / 2, (hot, control)
+    assert not verification["depends"]
