@@ -29,18 +29,22 @@ in and writes what comes out. Three steps, each streaming, so memory stays flat 
    finish() returns the cluster dicts, flagged as follows.
 
 A cluster is FLAGGED when all three hold (thresholds are arguments, defaults below):
-- it is a separate group, not a slice of a continuum: its class's eigengap is at least
-  MIN_EIGENGAP, the mean silhouette of its sample members is at least MIN_SILHOUETTE, and
-  its separation is at least MIN_SEPARATION. Separation = the 10th percentile over its
-  members of the distance to the nearest map of another cluster, over the median distance
-  of its members to their k-th nearest fellow member: a slice of a continuum touches its
-  neighbours (about 1), a separate group has a gap around it (well above 1);
+- it is a separate group, not a slice of a continuum: the mean silhouette of its sample
+  members is at least MIN_SILHOUETTE and its separation is at least MIN_SEPARATION.
+  Separation = the 10th percentile over its members of the distance to the nearest map
+  of another cluster, over the median distance of its members to their k-th nearest
+  fellow member: a slice of a continuum touches its neighbours (about 1), a separate group
+  has a gap around it (well above 1). The class's eigengap (lambda_K - lambda_{K-1}) is
+  reported but is not a condition: when the rest of a class is a continuum (objects
+  anywhere) its spectrum rises smoothly and shows no clear gap even though a group is cut
+  off cleanly (a component of its own), which the planted-corner tests show;
 - it matters: at least MIN_SHARE of its class and MIN_SIZE maps, and at most MAX_SHARE
   (evidence that most of a class uses is the class's own, for the audit with masks);
 - its evidence sits elsewhere: the hot centre of its mean map is at least MIN_DISTANCE
-  (fractions of the image side) from the hot centre of the mean map of the rest of its
-  class, and the two unit-mass mean maps overlap (sum of the element-wise minimum: 1 =
-  the same, 0 = disjoint) by at most MAX_OVERLAP.
+  (fractions of the image side) from the nearest hot cell of the mean map of the rest of
+  its class (the nearest place the rest looks at: a rest that looks at two places has a
+  centre between them where it never looks), and at most MAX_OVERLAP of the smaller of
+  the two hot regions lies inside the other.
 
 Hot region: the bounding box [y0, y1, x0, x1] (fractions of the side, half-open) of the
 cells of the mean map at or above HOT_FRACTION of its maximum; the hot centre is the
