@@ -321,6 +321,9 @@ class ClusterModel:
         """classes int [n], maps [n,h,w] -> (cluster int32 [n] (-1: empty map or a class
         never fitted), layout float32 [n,2] (NaN where -1), features [n, D])."""
         classes = np.asarray(classes, np.int64).reshape(-1)
+        if len(classes) != np.shape(maps)[0]:
+            raise ValueError(f"one explained class per map: received {len(classes)} classes "
+                             f"for {np.shape(maps)[0]} maps")
         features, empty = embed_maps(maps, self.grid)
         cluster = np.full(len(classes), -1, np.int32)
         layout = np.full((len(classes), 2), np.nan, np.float32)
@@ -368,6 +371,7 @@ class ClusterStatistics:
         self.labelled = np.zeros(model.count, np.int64)
         self.correct = np.zeros(model.count, np.int64)
         self.score = np.zeros(model.count)
+        self.scored = False
         self.map_sum = None  # [clusters, h, w]
         self.class_size = {}  # every map of the class, clustered or not
         self.typical = [[] for _ in range(model.count)]  # sorted (distance, index, key)
@@ -378,6 +382,11 @@ class ClusterStatistics:
         [n] (-1 unknown), predictions int [n] (predicted class), scores [n] (its
         probability), keys [n] str."""
         indices, classes = _check_rows(indices, classes, maps)
+        cluster = np.asarray(cluster)
+        if len(cluster) != len(indices) or len(features) != len(indices):
+            raise ValueError(f"cluster and features must have one row per map: received "
+                             f"{len(cluster)} and {len(features)} for {len(indices)} maps; "
+                             "pass what ClusterModel.assign returned for this chunk")
         maps = np.maximum(np.asarray(maps, np.float64), 0.0)
         if self.map_sum is None:
             self.map_sum = np.zeros((self.model.count, *maps.shape[1:]))
@@ -394,6 +403,7 @@ class ClusterStatistics:
             self.correct += np.bincount(ids[known & (labels == predictions)],
                                         minlength=self.model.count)
         if scores is not None:
+            self.scored = True
             self.score += np.bincount(ids, weights=np.asarray(scores, np.float64)[clustered],
                                       minlength=self.model.count)
         rows = np.nonzero(clustered)[0]
@@ -531,7 +541,7 @@ def describe_clusters(statistics, class_names=None, *, min_silhouette=MIN_SILHOU
                 "id": cluster, "class": int(label), "class_name": name, "size": size,
                 "share": share, "flagged": flagged, "reasons": reasons, "hot_region": region,
                 "accuracy": statistics.correct[cluster] / labelled if labelled else None,
-                "mean_score": statistics.score[cluster] / size if size and statistics.score.any() else None,
+                "mean_score": statistics.score[cluster] / size if size and statistics.scored else None,
                 "verification": None,
                 "examples": [{"index": index, "key": key} for _, index, key in examples],
                 "eigengap": fit.eigengap, "silhouette": fit.silhouette[local],

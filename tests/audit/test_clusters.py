@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from sightline.audit.clusters import (ClassSample, ClusterModel, cluster_maps, embed_maps,
-                                      fit_clusters, hot_region, place_name)
+from sightline.audit.clusters import (ClassSample, ClusterModel, ClusterStatistics,
+                                      cluster_maps, embed_maps, fit_clusters, hot_region,
+                                      place_name)
 
 SIDE = 16
 
@@ -141,8 +142,10 @@ def test_fitting_on_a_sample_assigns_the_rest_to_the_planted_group():
 
 def test_cluster_count_override():
     maps, _ = planted_corner(6)
-    _, cluster, _, model = one_class(maps, clusters=2)
+    clusters, cluster, _, model = one_class(maps, clusters=2)
     assert model.fits[0].clusters == 2 and set(cluster) == {0, 1}
+    # Without labels, predictions or scores there is no accuracy or mean score to give.
+    assert all(c["accuracy"] is None and c["mean_score"] is None for c in clusters)
     with pytest.raises(ValueError, match="at least 1"):
         one_class(maps, clusters=0)
 
@@ -251,5 +254,10 @@ def test_bad_input_is_refused_with_a_clear_message():
         ClassSample(size=0)
     model = fit_clusters(ClassSample())
     assert isinstance(model, ClusterModel) and model.count == 0
+    with pytest.raises(ValueError, match="one explained class per map: received 2 classes for 3"):
+        model.assign([0, 0], np.zeros((3, 4, 4)))
+    statistics = ClusterStatistics(model)
+    with pytest.raises(ValueError, match="cluster and features must have one row per map"):
+        statistics.add([0, 1], [0, 0], np.zeros((2, 4, 4)), np.zeros(1, int), np.zeros((2, 256)))
     with pytest.raises(ValueError, match="cluster id 3 is not one"):
         model.locate(3)
