@@ -89,10 +89,11 @@ def area_matrix(size_out, size_in):
 
 
 def embed_maps(maps, grid=GRID):
-    """maps [n,h,w] -> (features float64 [n, grid*grid], empty bool [n]).
+    """maps [n,h,w] -> (features float32 [n, grid*grid], empty bool [n]).
 
     Features are sqrt of the unit-mass, area-averaged, non-negative map; a map with no
-    positive mass is `empty` and its features are zero."""
+    positive mass is `empty` and its features are zero. float32 halves what the per-class
+    samples hold; the distances are then computed in float64 from these exact values."""
     maps = np.asarray(maps, np.float64)
     if maps.ndim != 3:
         raise ValueError(f"maps must be [n, height, width]; received shape {maps.shape}: "
@@ -106,7 +107,7 @@ def embed_maps(maps, grid=GRID):
     total = mass.sum(axis=1)
     empty = ~(total > 0)
     unit = mass / np.where(empty, 1.0, total)[:, None]
-    return np.sqrt(unit), empty
+    return np.sqrt(unit).astype(np.float32), empty
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -179,7 +180,7 @@ class ClassClusters:
     def __init__(self, label, indices, features, assignment, layout, eigenvalues, clusters):
         self.label = label
         self.indices = indices  # int64 [m] sample indices
-        self.features = features  # [m, D]
+        self.features = features = np.asarray(features, np.float64)  # [m, D], float32 values
         self.assignment = assignment  # int [m] local cluster 0..K-1
         self.layout = layout  # float64 [m, 2]
         self.eigenvalues = eigenvalues  # ascending, of the normalised Laplacian
@@ -199,6 +200,7 @@ class ClassClusters:
         Candidates come from one matrix product (fast, but its rounding depends on the
         chunk's shape); their distances are then recomputed element-wise and sorted, so the
         answer for a map never depends on which chunk it came in."""
+        features = np.asarray(features, np.float64)
         neighbours = min(NEIGHBOURS, len(self.indices))
         candidates = min(2 * neighbours, len(self.indices))
         rough = self._squares[None, :] - 2.0 * features @ self.features.T  # [n, m] + |x|^2
@@ -268,6 +270,7 @@ def _spectrum(features, count):
 
 def fit_class(label, indices, features, *, clusters=None, seed=0):
     """Cluster one class's sample: indices int64 [m], features [m, D] from embed_maps."""
+    features = np.asarray(features, np.float64)
     size = len(indices)
     if size < MIN_FIT_SIZE:
         assignment = np.zeros(size, int)
