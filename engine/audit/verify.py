@@ -64,6 +64,8 @@ def control_region(mean_map, region):
     top, bottom, left, right = region_pixels(region, height, width)
     box_height, box_width = bottom - top, right - left
     hot_centre = ((top + bottom) / 2 / height, (left + right) / 2 / width)
+    # Summed-area table: any box's mass in four look-ups, so full-size maps stay cheap.
+    table = np.pad(mean_map, ((1, 0), (1, 0))).cumsum(axis=0).cumsum(axis=1)  # [h+1, w+1]
     candidates = []
     for row in range(height - box_height + 1):
         for col in range(width - box_width + 1):
@@ -71,7 +73,11 @@ def control_region(mean_map, region):
                      col >= right or col + box_width <= left)
             if not apart:
                 continue
-            mass = mean_map[row:row + box_height, col:col + box_width].sum()
+            # Rounded, so boxes of equal mass tie as they should despite the table's
+            # rounding (maps are scaled to [0, 1]: 1e-9 is far below any real difference).
+            mass = round(float(table[row + box_height, col + box_width]
+                               - table[row, col + box_width] - table[row + box_height, col]
+                               + table[row, col]), 9)
             centre = ((row + box_height / 2) / height, (col + box_width / 2) / width)
             distance = np.hypot(centre[0] - hot_centre[0], centre[1] - hot_centre[1])
             candidates.append((mass, distance, row, col))
