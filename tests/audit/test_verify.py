@@ -187,3 +187,28 @@ def test_a_region_no_more_needed_than_the_control_is_not_proof():
     hot, control = verification["hot"]["mean_drop"], verification["control"]["mean_drop"]
     assert hot >= 0.1 and control > hot / 2, (hot, control)
     assert not verification["depends"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_control_region_matches_a_brute_force_reference(seed):
+    rng = np.random.default_rng(seed)
+    height, width = rng.integers(6, 15, 2)
+    mean_map = rng.uniform(0, 1, (height, width))
+    top, left = rng.integers(0, height - 3), rng.integers(0, width - 3)
+    bottom, right = top + rng.integers(1, 4), left + rng.integers(1, 4)
+    region = [top / height, bottom / height, left / width, right / width]
+    # Reference: every box position through a sliding window, the rule applied to arrays.
+    boxes = np.lib.stride_tricks.sliding_window_view(mean_map, (bottom - top, right - left))
+    mass = boxes.sum(axis=(2, 3))  # [positions_y, positions_x]
+    rows, cols = np.indices(mass.shape)
+    apart = ((rows >= bottom) | (rows + bottom - top <= top) |
+             (cols >= right) | (cols + right - left <= left))
+    centre_y = (rows + (bottom - top) / 2) / height - (top + bottom) / 2 / height
+    centre_x = (cols + (right - left) / 2) / width - (left + right) / 2 / width
+    distance = np.hypot(centre_y, centre_x)
+    allowed = apart & (mass <= np.median(mass[apart]) + 1e-9)
+    best = max(zip(distance[allowed], -mass[allowed], -rows[allowed], -cols[allowed]))
+    row, col = -best[2], -best[3]
+    expected = [row / height, (row + bottom - top) / height, col / width,
+                (col + right - left) / width]
+    assert control_region(mean_map, region) == pytest.approx(expected)
