@@ -1,0 +1,594 @@
+"""Mask-free shortcut discovery: cluster the heatmaps of each explained class and flag the
+groups whose evidence sits somewhere else than the rest of their class (SpRAy-style).
+
+Pure NumPy / scikit-learn / SciPy: no TensorFlow and no file IO; the audit streams the maps
+in and writes what comes out. Three steps, each streaming, so memory stays flat in N:
+
+1. ClassSample.add(indices, classes, maps) over the whole run keeps, per explained class,
+   the SAMPLE_SIZE maps with the lowest priority, a hash of (seed, sample index): the same
+   sample whatever the order or chunking of the input, and a different one per seed.
+2. fit_clusters(sample) clusters each class's sample:
+   - embedding: each map is area-averaged to GRID x GRID, clipped at 0, scaled to unit mass
+     p, and embedded as sqrt(p) (Hellinger): distances are bounded (at most sqrt 2, for maps
+     with no mass in common) so one very peaked map cannot dominate the graph;
+   - graph: the symmetric k-nearest-neighbour connectivity graph, k = NEIGHBOURS;
+   - number of clusters K: the eigengap of the normalised graph Laplacian
+     L = I - D^-1/2 A D^-1/2, K = argmax_k (lambda_k - lambda_{k-1}) for k = 1..MAX_CLUSTERS
+     (eigenvalues ascending, lambda_0 = 0; K separate groups give K near-zero eigenvalues
+     and then a jump); `clusters=` overrides it;
+   - clusters: k-means on the rows of the first K eigenvectors, each row scaled to unit
+     length (Ng, Jordan and Weiss 2002), seeded; clusters are numbered by size, largest
+     first (ties: the one holding the lowest sample index first);
+   - layout: the first two non-trivial eigenvectors, for the report's scatter plot.
+   Maps with no mass are not clustered (cluster -1).
+3. ClusterModel.assign(classes, maps) gives any map its cluster: the cluster of an
+   identical sample map, else the vote of its NEIGHBOURS nearest sample maps (ties go to
+   the nearer neighbours), and its layout position as the mean of theirs. Each map's
+   result depends on that map alone, so chunking and order cannot change it.
+   ClusterStatistics.add(...) accumulates per cluster over the assigned chunks and
+   finish() returns the cluster dicts, flagged as follows.
+
+A cluster is FLAGGED when all three hold (thresholds are arguments, defaults below):
+- it is a separate group, not a slice of a continuum: the mean silhouette of its sample
+  members is at least MIN_SILHOUETTE and its separation is at least MIN_SEPARATION.
+  Separation = the 10th percentile over its members of the distance to the nearest map
+  of another cluster, over the median distance of its members to their k-th nearest
+  fellow member: a slice of a continuum touches its neighbours (about 1), a separate group
+  has a gap around it (well above 1). The class's eigengap (lambda_K - lambda_{K-1}) is
+  reported but is not a condition: when the rest of a class is a continuum (objects
+  anywhere) its spectrum rises smoothly and shows no clear gap even though a group is cut
+  off cleanly (a component of its own), which the planted-corner tests show;
+- it matters: at least MIN_SHARE of its class and MIN_SIZE maps, and at most MAX_SHARE
+  (evidence that most of a class uses is the class's own, for the audit with masks);
+- its evidence sits elsewhere: the hot centre of its mean map is at least MIN_DISTANCE
+  (fractions of the image side) from the nearest hot cell of the mean map of the rest of
+  its class (the nearest place the rest looks at: a rest that looks at two places has a
+  centre between them where it never looks), and at most MAX_OVERLAP of the smaller of
+  the two hot regions lies inside the other.
+
+Hot region: the bounding box [y0, y1, x0, x1] (fractions of the side, half-open) of the
+cells of the mean map at or above HOT_FRACTION of its maximum; the hot centre is the
+mass-weighted centre of those cells.
+"""
+
+import numpy as np
+import scipy.linalg
+from sklearn.cluster import KMeans
+from sklearn.metrics import pairwise_distances, silhouette_samples
+from sklearn.neighbors import kneighbors_graph
+
+GRID = 16
+NEIGHBOURS = 10
+MAX_CLUSTERS = 8
+SAMPLE_SIZE = 2000
+MIN_FIT_SIZE = 20  # fewer maps than this in a class: one cluster, no graph
+HOT_FRACTION = 0.5
+EXAMPLES = 8
+MIN_SILHOUETTE = 0.2
+MIN_SEPARATION = 1.5
+MIN_SHARE = 0.05
+MIN_SIZE = 10
+MAX_SHARE = 0.5
+MIN_DISTANCE = 0.25
+MAX_OVERLAP = 0.3
+_EXACT = 1e-9  # a map this close to a sample map is that map
+
+
+# ----------------------------------------------------------------------------- embedding
+
+
+def area_matrix(size_out, size_in):
+    """[size_out, size_in] weights of 1-D area averaging: output cell i averages input
+    cells over [i, i+1) * size_in / size_out, partial cells by their overlap (rows sum to 1;
+    up-sampling repeats cells)."""
+    step = size_in / size_out
+    out_low = np.arange(size_out)[:, None] * step
+    in_low = np.arange(size_in)[None, :]
+    overlap = np.minimum(out_low + step, in_low + 1) - np.maximum(out_low, in_low)
+    return np.clip(overlap, 0.0, None) / step
+
+
+def embed_maps(maps, grid=GRID):
+    """maps [n,h,w] -> (features float32 [n, grid*grid], empty bool [n]).
+
+    Features are sqrt of the unit-mass, area-averaged, non-negative map; a map with no
+    positive mass is `empty` and its features are zero. float32 halves what the per-class
+    samples hold; the distances are then computed in float64 from these exact values."""
+    maps = np.asarray(maps, np.float64)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be [n, height, width]; received shape {maps.shape}: "
+                         "pass one 2-D heatmap per sample")
+    rows = area_matrix(grid, maps.shape[1])
+    cols = area_matrix(grid, maps.shape[2])
+    # A matmul per map (stacked): each map's result is the same whatever else is in the
+    # chunk, which assignment's independence of chunking relies on.
+    small = rows @ np.maximum(maps, 0.0) @ cols.T  # [n, grid, grid]
+    mass = small.reshape(len(maps), -1)  # [n, grid*grid]
+    total = mass.sum(axis=1)
+    empty = ~(total > 0)
+    unit = mass / np.where(empty, 1.0, total)[:, None]
+    return np.sqrt(unit).astype(np.float32), empty
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_priority(indices, seed):
+    """uint64 [n]: a hash of (seed, sample index) (splitmix64 finaliser). The lowest
+    priorities form the sample: the same maps whatever the input order."""
+    with np.errstate(over="ignore"):
+        value = np.asarray(indices, np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        value = (value ^ (value >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        value = (value ^ (value >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return value ^ (value >> np.uint64(31))
+
+
+class ClassSample:
+    """Per explained class, the `size` non-empty maps of lowest sample_priority, kept as
+    embedded features (memory: classes x size x GRID^2 floats, flat in N)."""
+
+    def __init__(self, size=SAMPLE_SIZE, seed=0, grid=GRID):
+        if int(size) < 1:
+            raise ValueError(f"sample size must be a positive number of maps per class; "
+                             f"received {size!r}")
+        self.size, self.seed, self.grid = int(size), int(seed), int(grid)
+        self._kept = {}  # class -> (priority [m], index [m], features [m, D])
+
+    def add(self, indices, classes, maps):
+        """Offer a chunk: indices int [n] (stable sample positions), classes int [n] (the
+        explained class), maps [n,h,w]."""
+        indices, classes = _check_rows(indices, classes, maps)
+        features, empty = embed_maps(maps, self.grid)
+        priority = sample_priority(indices, self.seed)
+        for label in np.unique(classes[~empty]):
+            rows = (classes == label) & ~empty
+            kept = self._kept.get(int(label))
+            merged = (priority[rows], indices[rows], features[rows])
+            if kept is not None:
+                merged = tuple(np.concatenate(pair) for pair in zip(kept, merged))
+            # Lowest priority first; the index breaks ties, so the choice never depends
+            # on which chunk a map came in.
+            order = np.lexsort((merged[1], merged[0]))[:self.size]
+            self._kept[int(label)] = tuple(part[order] for part in merged)
+
+    def classes(self):
+        return sorted(self._kept)
+
+    def members(self, label):
+        """(indices int64 [m], features [m, D]) of one class, in index order."""
+        _, indices, features = self._kept[label]
+        order = np.argsort(indices, kind="stable")
+        return indices[order], features[order]
+
+
+def _check_rows(indices, classes, maps):
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    classes = np.asarray(classes, np.int64).reshape(-1)
+    count = np.shape(maps)[0]
+    if len(indices) != count or len(classes) != count:
+        raise ValueError(f"indices, classes and maps must have one row per sample; received "
+                         f"{len(indices)} indices, {len(classes)} classes, {count} maps")
+    return indices, classes
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+class ClassClusters:
+    """The fitted clustering of one explained class (see fit_clusters)."""
+
+    def __init__(self, label, indices, features, assignment, layout, eigenvalues, clusters):
+        self.label = label
+        self.indices = indices  # int64 [m] sample indices
+        self.features = features = np.asarray(features, np.float64)  # [m, D], float32 values
+        self.assignment = assignment  # int [m] local cluster 0..K-1
+        self.layout = layout  # float64 [m, 2]
+        self.eigenvalues = eigenvalues  # ascending, of the normalised Laplacian
+        self.clusters = clusters  # K
+        self.centroids = np.stack([features[assignment == c].mean(axis=0)
+                                   for c in range(clusters)])
+        self.eigengap = _eigengap(eigenvalues, clusters)
+        self.silhouette, self.separation = _separateness(features, assignment, clusters)
+        self.compactness = [float(np.linalg.norm(features[assignment == c] - self.centroids[c],
+                                                 axis=1).mean()) for c in range(clusters)]
+        self._squares = (features ** 2).sum(axis=1)
+
+    def nearest(self, features):
+        """features [n, D] -> (distance [n, k], sample row [n, k]) of the k = NEIGHBOURS
+        nearest sample maps, nearest first, ties by sample index.
+
+        Candidates come from one matrix product (fast, but its rounding depends on the
+        chunk's shape); their distances are then recomputed element-wise and sorted, so the
+        answer for a map never depends on which chunk it came in."""
+        features = np.asarray(features, np.float64)
+        neighbours = min(NEIGHBOURS, len(self.indices))
+        candidates = min(2 * neighbours, len(self.indices))
+        rough = self._squares[None, :] - 2.0 * features @ self.features.T  # [n, m] + |x|^2
+        pool = np.argpartition(rough, candidates - 1, axis=1)[:, :candidates]  # [n, c]
+        exact = np.sqrt(((features[:, None, :] - self.features[pool]) ** 2).sum(axis=2))
+        order = np.lexsort((pool, exact), axis=1)[:, :neighbours]
+        return np.take_along_axis(exact, order, 1), np.take_along_axis(pool, order, 1)
+
+    def assign(self, features, block=512):
+        """features [n, D] -> (local cluster int [n], layout float64 [n, 2]), `block` maps
+        at a time (the memory of nearest grows with it)."""
+        if len(features) > block:
+            parts = [self.assign(features[start:start + block], block)
+                     for start in range(0, len(features), block)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        distance, nearest = self.nearest(features)
+        count, neighbours = nearest.shape
+        votes = np.zeros((count, self.clusters))
+        # One vote per neighbour; a hair more for nearer ones, so ties go to them.
+        weight = 1.0 + 1e-6 * (neighbours - np.arange(neighbours))
+        np.add.at(votes, (np.repeat(np.arange(count), neighbours),
+                          self.assignment[nearest].reshape(-1)), np.tile(weight, count))
+        assignment = votes.argmax(axis=1)
+        layout = self.layout[nearest].mean(axis=1)
+        exact = distance[:, 0] <= _EXACT
+        assignment[exact] = self.assignment[nearest[exact, 0]]
+        layout[exact] = self.layout[nearest[exact, 0]]
+        return assignment, layout
+
+
+def _eigengap(eigenvalues, clusters):
+    if clusters < 2 or len(eigenvalues) <= clusters:
+        return float("nan")
+    return float(eigenvalues[clusters] - eigenvalues[clusters - 1])
+
+
+def _separateness(features, assignment, clusters):
+    """Per cluster: mean silhouette and separation (module docstring); NaN with one cluster."""
+    if clusters < 2:
+        return [float("nan")], [float("nan")]
+    distance = pairwise_distances(features)  # [m, m]
+    silhouette = silhouette_samples(distance, assignment, metric="precomputed")
+    silhouettes, separations = [], []
+    for c in range(clusters):
+        members = assignment == c
+        silhouettes.append(float(silhouette[members].mean()))
+        outside = distance[np.ix_(members, ~members)].min(axis=1)
+        inside = np.sort(distance[np.ix_(members, members)], axis=1)  # column 0: itself
+        kth = inside[:, min(NEIGHBOURS, members.sum() - 1)]
+        scale = np.median(kth)
+        separations.append(float(np.quantile(outside, 0.1) / scale) if scale > 0 else float("inf"))
+    return silhouettes, separations
+
+
+def _spectrum(features, count):
+    """Normalised Laplacian eigenvalues (ascending) and eigenvectors of the kNN graph."""
+    size = len(features)
+    graph = kneighbors_graph(features, min(NEIGHBOURS, size - 1), mode="connectivity",
+                             include_self=False)
+    affinity = (0.5 * (graph + graph.T)).toarray()  # symmetric [m, m]
+    scale = 1.0 / np.sqrt(affinity.sum(axis=1))
+    normalised = affinity * scale[:, None] * scale[None, :]
+    # The largest eigenvalues of D^-1/2 A D^-1/2 are 1 - the smallest of L.
+    values, vectors = scipy.linalg.eigh(normalised, subset_by_index=[size - count, size - 1])
+    return 1.0 - values[::-1], vectors[:, ::-1]
+
+
+def fit_class(label, indices, features, *, clusters=None, seed=0):
+    """Cluster one class's sample: indices int64 [m], features [m, D] from embed_maps."""
+    features = np.asarray(features, np.float64)
+    size = len(indices)
+    if size < MIN_FIT_SIZE:
+        assignment = np.zeros(size, int)
+        return ClassClusters(label, indices, features, assignment, np.zeros((size, 2)),
+                             np.zeros(0), 1)
+    count = min(MAX_CLUSTERS + 1, size - 1)
+    eigenvalues, vectors = _spectrum(features, count)
+    if clusters is None:
+        clusters = int(np.argmax(np.diff(eigenvalues)[:MAX_CLUSTERS])) + 1
+    clusters = int(min(clusters, count))
+    if clusters == 1:
+        assignment = np.zeros(size, int)
+    else:
+        rows = vectors[:, :clusters]
+        rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        assignment = KMeans(clusters, n_init=10, random_state=seed).fit_predict(rows)
+        assignment = _by_size(assignment, clusters)
+    layout = vectors[:, 1:3] * np.sqrt(size)
+    # Eigenvectors have no sign: make each one's largest entry positive, so the picture
+    # is the same on every run.
+    signs = np.sign(layout[np.abs(layout).argmax(axis=0), np.arange(layout.shape[1])])
+    layout = layout * np.where(signs == 0, 1.0, signs)
+    return ClassClusters(label, indices, features, assignment, layout, eigenvalues, clusters)
+
+
+def _by_size(assignment, clusters):
+    """Renumber clusters by size, largest first; ties by first member (sample index order)."""
+    sizes = np.bincount(assignment, minlength=clusters)
+    first = np.array([np.argmax(assignment == c) for c in range(clusters)])
+    order = np.lexsort((first, -sizes))
+    rename = np.empty(clusters, int)
+    rename[order] = np.arange(clusters)
+    return rename[assignment]
+
+
+class ClusterModel:
+    """The fitted clusters of every class; cluster ids are unique across classes."""
+
+    def __init__(self, fits, grid):
+        self.fits = fits  # class -> ClassClusters, ascending class
+        self.grid = grid
+        self.offsets, start = {}, 0
+        for label in sorted(fits):
+            self.offsets[label] = start
+            start += fits[label].clusters
+        self.count = start
+        self.centroids = np.concatenate([fits[label].centroids for label in sorted(fits)]) \
+            if fits else np.zeros((0, grid * grid))  # [clusters, D], global ids
+
+    def assign(self, classes, maps):
+        """classes int [n], maps [n,h,w] -> (cluster int32 [n] (-1: empty map or a class
+        never fitted), layout float32 [n,2] (NaN where -1), features [n, D])."""
+        classes = np.asarray(classes, np.int64).reshape(-1)
+        if len(classes) != np.shape(maps)[0]:
+            raise ValueError(f"one explained class per map: received {len(classes)} classes "
+                             f"for {np.shape(maps)[0]} maps")
+        features, empty = embed_maps(maps, self.grid)
+        cluster = np.full(len(classes), -1, np.int32)
+        layout = np.full((len(classes), 2), np.nan, np.float32)
+        for label in np.unique(classes):
+            rows = (classes == label) & ~empty
+            if int(label) not in self.fits or not rows.any():
+                continue
+            local, position = self.fits[int(label)].assign(features[rows])
+            cluster[rows] = local + self.offsets[int(label)]
+            layout[rows] = position
+        return cluster, layout, features
+
+    def locate(self, cluster):
+        """Global cluster id -> (ClassClusters, local id)."""
+        for label, offset in self.offsets.items():
+            fit = self.fits[label]
+            if offset <= cluster < offset + fit.clusters:
+                return fit, cluster - offset
+        raise ValueError(f"cluster id {cluster} is not one of this model's 0..{self.count - 1}")
+
+
+def fit_clusters(sample, *, clusters=None, seed=0):
+    """ClassSample -> ClusterModel. `clusters` overrides the eigengap's K for every class
+    (an int) or per class ({class: K})."""
+    fits = {}
+    for label in sample.classes():
+        indices, features = sample.members(label)
+        wanted = clusters.get(label) if isinstance(clusters, dict) else clusters
+        if wanted is not None and int(wanted) < 1:
+            raise ValueError(f"the number of clusters must be at least 1; received {wanted!r} "
+                             f"for class {label}")
+        fits[label] = fit_class(label, indices, features, clusters=wanted, seed=seed)
+    return ClusterModel(fits, sample.grid)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+class ClusterStatistics:
+    """Per cluster and per class running sums over assigned chunks (flat in N)."""
+
+    def __init__(self, model, examples=EXAMPLES):
+        self.model, self.examples = model, examples
+        self.size = np.zeros(model.count, np.int64)
+        self.labelled = np.zeros(model.count, np.int64)
+        self.correct = np.zeros(model.count, np.int64)
+        self.score = np.zeros(model.count)
+        self.scored = False
+        self.map_sum = None  # [clusters, h, w]
+        self.class_size = {}  # every map of the class, clustered or not
+        self.typical = [[] for _ in range(model.count)]  # sorted (distance, index, key)
+
+    def add(self, indices, classes, maps, cluster, features, *, labels=None, predictions=None,
+            scores=None, keys=None):
+        """One assigned chunk: cluster and features from ClusterModel.assign; labels int
+        [n] (-1 unknown), predictions int [n] (predicted class), scores [n] (its
+        probability), keys [n] str."""
+        indices, classes = _check_rows(indices, classes, maps)
+        cluster = np.asarray(cluster)
+        if len(cluster) != len(indices) or len(features) != len(indices):
+            raise ValueError(f"cluster and features must have one row per map: received "
+                             f"{len(cluster)} and {len(features)} for {len(indices)} maps; "
+                             "pass what ClusterModel.assign returned for this chunk")
+        maps = np.maximum(np.asarray(maps, np.float64), 0.0)
+        if self.map_sum is None:
+            self.map_sum = np.zeros((self.model.count, *maps.shape[1:]))
+        for label, count in zip(*np.unique(classes, return_counts=True)):
+            self.class_size[int(label)] = self.class_size.get(int(label), 0) + int(count)
+        clustered = cluster >= 0
+        ids = cluster[clustered]
+        self.size += np.bincount(ids, minlength=self.model.count)
+        np.add.at(self.map_sum, ids, maps[clustered])
+        if labels is not None and predictions is not None:
+            labels, predictions = np.asarray(labels)[clustered], np.asarray(predictions)[clustered]
+            known = labels >= 0
+            self.labelled += np.bincount(ids[known], minlength=self.model.count)
+            self.correct += np.bincount(ids[known & (labels == predictions)],
+                                        minlength=self.model.count)
+        if scores is not None:
+            self.scored = True
+            self.score += np.bincount(ids, weights=np.asarray(scores, np.float64)[clustered],
+                                      minlength=self.model.count)
+        rows = np.nonzero(clustered)[0]
+        distance = np.linalg.norm(features[rows] - self.model.centroids[ids], axis=1)
+        for cluster_id in np.unique(ids):
+            mine = ids == cluster_id
+            candidates = [(float(d), int(i), None if keys is None else str(keys[r]))
+                          for d, i, r in zip(distance[mine], indices[rows][mine], rows[mine])]
+            # The `examples` smallest (distance, index): the same whatever the chunking.
+            self.typical[cluster_id] = sorted(self.typical[cluster_id] + candidates,
+                                              key=lambda entry: entry[:2])[:self.examples]
+
+    def finish(self, class_names=None, **thresholds):
+        """Cluster dicts (see describe_clusters), flags applied."""
+        return describe_clusters(self, class_names, **thresholds)
+
+
+# ----------------------------------------------------------------------------- regions
+
+
+def hot_region(mean_map, fraction=HOT_FRACTION):
+    """mean_map [h,w] -> ([y0, y1, x0, x1] fractions of the side, half-open; [y, x] hot
+    centre). None, None for a map with no mass."""
+    mean_map = np.asarray(mean_map, np.float64)
+    peak = mean_map.max()
+    if not peak > 0:
+        return None, None
+    height, width = mean_map.shape
+    hot = mean_map >= fraction * peak
+    rows, cols = np.nonzero(hot)
+    box = [rows.min() / height, (rows.max() + 1) / height, cols.min() / width,
+           (cols.max() + 1) / width]
+    weight = mean_map * hot
+    centre = [float(((rows + 0.5) / height * weight[rows, cols]).sum() / weight.sum()),
+              float(((cols + 0.5) / width * weight[rows, cols]).sum() / weight.sum())]
+    return [float(v) for v in box], centre
+
+
+def hot_cells(mean_map, fraction=HOT_FRACTION):
+    """bool [h,w]: the cells at or above `fraction` of the map's maximum (none when the
+    map has no mass)."""
+    mean_map = np.asarray(mean_map, np.float64)
+    peak = mean_map.max()
+    return mean_map >= fraction * peak if peak > 0 else np.zeros(mean_map.shape, bool)
+
+
+def distance_to_hot(centre, mean_map, fraction=HOT_FRACTION):
+    """Distance (fractions of the side) from `centre` [y, x] to the nearest hot cell centre
+    of `mean_map`: to the nearest place the map looks at, so that a rest of the class that
+    looks at two places is not averaged into a third place it never looks at. NaN when the
+    map has no mass."""
+    rows, cols = np.nonzero(hot_cells(mean_map, fraction))
+    if rows.size == 0:
+        return float("nan")
+    height, width = np.shape(mean_map)
+    return float(np.hypot((rows + 0.5) / height - centre[0], (cols + 0.5) / width - centre[1]).min())
+
+
+def hot_overlap(first, second, fraction=HOT_FRACTION):
+    """Share of the smaller hot region (hot_cells) that lies inside the other: 0 = the two
+    maps look at different places, 1 = one looks inside where the other looks. Hot cells
+    rather than whole maps, so a flat noise floor does not count as looking at the same
+    place. NaN when a map has no mass."""
+    first, second = hot_cells(first, fraction), hot_cells(second, fraction)
+    smaller = min(first.sum(), second.sum())
+    return float((first & second).sum() / smaller) if smaller else float("nan")
+
+
+def place_name(centre):
+    """[y, x] in fractions -> 'top-left corner', 'top edge', 'centre', ..."""
+    row = ("top", "middle", "bottom")[min(int(centre[0] * 3), 2)]
+    col = ("left", "centre", "right")[min(int(centre[1] * 3), 2)]
+    if row == "middle":
+        return "centre" if col == "centre" else f"{col} side"
+    if col == "centre":
+        return f"{row} edge"
+    return f"{row}-{col} corner"
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+def describe_clusters(statistics, class_names=None, *, min_silhouette=MIN_SILHOUETTE, min_separation=MIN_SEPARATION,
+                      min_share=MIN_SHARE, min_size=MIN_SIZE, max_share=MAX_SHARE,
+                      min_distance=MIN_DISTANCE, max_overlap=MAX_OVERLAP):
+    """The cluster dicts: id, class, size, share, flagged, reasons, hot_region, accuracy
+    (None without labels), mean_score (None without scores), verification (None until
+    verify), examples ([{"index", "key"}], most typical first), and the numbers behind
+    the flag: eigengap, silhouette, separation, compactness, hot_centre, distance,
+    overlap, mean_heatmap (float64 [h,w])."""
+    model = statistics.model
+    result = []
+    for label, fit in sorted(model.fits.items()):
+        name = _class_name(class_names, label)
+        offset = model.offsets[label]
+        ids = range(offset, offset + fit.clusters)
+        class_sum = sum(statistics.map_sum[i] for i in ids) if statistics.map_sum is not None else None
+        class_clustered = int(sum(statistics.size[i] for i in ids))
+        for local, cluster in enumerate(ids):
+            size = int(statistics.size[cluster])
+            share = size / statistics.class_size.get(label, 0) if size else 0.0
+            mean_map = statistics.map_sum[cluster] / size if size else None
+            region, centre = hot_region(mean_map) if size else (None, None)
+            rest_size = class_clustered - size
+            distance = together = float("nan")
+            if centre is not None and rest_size:
+                rest = (class_sum - statistics.map_sum[cluster]) / rest_size
+                distance = distance_to_hot(centre, rest)
+                together = hot_overlap(mean_map, rest)
+            checks = [
+                (fit.clusters > 1, "the class forms a single group"),
+                (fit.silhouette[local] >= min_silhouette,
+                 f"not a separate group (silhouette {fit.silhouette[local]:.2f} < {min_silhouette})"),
+                (fit.separation[local] >= min_separation,
+                 f"a slice of a continuum (separation {fit.separation[local]:.2f} < {min_separation})"),
+                (share >= min_share and size >= min_size,
+                 f"too small ({size} maps, {share:.0%} of the class; needs {min_size} and {min_share:.0%})"),
+                (share <= max_share, f"most of the class ({share:.0%} > {max_share:.0%})"),
+                (distance >= min_distance,
+                 f"its evidence sits near the rest's ({distance:.2f} < {min_distance} of the image)"),
+                (together <= max_overlap,
+                 f"its evidence overlaps the rest's ({together:.2f} > {max_overlap})"),
+            ]
+            failed = [reason for passed, reason in checks if not passed]
+            flagged = not failed
+            if flagged:
+                reasons = [f"{share:.0%} of class '{name}': the evidence sits in the "
+                           f"{place_name(centre)}, {distance:.1f} of the image away from where "
+                           f"the rest of the class looks"]
+            else:
+                reasons = failed[:1] if fit.clusters == 1 else failed
+            examples = statistics.typical[cluster]
+            labelled = int(statistics.labelled[cluster])
+            result.append({
+                "id": cluster, "class": int(label), "class_name": name, "size": size,
+                "share": share, "flagged": flagged, "reasons": reasons, "hot_region": region,
+                "accuracy": statistics.correct[cluster] / labelled if labelled else None,
+                "mean_score": statistics.score[cluster] / size if size and statistics.scored else None,
+                "verification": None,
+                "examples": [{"index": index, "key": key} for _, index, key in examples],
+                "eigengap": fit.eigengap, "silhouette": fit.silhouette[local],
+                "separation": fit.separation[local], "compactness": fit.compactness[local],
+                "hot_centre": centre, "distance": distance, "overlap": together,
+                "mean_heatmap": mean_map,
+            })
+    return result
+
+
+def _class_name(class_names, label):
+    if class_names is None:
+        return f"class {label}"
+    if isinstance(class_names, dict):
+        return str(class_names.get(label, f"class {label}"))
+    return str(class_names[label]) if 0 <= label < len(class_names) else f"class {label}"
+
+
+# ----------------------------------------------------------------------------- in memory
+
+
+def cluster_maps(indices, classes, maps, *, labels=None, predictions=None, scores=None,
+                 keys=None, class_names=None, clusters=None, sample_size=SAMPLE_SIZE, seed=0,
+                 chunk=4096):
+    """Everything at once for maps that fit in memory (tests, small runs): returns
+    (cluster dicts, cluster int32 [n], layout float32 [n,2], model). The audit streams the
+    same steps (ClassSample, fit_clusters, ClusterModel.assign, ClusterStatistics)."""
+    indices, classes = _check_rows(indices, classes, maps)
+    sample = ClassSample(sample_size, seed)
+    for start in range(0, len(maps), chunk):
+        part = slice(start, start + chunk)
+        sample.add(indices[part], classes[part], maps[part])
+    model = fit_clusters(sample, clusters=clusters, seed=seed)
+    statistics = ClusterStatistics(model)
+    cluster = np.full(len(maps), -1, np.int32)
+    layout = np.full((len(maps), 2), np.nan, np.float32)
+
+    def rows(values, part):
+        return None if values is None else np.asarray(values)[part]
+
+    for start in range(0, len(maps), chunk):
+        part = slice(start, start + chunk)
+        cluster[part], layout[part], features = model.assign(classes[part], maps[part])
+        statistics.add(indices[part], classes[part], maps[part], cluster[part], features,
+                       labels=rows(labels, part), predictions=rows(predictions, part),
+                       scores=rows(scores, part), keys=rows(keys, part))
+    return statistics.finish(class_names), cluster, layout, model
