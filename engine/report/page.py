@@ -16,6 +16,10 @@ import re
 
 import numpy as np
 
+from sightline.audit.masks import open_masks
+from sightline.audit.metrics import resize_maps
+from sightline.store.results import open_results
+
 REPORT_FILE = "report.html"
 
 _STYLE = """
@@ -102,8 +106,6 @@ def _load_display_images(audit, items):
 
 
 def _worst_items(audit):
-    from sightline.audit.audit import open_masks, resize_maps
-    from sightline.store.results import open_results
     items = audit.get("worst") or []
     if not items:
         return []
