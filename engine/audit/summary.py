@@ -2,7 +2,6 @@
 run's provenance, and the lines `sightline audit` prints."""
 
 import math
-import os
 
 import numpy as np
 
