@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import time
+import types
 
 import numpy as np
 
@@ -126,16 +127,77 @@ class _ShardProgress:
 def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     """Run (or resume) a dataset job. Raises ValueError/TypeError before any work when
     the input is bad; returns a summary whose exit_code is 130/143 after SIGINT/SIGTERM."""
-    import tensorflow as tf
-
-    from sightline.model.adapter import adapt_model
-    from sightline.data.pipeline import shard_batches
     from sightline.jobs.progress import Progress
-    from sightline.data.sources import open_source
-    from sightline.compute.step import build_step, check_methods
-    from sightline.compute.strategy import make_strategy
 
     started = time.monotonic()
+    plan = _plan(config)
+    manifest = ManifestWriter(plan.out, plan.run, plan.provenance, plan.ranges,
+                              fingerprint=plan.fingerprint, interval=MANIFEST_SECONDS)
+    manifest.reload()
+    manifest.write()
+    progress = Progress(sum(plan.ranges[s][1] - plan.ranges[s][0] for s in plan.mine),
+                        log_json=config.log_json, quiet=config.quiet, stream=progress_stream)
+    writer = ShardWriter(plan.out, plan.num_shards, plan.layout, compression=config.compression,
+                         on_finished=manifest.shard_finished, fingerprint=plan.fingerprint,
+                         worker=plan.worker, workers=plan.workers)
+    stop_signal = []
+    job, reused = None, 0
+    timer = _Timer()
+    exit_code = 0
+    previous_handlers = install_signal_handlers(stop_signal)
+    try:
+        pending, reused = _pending_shards(plan, stop_signal, progress)
+        job = _ShardProgress(plan.source, writer, progress, [plan.ranges[s] for s in pending],
+                             pending)
+        if stop_signal:
+            raise Interrupted(stop_signal[0])
+        if pending:
+            _explain_shards(config, plan, pending, job, stop_signal, timer)
+        writer.close()
+        timer.stop()
+    except Interrupted as interrupted:
+        writer.abort()
+        writer.close()
+        exit_code = interrupted.exit_code
+        progress.event("stopped", message="signal received; finished shards are kept, run "
+                                          "the same command again to continue")
+    except BaseException:
+        try:
+            writer.abort()
+            writer.close()
+        except BaseException:  # noqa: BLE001 - the first error is the one to report
+            pass
+        raise
+    finally:
+        restore_signal_handlers(previous_handlers)
+        manifest.write()
+
+    index_built = False
+    if exit_code == 0:
+        manifest.reload()  # the other workers' shards too
+        if all(record is not None for record in manifest.records):
+            build_index(plan.out, plan.num_shards, fingerprint=plan.fingerprint)
+            index_built = True
+        manifest.write()
+    summary = JobSummary(
+        images=job.images if job else 0, skipped=job.skipped if job else 0,
+        shards_written=job.written if job else 0,
+        shards_reused=reused, shards_total=plan.num_shards,
+        startup_seconds=round(timer.startup, 2),
+        images_per_second=round(timer.steady_rate(), 2),
+        wall_seconds=round(time.monotonic() - started, 2), index_built=index_built,
+        exit_code=exit_code)
+    progress.summary(**{k: v for k, v in dataclasses.asdict(summary).items() if k != "exit_code"})
+    return summary
+
+
+def _plan(config):
+    """Validate everything and plan the shards, before any work: the job's fixed parts."""
+    from sightline.compute.step import build_step, check_methods
+    from sightline.compute.strategy import make_strategy
+    from sightline.data.sources import open_source
+    from sightline.model.adapter import adapt_model
+
     for name in ("model", "data", "out"):
         if getattr(config, name) is None:
             raise ValueError(f"a dataset job needs {name}: pass --{name}")
@@ -160,25 +222,45 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     num_shards = math.ceil(source.num_samples / config.shard_size)
     mine = shards_of(worker, workers, num_shards)
     run = run_fingerprint(config, adapter, source, image_shape)
-    fingerprint = fingerprint_hash(run)
     _claim_out_folder(out, run, config.overwrite, mine, num_shards)
     remove_stale_temporaries(out, mine, num_shards)
-    provenance = run_provenance(config, adapter, replicas, workers)
-
-    ranges = [_shard_range(s, config.shard_size, source.num_samples) for s in range(num_shards)]
-    manifest = ManifestWriter(out, run, provenance, ranges, fingerprint=fingerprint,
-                              interval=MANIFEST_SECONDS)
-    manifest.reload()
-    manifest.write()
-
     map_shapes = _map_shapes(config, adapter, image_shape)
     encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
-    layout = {
-        "maps": map_shapes,
-        "key_length": max(1, encoded_keys.itemsize),
-        "attributes": _shard_attributes(config, adapter, image_shape, map_shapes),
-    }
-    step = build_step(adapter, config, config.batch_size // replicas, image_shape)
+    return types.SimpleNamespace(
+        out=out, worker=worker, workers=workers, strategy=strategy, source=source,
+        image_shape=image_shape, num_shards=num_shards, mine=mine, run=run,
+        fingerprint=fingerprint_hash(run), encoded_keys=encoded_keys,
+        provenance=run_provenance(config, adapter, replicas, workers),
+        ranges=[_shard_range(s, config.shard_size, source.num_samples)
+                for s in range(num_shards)],
+        layout={"maps": map_shapes, "key_length": max(1, encoded_keys.itemsize),
+                "attributes": _shard_attributes(config, adapter, image_shape, map_shapes)},
+        step=build_step(adapter, config, config.batch_size // replicas, image_shape))
+
+
+def _pending_shards(plan, stop_signal, progress):
+    """(this worker's shards still to do, how many are done and verified)."""
+    pending, reused = [], 0
+    # On a large resume, checksumming the finished shards reads them all and takes a
+    # while: a signal during it must end the run as cleanly as one between batches.
+    for shard in plan.mine:
+        if stop_signal:
+            raise Interrupted(stop_signal[0])
+        if verify_shard(plan.out, shard, plan.num_shards,
+                        fingerprint=plan.fingerprint)[0] is None:
+            pending.append(shard)
+        else:
+            reused += 1
+            progress.advance(plan.ranges[shard][1] - plan.ranges[shard][0])
+    return pending, reused
+
+
+def _explain_shards(config, plan, pending, job, stop_signal, timer):
+    """Stream the pending shards' batches through the step on every device, into `job`."""
+    import tensorflow as tf
+
+    from sightline.data.pipeline import shard_batches
+    strategy, step = plan.strategy, plan.step
 
     @tf.function
     def distributed_step(images, targets, index):
@@ -186,84 +268,21 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
         # Python callable around it works.
         return strategy.run(lambda i, t, s: step(i, t, s), args=(images, targets, index))
 
-    progress = Progress(sum(ranges[s][1] - ranges[s][0] for s in mine),
-                        log_json=config.log_json, quiet=config.quiet, stream=progress_stream)
-    writer = ShardWriter(out, num_shards, layout, compression=config.compression,
-                         on_finished=manifest.shard_finished, fingerprint=fingerprint, worker=worker,
-                         workers=workers)
-    stop_signal = []
-    pending, reused = [], 0
-    job = None
-    timer = _Timer()
-    exit_code = 0
-    previous_handlers = install_signal_handlers(stop_signal)
-    try:
-        # On a large resume, checksumming the finished shards reads them all and takes
-        # a while: a signal during it must end the run as cleanly as one between batches.
-        for shard in mine:
-            if stop_signal:
-                raise Interrupted(stop_signal[0])
-            if verify_shard(out, shard, num_shards, fingerprint=fingerprint)[0] is None:
-                pending.append(shard)
-            else:
-                reused += 1
-                progress.advance(ranges[shard][1] - ranges[shard][0])
-        job = _ShardProgress(source, writer, progress, [ranges[s] for s in pending], pending)
+    dataset = shard_batches(plan.source, [plan.ranges[s] for s in pending],
+                            batch_size=config.batch_size, image_size=plan.image_shape[:2],
+                            channels=plan.image_shape[2], preprocessing=config.preprocess)
+    dataset = dataset.map(_with_targets(config))
+    for element in strategy.experimental_distribute_dataset(dataset):
         if stop_signal:
             raise Interrupted(stop_signal[0])
-        if pending:
-            dataset = shard_batches(source, [ranges[s] for s in pending],
-                                    batch_size=config.batch_size, image_size=image_shape[:2],
-                                    channels=image_shape[2], preprocessing=config.preprocess)
-            dataset = dataset.map(_with_targets(config))
-            for element in strategy.experimental_distribute_dataset(dataset):
-                if stop_signal:
-                    raise Interrupted(stop_signal[0])
-                outputs = distributed_step(element["images"], element["targets"],
-                                           element["index"])
-                arrays = _host_arrays(strategy, outputs, element, encoded_keys)
-                position = int(strategy.experimental_local_results(element["position"])[0][0])
-                job.add(position, arrays)
-                timer.batch_done(len(arrays["sample/index"]))
-            if stop_signal:
-                raise Interrupted(stop_signal[0])
-            job.close_all()
-        writer.close()
-        timer.stop()
-    except Interrupted as interrupted:
-        writer.abort()
-        writer.close()
-        exit_code = interrupted.exit_code
-        progress.event("stopped", message="signal received; finished shards are kept, run "
-                                          "the same command again to continue")
-    except BaseException:
-        try:
-            writer.abort()
-            writer.close()
-        except BaseException:  # noqa: BLE001 - the first error is the one to report
-            pass
-        raise
-    finally:
-        restore_signal_handlers(previous_handlers)
-        manifest.write()
-
-    index_built = False
-    if exit_code == 0:
-        manifest.reload()  # the other workers' shards too
-        if all(record is not None for record in manifest.records):
-            build_index(out, num_shards, fingerprint=fingerprint)
-            index_built = True
-        manifest.write()
-    wall = time.monotonic() - started
-    summary = JobSummary(
-        images=job.images if job else 0, skipped=job.skipped if job else 0,
-        shards_written=job.written if job else 0,
-        shards_reused=reused, shards_total=num_shards,
-        startup_seconds=round(timer.startup, 2),
-        images_per_second=round(timer.steady_rate(), 2),
-        wall_seconds=round(wall, 2), index_built=index_built, exit_code=exit_code)
-    progress.summary(**{k: v for k, v in dataclasses.asdict(summary).items() if k != "exit_code"})
-    return summary
+        outputs = distributed_step(element["images"], element["targets"], element["index"])
+        arrays = _host_arrays(strategy, outputs, element, plan.encoded_keys)
+        position = int(strategy.experimental_local_results(element["position"])[0][0])
+        job.add(position, arrays)
+        timer.batch_done(len(arrays["sample/index"]))
+    if stop_signal:
+        raise Interrupted(stop_signal[0])
+    job.close_all()
 
 
 # ----------------------------------------------------------------------------- validation
