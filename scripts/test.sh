@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Set up .venv (when missing or stale), then run the test suite (with no arguments: tests/
-# and benchmarks/ at the tiny size; with arguments: pytest with those). Exit code = pytest's.
+# Set up .venv (when missing or stale), check the layering contracts (import-linter: a
+# broken one fails the script before any test runs), then run the test suite (with no
+# arguments: tests/ and benchmarks/ at the tiny size; with arguments: pytest with those).
+# Exit code = lint-imports' when it fails, else pytest's.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
+.venv/bin/lint-imports
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 if [ "$#" -eq 0 ]; then
     # The whole suite: the tests, and every benchmark once at the tiny size so that none

@@ -15,9 +15,10 @@ running sums is kept) and reports, for every chosen layer and every channel:
                       as a linear map
     mean activation   over all positions, and the channel's maximum
 
-and draws feature-map grids of the first few images (input, then the first channels of
-each layer). Written to OUT: activations.json, activations-stats.png,
-featuremaps-<layer>.png and a report.html that shows them.
+and keeps the first few images (input, then the first channels of each layer) for the
+feature-map grids that sightline.report.activations draws. Written to OUT:
+activations.json here; activations-stats.png, featuremaps-<layer>.png and report.html by
+the report.
 """
 
 import json
@@ -26,6 +27,8 @@ import re
 import time
 
 import numpy as np
+
+from sightline.store.files import write_json_atomic
 
 ACTIVATIONS_FILE = "activations.json"
 SATURATED_FRACTION = 0.99
@@ -106,20 +109,21 @@ class LayerStats:
         }
 
 
-def activation_statistics(model, data, *, out=None, layers=None, batch_size=32,
-                          preprocess="none", image_size=None, limit=None, labels=None,
+def activation_statistics(model, data, *, layers=None, batch_size=32, preprocess="none",
+                          image_size=None, limit=None, labels=None,
                           shown_images=DEFAULT_SHOWN_IMAGES, shown_channels=DEFAULT_SHOWN_CHANNELS,
                           unsafe=False):
     """Stream `data` through `model` and gather per-layer statistics (see the module doc).
 
     Returns a dict (what activations.json holds, plus "samples": the first images' input
-    and activations for the grids); writes the files into `out` when given.
+    and activations for the grids). write_activations writes the JSON; the report
+    (sightline.report.activations) draws the figures from this dict.
     """
     import tensorflow as tf
 
-    from sightline.model.adapter import load_model
     from sightline.data.pipeline import batches, preprocessing_name
     from sightline.data.sources import open_source
+    from sightline.model.adapter import load_model
 
     started = time.monotonic()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -129,39 +133,14 @@ def activation_statistics(model, data, *, out=None, layers=None, batch_size=32,
     if flavor == "saved_model":
         raise ValueError("activation statistics need a Keras model (.keras or .h5), not a "
                          "SavedModel: its layers are not reachable")
-    if flavor == "keras3":
-        import keras as K
-    else:
-        import tf_keras as K
-    available = _default_layers(keras_model)
-    if layers:
-        all_names = [layer.name for layer in keras_model.layers]
-        unknown = [name for name in layers if name not in all_names]
-        if unknown:
-            raise ValueError(f"no layer named {', '.join(map(repr, unknown))} in the model; its "
-                             f"layers are {', '.join(all_names)}")
-        not_maps = [n for n in layers if len(keras_model.get_layer(n).output.shape) != 4]
-        if not_maps:
-            raise ValueError(f"layer(s) {', '.join(not_maps)} do not give feature maps "
-                             "[B,h,w,C]; choose convolutional layers")
-        names = list(layers)
-    else:
-        names = available
-    if not names:
-        raise ValueError("the model has no convolutional layer to look at; name layers with "
-                         "--layers")
-    probe = K.Model(keras_model.inputs, [keras_model.get_layer(n).output for n in names])
+    names = _chosen_layers(keras_model, layers)
+    keras_module = _keras_module(flavor)
+    probe = keras_module.Model(keras_model.inputs,
+                               [keras_model.get_layer(n).output for n in names])
     run_probe = tf.function(lambda x: probe(x, training=False))
 
     source = open_source(data, labels=labels)
-    input_shape = tuple(keras_model.inputs[0].shape[1:])
-    height, width, channels = input_shape
-    if image_size is not None:
-        height, width = image_size
-    if height is None or width is None:
-        if source.encoded:
-            raise ValueError("the model takes any image size: pass --image-size H,W")
-        height, width = source.array_shape[:2]
+    height, width, channels = _input_size(keras_model, source, image_size)
     stop = source.num_samples if limit is None else min(source.num_samples, int(limit))
     stats = {}
     samples = {"inputs": [], "keys": [], "maps": {n: [] for n in names}}
@@ -189,7 +168,7 @@ def activation_statistics(model, data, *, out=None, layers=None, batch_size=32,
         seen += int(valid.sum())
     if not seen:
         raise ValueError(f"no image of {data!r} could be read")
-    result = {
+    return {
         "format": "sightline-activations/1",
         "model": os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
         "data": source.description,
@@ -204,39 +183,58 @@ def activation_statistics(model, data, *, out=None, layers=None, batch_size=32,
         "samples": samples,
         "files": {},
     }
-    if out is not None:
-        write_activations(out, result)
-    return result
 
 
-def _slug(text):
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+def _keras_module(flavor):
+    if flavor == "keras3":
+        import keras
+        return keras
+    import tf_keras
+    return tf_keras
+
+
+def _chosen_layers(keras_model, layers):
+    """The layers to look at: `layers` checked against the model, else every convolution."""
+    if layers:
+        all_names = [layer.name for layer in keras_model.layers]
+        unknown = [name for name in layers if name not in all_names]
+        if unknown:
+            raise ValueError(f"no layer named {', '.join(map(repr, unknown))} in the model; its "
+                             f"layers are {', '.join(all_names)}")
+        not_maps = [n for n in layers if len(keras_model.get_layer(n).output.shape) != 4]
+        if not_maps:
+            raise ValueError(f"layer(s) {', '.join(not_maps)} do not give feature maps "
+                             "[B,h,w,C]; choose convolutional layers")
+        names = list(layers)
+    else:
+        names = _default_layers(keras_model)
+    if not names:
+        raise ValueError("the model has no convolutional layer to look at; name layers with "
+                         "--layers")
+    return names
+
+
+def _input_size(keras_model, source, image_size):
+    """(height, width, channels) the images are resized to."""
+    height, width, channels = tuple(keras_model.inputs[0].shape[1:])
+    if image_size is not None:
+        height, width = image_size
+    if height is None or width is None:
+        if source.encoded:
+            raise ValueError("the model takes any image size: pass --image-size H,W")
+        height, width = source.array_shape[:2]
+    return height, width, channels
 
 
 def write_activations(out, result):
-    """activations.json, the statistics plot, feature-map grids and report.html."""
-    from sightline.report import figures
+    """activations.json: the statistics without the sample arrays; result["files"] (figure
+    paths) stored relative to `out`. Returns its path."""
     os.makedirs(out, exist_ok=True)
-    files = {"stats": "activations-stats.png"}
-    figures.activation_stats(result["layers"], os.path.join(out, files["stats"]))
-    samples = result["samples"]
-    for summary in result["layers"]:
-        name = summary["layer"]
-        maps = samples["maps"].get(name) or []
-        if not maps:
-            continue
-        relative = f"featuremaps-{_slug(name)}.png"
-        figures.feature_maps(samples["inputs"], samples["keys"], maps, summary,
-                             os.path.join(out, relative))
-        files[f"featuremaps/{name}"] = relative
-    result["files"] = files
     payload = {k: v for k, v in result.items() if k != "samples"}
-    from sightline.store.shards import write_json_atomic
-    write_json_atomic(os.path.join(out, ACTIVATIONS_FILE), payload)
-    from sightline.report.page import write_report
-    write_report(out, [], activations=[("model", read_activations(out))],
-                 title="sightline activations")
-    return out
+    payload["files"] = {k: os.path.relpath(v, out) for k, v in result.get("files", {}).items()}
+    path = os.path.join(out, ACTIVATIONS_FILE)
+    write_json_atomic(path, payload)
+    return path
 
 
 def read_activations(out):
@@ -260,44 +258,3 @@ def summary_lines(result):
                      f"{len(layer['dead'])} dead, {len(layer['saturated'])} saturated, mean "
                      f"activation {layer['mean_activation']:.4f}")
     return lines
-
-
-# ----------------------------------------------------------------------------- command
-
-
-def add_arguments(parser):
-    parser.add_argument("--model", required=True, help="a .keras or .h5 model file")
-    parser.add_argument("--data", required=True,
-                        help="a folder of images (class subfolders), TFRecord files, a .npy "
-                             "array or file.h5:/dataset")
-    parser.add_argument("--out", default="activations-out",
-                        help="output folder (default activations-out)")
-    parser.add_argument("--layers", nargs="+", help="layer names (default: every convolution)")
-    parser.add_argument("--labels", help="labels for array sources (unused by the statistics)")
-    parser.add_argument("--batch-size", type=int, default=32, help="default 32")
-    parser.add_argument("--preprocess", default="none",
-                        help="none (default), [0,1], [-1,1], caffe or torch")
-    parser.add_argument("--image-size", help="H,W (default: the model's input)")
-    parser.add_argument("--limit", type=int, help="look at the first N images only")
-    parser.add_argument("--images", type=int, default=DEFAULT_SHOWN_IMAGES,
-                        help=f"feature-map grids for the first N images (default "
-                             f"{DEFAULT_SHOWN_IMAGES})")
-    parser.add_argument("--unsafe", action="store_true",
-                        help="allow Lambda layers holding Python code (trusted files only)")
-
-
-def run(args):
-    image_size = None
-    if args.image_size:
-        try:
-            image_size = tuple(int(v) for v in args.image_size.split(","))
-        except ValueError:
-            raise ValueError(f"--image-size must be H,W; got {args.image_size!r}") from None
-    result = activation_statistics(args.model, args.data, out=args.out, layers=args.layers,
-                                   batch_size=args.batch_size, preprocess=args.preprocess,
-                                   image_size=image_size, limit=args.limit, labels=args.labels,
-                                   shown_images=args.images, unsafe=args.unsafe)
-    for line in summary_lines(result):
-        print(line)
-    print(f"wrote {os.path.join(args.out, ACTIVATIONS_FILE)} and {os.path.join(args.out, 'report.html')}")
-    return 0

@@ -1,40 +1,34 @@
-"""The `sightline` command line: it only parses arguments and calls the engine.
+"""The `sightline` command line: the parser and the dispatch. Each command lives in a
+module of its own here (explain.py, index.py, ...) that defines add_arguments(parser) and
+run(args) -> exit code: it parses and calls the engine, nothing else.
 
 Errors in the input end the command with one line on stderr and exit code 2.
 """
 
 import argparse
-import importlib
 import os
 import sys
 
-from sightline.config import add_method_arguments
-from sightline.kernels.methods import METHODS, OPTIONS
+from sightline.cli import activations, audit, bench, demo, explain, index, inspect
+from sightline.kernels.methods import METHODS
 
 EXIT_BAD_INPUT = 2
 
-# Commands implemented in modules of their own: name -> (module, one-line help). Each
-# module defines add_arguments(parser) and run(args) -> exit code; its ValueError and
-# TypeError become one line on stderr and exit code 2, like the commands below.
-MODULE_COMMANDS = {
-    "bench": ("sightline.bench.bench", "images/s of every method against compiled inference and the naive eager loop"),
-    "audit": ("sightline.audit.audit", "audit a finished run for shortcuts: where the evidence sits, "
-                              "per class, against object masks or boxes"),
-    "demo": ("sightline.demo.demo", "generate scenes with a planted shortcut, train two models, explain, "
-                            "audit and report: find the cloudy-sky detector"),
-    "activations": ("sightline.audit.activations", "per-layer activation statistics over a dataset "
-                                          "(dead and saturated channels) and feature-map grids"),
-}
-
-# Options of `sightline explain` that a TOML file (--config) may also give; flags win.
-# The method options (num_copies, baseline, ...) come from the table of methods.
-EXPLAIN_OPTIONS = {
-    "model": str, "data": str, "out": str, "labels": str, "methods": str, "layer": str,
-    "target": str, "batch_size": int, "shard_size": int, "image_size": str,
-    "preprocess": str, "precision": str, "devices": str, "xla": str, "map_size": str,
-    "compression": str, "worker": int, "workers": int, "overwrite": bool, "log_json": bool,
-    "quiet": bool, "unsafe": bool, "tfrecord_image_key": str, "tfrecord_label_key": str,
-    **{name: option.kind for name, option in OPTIONS.items()},
+# name -> (module, one-line help, description or None for the help line)
+COMMANDS = {
+    "explain": (explain, "explain every image of a dataset into HDF5 shards",
+                "Explain every image of a dataset, streaming heatmaps into HDF5 shards with "
+                "a manifest. Run the same command again to resume."),
+    "index": (index, "verify every shard and build index.h5 (after a multi-worker job)", None),
+    "inspect": (inspect, "summarise an output folder and its shards", None),
+    "bench": (bench, "images/s of every method against compiled inference and the naive eager "
+                     "loop", None),
+    "audit": (audit, "audit a finished run for shortcuts: where the evidence sits, per class, "
+                     "against object masks or boxes", None),
+    "demo": (demo, "generate scenes with a planted shortcut, train two models, explain, audit "
+                   "and report: find the cloudy-sky detector", None),
+    "activations": (activations, "per-layer activation statistics over a dataset (dead and "
+                                 "saturated channels) and feature-map grids", None),
 }
 
 
@@ -42,61 +36,14 @@ def build_parser():
     from sightline import __version__
     parser = argparse.ArgumentParser(
         prog="sightline",
-        description="Batch explanation engine for TensorFlow/Keras image classifiers: CAM, "
-                    "Grad-CAM, Grad-CAM++, Score-CAM, saliency, SmoothGrad and Integrated "
-                    "Gradients over "
-                    "whole datasets. The Python API is `from sightline import explain`.")
+        description="Batch explanation engine for TensorFlow/Keras image classifiers: "
+                    f"{', '.join(METHODS)} over whole datasets. The Python API is "
+                    "`from sightline import explain`.")
     parser.add_argument("--version", action="version", version=f"sightline {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    explain = commands.add_parser(
-        "explain", help="explain every image of a dataset into HDF5 shards",
-        description="Explain every image of a dataset, streaming heatmaps into HDF5 shards with "
-                    "a manifest. Run the same command again to resume.")
-    explain.add_argument("--config", help="a TOML file with any of these options; flags win")
-    explain.add_argument("--model", help="a .keras or .h5 file, or a SavedModel directory")
-    explain.add_argument("--data", help="a folder of images (class subfolders give labels), "
-                                        "TFRecord files, a .npy array or file.h5:/dataset")
-    explain.add_argument("--out", help="the output folder")
-    explain.add_argument("--labels", help="labels for array sources: a .npy file or file.h5:/labels")
-    explain.add_argument("--methods", help=f"comma-separated: {', '.join(METHODS)} "
-                                           "(default gradcam)")
-    explain.add_argument("--layer", help="target layer name (default: the last 4-D layer)")
-    explain.add_argument("--target", help="predicted (default), label, or a class index")
-    explain.add_argument("--batch-size", type=int, help="global batch size (default 64)")
-    explain.add_argument("--shard-size", type=int, help="samples per shard (default 1024)")
-    explain.add_argument("--image-size", help="H,W to resize to (default: the model's input)")
-    explain.add_argument("--preprocess", help="none (default), [0,1], [-1,1], caffe or torch")
-    explain.add_argument("--precision", help="float32 (default), mixed_bfloat16, mixed_float16")
-    explain.add_argument("--devices", help="N or all (default all)")
-    explain.add_argument("--xla", help="auto (default: XLA on GPUs), on or off")
-    explain.add_argument("--map-size", help="native (default: CAM maps at layer resolution) or input")
-    explain.add_argument("--compression", help="gzip (default), lzf or none")
-    explain.add_argument("--worker", type=int, help="this worker's index (or from Slurm, "
-                                                    "Kubernetes, TF_CONFIG)")
-    explain.add_argument("--workers", type=int, help="number of workers in the job")
-    add_method_arguments(explain)
-    explain.add_argument("--tfrecord-image-key", help="TFRecord image feature (image/encoded)")
-    explain.add_argument("--tfrecord-label-key", help="TFRecord label feature "
-                                                      "(image/class/label)")
-    explain.add_argument("--overwrite", action="store_true", default=None,
-                         help="replace another run's output in --out")
-    explain.add_argument("--log-json", action="store_true", default=None,
-                         help="progress as JSON lines on stderr")
-    explain.add_argument("--quiet", action="store_true", default=None, help="errors only")
-    explain.add_argument("--unsafe", action="store_true", default=None,
-                         help="allow Lambda layers holding Python code (trusted files only)")
-
-    index = commands.add_parser(
-        "index", help="verify every shard and build index.h5 (after a multi-worker job)")
-    index.add_argument("out", help="the output folder of a job")
-
-    inspect = commands.add_parser("inspect", help="summarise an output folder and its shards")
-    inspect.add_argument("out", help="the output folder of a job")
-
-    for name, (module, summary) in MODULE_COMMANDS.items():
-        sub = commands.add_parser(name, help=summary, description=summary)
-        importlib.import_module(module).add_arguments(sub)
+    for name, (module, summary, description) in COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=description or summary)
+        module.add_arguments(sub)
     return parser
 
 
@@ -108,98 +55,10 @@ def main(argv=None):
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        if args.command == "explain":
-            return _explain(args)
-        if args.command == "index":
-            return _index(args)
-        if args.command == "inspect":
-            return _inspect(args)
-        if args.command in MODULE_COMMANDS:
-            return importlib.import_module(MODULE_COMMANDS[args.command][0]).run(args)
+        return COMMANDS[args.command][0].run(args)
     except (ValueError, TypeError) as error:
         print(f"sightline {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    parser.error(f"unknown command {args.command!r}")
-    return EXIT_BAD_INPUT
-
-
-def explain_options(args):
-    """Options from --config (TOML) overlaid with the flags given, validated by type."""
-    options = {}
-    if args.config:
-        import tomllib
-        try:
-            with open(args.config, "rb") as handle:
-                table = tomllib.load(handle)
-        except OSError as error:
-            raise ValueError(f"config file {args.config!r} is unreadable ({error.strerror})") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"config file {args.config!r} is not valid TOML ({error})") from None
-        table = {key.replace("-", "_"): value for key, value in table.items()}
-        unknown = sorted(set(table) - set(EXPLAIN_OPTIONS))
-        if unknown:
-            raise ValueError(f"config file {args.config!r} has unknown option(s) "
-                             f"{', '.join(unknown)}")
-        for key, value in table.items():
-            if isinstance(value, list) and key in ("methods", "image_size"):
-                value = ",".join(str(v) for v in value)
-            if EXPLAIN_OPTIONS[key] is str and not isinstance(value, str):
-                value = str(value)
-            if EXPLAIN_OPTIONS[key] is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)  # TOML writes 0 for 0.0
-            if not isinstance(value, EXPLAIN_OPTIONS[key]) or (EXPLAIN_OPTIONS[key] is int
-                                                               and isinstance(value, bool)):
-                raise ValueError(f"config option {key} must be {EXPLAIN_OPTIONS[key].__name__}; "
-                                 f"got {value!r}")
-            options[key] = value
-    for key in EXPLAIN_OPTIONS:
-        value = getattr(args, key, None)
-        if value is not None:
-            options[key] = value
-    return options
-
-
-def config_from_options(options):
-    from sightline.config import make_config
-    options = dict(options)
-    methods = tuple(m.strip() for m in options.pop("methods", "gradcam").split(",") if m.strip())
-    if "target" in options:
-        target = options["target"]
-        options["target"] = int(target) if str(target).isdigit() else target
-    if "image_size" in options:
-        try:
-            options["image_size"] = tuple(int(v) for v in str(options["image_size"]).split(","))
-        except ValueError:
-            raise ValueError(f"--image-size must be H,W; got {options['image_size']!r}") from None
-    if "xla" in options:
-        xla = {"auto": "auto", "on": True, "off": False}.get(options["xla"])
-        if xla is None:
-            raise ValueError(f"--xla must be auto, on or off; got {options['xla']!r}")
-        options["xla"] = xla
-    return make_config(methods, **options)
-
-
-def _explain(args):
-    # Options first: a typo fails before TensorFlow (which the runner imports) loads.
-    config = config_from_options(explain_options(args))
-    from sightline.jobs.runner import run_job
-    summary = run_job(config)
-    return summary.exit_code
-
-
-def _index(args):
-    from sightline.store.results import index_output
-    records = index_output(args.out)
-    print(f"sightline index: {len(records)} shard(s) verified, "
-          f"{sum(r['num_samples'] for r in records)} samples in "
-          f"{os.path.join(args.out, 'index.h5')}")
-    return 0
-
-
-def _inspect(args):
-    from sightline.store.results import describe_output
-    print(describe_output(args.out))
-    return 0
 
 
 if __name__ == "__main__":

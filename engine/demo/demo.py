@@ -136,7 +136,8 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
     """The whole demo; returns a dict with per model: train/held-out accuracy, epochs,
     the audit, and the verdict, plus the report path and seconds."""
     check_demo_folder(out)  # before TensorFlow is even imported: a refusal costs nothing
-    from sightline.audit.audit import AUDIT_FILE, run_audit, summary_lines, write_audit
+    from sightline.audit.audit import run_audit
+    from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
     from sightline.config import make_config
     from sightline.demo.scenes import CLASS_NAMES, make_demo_data
     from sightline.jobs.runner import run_job
@@ -203,12 +204,14 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
 
     activation_results = []
     if activations:
-        from sightline.audit.activations import activation_statistics, read_activations
+        from sightline.audit.activations import activation_statistics
+        from sightline.report.activations import write_activations_output
         for name in MODELS:
             folder = os.path.join(out, "activations", name)
-            activation_statistics(results[name]["model"], held_images, out=folder,
-                                  preprocess="[0,1]", batch_size=64)
-            activation_results.append((f"{name} model", read_activations(folder)))
+            statistics = activation_statistics(results[name]["model"], held_images,
+                                               preprocess="[0,1]", batch_size=64)
+            activation_results.append((f"{name} model",
+                                       write_activations_output(folder, statistics)))
         say(f"[5/6] activation statistics of both models in {os.path.join(out, 'activations')}")
 
     report_path = None
@@ -297,32 +300,3 @@ def _intro(results, class_names):
         "<table><tr><th class='text'>model</th><th class='text'>trained on</th><th>epochs</th>"
         "<th>train accuracy</th><th>held-out accuracy</th><th>on-object share</th>"
         "<th>sky share</th><th>audit</th></tr>" + "".join(rows) + "</table>")
-
-
-# ----------------------------------------------------------------------------- command
-
-
-def add_arguments(parser):
-    parser.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--num-train", type=int, default=1600,
-                        help="scenes per training split (default 1600)")
-    parser.add_argument("--num-held-out", type=int, default=400,
-                        help="held-out scenes (default 400)")
-    parser.add_argument("--max-epochs", type=int, default=8, help="default 8")
-
-
-def run(args):
-    for name in ("num_train", "num_held_out", "max_epochs"):
-        if getattr(args, name) < 2:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 2")
-    result = run_demo(args.out, args.seed, num_train=args.num_train,
-                      num_held_out=args.num_held_out, max_epochs=args.max_epochs)
-    return 0 if result["as_expected"] else 1
-
-
-if __name__ == "__main__":  # `python -m sightline.demo.demo ...` = `sightline demo ...`
-    import sys
-
-    from sightline.cli.main import main
-    sys.exit(main(["demo", *sys.argv[1:]]))

@@ -7,24 +7,25 @@ have no verified record, so it ends with exactly the output of an uninterrupted 
 """
 
 import dataclasses
-import hashlib
 import math
 import os
-import signal
-import sys
-import threading
 import time
+import types
 
 import numpy as np
 
 from sightline.config import ExplainConfig
-from sightline.store.manifest import MANIFEST_FILE, fingerprint_hash
-from sightline.store.manifest import write_manifest as write_manifest_file
+from sightline.store.manifest import MANIFEST_FILE, ManifestWriter, fingerprint_hash
 from sightline.store.shards import (INDEX_FILE, SHARD_DIRECTORY, ShardWriter, build_index,
                            remove_stale_temporaries, shard_name, verify_shard)
+from sightline.jobs.provenance import method_parameters, run_fingerprint, run_provenance
+from sightline.jobs.signals import Interrupted, install_signal_handlers, restore_signal_handlers
 from sightline.jobs.workers import resolve_worker, shards_of
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# A finished shard rewrites manifest.json at most this often: the shard's own record is
+# what a resume trusts, and the file holds every shard, so writing it per shard would
+# cost O(S) per shard. The end of the run (or a stop) always writes it.
+MANIFEST_SECONDS = 2.0
 
 
 @dataclasses.dataclass
@@ -123,25 +124,80 @@ class _ShardProgress:
         self.current = None
 
 
-class Interrupted(Exception):
-    def __init__(self, signum):
-        super().__init__(f"stopped by signal {signum}")
-        self.exit_code = EXIT_CODES.get(signum, 1)
-
-
 def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     """Run (or resume) a dataset job. Raises ValueError/TypeError before any work when
     the input is bad; returns a summary whose exit_code is 130/143 after SIGINT/SIGTERM."""
-    import tensorflow as tf
-
-    from sightline.model.adapter import adapt_model
-    from sightline.data.pipeline import shard_batches
     from sightline.jobs.progress import Progress
-    from sightline.data.sources import open_source
-    from sightline.compute.step import build_step, check_methods
-    from sightline.compute.strategy import make_strategy
 
     started = time.monotonic()
+    plan = _plan(config)
+    manifest = ManifestWriter(plan.out, plan.run, plan.provenance, plan.ranges,
+                              fingerprint=plan.fingerprint, interval=MANIFEST_SECONDS)
+    manifest.reload()
+    manifest.write()
+    progress = Progress(sum(plan.ranges[s][1] - plan.ranges[s][0] for s in plan.mine),
+                        log_json=config.log_json, quiet=config.quiet, stream=progress_stream)
+    writer = ShardWriter(plan.out, plan.num_shards, plan.layout, compression=config.compression,
+                         on_finished=manifest.shard_finished, fingerprint=plan.fingerprint,
+                         worker=plan.worker, workers=plan.workers)
+    stop_signal = []
+    job, reused = None, 0
+    timer = _Timer()
+    exit_code = 0
+    previous_handlers = install_signal_handlers(stop_signal)
+    try:
+        pending, reused = _pending_shards(plan, stop_signal, progress)
+        job = _ShardProgress(plan.source, writer, progress, [plan.ranges[s] for s in pending],
+                             pending)
+        if stop_signal:
+            raise Interrupted(stop_signal[0])
+        if pending:
+            _explain_shards(config, plan, pending, job, stop_signal, timer)
+        writer.close()
+        timer.stop()
+    except Interrupted as interrupted:
+        writer.abort()
+        writer.close()
+        exit_code = interrupted.exit_code
+        progress.event("stopped", message="signal received; finished shards are kept, run "
+                                          "the same command again to continue")
+    except BaseException:
+        try:
+            writer.abort()
+            writer.close()
+        except BaseException:  # noqa: BLE001 - the first error is the one to report
+            pass
+        raise
+    finally:
+        restore_signal_handlers(previous_handlers)
+        manifest.write()
+
+    index_built = False
+    if exit_code == 0:
+        manifest.reload()  # the other workers' shards too
+        if all(record is not None for record in manifest.records):
+            build_index(plan.out, plan.num_shards, fingerprint=plan.fingerprint)
+            index_built = True
+        manifest.write()
+    summary = JobSummary(
+        images=job.images if job else 0, skipped=job.skipped if job else 0,
+        shards_written=job.written if job else 0,
+        shards_reused=reused, shards_total=plan.num_shards,
+        startup_seconds=round(timer.startup, 2),
+        images_per_second=round(timer.steady_rate(), 2),
+        wall_seconds=round(time.monotonic() - started, 2), index_built=index_built,
+        exit_code=exit_code)
+    progress.summary(**{k: v for k, v in dataclasses.asdict(summary).items() if k != "exit_code"})
+    return summary
+
+
+def _plan(config):
+    """Validate everything and plan the shards, before any work: the job's fixed parts."""
+    from sightline.compute.step import build_step, check_methods
+    from sightline.compute.strategy import make_strategy
+    from sightline.data.sources import open_source
+    from sightline.model.adapter import adapt_model
+
     for name in ("model", "data", "out"):
         if getattr(config, name) is None:
             raise ValueError(f"a dataset job needs {name}: pass --{name}")
@@ -165,29 +221,46 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
 
     num_shards = math.ceil(source.num_samples / config.shard_size)
     mine = shards_of(worker, workers, num_shards)
-    run = _run_fingerprint(config, adapter, source, image_shape)
-    fingerprint = fingerprint_hash(run)
+    run = run_fingerprint(config, adapter, source, image_shape)
     _claim_out_folder(out, run, config.overwrite, mine, num_shards)
     remove_stale_temporaries(out, mine, num_shards)
-    provenance = _provenance(config, adapter, replicas, workers)
-    manifest_lock = threading.Lock()
-
-    ranges = [_shard_range(s, config.shard_size, source.num_samples) for s in range(num_shards)]
-
-    def write_manifest(*_):
-        with manifest_lock:
-            write_manifest_file(out, run, provenance, ranges, fingerprint=fingerprint)
-
-    write_manifest()
-
     map_shapes = _map_shapes(config, adapter, image_shape)
     encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
-    layout = {
-        "maps": map_shapes,
-        "key_length": max(1, encoded_keys.itemsize),
-        "attributes": _shard_attributes(config, adapter, image_shape, map_shapes),
-    }
-    step = build_step(adapter, config, config.batch_size // replicas, image_shape)
+    return types.SimpleNamespace(
+        out=out, worker=worker, workers=workers, strategy=strategy, source=source,
+        image_shape=image_shape, num_shards=num_shards, mine=mine, run=run,
+        fingerprint=fingerprint_hash(run), encoded_keys=encoded_keys,
+        provenance=run_provenance(config, adapter, replicas, workers),
+        ranges=[_shard_range(s, config.shard_size, source.num_samples)
+                for s in range(num_shards)],
+        layout={"maps": map_shapes, "key_length": max(1, encoded_keys.itemsize),
+                "attributes": _shard_attributes(config, adapter, image_shape, map_shapes)},
+        step=build_step(adapter, config, config.batch_size // replicas, image_shape))
+
+
+def _pending_shards(plan, stop_signal, progress):
+    """(this worker's shards still to do, how many are done and verified)."""
+    pending, reused = [], 0
+    # On a large resume, checksumming the finished shards reads them all and takes a
+    # while: a signal during it must end the run as cleanly as one between batches.
+    for shard in plan.mine:
+        if stop_signal:
+            raise Interrupted(stop_signal[0])
+        if verify_shard(plan.out, shard, plan.num_shards,
+                        fingerprint=plan.fingerprint)[0] is None:
+            pending.append(shard)
+        else:
+            reused += 1
+            progress.advance(plan.ranges[shard][1] - plan.ranges[shard][0])
+    return pending, reused
+
+
+def _explain_shards(config, plan, pending, job, stop_signal, timer):
+    """Stream the pending shards' batches through the step on every device, into `job`."""
+    import tensorflow as tf
+
+    from sightline.data.pipeline import shard_batches
+    strategy, step = plan.strategy, plan.step
 
     @tf.function
     def distributed_step(images, targets, index):
@@ -195,84 +268,21 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
         # Python callable around it works.
         return strategy.run(lambda i, t, s: step(i, t, s), args=(images, targets, index))
 
-    progress = Progress(sum(ranges[s][1] - ranges[s][0] for s in mine),
-                        log_json=config.log_json, quiet=config.quiet, stream=progress_stream)
-    writer = ShardWriter(out, num_shards, layout, compression=config.compression,
-                         on_finished=write_manifest, fingerprint=fingerprint, worker=worker,
-                         workers=workers)
-    stop_signal = []
-    pending, reused = [], 0
-    job = None
-    timer = _Timer()
-    exit_code = 0
-    previous_handlers = _install_signal_handlers(stop_signal)
-    try:
-        # On a large resume, checksumming the finished shards reads them all and takes
-        # a while: a signal during it must end the run as cleanly as one between batches.
-        for shard in mine:
-            if stop_signal:
-                raise Interrupted(stop_signal[0])
-            if verify_shard(out, shard, num_shards, fingerprint=fingerprint)[0] is None:
-                pending.append(shard)
-            else:
-                reused += 1
-                progress.advance(ranges[shard][1] - ranges[shard][0])
-        job = _ShardProgress(source, writer, progress, [ranges[s] for s in pending], pending)
+    dataset = shard_batches(plan.source, [plan.ranges[s] for s in pending],
+                            batch_size=config.batch_size, image_size=plan.image_shape[:2],
+                            channels=plan.image_shape[2], preprocessing=config.preprocess)
+    dataset = dataset.map(_with_targets(config))
+    for element in strategy.experimental_distribute_dataset(dataset):
         if stop_signal:
             raise Interrupted(stop_signal[0])
-        if pending:
-            dataset = shard_batches(source, [ranges[s] for s in pending],
-                                    batch_size=config.batch_size, image_size=image_shape[:2],
-                                    channels=image_shape[2], preprocessing=config.preprocess)
-            dataset = dataset.map(_with_targets(config))
-            for element in strategy.experimental_distribute_dataset(dataset):
-                if stop_signal:
-                    raise Interrupted(stop_signal[0])
-                outputs = distributed_step(element["images"], element["targets"],
-                                           element["index"])
-                arrays = _host_arrays(strategy, outputs, element, encoded_keys)
-                position = int(strategy.experimental_local_results(element["position"])[0][0])
-                job.add(position, arrays)
-                timer.batch_done(len(arrays["sample/index"]))
-            if stop_signal:
-                raise Interrupted(stop_signal[0])
-            job.close_all()
-        writer.close()
-        timer.stop()
-    except Interrupted as interrupted:
-        writer.abort()
-        writer.close()
-        exit_code = interrupted.exit_code
-        progress.event("stopped", message="signal received; finished shards are kept, run "
-                                          "the same command again to continue")
-    except BaseException:
-        try:
-            writer.abort()
-            writer.close()
-        except BaseException:  # noqa: BLE001 - the first error is the one to report
-            pass
-        raise
-    finally:
-        _restore_signal_handlers(previous_handlers)
-        write_manifest()
-
-    index_built = False
-    if exit_code == 0 and all(verify_shard(out, s, num_shards, checksum=False,
-                                           fingerprint=fingerprint)[0]
-                              for s in range(num_shards)):
-        build_index(out, num_shards, fingerprint=fingerprint)
-        index_built = True
-        write_manifest()
-    wall = time.monotonic() - started
-    summary = JobSummary(
-        images=job.images if job else 0, skipped=job.skipped if job else 0,
-        shards_written=job.written if job else 0,
-        shards_reused=reused, shards_total=num_shards,
-        startup_seconds=round(timer.startup, 2),
-        images_per_second=round(timer.steady_rate(), 2),
-        wall_seconds=round(wall, 2), index_built=index_built, exit_code=exit_code)
-    progress.summary(**{k: v for k, v in dataclasses.asdict(summary).items() if k != "exit_code"})
-    return summary
+        outputs = distributed_step(element["images"], element["targets"], element["index"])
+        arrays = _host_arrays(strategy, outputs, element, plan.encoded_keys)
+        position = int(strategy.experimental_local_results(element["position"])[0][0])
+        job.add(position, arrays)
+        timer.batch_done(len(arrays["sample/index"]))
+    if stop_signal:
+        raise Interrupted(stop_signal[0])
+    job.close_all()
 
 
 # ----------------------------------------------------------------------------- validation
@@ -404,67 +414,6 @@ def _map_shapes(config, adapter, image_shape):
     return shapes
 
 
-# ----------------------------------------------------------------------------- manifest
-
-
-def model_digest(path):
-    """sha256 of a model file, or of a SavedModel directory's files in sorted order."""
-    digest = hashlib.sha256()
-    if os.path.isdir(path):
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                full = os.path.join(root, name)
-                digest.update(os.path.relpath(full, path).encode())
-                with open(full, "rb") as handle:
-                    for chunk in iter(lambda: handle.read(1 << 20), b""):
-                        digest.update(chunk)
-        return digest.hexdigest()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def method_parameters(config):
-    """The options that shape the maps, per requested method."""
-    from sightline.config import method_options
-    return {method: method_options(config, method) for method in config.methods}
-
-
-def _run_fingerprint(config, adapter, source, image_shape):
-    """What must match for an existing output folder to be resumed.
-
-    The source is named by its path, and what it holds by a hash of its sample keys
-    and of its labels (the --labels file, the TFRecord label key, class folders): one
-    pass over N short strings, where hashing the images themselves would read the
-    whole dataset again.
-    """
-    keys_digest = hashlib.sha256("\0".join(source.keys).encode("utf-8")).hexdigest()
-    labels = np.ascontiguousarray(source.labels, "<i4")
-    labels_digest = hashlib.sha256(labels.tobytes()).hexdigest()
-    return {
-        "model_sha256": model_digest(config.model),
-        "layer": adapter.layer_name,
-        "logits_layer": adapter.logits_layer,
-        "methods": list(config.methods),
-        "parameters": method_parameters(config),
-        "normalize": config.normalize,
-        "map_size": config.map_size,
-        "precision": config.precision,
-        "target": config.target,
-        "source": source.description,
-        "num_samples": source.num_samples,
-        "keys_sha256": keys_digest,
-        "labels_sha256": labels_digest,
-        "tfrecord_keys": ({"image": source.image_key, "label": source.label_key}
-                          if source.kind == "tfrecord" else None),
-        "image_shape": list(image_shape),
-        "preprocess": config.preprocess,
-        "shard_size": config.shard_size,
-    }
-
-
 def _claim_out_folder(out, run, overwrite, mine, num_shards):
     import json
     path = os.path.join(out, MANIFEST_FILE)
@@ -492,51 +441,3 @@ def _claim_out_folder(out, run, overwrite, mine, num_shards):
         os.remove(os.path.join(out, INDEX_FILE))
 
 
-def _provenance(config, adapter, replicas, workers):
-    import platform
-
-    import h5py
-    import keras
-    import tensorflow as tf
-
-    from sightline import __version__
-    try:
-        import tf_keras
-        tf_keras_version = tf_keras.__version__
-    except ImportError:  # pragma: no cover
-        tf_keras_version = None
-    return {
-        "model": os.path.abspath(config.model),
-        "model_flavor": adapter.flavor,
-        "batch_size": config.batch_size,
-        "replicas": replicas,
-        "workers": workers,
-        "xla": config.xla,
-        "software": {"sightline": __version__, "python": platform.python_version(),
-                     "tensorflow": tf.__version__, "keras": keras.__version__,
-                     "tf_keras": tf_keras_version, "numpy": np.__version__,
-                     "h5py": h5py.__version__},
-    }
-
-
-# ----------------------------------------------------------------------------- signals
-
-
-def _install_signal_handlers(stop_signal):
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        if stop_signal:  # a second signal: stop now
-            raise KeyboardInterrupt
-        stop_signal.append(signum)
-        print("sightline: stopping after this batch (signal again to stop at once)",
-              file=sys.stderr, flush=True)
-
-    return {signum: signal.signal(signum, handler) for signum in EXIT_CODES}
-
-
-def _restore_signal_handlers(previous):
-    if previous:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

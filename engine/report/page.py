@@ -16,6 +16,11 @@ import re
 
 import numpy as np
 
+from sightline.audit.masks import open_masks
+from sightline.audit.metrics import resize_maps
+from sightline.report import figures
+from sightline.store.results import open_results
+
 REPORT_FILE = "report.html"
 
 _STYLE = """
@@ -102,8 +107,6 @@ def _load_display_images(audit, items):
 
 
 def _worst_items(audit):
-    from sightline.audit.audit import open_masks, resize_maps
-    from sightline.store.results import open_results
     items = audit.get("worst") or []
     if not items:
         return []
@@ -132,10 +135,8 @@ def _worst_items(audit):
 # ----------------------------------------------------------------------------- sections
 
 
-def _audit_section(folder, title, audit):
-    from sightline.report import figures
-    slug = _slug(title)
-    parts = [f'<h2 id="{slug}">{html.escape(title)}</h2>']
+def _verdict(audit):
+    """(the verdict line of one audit, its CSS class)."""
     flagged = audit["flagged"]
     if audit["masks"] is None:
         verdict = ("nothing flagged: no masks or boxes were given, so only the mask-free "
@@ -159,6 +160,13 @@ def _audit_section(folder, title, audit):
         verdict = "not flagged: the evidence sits on the object" + (
             " in every class" if not exceptions else ", except for " + "; and ".join(exceptions))
         css = "ok"
+    return verdict, css
+
+
+def _audit_section(folder, title, audit):
+    slug = _slug(title)
+    parts = [f'<h2 id="{slug}">{html.escape(title)}</h2>']
+    verdict, css = _verdict(audit)
     parts.append(f'<p class="verdict {css}">{html.escape(verdict)}</p>')
     parts.append(f'<p class="note">method <code>{html.escape(audit["method"])}</code>, '
                  f'{audit["num_images"]} images, maps stored at '

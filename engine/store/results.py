@@ -1,12 +1,14 @@
-"""Reading an output folder back: maps by sample index or key, the index step, and a
-human summary for `sightline inspect`."""
+"""Reading an output folder back, the store's one reader: maps by sample index or key,
+streamed chunks for the audit, the index step, and a human summary for `sightline
+inspect`."""
 
 import os
 
 import numpy as np
 
 from sightline.store.manifest import MANIFEST_FILE, read_manifest, refresh_manifest
-from sightline.store.shards import INDEX_FILE, build_index, remove_stale_temporaries, verify_shard
+from sightline.store.shards import (INDEX_FILE, PER_SHARD_ATTRIBUTES, build_index,
+                                    remove_stale_temporaries, verify_shard, verify_shards)
 
 # What `sightline inspect` calls a shard, by the kind of its problem (see ShardProblem).
 INSPECT_STATES = {"missing": "pending", "unfinished": "pending", "lost": "missing",
@@ -24,30 +26,61 @@ def index_output(out):
 
 
 class Results:
-    """The maps of a finished run, read lazily from index.h5.
+    """The maps of a complete run, read lazily: from index.h5 when it was built, else
+    straight from the run's verified shards (a multi-worker job before `sightline
+    index`), in source order either way.
 
     results.methods, len(results), results.sample_indices (int64 [N], source order)
+    results.manifest, results.attrs (the run's shard attributes: input_size, store, ...)
+    results.map_shape(method) -> (h, w) as stored
+    results.chunks(names, rows=256) -> dicts {name: array of at most `rows` rows}, in
+        source order: the streaming read (memory flat in N)
     results.heatmap(method, index=i) or (method, key="cat/001.jpg") -> float32 [h,w]
         (scaled to [0, 1]; raw=True multiplies the scale back: ReLU of the raw map)
     results.sample(index=i) -> dict of the sample's label, target, class, score, key
-    results.read(name) -> a whole dataset, e.g. "pred/class", "heatmaps/gradcam_scale"
+    results.read(name) -> a whole dataset, e.g. "pred/class" (per-sample vectors only:
+        a whole heatmap dataset does not fit in memory for a large run)
+
+    checksum: verify the shards' sha256 when there is no index (the index step did).
     """
 
-    def __init__(self, out):
+    def __init__(self, out, *, checksum=True):
         import h5py
+        self._h5py = h5py
         self.out = out
         self.manifest = read_manifest(out)
-        path = os.path.join(out, INDEX_FILE)
-        if not os.path.exists(path):
-            raise ValueError(f"{out!r} has no {INDEX_FILE} yet: the run is not complete "
-                             f"({self.manifest['shards_complete']} of "
-                             f"{self.manifest['num_shards']} shards); finish it, or run "
-                             f"`sightline index {out}` after a multi-worker job")
-        self.file = h5py.File(path, "r")
         self.methods = tuple(self.manifest["run"]["methods"])
-        self.sample_indices = self.file["sample/index"][:]
+        index_path = os.path.join(out, INDEX_FILE)
+        self.indexed = os.path.exists(index_path)
+        self._paths = [index_path] if self.indexed else self._shard_paths(checksum)
+        counts, indices = [], []
+        for path in self._paths:
+            with h5py.File(path, "r") as handle:
+                indices.append(handle["sample/index"][:])
+                counts.append(len(indices[-1]))
+                if path == self._paths[0]:
+                    self.attrs = {k: v for k, v in handle.attrs.items()
+                                  if k not in PER_SHARD_ATTRIBUTES}
+                    self._map_shapes = {m: tuple(handle[f"heatmaps/{m}"].shape[1:])
+                                        for m in self.methods}
+        self._offsets = np.cumsum([0, *counts])  # part p holds rows [offsets[p], offsets[p+1])
+        self.sample_indices = np.concatenate(indices) if indices else np.zeros(0, np.int64)
         self._row_of_index = {int(i): row for row, i in enumerate(self.sample_indices)}
         self._row_of_key = None
+        self._open_part, self._open_handle = None, None
+
+    def _shard_paths(self, checksum):
+        num_shards = self.manifest["num_shards"]
+        records, problems = verify_shards(self.out, num_shards, checksum=checksum,
+                                          fingerprint=self.manifest.get("fingerprint"))
+        if problems:
+            raise ValueError(f"{self.out!r} is not complete: {len(problems)} of {num_shards} "
+                             f"shard(s) are not finished shards of this run "
+                             f"({'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}); "
+                             "run the job again to finish them")
+        if not records:
+            raise ValueError(f"{self.out!r} holds no shards")
+        return [os.path.join(self.out, record["file"]) for record in records]
 
     def __len__(self):
         return len(self.sample_indices)
@@ -59,14 +92,50 @@ class Results:
         self.close()
 
     def close(self):
-        self.file.close()
+        if self._open_handle is not None:
+            self._open_handle.close()
+        self._open_part, self._open_handle = None, None
+
+    def _part(self, part):
+        """The open file of one part (index.h5, or one shard); one file open at a time."""
+        if self._open_part != part:
+            self.close()
+            self._open_handle = self._h5py.File(self._paths[part], "r")
+            self._open_part = part
+        return self._open_handle
+
+    def _locate(self, row):
+        part = int(np.searchsorted(self._offsets, row, side="right")) - 1
+        return self._part(part), row - int(self._offsets[part])
+
+    def map_shape(self, method):
+        self._check_method(method)
+        return self._map_shapes[method]
+
+    def _check_method(self, method):
+        if method not in self.methods:
+            raise KeyError(f"method {method!r} was not run; this run has {', '.join(self.methods)}")
+
+    def chunks(self, names, rows=256):
+        """Yield {name: array} of at most `rows` consecutive samples, in source order; a
+        chunk never spans two shards."""
+        names = list(names)
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"rows must be an integer >= 1; got {rows!r}")
+        # Files of their own: heatmap() between two chunks must not close them.
+        for part, path in enumerate(self._paths):
+            count = int(self._offsets[part + 1] - self._offsets[part])
+            with self._h5py.File(path, "r") as handle:
+                for start in range(0, count, rows):
+                    stop = min(count, start + rows)
+                    yield {name: handle[name][start:stop] for name in names}
 
     def row(self, index=None, key=None):
         if (index is None) == (key is None):
             raise TypeError("pass exactly one of index= or key=")
         if key is not None:
             if self._row_of_key is None:
-                keys = self.file["sample/key"][:]
+                keys = self.read("sample/key")
                 self._row_of_key = {k.decode("utf-8"): row for row, k in enumerate(keys)}
             if key not in self._row_of_key:
                 raise KeyError(f"no sample with key {key!r} (skipped, or not in this run)")
@@ -76,32 +145,36 @@ class Results:
         return self._row_of_index[int(index)]
 
     def heatmap(self, method, index=None, key=None, raw=False):
-        if method not in self.methods:
-            raise KeyError(f"method {method!r} was not run; this run has {', '.join(self.methods)}")
-        row = self.row(index=index, key=key)
-        values = self.file[f"heatmaps/{method}"][row].astype(np.float32)
+        self._check_method(method)
+        handle, row = self._locate(self.row(index=index, key=key))
+        values = handle[f"heatmaps/{method}"][row].astype(np.float32)
         if raw:
-            values = values * self.file[f"heatmaps/{method}_scale"][row]
+            values = values * handle[f"heatmaps/{method}_scale"][row]
         return values
 
     def sample(self, index=None, key=None):
         row = self.row(index=index, key=key)
+        handle, local = self._locate(row)
         return {
             "index": int(self.sample_indices[row]),
-            "key": self.file["sample/key"][row].decode("utf-8"),
-            "label": int(self.file["sample/label"][row]),
-            "target": int(self.file["pred/target"][row]),
-            "predicted": int(self.file["pred/class"][row]),
-            "score": float(self.file["pred/score"][row]),
+            "key": handle["sample/key"][local].decode("utf-8"),
+            "label": int(handle["sample/label"][local]),
+            "target": int(handle["pred/target"][local]),
+            "predicted": int(handle["pred/class"][local]),
+            "score": float(handle["pred/score"][local]),
         }
 
     def read(self, name):
-        return self.file[name][:]
+        parts = [chunk[name] for chunk in self.chunks([name], rows=1 << 20)]
+        if parts:
+            return np.concatenate(parts)
+        with self._h5py.File(self._paths[0], "r") as handle:
+            return handle[name][:0]
 
 
-def open_results(out):
-    """Open the output folder of a finished `sightline explain` run."""
-    return Results(out)
+def open_results(out, *, checksum=True):
+    """Open the output folder of a complete `sightline explain` run, indexed or not."""
+    return Results(out, checksum=checksum)
 
 
 def describe_output(out):

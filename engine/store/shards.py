@@ -12,16 +12,16 @@ workers have not reached yet) is redone too, and never indexed.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import queue
-import re
-import socket
 import threading
-import time
 
 import numpy as np
+
+from sightline.store.files import (FOREIGN_TEMPORARY_SECONDS, TEMPORARY_MARK,  # noqa: F401
+                                   fsync_directory, remove_quietly, sha256_of, temporary_path,
+                                   write_json_atomic, writer_is_gone)
 
 SHARD_DIRECTORY = "shards"
 # Heatmap chunks hold several maps, up to this many bytes (or MAX_CHUNK_ROWS maps): HDF5
@@ -31,17 +31,15 @@ SHARD_DIRECTORY = "shards"
 CHUNK_BYTES = 64 * 1024
 MAX_CHUNK_ROWS = 256
 INDEX_FILE = "index.h5"
+# Attributes that describe one shard, not the run: the index (and the reader of a run
+# without one) leaves them out of the run's attributes.
+PER_SHARD_ATTRIBUTES = ("shard", "sample_start", "sample_stop", "num_samples", "worker",
+                        "workers")
 MANIFEST_FILE = "manifest.json"
 SCALAR_DATASETS = {
     "sample/index": np.int64, "sample/label": np.int32, "pred/target": np.int32,
     "pred/class": np.int32, "pred/score": np.float32,
 }
-TEMPORARY_MARK = ".tmp-"
-# Workers on other nodes share the folder, and whether their process is alive cannot be
-# asked from here: their temporaries go only once untouched this long. Every write
-# behind a shared temporary (the manifest, index.h5) takes seconds at most.
-FOREIGN_TEMPORARY_SECONDS = 3600
-_HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
 
 
 def map_chunk_rows(height, width):
@@ -57,85 +55,6 @@ def shard_name(shard, num_shards):
 def shard_paths(out, shard, num_shards):
     base = os.path.join(out, SHARD_DIRECTORY, shard_name(shard, num_shards))
     return base + ".h5", base + ".json"
-
-
-def sha256_of(path, block=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(block), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def temporary_path(path):
-    """The name `path` is written under before its rename. It names the writer (pid,
-    thread, host) so that a later run can tell a dead writer's leftover from a file
-    that a live worker is still writing."""
-    return f"{path}{TEMPORARY_MARK}{os.getpid()}-{threading.get_ident()}@{_HOST}"
-
-
-def _temporary_writer(name):
-    """(pid, thread, host) from a temporary_path name, or None when it is not one."""
-    match = re.search(re.escape(TEMPORARY_MARK) + r"(\d+)-(\d+)@([^/]+)$", name)
-    if match is None:
-        return None
-    return int(match.group(1)), int(match.group(2)), match.group(3)
-
-
-def _writer_is_gone(path):
-    """True when nobody can still be writing this temporary file."""
-    writer = _temporary_writer(os.path.basename(path))
-    if writer is not None and writer[2] == _HOST:
-        pid, thread, _ = writer
-        if pid == os.getpid():
-            return thread not in {t.ident for t in threading.enumerate()}
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, owned by another user
-            return False
-        return False
-    try:
-        return time.time() - os.stat(path).st_mtime > FOREIGN_TEMPORARY_SECONDS
-    except FileNotFoundError:
-        return False
-
-
-def _remove_quietly(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-def write_json_atomic(path, payload):
-    """Write JSON under a temporary name, fsync, rename: readers see old or new, whole."""
-    temporary = temporary_path(path)
-    try:
-        with open(temporary, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        _remove_quietly(temporary)
-        raise
-    _fsync_directory(os.path.dirname(path) or ".")
-
-
-def _fsync_directory(path):
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def read_record(out, shard, num_shards):
@@ -357,7 +276,7 @@ class _OpenShard:
         finally:
             os.close(descriptor)
         os.replace(self.temporary, self.path)
-        _fsync_directory(os.path.dirname(self.path))
+        fsync_directory(os.path.dirname(self.path))
         record = {
             "shard": self.shard, "file": os.path.relpath(self.path, self.writer.out),
             "sample_start": self.start, "sample_stop": self.stop, "num_samples": self.count,
@@ -375,7 +294,7 @@ class _OpenShard:
             except Exception:  # noqa: BLE001 - the file is being thrown away
                 pass
             self.handle = None
-        _remove_quietly(self.temporary)
+        remove_quietly(self.temporary)
 
 
 def remove_stale_temporaries(out, shards=(), num_shards=None):
@@ -385,7 +304,7 @@ def remove_stale_temporaries(out, shards=(), num_shards=None):
     writes these shards, so whatever is there was left by an earlier process; another
     worker's shard temporaries are that worker's to remove, as it may be writing them.
     Temporaries in OUT itself (manifest.json, index.h5, ...), which every worker
-    writes: only those whose writer is known to be gone (see _writer_is_gone).
+    writes: only those whose writer is known to be gone (see writer_is_gone).
     """
     removed = []
     folder = os.path.join(out, SHARD_DIRECTORY)
@@ -395,15 +314,28 @@ def remove_stale_temporaries(out, shards=(), num_shards=None):
             final, mark, _ = name.partition(TEMPORARY_MARK)
             stem, extension = os.path.splitext(final)
             if mark and stem in own and extension in (".h5", ".json"):
-                _remove_quietly(os.path.join(folder, name))
+                remove_quietly(os.path.join(folder, name))
                 removed.append(os.path.join(folder, name))
     if os.path.isdir(out):
         for name in os.listdir(out):
             path = os.path.join(out, name)
-            if TEMPORARY_MARK in name and os.path.isfile(path) and _writer_is_gone(path):
-                _remove_quietly(path)
+            if TEMPORARY_MARK in name and os.path.isfile(path) and writer_is_gone(path):
+                remove_quietly(path)
                 removed.append(path)
     return removed
+
+
+def verify_shards(out, num_shards, *, checksum=True, fingerprint=None):
+    """(records, problems) of every shard in shard order: records[s] is None where
+    problems holds a line "shard-....h5: why" for it (see verify_shard)."""
+    records, problems = [], []
+    for shard in range(num_shards):
+        record, problem = verify_shard(out, shard, num_shards, checksum=checksum,
+                                       fingerprint=fingerprint)
+        if problem:
+            problems.append(f"{shard_name(shard, num_shards)}.h5: {problem}")
+        records.append(record)
+    return records, problems
 
 
 def build_index(out, num_shards, *, checksum=True, fingerprint=None):
@@ -415,13 +347,7 @@ def build_index(out, num_shards, *, checksum=True, fingerprint=None):
     output folder can be moved as a whole.
     """
     import h5py
-    records, problems = [], []
-    for shard in range(num_shards):
-        record, problem = verify_shard(out, shard, num_shards, checksum=checksum,
-                                       fingerprint=fingerprint)
-        if problem:
-            problems.append(f"{shard_name(shard, num_shards)}.h5: {problem}")
-        records.append(record)
+    records, problems = verify_shards(out, num_shards, checksum=checksum, fingerprint=fingerprint)
     if problems:
         raise ValueError(f"cannot build {INDEX_FILE}: {len(problems)} of {num_shards} shard(s) "
                          f"are not finished shards of this run: {'; '.join(problems[:5])}"
@@ -439,7 +365,7 @@ def build_index(out, num_shards, *, checksum=True, fingerprint=None):
         _write_index(temporary, specs, records, attributes, total)
         os.replace(temporary, os.path.join(out, INDEX_FILE))
     except BaseException:
-        _remove_quietly(temporary)
+        remove_quietly(temporary)
         raise
     return records
 
@@ -458,7 +384,6 @@ def _write_index(temporary, specs, records, attributes, total):
                 offset += count
             index.create_virtual_dataset(name, layout)
         for key, value in attributes.items():
-            if key not in ("shard", "sample_start", "sample_stop", "num_samples", "worker",
-                           "workers"):
+            if key not in PER_SHARD_ATTRIBUTES:
                 index.attrs[key] = value
         index.attrs["num_samples"] = total

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sightline.audit.activations import activation_statistics, read_activations
+from sightline.report.activations import write_activations_output
 from sightline.cli.main import main
 
 
@@ -46,7 +47,7 @@ def setup(tmp_path_factory):
 def test_statistics_match_numpy(setup):
     root = setup["root"]
     result = activation_statistics(str(root / "model.keras"), str(root / "images.npy"),
-                                   out=str(root / "out"), batch_size=4)
+                                   batch_size=4)
     probe = keras.Model(setup["model"].inputs, [setup["model"].get_layer(n).output
                                                 for n in ("relu_layer", "sigmoid_layer")])
     expected = [np.asarray(v, np.float64) for v in probe.predict(setup["images"], verbose=0)]
@@ -70,9 +71,11 @@ def test_statistics_match_numpy(setup):
 def test_files_report_and_reading_back(setup):
     root = setup["root"]
     out = str(root / "files")
-    activation_statistics(str(root / "model.keras"), str(root / "images.npy"), out=out,
-                          batch_size=8, shown_images=2)
+    result = activation_statistics(str(root / "model.keras"), str(root / "images.npy"),
+                                   batch_size=8, shown_images=2)
+    written = write_activations_output(out, result)
     saved = read_activations(out)
+    assert saved["files"] == written["files"]
     assert set(saved["files"]) == {"stats", "featuremaps/relu_layer", "featuremaps/sigmoid_layer"}
     for path in saved["files"].values():
         with open(path, "rb") as handle:

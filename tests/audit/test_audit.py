@@ -1,4 +1,4 @@
-"""sightline.audit.audit: every metric against a NumPy reference written differently (loops over
+"""sightline.audit (audit, metrics, masks, summary): every metric against a NumPy reference written differently (loops over
 pixels and images), the flag rule, streaming, mask sources and their errors, the CLI."""
 
 import csv
@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sightline.audit.audit import (EXIT_FLAGGED, bilinear_matrix, image_metrics, parse_region,
-                          peak_mean, peak_spread, resize_maps, run_audit, summary_lines)
+from sightline.audit.audit import EXIT_FLAGGED, run_audit
+from sightline.audit.masks import parse_region
+from sightline.audit.metrics import bilinear_matrix, image_metrics, peak_mean, peak_spread, resize_maps
+from sightline.audit.summary import summary_lines
 from sightline.cli.main import build_parser, main
 from tests.audit import audit_runs
 from tests.audit.audit_runs import CLASSES, SIZE, shortcut_run, stored_maps, write_run

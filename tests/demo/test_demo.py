@@ -104,7 +104,7 @@ def test_activations_of_the_demo_models_are_sane(demo):
 def test_demo_command_is_registered_and_checks_its_arguments(capsys):
     parser = build_parser()
     args = parser.parse_args(["demo", "--out", "x", "--num-train", "1"])
-    from sightline.demo.demo import run
+    from sightline.cli.demo import run
     with pytest.raises(ValueError, match="--num-train must be at least 2"):
         run(args)
     for command in ("audit", "activations"):

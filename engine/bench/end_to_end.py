@@ -1,0 +1,134 @@
+"""The end-to-end job (decode -> explain -> HDF5) against explain() on arrays, and its
+peak memory at N and 4N images, each in a fresh process (sightline.bench.memory_child).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from sightline.bench.timing import measure
+from sightline.store.results import open_results
+
+
+def _write_image_folder(folder, images, start=0):
+    import tensorflow as tf
+    os.makedirs(os.path.join(folder, "class0"), exist_ok=True)
+    for i, image in enumerate(images):
+        data = tf.image.encode_png(tf.constant(np.round(image * 255).astype(np.uint8)))
+        tf.io.write_file(os.path.join(folder, "class0", f"{start + i:06d}.png"), data)
+
+
+def job_config(model_path, data, out, methods, batch, options=None):
+    """The job as a user runs it: default shard size and compression."""
+    from sightline.config import make_config
+    return make_config(tuple(methods), model=model_path, data=data, out=out,
+                       batch_size=batch, preprocess="[0,1]", devices=1,
+                       map_size="native", quiet=True, overwrite=True, **(options or {}))
+
+
+def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=None, log=None):
+    """run_job (decode -> explain -> HDF5) against explain() on the same images as arrays.
+
+    Steady state without start-up: after a warm-up job, the job runs on N and on M
+    images; its rate is (M - N) / (t_M - t_N), which cancels loading, tracing and
+    indexing. The kernel alone is explain() on the M decoded images.
+    """
+    if batches is None:
+        # Enough extra batches for about 20 s of kernel time at the inference ceiling
+        # (between 4 and 4096 images' worth), so the difference of the two jobs is
+        # well above their start-up noise.
+        ceiling = getattr(context, "ceiling", None) or 100.0
+        extra = int(min(4096, max(4 * context.batch, 20 * ceiling)) // context.batch)
+        batches = (2, 6) if context.size == "tiny" else (2, 2 + max(4, extra))
+    import tensorflow as tf
+
+    from sightline import explain
+    from sightline.jobs.runner import run_job
+    say = log or (lambda *_: None)
+    batch = context.batch
+    small, large = batches[0] * batch, batches[1] * batch
+    rng = np.random.default_rng(5)
+    images = rng.uniform(0, 1, (large, *context.image_shape)).astype(np.float32)
+    images = np.round(images * 255) / 255  # exactly what the PNG decoder will give back
+    workdir = workdir or tempfile.mkdtemp(prefix="sightline-bench-")
+    model_path = os.path.join(workdir, "model.keras")
+    context.model.save(model_path)
+    folders = {n: os.path.join(workdir, f"images-{n}") for n in (small, large)}
+    for n, folder in folders.items():
+        _write_image_folder(folder, images[:n])
+    wall = {}
+    for n in (0, small, large):  # 0: the warm-up job, on the small folder
+        config = job_config(model_path, folders[n or small], os.path.join(workdir, f"out-{n}"),
+                             methods, batch,
+                             options=context.options(*methods))
+        started = time.perf_counter()
+        summary = run_job(config)
+        wall[n] = time.perf_counter() - started
+        if summary.images != (n or small):
+            raise RuntimeError(f"the end-to-end job explained {summary.images} of {n} images")
+    job_rate = (large - small) / max(wall[large] - wall[small], 1e-9)
+    options = context.options(*methods)
+
+    def kernel():
+        return explain(context.model, images, methods=tuple(methods), batch_size=batch,
+                       map_size="native", **options)
+
+    result, startup, median, reps = measure(kernel, context.seconds, warmup=False)
+    kernel_rate = large / median
+    # Guard: the job's stored maps are the kernel's maps (float16 storage).
+    with open_results(os.path.join(workdir, f"out-{large}")) as stored_run:
+        chunks = list(stored_run.chunks([f"heatmaps/{m}" for m in methods]))
+    stored = {m: np.concatenate([c[f"heatmaps/{m}"] for c in chunks]).astype(np.float32)
+              for m in methods}
+    error = max(float(np.abs(stored[m] - result.heatmaps[m]).max()) for m in methods)
+    entry = {"methods": list(methods), "small": small, "large": large,
+             "job_seconds": {str(k): round(v, 3) for k, v in wall.items() if k},
+             "job_images_per_second": round(job_rate, 3),
+             "kernel_images_per_second": round(kernel_rate, 3),
+             "ratio": round(job_rate / kernel_rate, 4),
+             "guard": {"reference": "explain() on arrays", "metric": "max abs difference",
+                       "value": float(f"{error:.3g}"), "threshold": 2e-3,
+                       "passed": bool(error <= 2e-3)}}
+    say(f"  end to end: job {job_rate:.2f} img/s, kernel alone {kernel_rate:.2f} img/s, "
+        f"ratio {entry['ratio']:.3f}")
+    del tf
+    return entry, model_path, workdir
+
+
+def peak_memory(context, model_path, workdir, methods=("gradcam", "saliency"), counts=None,
+                log=None):
+    """Peak RSS (VmHWM) of run_job for N and 4N images, each in a fresh subprocess."""
+    say = log or (lambda *_: None)
+    batch = context.batch
+    small = counts[0] if counts else 4 * batch
+    large = counts[1] if counts else 4 * small
+    rng = np.random.default_rng(6)
+    folder = os.path.join(workdir, "memory-images")
+    written = 0
+    peaks = {}
+    for n in (small, large):
+        _write_image_folder(folder, rng.uniform(0, 1, (n - written, *context.image_shape)),
+                            start=written)
+        written = n
+        args = dict(model_path=model_path, data=folder, out=os.path.join(workdir, f"mem-{n}"),
+                    methods=list(methods), batch=batch,
+                    options=context.options(*methods))
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+        done = subprocess.run([sys.executable, "-m", "sightline.bench.memory_child",
+                               json.dumps(args)],
+                              capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the memory subprocess failed: {done.stderr[-2000:]}")
+        peaks[n] = json.loads(done.stdout.strip().splitlines()[-1])
+        if peaks[n]["images"] != n:
+            raise RuntimeError(f"the memory job explained {peaks[n]['images']} of {n} images")
+    entry = {"small": small, "large": large,
+             "vmhwm_mb": {str(n): round(p["vmhwm_kb"] / 1024, 1) for n, p in peaks.items()},
+             "ratio": round(peaks[large]["vmhwm_kb"] / peaks[small]["vmhwm_kb"], 4)}
+    say(f"  peak memory: {entry['vmhwm_mb']} MB, ratio {entry['ratio']:.3f}")
+    return entry

@@ -1,0 +1,296 @@
+"""One benchmark run: every (method, mode) against the inference ceiling, the ratios,
+and the issue's targets; run_suite is the whole of `sightline bench` but the printing.
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+from sightline.bench.end_to_end import end_to_end, peak_memory
+from sightline.bench.guards import guard, probability_guard
+from sightline.bench.timing import measure
+from sightline.bench.zoo import BUILTIN_MODELS, METHOD_OPTIONS, METHODS, MODES, Context
+
+# The issue's targets.
+TARGET_CAM_FAMILY = 0.8  # cam and gradcam against the inference ceiling
+TARGET_SALIENCY = 0.4
+TARGET_EAGER_SPEEDUP = 50.0  # against the naive eager loop, Fashion-MNIST CNN
+TARGET_END_TO_END = 0.85  # sightline explain against explain() on arrays
+TARGET_MEMORY_GROWTH = 1.10  # peak RSS at 4N over N
+
+
+def has_bf16_units():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def run_benchmark(context, methods=METHODS, modes=MODES, log=None):
+    """Measure every (method, mode) and the inference ceiling; returns a list of rows."""
+    rows = _Rows(log)
+    ceiling_call = _measure_inference(context, modes, rows)
+    for method in methods:
+        if method not in context.methods_supported:
+            rows.say(f"  {method}: not supported by this model, skipped")
+            continue
+        _measure_method(context, method, modes, rows, ceiling_call)
+    return rows.rows
+
+
+class _Rows:
+    """The rows measured so far, each logged as it comes."""
+
+    def __init__(self, log):
+        self.rows = []
+        self.say = log or (lambda *_: None)
+
+    def add(self, method, mode, precision, images, startup, median, reps, guard_info=None):
+        entry = {"method": method, "mode": mode, "precision": precision,
+                 "images_per_call": images, "startup_seconds": round(startup, 4),
+                 "median_seconds": median, "reps": reps,
+                 "images_per_second": round(images / median, 3) if median > 0 else 0.0,
+                 "guard": guard_info}
+        self.rows.append(entry)
+        self.say(f"  {method:22s} {mode:13s} {precision:15s} {entry['images_per_second']:10.2f} img/s"
+                 f"  start-up {startup:7.2f} s" + ("" if guard_info is None else
+                                                    f"  guard {'ok' if guard_info['passed'] else 'FAILED'}"
+                                                    f" ({guard_info['value']})"))
+        return entry
+
+
+def _measure_inference(context, modes, rows):
+    """The ceiling: compiled inference in graph mode and XLA (and bf16); returns the
+    faster float32 call, timed alongside every compiled row after it."""
+    batch = context.batch
+    inference, inference_calls = {}, {}
+    for xla in (False, True):
+        if ("xla" if xla else "graph") not in modes and xla:
+            continue
+        inference_calls[xla] = context.inference_call(xla=xla)
+        result, startup, median, reps = measure(inference_calls[xla], context.seconds)
+        inference[xla] = result
+        guard_info = None
+        if xla and False in inference:
+            guard_info = guard("inference", "xla", result, inference[False], "graph")
+        rows.add("inference", "xla" if xla else "graph", "float32", batch, startup, median, reps,
+                 guard_info)
+    fastest_inference = "xla" if _faster(rows.rows, "inference", "xla", "graph") else "graph"
+    ceiling_call = inference_calls[fastest_inference == "xla"]
+    if "bf16" in modes:
+        result, startup, median, reps = measure(
+            context.inference_call("mixed_bfloat16", xla=fastest_inference == "xla"),
+            context.seconds, paired=ceiling_call)
+        paired = measure.paired_median
+        entry = rows.add("inference", "bf16", "mixed_bfloat16", batch, startup, median, reps,
+                         probability_guard(result, inference[False]) if False in inference
+                         else None)
+        entry["ceiling_alongside"] = round(batch / paired, 3)
+    return ceiling_call
+
+
+def _measure_method(context, method, modes, rows, ceiling_call):
+    batch = context.batch
+    eager_reference = None
+    if "eager_loop" in modes:
+        count = context.eager_images
+        one = context.eager_call(method, 1)
+        started = time.perf_counter()
+        one()
+        startup = time.perf_counter() - started
+        eager_reference, _, median, reps = measure(context.eager_call(method, count),
+                                                   context.seconds, warmup=False)
+        rows.add(method, "eager_loop", "float32", count, startup, median, reps, None)
+    graph_result = None
+    for mode in ("graph", "xla", "eager_batched"):
+        if mode not in modes:
+            continue
+        call = context.step_call(method, xla=mode == "xla", eager=mode == "eager_batched")
+        result, startup, median, reps = measure(
+            call, context.seconds, warmup=mode != "eager_batched",
+            paired=ceiling_call if mode in ("graph", "xla") else None)
+        paired = measure.paired_median
+        if mode == "graph":
+            graph_result = result
+        if mode == "graph" and eager_reference is not None:
+            guard_info = guard(method, mode, result[:len(eager_reference)], eager_reference,
+                               "eager_loop")
+        elif graph_result is not None:
+            guard_info = guard(method, mode, result, graph_result, "graph")
+        elif eager_reference is not None:
+            guard_info = guard(method, mode, result[:len(eager_reference)], eager_reference,
+                               "eager_loop")
+        else:
+            guard_info = None
+        entry = rows.add(method, mode, "float32", batch, startup, median, reps, guard_info)
+        if paired:
+            entry["ceiling_alongside"] = round(batch / paired, 3)
+    if "bf16" in modes:
+        xla = _faster(rows.rows, method, "xla", "graph")
+        call = context.step_call(method, precision="mixed_bfloat16", xla=xla)
+        result, startup, median, reps = measure(call, context.seconds, paired=ceiling_call)
+        paired = measure.paired_median
+        reference = graph_result if graph_result is not None else eager_reference
+        guard_info = None
+        if reference is not None:
+            guard_info = guard(method, "bf16", result[:len(reference)], reference,
+                               "graph float32" if graph_result is not None else "eager_loop")
+        entry = rows.add(method, "bf16", "mixed_bfloat16", batch, startup, median, reps,
+                         guard_info)
+        entry["bf16_in"] = "xla" if xla else "graph"
+        entry["ceiling_alongside"] = round(batch / paired, 3)
+
+
+def find_row(rows, method, mode):
+    for entry in rows:
+        if entry["method"] == method and entry["mode"] == mode:
+            return entry
+    return None
+
+
+def _faster(rows, method, mode, other):
+    a, b = find_row(rows, method, mode), find_row(rows, method, other)
+    return a is not None and (b is None or a["images_per_second"] > b["images_per_second"])
+
+
+def add_ratios(rows, auto_xla):
+    """x_ceiling and x_eager on every row; returns the ceiling in images/s."""
+    ceiling = max([r["images_per_second"] for r in rows if r["method"] == "inference"
+                   and r["precision"] == "float32"] or [0.0])
+    for entry in rows:
+        # Against the ceiling measured alongside (alternating calls) where there is one:
+        # robust to the machine's load changing during the run.
+        reference = entry.get("ceiling_alongside") or ceiling
+        entry["x_ceiling"] = round(entry["images_per_second"] / reference, 4) if reference else None
+        eager = find_row(rows, entry["method"], "eager_loop")
+        entry["x_eager_loop"] = (round(entry["images_per_second"] / eager["images_per_second"], 2)
+                                 if eager and eager["images_per_second"] else None)
+    return ceiling
+
+
+def evaluate_targets(result):
+    """The issue's targets: measured ratio and whether each is met (None: not measured)."""
+    rows = result["rows"]
+    auto = "xla" if result["auto_xla"] else "graph"
+    targets = []
+
+    def add(name, ratio, threshold, comparison, note=""):
+        if ratio is None:
+            met = None
+        elif comparison == ">=":
+            met = ratio >= threshold
+        elif comparison == ">":
+            met = ratio > threshold
+        else:
+            met = ratio <= threshold
+        targets.append({"target": name, "ratio": None if ratio is None else round(ratio, 3),
+                        "threshold": f"{comparison} {threshold}", "met": met, "note": note})
+
+    def guarded(entry):
+        return entry is not None and (entry["guard"] is None or entry["guard"]["passed"])
+
+    for method, threshold in (("cam", TARGET_CAM_FAMILY), ("gradcam", TARGET_CAM_FAMILY),
+                              ("saliency", TARGET_SALIENCY)):
+        entry = find_row(rows, method, auto)
+        add(f"{method} >= {threshold}x compiled inference ({auto} mode, xla=auto)",
+            entry["x_ceiling"] if guarded(entry) else None, threshold, ">=")
+    for method in METHODS:
+        entry = find_row(rows, method, auto)
+        ratio = entry["x_eager_loop"] if guarded(entry) else None
+        note = "" if result["model"] == "fashion" else "the issue's target is for the fashion CNN"
+        add(f"{method} >= {TARGET_EAGER_SPEEDUP:g}x the naive eager loop", ratio,
+            TARGET_EAGER_SPEEDUP, ">=", note)
+    bf16_units = result["cpu_bf16"]
+    for method in ("inference",) + METHODS:
+        bf16 = find_row(rows, method, "bf16")
+        float32 = [r for r in rows if r["method"] == method and r["precision"] == "float32"
+                   and r["mode"] in ("graph", "xla")]
+        if bf16 is None or not float32 or not guarded(bf16):
+            continue
+        # Both sides relative to the inference ceiling timed alongside each of them.
+        best = max(r["x_ceiling"] for r in float32)
+        add(f"{method}: mixed_bfloat16 faster than float32", bf16["x_ceiling"] / best,
+            1.0, ">", "" if bf16_units else "this CPU has no bfloat16 units: not a target here")
+    e2e = result.get("end_to_end")
+    if e2e:
+        add(f"end to end >= {TARGET_END_TO_END}x kernel alone ({','.join(e2e['methods'])})",
+            e2e["ratio"], TARGET_END_TO_END, ">=")
+    memory = result.get("memory")
+    if memory:
+        add(f"peak memory {memory['large']} vs {memory['small']} images within 10%",
+            memory["ratio"], TARGET_MEMORY_GROWTH, "<=")
+    return targets
+
+
+def run_suite(model, *, methods=METHODS, modes=MODES, batch_size=None, precision=None,
+              devices=1, size="full", with_end_to_end=True, log=None):
+    """The whole benchmark of one model: rows, ratios, end to end and peak memory (unless
+    with_end_to_end is False) and targets; returns the result dict `--json` holds."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    if precision not in (None, "float32", "mixed_bfloat16"):
+        raise ValueError(f"--precision must be float32 or mixed_bfloat16; got {precision!r}")
+    if precision == "float32":
+        modes = tuple(m for m in modes if m != "bf16")
+    if devices < 1:
+        raise ValueError(f"--devices must be >= 1; got {devices}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1; got {batch_size}")
+    if model not in BUILTIN_MODELS and not os.path.exists(model):
+        raise ValueError(f"model {model!r} is neither a file nor a built-in model "
+                         f"({', '.join(BUILTIN_MODELS)})")
+    strategy = None
+    if devices > 1:
+        from sightline.compute.strategy import make_strategy
+        strategy = make_strategy(devices)  # before TensorFlow initialises
+    import tensorflow as tf
+
+    from sightline.compute.step import resolve_xla
+    say = log or (lambda *_: None)
+    context = Context(model, size=size, batch_size=batch_size)
+    if strategy is not None:
+        if context.batch % strategy.num_replicas_in_sync:
+            raise ValueError(f"batch size {context.batch} must be a multiple of {devices} devices")
+        context.strategy = strategy
+    methods = tuple(m for m in methods if m in context.methods_supported) or methods
+    say(f"sightline bench: {context.name}, batch {context.batch}, input {context.image_shape}, "
+        f"{devices} device(s), TensorFlow {tf.__version__}")
+    rows = run_benchmark(context, methods, modes, log=say)
+    auto_xla = resolve_xla("auto")
+    context.ceiling = add_ratios(rows, auto_xla)
+    result = {
+        "model": context.name, "size": size, "batch_size": context.batch,
+        "input_shape": list(context.image_shape), "devices": devices,
+        "device_kind": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+        "cpu_count": os.cpu_count(), "cpu_bf16": has_bf16_units(), "auto_xla": auto_xla,
+        "tensorflow": tf.__version__, "method_options": METHOD_OPTIONS[size],
+        "ceiling": context.ceiling, "eager_loop_images": context.eager_images, "rows": rows,
+    }
+    if with_end_to_end:
+        _end_to_end_and_memory(context, result, say)
+    result["targets"] = evaluate_targets(result)
+    return result
+
+
+def _end_to_end_and_memory(context, result, say):
+    methods = [m for m in ("gradcam", "saliency") if m in context.methods_supported]
+    workdir = tempfile.mkdtemp(prefix="sightline-bench-")
+    try:
+        result["end_to_end"], model_path, _ = end_to_end(context, methods, workdir=workdir,
+                                                         log=say)
+        counts = (2 * context.batch, 8 * context.batch) if context.size == "tiny" else None
+        result["memory"] = peak_memory(context, model_path, workdir, methods, counts, log=say)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def failed_guards(result):
+    """The rows whose accuracy guard failed."""
+    return [r for r in result["rows"] if r["guard"] is not None and not r["guard"]["passed"]]

@@ -1,0 +1,60 @@
+"""`sightline audit OUT`: audit a complete run for shortcuts, then (--report) draw it."""
+
+import os
+
+from sightline.audit.activations import read_activations
+from sightline.audit.audit import (DEFAULT_DIFFUSE, DEFAULT_THRESHOLD, DEFAULT_WORST, EXIT_FLAGGED,
+                                   run_audit)
+from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
+from sightline.report.page import write_report
+
+
+def add_arguments(parser):
+    parser.add_argument("out", help="the output folder of a finished `sightline explain` run")
+    parser.add_argument("--masks", help="object masks: file.h5 with /keys and /masks, or a folder "
+                                        "of PNGs mirroring the image keys")
+    parser.add_argument("--boxes", help="object boxes: CSV with header key,y0,x0,y1,x1 (pixels)")
+    # One region per flag: a flag taking several values would swallow the run folder
+    # written after it (`--regions sky=0:0.3,0:1 OUT`).
+    parser.add_argument("--regions", action="append", default=None, metavar="NAME=y0:y1,x0:x1",
+                        help="a named region to report the evidence share of (pixels, or "
+                             "fractions of the side: sky=0:0.3,0:1); repeat the flag for "
+                             "several regions")
+    parser.add_argument("--method", help="which stored maps to audit (default gradcam, else the "
+                                         "first method of the run)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="flag a class when its lift (on-object share / object area "
+                             f"fraction) is below this (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--diffuse", type=float, default=DEFAULT_DIFFUSE,
+                        help="a class whose maps cover at least this fraction of the image "
+                             "(median coverage) is DIFFUSE, not flagged (default "
+                             f"{DEFAULT_DIFFUSE})")
+    parser.add_argument("--flag-diffuse", action="store_true",
+                        help="flag diffuse classes too (whole-image cues give flat maps)")
+    parser.add_argument("--worst", type=int, default=DEFAULT_WORST,
+                        help=f"how many of the most off-object images to rank per class "
+                             f"(default {DEFAULT_WORST})")
+    parser.add_argument("--json", help=f"where to write the audit (default OUT/{AUDIT_FILE})")
+    parser.add_argument("--report", help="also write report.html and its PNGs into this folder")
+    parser.add_argument("--activations", help="include the output folder of "
+                                              "`sightline activations` in the report")
+    parser.add_argument("--fail-on-flag", action="store_true",
+                        help=f"exit with {EXIT_FLAGGED} when any class is flagged")
+
+
+def run(args):
+    audit = run_audit(args.out, method=args.method, masks=args.masks, boxes=args.boxes,
+                      regions=args.regions or (), threshold=args.threshold, diffuse=args.diffuse,
+                      flag_diffuse=args.flag_diffuse, worst=args.worst)
+    path = write_audit(audit, args.json or os.path.join(args.out, AUDIT_FILE))
+    for line in summary_lines(audit):
+        print(line)
+    print(f"wrote {path}")
+    if args.report:
+        activations = None
+        if args.activations:
+            activations = [("model", read_activations(args.activations))]
+        report = write_report(args.report, [("run", audit)], activations=activations)
+        print(f"report: {report}")
+    return EXIT_FLAGGED if (args.fail_on_flag and audit["flagged"]) else 0
+

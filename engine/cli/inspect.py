@@ -1,0 +1,11 @@
+"""`sightline inspect OUT`: what ran, on what, and the state of every shard."""
+
+
+def add_arguments(parser):
+    parser.add_argument("out", help="the output folder of a job")
+
+
+def run(args):
+    from sightline.store.results import describe_output
+    print(describe_output(args.out))
+    return 0

@@ -1,0 +1,99 @@
+"""Files that readers may see at any moment: JSON written atomically, temporary names
+that say who writes them, checksums. Shared by the shard writer, the manifest and
+whoever writes a result beside a run (the audit's audit.json), without reaching into
+the shard format itself.
+"""
+
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+
+TEMPORARY_MARK = ".tmp-"
+# Workers on other nodes share the folder, and whether their process is alive cannot be
+# asked from here: their temporaries go only once untouched this long. Every write
+# behind a shared temporary (the manifest, index.h5) takes seconds at most.
+FOREIGN_TEMPORARY_SECONDS = 3600
+_HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+
+
+def sha256_of(path, block=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def temporary_path(path):
+    """The name `path` is written under before its rename. It names the writer (pid,
+    thread, host) so that a later run can tell a dead writer's leftover from a file
+    that a live worker is still writing."""
+    return f"{path}{TEMPORARY_MARK}{os.getpid()}-{threading.get_ident()}@{_HOST}"
+
+
+def _temporary_writer(name):
+    """(pid, thread, host) from a temporary_path name, or None when it is not one."""
+    match = re.search(re.escape(TEMPORARY_MARK) + r"(\d+)-(\d+)@([^/]+)$", name)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2)), match.group(3)
+
+
+def writer_is_gone(path):
+    """True when nobody can still be writing this temporary file."""
+    writer = _temporary_writer(os.path.basename(path))
+    if writer is not None and writer[2] == _HOST:
+        pid, thread, _ = writer
+        if pid == os.getpid():
+            return thread not in {t.ident for t in threading.enumerate()}
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, owned by another user
+            return False
+        return False
+    try:
+        return time.time() - os.stat(path).st_mtime > FOREIGN_TEMPORARY_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+def remove_quietly(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def write_json_atomic(path, payload):
+    """Write JSON under a temporary name, fsync, rename: readers see old or new, whole."""
+    temporary = temporary_path(path)
+    try:
+        with open(temporary, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        remove_quietly(temporary)
+        raise
+    fsync_directory(os.path.dirname(path) or ".")
+
+
+def fsync_directory(path):
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
