@@ -1,0 +1,59 @@
+"""The installed shape: one import package, `sightline`, and nothing generic beside it.
+
+Run in a fresh interpreter started outside the checkout, so that the checkout's own
+folders (engine/, kernels/) are not on sys.path the way pytest's rootdir puts them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PROBE = r"""
+import importlib.util, json, sys
+found = {name: importlib.util.find_spec(name) is not None
+         for name in ("engine", "kernels", "sightline", "sightline.kernels")}
+import sightline, sightline.config, sightline.kernels.methods
+found["tensorflow_loaded_by_import"] = "tensorflow" in sys.modules
+from sightline import explain, open_results, __version__
+from importlib.metadata import version
+found["version"] = __version__
+found["distribution_version"] = version("sightline-explain")
+print(json.dumps(found))
+"""
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside-the-checkout")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", PROBE], cwd=outside, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_only_sightline_is_importable(probe):
+    assert probe["sightline"] and probe["sightline.kernels"]
+    assert not probe["engine"], "a top-level package named engine is installed"
+    assert not probe["kernels"], "a top-level package named kernels is installed"
+
+
+def test_the_version_lives_in_one_place(probe):
+    assert probe["version"] == probe["distribution_version"]
+
+
+def test_importing_the_package_and_its_table_loads_no_tensorflow(probe):
+    # explain and open_results load lazily, so `sightline --help` and the option checks
+    # answer before TensorFlow loads.
+    assert probe["tensorflow_loaded_by_import"] is False
+
+
+def test_the_checkout_keeps_its_layout():
+    for folder in ("engine", "kernels", "scripts", "benchmarks", "tests"):
+        assert os.path.isdir(os.path.join(CHECKOUT, folder)), folder
+    assert os.path.isfile(os.path.join(CHECKOUT, "pyproject.toml"))
