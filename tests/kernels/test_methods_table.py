@@ -68,7 +68,8 @@ def test_every_option_is_read_by_some_method():
 def test_every_method_option_is_settable_from_flags_and_toml(tmp_path):
     """Flags and TOML keys are generated from the table: each option, set to a value
     other than its default, reaches the configuration."""
-    from sightline.cli.main import build_parser, config_from_options, explain_options
+    from sightline.cli.explain import config_from_options, explain_options
+    from sightline.cli.main import build_parser
     values = {"channel_reduce": "sum", "num_copies": 3, "noise_sigma": 0.5, "noise_seed": 9,
               "num_steps": 5, "baseline": 0.25, "memory_budget_mb": 64}
     assert set(values) == set(methods.OPTIONS)
