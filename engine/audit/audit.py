@@ -42,6 +42,7 @@ import numpy as np
 
 from sightline.audit.masks import check_mask_size, missing_masks, open_masks, parse_region, region_bounds
 from sightline.audit.metrics import image_metrics, lift, peak_mean, peak_spread, resize_maps, summarize
+from sightline.audit.clusters import SAMPLE_SIZE
 from sightline.audit.shortcuts import ClusterAudit
 from sightline.audit.summary import provenance
 from sightline.store.results import open_results
@@ -57,7 +58,8 @@ EXIT_FLAGGED = 3
 def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold=DEFAULT_THRESHOLD,
               diffuse=DEFAULT_DIFFUSE, flag_diffuse=False, worst=DEFAULT_WORST, chunk=CHUNK,
               clusters=None, cluster_thresholds=None, verify=False, verify_thresholds=None,
-              export_virelay=None, unsafe=False, clusters_file=None):
+              export_virelay=None, unsafe=False, clusters_file=None,
+              cluster_sample_size=SAMPLE_SIZE):
     """Audit the complete run in `out` (indexed or not); returns the audit as a dict (what
     audit.json holds) and writes OUT/clusters.h5 (or `clusters_file`).
 
@@ -65,7 +67,8 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
     cluster_thresholds / verify_thresholds: {name: value} overrides of the flag and verify
     rules (shortcuts.THRESHOLDS, shortcuts.VERIFY_THRESHOLDS); verify: check flagged
     clusters by ablation on the run's model (unsafe: load it without Keras safe mode);
-    export_virelay: a folder for the ViRelAy project."""
+    export_virelay: a folder for the ViRelAy project; cluster_sample_size: maps per class
+    the clusters are fitted on (the rest are assigned to them)."""
     with open_results(out) as results:
         method = _choose_method(results, method, out)
         if not (isinstance(threshold, (int, float)) and threshold > 0):
@@ -75,7 +78,7 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
         shortcuts = ClusterAudit(out, method, clusters=clusters, thresholds=cluster_thresholds,
                                  verify=verify, verify_thresholds=verify_thresholds,
                                  export_virelay=export_virelay, unsafe=unsafe,
-                                 clusters_file=clusters_file)
+                                 clusters_file=clusters_file, sample_size=cluster_sample_size)
         size = tuple(int(v) for v in results.attrs["input_size"])
         stored = results.map_shape(method)
         region_masks = _parse_regions(regions, size)

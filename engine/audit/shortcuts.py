@@ -48,6 +48,9 @@ class ClusterAudit:
                                      or clusters < 1):
             raise ValueError(f"--clusters must be a whole number of clusters >= 1 per class; "
                              f"received {clusters!r} (leave it out to let the eigengap choose)")
+        if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 2:
+            raise ValueError(f"--cluster-sample-size must be a whole number of maps >= 2 per "
+                             f"class; received {sample_size!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"the verify batch size must be a whole number >= 1; received "
                              f"{batch_size!r}")
@@ -173,9 +176,11 @@ def _check_thresholds(given, known, what):
             raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
         if value is None:
             continue
+        # A silhouette lies in [-1, 1]; every other threshold is a size, share or ratio.
+        lowest = -1.0 if name == "min_silhouette" else 0.0
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
-                or value < 0:
-            raise ValueError(f"{what} {name} must be a number >= 0; received {value!r}")
+                or value < lowest:
+            raise ValueError(f"{what} {name} must be a number >= {lowest:g}; received {value!r}")
         if name in _FRACTIONS and value > 1:
             raise ValueError(f"{what} {name} is a fraction (of the class or of the image side) "
                              f"in [0, 1]; received {value!r}")

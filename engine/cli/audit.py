@@ -5,6 +5,7 @@ import os
 from sightline.audit.activations import read_activations
 from sightline.audit.audit import (DEFAULT_DIFFUSE, DEFAULT_THRESHOLD, DEFAULT_WORST, EXIT_FLAGGED,
                                    run_audit)
+from sightline.audit.clusters import SAMPLE_SIZE
 from sightline.audit.shortcuts import THRESHOLDS, VERIFY_THRESHOLDS
 from sightline.audit.virelay import PROJECT_FILE
 from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
@@ -58,6 +59,10 @@ def add_arguments(parser):
                            help="... whose evidence sits at least this far (fraction of the "
                                 "image side) from where the rest of the class looks (default "
                                 f"{THRESHOLDS['min_distance']})")
+    shortcuts.add_argument("--cluster-sample-size", type=int, default=SAMPLE_SIZE, metavar="MAPS",
+                           help="fit the clusters on this many maps per class, chosen by a hash "
+                                "of the sample index, and assign the rest (default "
+                                f"{SAMPLE_SIZE}; memory and time grow with its square)")
     shortcuts.add_argument("--verify", action="store_true",
                            help="check every flagged group by hiding its region on its images: "
                                 "the run's model and data are read again from its manifest; "
@@ -83,7 +88,8 @@ def run(args):
                                           "min_size": args.cluster_min_size,
                                           "min_distance": args.cluster_min_distance},
                       verify=args.verify, verify_thresholds={"min_drop": args.verify_min_drop},
-                      export_virelay=args.export_virelay, unsafe=args.unsafe)
+                      export_virelay=args.export_virelay, unsafe=args.unsafe,
+                      cluster_sample_size=args.cluster_sample_size)
     path = write_audit(audit, args.json or os.path.join(args.out, AUDIT_FILE))
     for line in summary_lines(audit):
         print(line)
