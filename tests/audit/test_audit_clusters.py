@@ -308,3 +308,23 @@ def test_cli_refuses_bad_input_before_work_with_one_line(planted, capsys, argume
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1, error
     assert os.path.getmtime(planted["audit"]["clusters_file"]) == before
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": "/nowhere/model.keras"}, "the run's model '/nowhere/model.keras' is not there any more"),
+    ({"run": {"keys_sha256": "0" * 64}}, "no longer lists the samples the run explained"),
+])
+def test_verify_stops_with_one_line_when_the_run_cannot_be_replayed(real, tmp_path, capsys,
+                                                                     change, message):
+    out = str(tmp_path / "moved")
+    shutil.copytree(real["whole"], out)
+    path = os.path.join(out, "manifest.json")
+    with open(path) as handle:
+        manifest = json.load(handle)
+    manifest.update({k: v for k, v in change.items() if k != "run"})
+    manifest["run"].update(change.get("run", {}))
+    with open(path, "w") as handle:
+        json.dump(manifest, handle)
+    assert main(["audit", out, "--verify"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1, error
