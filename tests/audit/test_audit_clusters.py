@@ -328,3 +328,21 @@ def test_verify_stops_with_one_line_when_the_run_cannot_be_replayed(real, tmp_pa
     assert main(["audit", out, "--verify"]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1, error
+
+
+def test_images_are_read_back_by_sample_index_in_chunks(real):
+    from sightline.audit.replay import ImageFeed, read_images, sample_runs
+    from sightline.data.sources import open_source
+
+    assert sample_runs([2, 3, 5, 40, 41, 90], gap=16) == [(2, 6), (40, 42), (90, 91)]
+    source = open_source(str(real["root"] / "images.npy"))
+    wanted = np.array([0, 3, 4, 5, 21, 22, 40, 59])
+    chunks = list(read_images(source, wanted, image_shape=(16, 16, 3), preprocess="none",
+                              chunk=3))
+    assert [len(c) for c in chunks] == [3, 3, 2]
+    np.testing.assert_array_equal(np.concatenate(chunks), real["images"][wanted])
+    feed = ImageFeed(source, np.arange(60), image_shape=(16, 16, 3), preprocess="none", chunk=7)
+    np.testing.assert_array_equal(feed.take(5), real["images"][:5])
+    np.testing.assert_array_equal(feed.take(20), real["images"][5:25])
+    with pytest.raises(ValueError, match="ascending without repeats"):
+        next(read_images(source, [4, 4], image_shape=(16, 16, 3), preprocess="none"))
