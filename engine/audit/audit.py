@@ -42,7 +42,6 @@ import numpy as np
 
 from sightline.audit.masks import check_mask_size, missing_masks, open_masks, parse_region, region_bounds
 from sightline.audit.metrics import image_metrics, lift, peak_mean, peak_spread, resize_maps, summarize
-from sightline.audit.clusters import SAMPLE_SIZE
 from sightline.audit.shortcuts import ClusterAudit
 from sightline.audit.summary import provenance
 from sightline.store.results import open_results
@@ -57,46 +56,35 @@ EXIT_FLAGGED = 3
 
 def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold=DEFAULT_THRESHOLD,
               diffuse=DEFAULT_DIFFUSE, flag_diffuse=False, worst=DEFAULT_WORST, chunk=CHUNK,
-              clusters=None, cluster_thresholds=None, verify=False, verify_thresholds=None,
-              export_virelay=None, unsafe=False, clusters_file=None,
-              cluster_sample_size=SAMPLE_SIZE):
+              shortcuts=None):
     """Audit the complete run in `out` (indexed or not); returns the audit as a dict (what
-    audit.json holds) and writes OUT/clusters.h5 (or `clusters_file`).
-
-    clusters: the number of clusters per class (default: the eigengap chooses);
-    cluster_thresholds / verify_thresholds: {name: value} overrides of the flag and verify
-    rules (shortcuts.THRESHOLDS, shortcuts.VERIFY_THRESHOLDS); verify: check flagged
-    clusters by ablation on the run's model (unsafe: load it without Keras safe mode);
-    export_virelay: a folder for the ViRelAy project; cluster_sample_size: maps per class
-    the clusters are fitted on (the rest are assigned to them)."""
+    audit.json holds) and writes OUT/clusters.h5. shortcuts: a ShortcutOptions (how to
+    look for shortcuts without masks; default: the documented rule, no --verify)."""
     with open_results(out) as results:
         method = _choose_method(results, method, out)
         if not (isinstance(threshold, (int, float)) and threshold > 0):
             raise ValueError(f"--threshold must be a number > 0 (a lift); got {threshold!r}")
         if not (isinstance(diffuse, (int, float)) and 0 < diffuse <= 1):
             raise ValueError(f"--diffuse must be a fraction in (0, 1]; got {diffuse!r}")
-        shortcuts = ClusterAudit(out, method, clusters=clusters, thresholds=cluster_thresholds,
-                                 verify=verify, verify_thresholds=verify_thresholds,
-                                 export_virelay=export_virelay, unsafe=unsafe,
-                                 clusters_file=clusters_file, sample_size=cluster_sample_size)
+        cluster_audit = ClusterAudit(out, method, shortcuts)
         size = tuple(int(v) for v in results.attrs["input_size"])
         stored = results.map_shape(method)
         region_masks = _parse_regions(regions, size)
         mask_source = open_masks(masks, boxes, size)
         try:
             names, by_label = _check_samples(results, mask_source, size, chunk)
-            shortcuts.open_replay(results.manifest)
+            cluster_audit.open_replay(results.manifest)
             tally = _Tally(size, list(region_masks), worst)
             for columns in results.chunks([f"heatmaps/{method}", "sample/key", "sample/label",
                                            "pred/class", "pred/target", "sample/index"],
                                           rows=chunk):
                 tally.add(columns, method, mask_source, region_masks, by_label)
-                shortcuts.add(columns, columns[f"heatmaps/{method}"].astype(np.float32))
+                cluster_audit.add(columns, columns[f"heatmaps/{method}"].astype(np.float32))
         finally:
             if mask_source is not None:
                 mask_source.close()
         manifest = results.manifest
-        found = shortcuts.finish(results, manifest, names, chunk)
+        found = cluster_audit.finish(results, manifest, names, chunk)
     policy = {"threshold": threshold, "diffuse": diffuse, "flag_diffuse": flag_diffuse}
     classes = [_class_entry(group, tally.stats[group], names, by_label, region_masks,
                             mask_source is not None, policy) for group in sorted(tally.stats)]
@@ -122,10 +110,8 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
         "worst": tally.ranked(names),
         "clusters": found,
         "flagged_clusters": [c["id"] for c in found if c["flagged"]],
-        "clusters_file": os.path.abspath(shortcuts.path),
-        "cluster_rule": {**shortcuts.thresholds, "clusters": clusters, "verify": bool(verify),
-                         **({f"verify_{k}": v for k, v in shortcuts.verify_thresholds.items()}
-                            if verify else {})},
+        "clusters_file": os.path.abspath(cluster_audit.path),
+        "cluster_rule": cluster_audit.rule(),
         "provenance": provenance(manifest),
     }
 

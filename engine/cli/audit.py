@@ -6,7 +6,7 @@ from sightline.audit.activations import read_activations
 from sightline.audit.audit import (DEFAULT_DIFFUSE, DEFAULT_THRESHOLD, DEFAULT_WORST, EXIT_FLAGGED,
                                    run_audit)
 from sightline.audit.clusters import SAMPLE_SIZE
-from sightline.audit.shortcuts import THRESHOLDS, VERIFY_THRESHOLDS
+from sightline.audit.shortcuts import THRESHOLDS, VERIFY_THRESHOLDS, ShortcutOptions
 from sightline.audit.virelay import PROJECT_FILE
 from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
 from sightline.report.page import write_report
@@ -83,13 +83,15 @@ def add_arguments(parser):
 def run(args):
     audit = run_audit(args.out, method=args.method, masks=args.masks, boxes=args.boxes,
                       regions=args.regions or (), threshold=args.threshold, diffuse=args.diffuse,
-                      flag_diffuse=args.flag_diffuse, worst=args.worst, clusters=args.clusters,
-                      cluster_thresholds={"min_share": args.cluster_min_share,
-                                          "min_size": args.cluster_min_size,
-                                          "min_distance": args.cluster_min_distance},
-                      verify=args.verify, verify_thresholds={"min_drop": args.verify_min_drop},
-                      export_virelay=args.export_virelay, unsafe=args.unsafe,
-                      cluster_sample_size=args.cluster_sample_size)
+                      flag_diffuse=args.flag_diffuse, worst=args.worst,
+                      shortcuts=ShortcutOptions(
+                          clusters=args.clusters,
+                          thresholds={"min_share": args.cluster_min_share,
+                                      "min_size": args.cluster_min_size,
+                                      "min_distance": args.cluster_min_distance},
+                          verify=args.verify, verify_thresholds={"min_drop": args.verify_min_drop},
+                          export_virelay=args.export_virelay, unsafe=args.unsafe,
+                          sample_size=args.cluster_sample_size))
     path = write_audit(audit, args.json or os.path.join(args.out, AUDIT_FILE))
     for line in summary_lines(audit):
         print(line)

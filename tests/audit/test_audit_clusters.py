@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from sightline.audit.audit import EXIT_FLAGGED, run_audit
+from sightline.audit.shortcuts import ShortcutOptions
 from sightline.audit.summary import summary_lines, to_json
 from sightline.audit.verify import MIN_DROP, MIN_RATIO
 from sightline.audit.virelay import read_clusters
@@ -159,12 +160,14 @@ def test_clusters_h5_contract_read_back(tmp_path):
     assert np.isfinite(stored["embedding"][~empty]).all()
     ids = [c["id"] for c in audit["clusters"]]
     np.testing.assert_array_equal(stored["clusters/id"], ids)
-    np.testing.assert_array_equal(stored["clusters/flagged"], [c["flagged"] for c in audit["clusters"]])
+    np.testing.assert_array_equal(stored["clusters/flagged"],
+                                  [c["flagged"] for c in audit["clusters"]])
     reference = stored_maps(np.maximum(maps, 0))
     for slot, entry in enumerate(audit["clusters"]):
         members = stored["cluster"] == entry["id"]
         assert entry["size"] == members.sum()
-        assert entry["share"] == pytest.approx(members.sum() / (run["labels"] == entry["class"]).sum())
+        class_size = (run["labels"] == entry["class"]).sum()
+        assert entry["share"] == pytest.approx(members.sum() / class_size)
         np.testing.assert_allclose(stored["clusters/mean_heatmap"][slot],
                                    reference[members].mean(axis=0), rtol=1e-5, atol=1e-6)
 
@@ -185,9 +188,8 @@ def test_same_clusters_whatever_the_shard_size_chunking_and_index(tmp_path, plan
         np.testing.assert_array_equal(stored["embedding"], reference["embedding"])
         assert json_clusters(audit) == json_clusters(planted["audit"])
     # Fitted on a sample of 100 maps per class: the same sample, so the same clusters.
-    sampled = [read_clusters(run_audit(out, chunk=chunk, cluster_sample_size=100,
-                                       clusters_file=str(tmp_path / f"{chunk}.h5"))
-                             ["clusters_file"])["cluster"]
+    sampled = [read_clusters(run_audit(out, chunk=chunk, shortcuts=ShortcutOptions(
+        sample_size=100, clusters_file=str(tmp_path / f"{chunk}.h5")))["clusters_file"])["cluster"]
                for out, chunk in ((planted["out"], 256), (other["out"], 7), (unindexed, 50))]
     np.testing.assert_array_equal(sampled[0], sampled[1])
     np.testing.assert_array_equal(sampled[0], sampled[2])
@@ -215,19 +217,22 @@ def real(tmp_path_factory):
 
 
 def test_same_clusters_across_batch_size_shard_size_and_workers(real):
-    first = run_audit(real["split"], clusters=2)
-    second = run_audit(real["whole"], clusters=2)
+    first = run_audit(real["split"], shortcuts=ShortcutOptions(clusters=2))
+    second = run_audit(real["whole"], shortcuts=ShortcutOptions(clusters=2))
     one, two = read_clusters(first["clusters_file"]), read_clusters(second["clusters_file"])
     np.testing.assert_array_equal(one["cluster"], two["cluster"])
     np.testing.assert_allclose(one["embedding"], two["embedding"], rtol=1e-5, atol=1e-6)
-    assert [(c["id"], c["class"], c["size"], c["flagged"], c["examples"]) for c in first["clusters"]] \
-        == [(c["id"], c["class"], c["size"], c["flagged"], c["examples"]) for c in second["clusters"]]
+    def summary(audit):
+        return [(c["id"], c["class"], c["size"], c["flagged"], c["examples"])
+                for c in audit["clusters"]]
+    assert summary(first) == summary(second)
     # Each class with enough maps was cut in two, as asked.
     assert any(c["share"] < 1.0 for c in first["clusters"])
 
 
 def test_verify_numbers_match_an_eager_per_image_reference(real):
-    audit = run_audit(real["whole"], clusters=2, cluster_thresholds=PERMISSIVE, verify=True)
+    audit = run_audit(real["whole"], shortcuts=ShortcutOptions(
+        clusters=2, thresholds=PERMISSIVE, verify=True))
     stored = read_clusters(audit["clusters_file"])
     verified = [c for c in audit["clusters"] if c["verification"] is not None]
     assert verified, [c["reasons"] for c in audit["clusters"]]
@@ -311,7 +316,8 @@ def test_cli_refuses_bad_input_before_work_with_one_line(planted, capsys, argume
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"model": "/nowhere/model.keras"}, "the run's model '/nowhere/model.keras' is not there any more"),
+    ({"model": "/nowhere/model.keras"},
+     "the run's model '/nowhere/model.keras' is not there any more"),
     ({"run": {"keys_sha256": "0" * 64}}, "no longer lists the samples the run explained"),
 ])
 def test_verify_stops_with_one_line_when_the_run_cannot_be_replayed(real, tmp_path, capsys,
