@@ -257,6 +257,12 @@ def test_verify_numbers_match_an_eager_per_image_reference(real):
         assert entry["flagged"] == depends and entry["downgraded"] == (not depends)
     # Unflagged clusters are not verified.
     assert all(c["verification"] is None for c in audit["clusters"] if c not in verified)
+    # The verdict says which flags the ablation withdrew, and why.
+    lines = summary_lines(audit)
+    for entry in verified:
+        withdrawn = [line for line in lines if f"cluster {entry['id']} of class" in line
+                     and "not flagged after all: downgraded" in line]
+        assert len(withdrawn) == int(entry["downgraded"]), lines
 
 
 # ----------------------------------------------------------------------------- the CLI
