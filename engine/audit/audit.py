@@ -27,8 +27,11 @@ class is nearly constant, it points nowhere, and saying it points at the sky wou
 wrong. A shortcut is evidence that sits somewhere else; a whole-image cue (a colour
 cast) also gives flat maps, which is why --flag-diffuse exists.
 
-Flags need masks or boxes; without them the audit reports the mask-free statistics and
-flags nothing.
+Flags of classes need masks or boxes; without them the per-class part reports the
+mask-free statistics and flags nothing. Beside it, with or without masks, the audit
+clusters the maps of each explained class and flags groups whose evidence sits somewhere
+else than the rest of their class (sightline.audit.shortcuts: "clusters" in audit.json,
+OUT/clusters.h5).
 """
 
 import heapq
@@ -39,6 +42,7 @@ import numpy as np
 
 from sightline.audit.masks import check_mask_size, missing_masks, open_masks, parse_region, region_bounds
 from sightline.audit.metrics import image_metrics, lift, peak_mean, peak_spread, resize_maps, summarize
+from sightline.audit.shortcuts import ClusterAudit
 from sightline.audit.summary import provenance
 from sightline.store.results import open_results
 
@@ -51,29 +55,36 @@ EXIT_FLAGGED = 3
 
 
 def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold=DEFAULT_THRESHOLD,
-              diffuse=DEFAULT_DIFFUSE, flag_diffuse=False, worst=DEFAULT_WORST, chunk=CHUNK):
+              diffuse=DEFAULT_DIFFUSE, flag_diffuse=False, worst=DEFAULT_WORST, chunk=CHUNK,
+              shortcuts=None):
     """Audit the complete run in `out` (indexed or not); returns the audit as a dict (what
-    audit.json holds)."""
+    audit.json holds) and writes OUT/clusters.h5. shortcuts: a ShortcutOptions (how to
+    look for shortcuts without masks; default: the documented rule, no --verify)."""
     with open_results(out) as results:
         method = _choose_method(results, method, out)
         if not (isinstance(threshold, (int, float)) and threshold > 0):
             raise ValueError(f"--threshold must be a number > 0 (a lift); got {threshold!r}")
         if not (isinstance(diffuse, (int, float)) and 0 < diffuse <= 1):
             raise ValueError(f"--diffuse must be a fraction in (0, 1]; got {diffuse!r}")
+        cluster_audit = ClusterAudit(out, method, shortcuts)
         size = tuple(int(v) for v in results.attrs["input_size"])
         stored = results.map_shape(method)
         region_masks = _parse_regions(regions, size)
         mask_source = open_masks(masks, boxes, size)
         try:
             names, by_label = _check_samples(results, mask_source, size, chunk)
+            cluster_audit.open_replay(results.manifest)
             tally = _Tally(size, list(region_masks), worst)
             for columns in results.chunks([f"heatmaps/{method}", "sample/key", "sample/label",
-                                           "pred/class", "sample/index"], rows=chunk):
+                                           "pred/class", "pred/target", "sample/index"],
+                                          rows=chunk):
                 tally.add(columns, method, mask_source, region_masks, by_label)
+                cluster_audit.add(columns, columns[f"heatmaps/{method}"].astype(np.float32))
         finally:
             if mask_source is not None:
                 mask_source.close()
         manifest = results.manifest
+        found = cluster_audit.finish(results, manifest, names, chunk)
     policy = {"threshold": threshold, "diffuse": diffuse, "flag_diffuse": flag_diffuse}
     classes = [_class_entry(group, tally.stats[group], names, by_label, region_masks,
                             mask_source is not None, policy) for group in sorted(tally.stats)]
@@ -97,6 +108,10 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
         "classes": classes,
         "flagged": [c["name"] for c in classes if c["flagged"]],
         "worst": tally.ranked(names),
+        "clusters": found,
+        "flagged_clusters": [c["id"] for c in found if c["flagged"]],
+        "clusters_file": os.path.abspath(cluster_audit.path),
+        "cluster_rule": cluster_audit.rule(),
         "provenance": provenance(manifest),
     }
 

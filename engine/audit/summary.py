@@ -83,4 +83,22 @@ def summary_lines(audit):
         lines.append("  no masks or boxes given: nothing flagged (pass --masks or --boxes)")
     lines.append("verdict: " + (f"FLAGGED {', '.join(audit['flagged'])}: the evidence sits mostly "
                                 "off the object" if audit["flagged"] else "nothing flagged"))
+    return lines + cluster_lines(audit.get("clusters"))
+
+
+def cluster_lines(clusters):
+    """The mask-free verdict: every flagged cluster with its reasons, in plain words."""
+    if clusters is None:
+        return []
+    flagged = [c for c in clusters if c["flagged"]]
+    lines = [f"cluster verdict: FLAGGED cluster {c['id']} of class "
+             f"'{c.get('class_name', c['class'])}' ({c['size']} maps): {'; '.join(c['reasons'])}"
+             for c in flagged]
+    lines += [f"cluster verdict: cluster {c['id']} of class '{c.get('class_name', c['class'])}' "
+              f"not flagged after all: {c['reasons'][-1]}" for c in clusters if c.get("downgraded")]
+    if not flagged:
+        classes = len({c["class"] for c in clusters})
+        lines.append(f"cluster verdict: nothing flagged ({len(clusters)} cluster(s) in {classes} "
+                     "explained class(es); no group's evidence sits apart from the rest of its "
+                     "class)")
     return lines

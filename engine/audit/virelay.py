@@ -13,6 +13,14 @@ clusters.h5 (exact contract):
     /cluster        int32   [N]    cluster id (unique across classes), -1 not clustered
     /embedding      float32 [N,2]  2-D layout (spectral coordinates), NaN where -1
 
+and, per cluster (written by ClustersWriter.describe, once the clusters are known):
+
+    /clusters/id            int32   [C]      the cluster ids of audit.json's "clusters"
+    /clusters/class         int32   [C]      its explained class
+    /clusters/flagged       bool    [C]      flagged (after --verify, if it ran)
+    /clusters/mean_heatmap  float32 [C,h,w]  mean of its members' maps as stored (scaled
+                                             to [0, 1] per map); zero for no members
+
 ViRelAy export (ViRelAy's database specification and project file format, as its loader
 and its example meta-analysis read and write them), in DIR:
 
@@ -136,6 +144,21 @@ class ClustersWriter:
         _append(self._cluster, np.asarray(cluster, np.int32))
         _append(self._embedding, embedding)
 
+    def describe(self, ids, classes, flagged, mean_heatmaps):
+        """The per-cluster table (module docstring): ids int [C], classes int [C],
+        flagged bool [C], mean_heatmaps [C,h,w]."""
+        mean_heatmaps = np.asarray(mean_heatmaps, np.float32)
+        if not (len(ids) == len(classes) == len(flagged) == len(mean_heatmaps)
+                and mean_heatmaps.ndim == 3):
+            raise ValueError(f"one id, class, flag and 2-D mean heatmap per cluster: received "
+                             f"{len(ids)}, {len(classes)}, {len(flagged)} and an array of "
+                             f"shape {mean_heatmaps.shape}")
+        table = self._file.create_group("clusters")
+        table["id"] = np.asarray(ids, np.int32)
+        table["class"] = np.asarray(classes, np.int32)
+        table["flagged"] = np.asarray(flagged, bool)
+        table["mean_heatmap"] = mean_heatmaps
+
     def close(self):
         self._staged.publish()
 
@@ -157,7 +180,9 @@ def write_clusters(path, indices, keys, classes, cluster, embedding):
 
 
 def read_clusters(path):
-    """clusters.h5 -> {"index", "key" (list of str), "class", "cluster", "embedding"}."""
+    """clusters.h5 -> {"index", "key" (list of str), "class", "cluster", "embedding"}, and
+    "clusters/id", "clusters/class", "clusters/flagged", "clusters/mean_heatmap" when
+    the file has the per-cluster table."""
     with h5py.File(path, "r") as handle:
         return {
             "index": handle["sample/index"][()],
@@ -166,6 +191,9 @@ def read_clusters(path):
             "class": handle["class"][()],
             "cluster": handle["cluster"][()],
             "embedding": handle["embedding"][()],
+            **({f"clusters/{name}": handle[f"clusters/{name}"][()]
+                for name in ("id", "class", "flagged", "mean_heatmap")}
+               if "clusters" in handle else {}),
         }
 
 

@@ -5,6 +5,9 @@ import os
 from sightline.audit.activations import read_activations
 from sightline.audit.audit import (DEFAULT_DIFFUSE, DEFAULT_THRESHOLD, DEFAULT_WORST, EXIT_FLAGGED,
                                    run_audit)
+from sightline.audit.clusters import SAMPLE_SIZE
+from sightline.audit.shortcuts import THRESHOLDS, VERIFY_THRESHOLDS, ShortcutOptions
+from sightline.audit.virelay import PROJECT_FILE
 from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
 from sightline.report.page import write_report
 
@@ -39,13 +42,56 @@ def add_arguments(parser):
     parser.add_argument("--activations", help="include the output folder of "
                                               "`sightline activations` in the report")
     parser.add_argument("--fail-on-flag", action="store_true",
-                        help=f"exit with {EXIT_FLAGGED} when any class is flagged")
+                        help=f"exit with {EXIT_FLAGGED} when any class or cluster is flagged")
+    shortcuts = parser.add_argument_group(
+        "finding shortcuts without masks", "the maps of each explained class are clustered; "
+        "a group is flagged when it is a separate group, matters, and its evidence sits "
+        "apart from the rest of its class (OUT/clusters.h5, \"clusters\" in audit.json)")
+    shortcuts.add_argument("--clusters", type=int, metavar="K",
+                           help="clusters per explained class (default: the eigengap chooses)")
+    shortcuts.add_argument("--cluster-min-share", type=float, metavar="FRACTION",
+                           help="flag only groups holding at least this share of their class "
+                                f"(default {THRESHOLDS['min_share']})")
+    shortcuts.add_argument("--cluster-min-size", type=int, metavar="MAPS",
+                           help="... and at least this many maps (default "
+                                f"{THRESHOLDS['min_size']})")
+    shortcuts.add_argument("--cluster-min-distance", type=float, metavar="FRACTION",
+                           help="... whose evidence sits at least this far (fraction of the "
+                                "image side) from where the rest of the class looks (default "
+                                f"{THRESHOLDS['min_distance']})")
+    shortcuts.add_argument("--cluster-sample-size", type=int, default=SAMPLE_SIZE, metavar="MAPS",
+                           help="fit the clusters on this many maps per class, chosen by a hash "
+                                "of the sample index, and assign the rest (default "
+                                f"{SAMPLE_SIZE}; memory and time grow with its square)")
+    shortcuts.add_argument("--verify", action="store_true",
+                           help="check every flagged group by hiding its region on its images: "
+                                "the run's model and data are read again from its manifest; "
+                                "a flag stays only when the model depends on the region")
+    shortcuts.add_argument("--verify-min-drop", type=float, metavar="PROBABILITY",
+                           help="the model depends on a region when hiding it lowers the "
+                                "explained class's probability by at least this much (default "
+                                f"{VERIFY_THRESHOLDS['min_drop']}) and by "
+                                f"{VERIFY_THRESHOLDS['min_ratio']}x a control region's")
+    shortcuts.add_argument("--unsafe", action="store_true",
+                           help="--verify: load a model holding Python code (Lambda layers); "
+                                "only if you trust the file, as for `sightline explain --unsafe`")
+    shortcuts.add_argument("--export-virelay", metavar="DIR",
+                           help="also write a ViRelAy project (images, heatmaps, clusters) "
+                                "into DIR; the images are read again from the run's source")
 
 
 def run(args):
     audit = run_audit(args.out, method=args.method, masks=args.masks, boxes=args.boxes,
                       regions=args.regions or (), threshold=args.threshold, diffuse=args.diffuse,
-                      flag_diffuse=args.flag_diffuse, worst=args.worst)
+                      flag_diffuse=args.flag_diffuse, worst=args.worst,
+                      shortcuts=ShortcutOptions(
+                          clusters=args.clusters,
+                          thresholds={"min_share": args.cluster_min_share,
+                                      "min_size": args.cluster_min_size,
+                                      "min_distance": args.cluster_min_distance},
+                          verify=args.verify, verify_thresholds={"min_drop": args.verify_min_drop},
+                          export_virelay=args.export_virelay, unsafe=args.unsafe,
+                          sample_size=args.cluster_sample_size))
     path = write_audit(audit, args.json or os.path.join(args.out, AUDIT_FILE))
     for line in summary_lines(audit):
         print(line)
@@ -56,5 +102,9 @@ def run(args):
             activations = [("model", read_activations(args.activations))]
         report = write_report(args.report, [("run", audit)], activations=activations)
         print(f"report: {report}")
-    return EXIT_FLAGGED if (args.fail_on_flag and audit["flagged"]) else 0
+    print(f"wrote {audit['clusters_file']}")
+    if args.export_virelay:
+        print(f"ViRelAy project: {os.path.join(args.export_virelay, PROJECT_FILE)}")
+    flagged = audit["flagged"] or audit["flagged_clusters"]
+    return EXIT_FLAGGED if (args.fail_on_flag and flagged) else 0
 
