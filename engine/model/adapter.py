@@ -192,62 +192,122 @@ def _rank(tensor):
 
 
 def _adapt_keras(model, flavor, layer, precision):
+    K = _keras_module(flavor)
+    inputs, output = _image_input_and_scores(model)
+    graph = _Graph(model)
+    logits = _Logits.find(graph, output)
+    target, activations_unsupported = _target_layer(model, graph, layer)
+    common = dict(input_shape=tuple(inputs.shape[1:]), num_classes=logits.num_classes,
+                  logits_layer=logits.layer_name, output_kind=logits.output_kind,
+                  flavor=flavor, precision=precision,
+                  values_per_image=_values_per_image(model), model=model)
+    if target is None:
+        whole = K.Model(inputs, logits.tensor)
+
+        def forward(images):
+            return None, logits.from_values(whole(images, training=False))
+
+        return ModelAdapter(
+            forward=forward, backbone=None, head=None, layer_name=None,
+            activation_shape=None, cam_kernel=None, cam_unsupported=activations_unsupported,
+            activations_unsupported=activations_unsupported, **common)
+
+    activations_tensor = graph.output_of(target)
+    # Read the graph before building sub-models: building them adds nodes to the layers.
+    cam_kernel, cam_map_tensor, cam_unsupported = _cam_head(
+        graph, activations_tensor, logits.tensor, logits.dense_with_activation,
+        logits.output_kind, logits.num_classes)
+    cam_source = None
+    if cam_kernel is not None and cam_map_tensor is not activations_tensor:
+        cam_source, cam_unsupported = _class_map_source(K, graph, target, activations_tensor,
+                                                        cam_map_tensor)
+        if cam_source is None:
+            cam_kernel = None
+    forward, backbone, head = _forward_functions(K, target, inputs, activations_tensor, logits)
+    return ModelAdapter(
+        forward=forward, backbone=backbone, head=head, layer_name=target.name,
+        activation_shape=tuple(activations_tensor.shape[1:]), cam_kernel=cam_kernel,
+        cam_unsupported=cam_unsupported, activations_unsupported=None,
+        cam_source=cam_source, **common)
+
+
+def _keras_module(flavor):
     if flavor == "keras3":
-        import keras as K
-    else:
-        import tf_keras as K
+        import keras
+        return keras
+    import tf_keras
+    return tf_keras
+
+
+def _image_input_and_scores(model):
+    """(input tensor [B,H,W,C], output tensor [B,classes]), or one clear error."""
     if not model.built or not getattr(model, "inputs", None):
         raise ValueError("the model has no defined input: build it with an Input layer (or call "
                          "model.build((None, H, W, C))) before explaining it")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(f"sightline explains models with one image input and one output; this "
                          f"model has {len(model.inputs)} inputs and {len(model.outputs)} outputs")
-    inputs = model.inputs[0]
+    inputs, output = model.inputs[0], model.outputs[0]
     if _rank(inputs) != 4:
         raise ValueError(f"the model's input must be an image batch [B,H,W,C]; it is {tuple(inputs.shape)}")
-    output = model.outputs[0]
     if _rank(output) != 2:
         raise ValueError(f"the model's output must be class scores [B,classes]; it is {tuple(output.shape)}")
+    return inputs, output
 
-    graph = _Graph(model)
-    # --- logits: the pre-softmax scores, never the probabilities.
-    final = graph.producer(output)
-    final_activation = _activation_name(final)
-    dense_with_activation = None
-    if type(final).__name__ == "Softmax" or (type(final).__name__ == "Activation"
-                                             and final_activation in ("softmax", "sigmoid")):
-        output_kind = "softmax" if final_activation != "sigmoid" else "sigmoid"
-        logits_tensor = graph.input_of(final)
-    elif _is_dense(final) and final_activation in ("softmax", "sigmoid"):
-        output_kind = final_activation
-        logits_tensor = graph.input_of(final)  # the dense layer's input; its pre-activation is computed below
-        dense_with_activation = final
-    else:
-        output_kind = "logits"
-        logits_tensor = output
-    num_classes = int(output.shape[-1])
-    logits_layer = (dense_with_activation or graph.producer(logits_tensor)).name
-    if output_kind == "sigmoid" and num_classes == 1:
-        output_kind = "binary_sigmoid"
-        num_classes = 2  # class 0 is explained by -z, class 1 by z
 
-    def to_logits(values):  # values: the logits tensor's value [B, classes or features]
+@dataclasses.dataclass
+class _Logits:
+    """Where the pre-softmax scores are, never the probabilities.
+
+    tensor: the graph tensor the logits are computed from (the logits themselves, or the
+    input of a final dense layer whose softmax/sigmoid is left out).
+    """
+
+    tensor: object
+    output_kind: str
+    num_classes: int
+    layer_name: str
+    dense_with_activation: object = None
+
+    @classmethod
+    def find(cls, graph, output):
+        final = graph.producer(output)
+        activation = _activation_name(final)
+        dense_with_activation = None
+        if type(final).__name__ == "Softmax" or (type(final).__name__ == "Activation"
+                                                 and activation in ("softmax", "sigmoid")):
+            output_kind = "softmax" if activation != "sigmoid" else "sigmoid"
+            tensor = graph.input_of(final)
+        elif _is_dense(final) and activation in ("softmax", "sigmoid"):
+            output_kind = activation
+            tensor = graph.input_of(final)  # the pre-activation is computed in from_values
+            dense_with_activation = final
+        else:
+            output_kind, tensor = "logits", output
+        num_classes = int(output.shape[-1])
+        layer_name = (dense_with_activation or graph.producer(tensor)).name
+        if output_kind == "sigmoid" and num_classes == 1:
+            output_kind, num_classes = "binary_sigmoid", 2  # class 0 is explained by -z
+        return cls(tensor, output_kind, num_classes, layer_name, dense_with_activation)
+
+    def from_values(self, values):
+        """values of `tensor` [B, classes or features] -> logits float32 [B, classes]."""
         values = tf.cast(values, tf.float32)
-        if dense_with_activation is not None:
-            kernel = tf.cast(tf.convert_to_tensor(dense_with_activation.kernel), tf.float32)
-            values = tf.matmul(values, kernel)
-            if dense_with_activation.use_bias:
-                values = values + tf.cast(tf.convert_to_tensor(dense_with_activation.bias), tf.float32)
-        if output_kind == "binary_sigmoid":
+        dense = self.dense_with_activation
+        if dense is not None:
+            values = tf.matmul(values, tf.cast(tf.convert_to_tensor(dense.kernel), tf.float32))
+            if dense.use_bias:
+                values = values + tf.cast(tf.convert_to_tensor(dense.bias), tf.float32)
+        if self.output_kind == "binary_sigmoid":
             values = tf.concat([-values, values], axis=-1)  # [B,2]: class 0 is explained by -z
         return values
 
-    # --- target layer.
+
+def _target_layer(model, graph, layer):
+    """(the target layer or None, why CAM-family methods cannot run or None)."""
     candidates = [l for l in model.layers
                   if type(l).__name__ != "InputLayer" and graph.output_of(l) is not None
                   and _rank(graph.output_of(l)) == 4]
-    target = None
-    activations_unsupported = None
     if layer is None:
         # A head that pools with keepdims (MobileNetV3, MobileNet v1) leaves 4-D layers of
         # 1x1 after the last feature map, which say nothing about where: the default is
@@ -257,93 +317,68 @@ def _adapt_keras(model, flavor, layer, precision):
                            if type(l).__name__.startswith("Global")), len(candidates))
         default_candidates = candidates[:first_pool] or candidates
         if default_candidates:
-            target = default_candidates[-1]
-        else:
-            activations_unsupported = (
-                "the model has no layer with a 4-D output (no convolutional feature maps), so "
-                "CAM-family methods cannot run on it; use saliency, smoothgrad or "
-                "integrated_gradients")
-    else:
-        names = [l.name for l in model.layers]
-        if layer not in names:
-            raise ValueError(f"layer {layer!r} is not in the model; layers with 4-D outputs: "
-                             f"{', '.join(l.name for l in candidates) or 'none'}")
-        target = model.get_layer(layer)
-        if target not in candidates:
-            shape = graph.output_of(target)
-            shape = "unknown" if shape is None else tuple(shape.shape)
-            raise ValueError(f"layer {layer!r} has output shape {shape}, "
-                             "not a 4-D feature map [B,h,w,K]; layers with 4-D outputs: "
-                             f"{', '.join(l.name for l in candidates) or 'none'}")
+            return default_candidates[-1], None
+        return None, ("the model has no layer with a 4-D output (no convolutional feature "
+                      "maps), so CAM-family methods cannot run on it; use saliency, smoothgrad "
+                      "or integrated_gradients")
+    if layer not in [l.name for l in model.layers]:
+        raise ValueError(f"layer {layer!r} is not in the model; layers with 4-D outputs: "
+                         f"{', '.join(l.name for l in candidates) or 'none'}")
+    target = model.get_layer(layer)
+    if target not in candidates:
+        shape = graph.output_of(target)
+        shape = "unknown" if shape is None else tuple(shape.shape)
+        raise ValueError(f"layer {layer!r} has output shape {shape}, "
+                         "not a 4-D feature map [B,h,w,K]; layers with 4-D outputs: "
+                         f"{', '.join(l.name for l in candidates) or 'none'}")
+    return target, None
 
-    if target is None:
-        whole = K.Model(inputs, logits_tensor)
 
-        def forward(images):
-            return None, to_logits(whole(images, training=False))
+def _class_map_source(K, graph, target, activations_tensor, cam_map_tensor):
+    """A fully convolutional head whose class convolution is not the target layer: CAM
+    reads the class maps, computed from the target's activations. Returns
+    (cam_source or None, why CAM cannot run or None)."""
+    source_name = graph.producer(cam_map_tensor).name
+    same_size = tuple(cam_map_tensor.shape[1:3]) == tuple(activations_tensor.shape[1:3])
+    cam_model = _sub_model(K, activations_tensor, cam_map_tensor) if same_size else None
+    if cam_model is None:
+        return None, (f"CAM reads the class convolution {source_name!r}, which cannot "
+                      f"be computed at the resolution of target layer {target.name!r}; "
+                      f"use layer={source_name!r} or gradcam")
 
-        return ModelAdapter(
-            forward=forward, backbone=None, head=None, input_shape=tuple(inputs.shape[1:]),
-            num_classes=num_classes, layer_name=None, logits_layer=logits_layer,
-            activation_shape=None, cam_kernel=None,
-            cam_unsupported=activations_unsupported,
-            activations_unsupported=activations_unsupported, output_kind=output_kind,
-            flavor=flavor, precision=precision, values_per_image=_values_per_image(model),
-            model=model)
+    def cam_source(activations):
+        return cam_model(activations, training=False)
+    return cam_source, None
 
-    activations_tensor = graph.output_of(target)
-    # Read the graph before building sub-models: building them adds nodes to the layers.
-    cam_kernel, cam_map_tensor, cam_unsupported = _cam_head(
-        graph, activations_tensor, logits_tensor, dense_with_activation, output_kind,
-        num_classes)
+
+def _forward_functions(K, target, inputs, activations_tensor, logits):
+    """(forward, backbone, head): backbone and head are None when the head cannot be cut
+    off the backbone (a skip connection), and the step then records the whole forward
+    pass for the activations' gradient."""
     backbone_model = K.Model(inputs, activations_tensor)
-    head_model = _sub_model(K, activations_tensor, logits_tensor)
+    head_model = _sub_model(K, activations_tensor, logits.tensor)
     if head_model is None:
         _warn_at_caller(
             f"the layers after target layer {target.name!r} also read tensors from before "
             "it (a skip connection), so its gradient comes from recording the whole forward "
             "pass, which is slower; a layer after the connection joins gets the fast path")
-    cam_source = None
-    if cam_kernel is not None and cam_map_tensor is not activations_tensor:
-        # A fully convolutional head whose class convolution is not the target layer:
-        # CAM reads the class maps, computed from the target's activations.
-        source_name = graph.producer(cam_map_tensor).name
-        same_size = tuple(cam_map_tensor.shape[1:3]) == tuple(activations_tensor.shape[1:3])
-        cam_model = _sub_model(K, activations_tensor, cam_map_tensor) if same_size else None
-        if cam_model is None:
-            cam_kernel = None
-            cam_unsupported = (f"CAM reads the class convolution {source_name!r}, which cannot "
-                               f"be computed at the resolution of target layer {target.name!r}; "
-                               f"use layer={source_name!r} or gradcam")
-        else:
-            def cam_source(activations):
-                return cam_model(activations, training=False)
-
-    if head_model is not None:
-        def backbone(images):
-            return backbone_model(images, training=False)
-
-        def head(activations):
-            return to_logits(head_model(activations, training=False))
-
-        def forward(images):
-            activations = backbone(images)
-            return activations, head(activations)
-    else:
-        backbone = head = None
-        whole = K.Model(inputs, [activations_tensor, logits_tensor])
+        whole = K.Model(inputs, [activations_tensor, logits.tensor])
 
         def forward(images):
             activations, values = whole(images, training=False)
-            return activations, to_logits(values)
+            return activations, logits.from_values(values)
+        return forward, None, None
 
-    return ModelAdapter(
-        forward=forward, backbone=backbone, head=head, input_shape=tuple(inputs.shape[1:]),
-        num_classes=num_classes, layer_name=target.name, logits_layer=logits_layer,
-        activation_shape=tuple(activations_tensor.shape[1:]), cam_kernel=cam_kernel,
-        cam_unsupported=cam_unsupported, activations_unsupported=None,
-        output_kind=output_kind, flavor=flavor, precision=precision,
-        values_per_image=_values_per_image(model), model=model, cam_source=cam_source)
+    def backbone(images):
+        return backbone_model(images, training=False)
+
+    def head(activations):
+        return logits.from_values(head_model(activations, training=False))
+
+    def forward(images):
+        activations = backbone(images)
+        return activations, head(activations)
+    return forward, backbone, head
 
 
 def _warn_at_caller(message):
