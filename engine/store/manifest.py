@@ -29,13 +29,14 @@ def fingerprint_hash(run):
     return hashlib.sha256(json.dumps(run, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def write_manifest(out, run, provenance, ranges, *, fingerprint=None):
+def write_manifest(out, run, provenance, ranges, *, fingerprint=None, unread=()):
     """Write the manifest from the run, its provenance and the shards' (start, stop).
 
     fingerprint: the run's fingerprint hash; a shard whose record carries another is
     listed as pending. None (output written without fingerprints) skips that check.
+    unread: skipped entries of source files that are no sample (index None).
     """
-    shards, skipped = [], []
+    shards, skipped = [], list(unread)
     num_shards = len(ranges)
     for shard, (start, stop) in enumerate(ranges):
         record, _ = verify_shard(out, shard, num_shards, checksum=False, fingerprint=fingerprint)
@@ -68,5 +69,6 @@ def refresh_manifest(out):
                                "num_skipped", "index", "shards", "skipped")}
     ranges = [(e["sample_start"], e["sample_stop"]) for e in manifest["shards"]]
     write_manifest(out, manifest["run"], provenance, ranges,
-                   fingerprint=manifest.get("fingerprint"))
+                   fingerprint=manifest.get("fingerprint"),
+                   unread=[s for s in manifest["skipped"] if s.get("index") is None])
     return read_manifest(out)
