@@ -32,94 +32,81 @@ SKIP_REASONS = {
                       "decode)",
 }
 
-# How far from the end a JPEG's end-of-image marker or a PNG's IEND chunk is looked for:
-# some cameras append a few bytes of their own after it.
+# How far from the end a JPEG's end-of-image marker is looked for: some cameras append
+# data of their own after it.
 _TAIL_BYTES = 4096
 
 
 def decode_with_reason(content, channels):
     """content[] string (an encoded file) -> (image[h,w,channels] float32 in 0..255,
     reason[] int32). reason is OK, or a code of SKIP_REASONS with a 1x1 zero image."""
-    reason = _header_reason(content)
-    head = _head(content)
-    is_tiff = _starts_with(head, b"II*\x00") | _starts_with(head, b"MM\x00*")
-
-    def decode_tiff():
-        image, tiff_reason = tf.numpy_function(
-            lambda data: _decode_tiff(data, channels), [content], (tf.float32, tf.int32),
-            stateful=False)
-        return tf.reshape(image, [tf.shape(image)[0], tf.shape(image)[1], channels]), \
-            tf.reshape(tiff_reason, [])
+    reason, is_tiff = _inspect(content)
 
     def decode_other():
         image = tf.io.decode_image(content, channels=channels, expand_animations=False)
         return tf.cast(image, tf.float32), tf.constant(OK, tf.int32)
 
+    def decode_tiff():
+        image, tiff_reason = tf.numpy_function(
+            lambda data: _decode_tiff(data, channels), [content], (tf.float32, tf.int32),
+            stateful=False)
+        return (tf.reshape(image, [tf.shape(image)[0], tf.shape(image)[1], channels]),
+                tf.reshape(tiff_reason, []))
+
     def skip():
         return tf.zeros([1, 1, channels], tf.float32), reason
 
-    image, reason = tf.cond(
-        reason != OK, skip, lambda: tf.cond(is_tiff, decode_tiff, decode_other))
+    # One branch op per image (the checks above are branch-free): 0 TensorFlow's
+    # decoders, 1 Pillow for TIFF, 2 nothing to decode.
+    branch = tf.where(reason != OK, 2, tf.where(is_tiff, 1, 0))
+    image, reason = tf.switch_case(branch, [decode_other, decode_tiff, skip])
     image.set_shape([None, None, channels])
     return image, reason
 
 
-def _head(content):
-    """The first 16 bytes, padded with NUL bytes: every signature check can slice it."""
-    return tf.strings.join([tf.strings.substr(content, 0, 16), b"\x00" * 16])
-
-
-def _starts_with(head, prefix, offset=0):
-    return tf.strings.substr(head, offset, len(prefix)) == prefix
-
-
-def _ends_with(content, suffix):
+def _inspect(content):
+    """(reason code, is TIFF) from a file's first 16 and last few thousand bytes, with
+    no branches: a few small string and byte ops per file, before any decoding."""
     length = tf.strings.length(content)
-    return tf.strings.substr(content, tf.maximum(length - len(suffix), 0), len(suffix)) == suffix
+    head = tf.strings.join([tf.strings.substr(content, 0, 16), b"\x00" * 16])  # >= 32 bytes
 
+    def starts_with(prefix, offset=0):
+        return tf.strings.substr(head, offset, len(prefix)) == prefix
 
-def _occurs_near_end(content, marker):
-    """Whether the bytes `marker` occur within the last _TAIL_BYTES bytes of content."""
-    length = tf.strings.length(content)
+    def declared_size(offset):  # a little-endian 32-bit size field in the header
+        field = tf.io.decode_raw(tf.strings.substr(head, offset, 4), tf.int32)[0]
+        return tf.cast(field, tf.int64)
+
+    png = starts_with(b"\x89PNG\r\n\x1a\n")
+    jpeg = starts_with(b"\xff\xd8\xff")
+    gif = starts_with(b"GIF87a") | starts_with(b"GIF89a")
+    bmp = starts_with(b"BM")
+    webp = starts_with(b"RIFF") & starts_with(b"WEBP", offset=8)
+    tiff = starts_with(b"II*\x00") | starts_with(b"MM\x00*")
+    unsupported = (starts_with(b"\x00\x00\x00\x0cjP  ")  # JPEG 2000 (jp2)
+                   | starts_with(b"\xff\x4f\xff\x51")  # JPEG 2000 codestream
+                   | starts_with(b"ftyp", offset=4)  # HEIF, AVIF (ISO media)
+                   | starts_with(b"8BPS"))  # Photoshop
+
+    def ends_with(suffix):
+        return tf.strings.substr(content, tf.maximum(length - len(suffix), 0),
+                                 len(suffix)) == suffix
+
+    # JPEG: the end-of-image marker FF D9, looked for in the last _TAIL_BYTES bytes.
     start = tf.maximum(length - _TAIL_BYTES, 0)
     tail = tf.io.decode_raw(tf.strings.substr(content, start, length - start), tf.uint8)
-    windows = tf.signal.frame(tail, len(marker), 1)  # [positions, len(marker)]
-    return tf.reduce_any(tf.reduce_all(windows == tf.constant(list(marker), tf.uint8), axis=-1))
-
-
-def _little_endian_uint32(content, offset):
-    """The unsigned 32-bit little-endian number at byte `offset` (< 12), as int64."""
-    field = tf.strings.substr(_head(content), offset, 4)
-    raw = tf.cast(tf.io.decode_raw(field, tf.uint8), tf.int64)
-    return raw[0] + raw[1] * 256 + raw[2] * 65536 + raw[3] * 16777216
-
-
-def _header_reason(content):
-    """The reason code a file's first and last bytes give, before any decoding."""
-    length = tf.cast(tf.strings.length(content), tf.int64)
-    head = _head(content)
-    png = _starts_with(head, b"\x89PNG\r\n\x1a\n")
-    jpeg = _starts_with(head, b"\xff\xd8\xff")
-    gif = _starts_with(head, b"GIF87a") | _starts_with(head, b"GIF89a")
-    bmp = _starts_with(head, b"BM")
-    webp = _starts_with(head, b"RIFF") & _starts_with(head, b"WEBP", offset=8)
-    tiff = _starts_with(head, b"II*\x00") | _starts_with(head, b"MM\x00*")
-    unsupported = (_starts_with(head, b"\x00\x00\x00\x0cjP  ")  # JPEG 2000 (jp2)
-                   | _starts_with(head, b"\xff\x4f\xff\x51")  # JPEG 2000 codestream
-                   | _starts_with(head, b"ftyp", offset=4)  # HEIF, AVIF (ISO media)
-                   | _starts_with(head, b"8BPS"))  # Photoshop
-    whole = tf.case([
-        # PNG: the IEND chunk with its fixed CRC; JPEG: the end-of-image marker.
-        (png, lambda: _occurs_near_end(content, b"IEND\xaeB`\x82")),
-        (jpeg, lambda: _occurs_near_end(content, b"\xff\xd9")),
-        (gif, lambda: _ends_with(content, b";")),
-        # BMP and WebP state their own size in the header.
-        (bmp, lambda: _little_endian_uint32(content, 2) <= length),
-        (webp, lambda: _little_endian_uint32(content, 4) + 8 <= length),
-    ], default=lambda: tf.constant(True))
+    jpeg_end = tf.reduce_any((tail[:-1] == 0xFF) & (tail[1:] == 0xD9))
+    total = tf.cast(length, tf.int64)
+    whole = ((png & ends_with(b"IEND\xaeB`\x82"))  # the IEND chunk and its fixed CRC
+             | (jpeg & jpeg_end)
+             | (gif & ends_with(b";"))  # the GIF trailer
+             | (bmp & (declared_size(2) <= total))  # BMP and WebP state their own size
+             | (webp & (declared_size(4) + 8 <= total))
+             | tiff)  # TIFF: Pillow tells (see _decode_tiff)
     known = png | jpeg | gif | bmp | webp | tiff
-    return tf.where(unsupported, UNSUPPORTED_FORMAT,
-                    tf.where(~known, NOT_AN_IMAGE, tf.where(whole, OK, TRUNCATED)))
+    reason = tf.where(unsupported, UNSUPPORTED_FORMAT,
+                      tf.where(~known, NOT_AN_IMAGE, tf.where(whole, OK, TRUNCATED)))
+    return tf.cast(reason, tf.int32), tiff & ~unsupported
 
 
 def _decode_tiff(data, channels):
