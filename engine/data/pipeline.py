@@ -1,13 +1,15 @@
 """The input pipeline: parallel decode and resize, preprocessing, fixed-shape batches.
 
 Every batch has the same shape, so the compiled step traces once: the last batch of a
-range is padded and carries a validity mask. A sample that cannot be decoded is
-dropped here; the runner finds it by its missing index and records why.
+range is padded and carries a validity mask. A sample that cannot be decoded stays in
+its batch as an invalid row with its reason code (see decode.py), so the runner records
+why from the batch itself.
 """
 
 import tensorflow as tf
 
 from sightline.config import preprocessing_name
+from sightline.data.decode import OK, decode_with_reason
 
 # ImageNet statistics of the two common conventions (Keras applications' "caffe" and
 # "torch" modes): caffe is BGR with mean subtraction on 0..255, torch is RGB on 0..1.
@@ -56,10 +58,9 @@ def shard_batches(source, ranges, *, batch_size, image_size, channels, preproces
 
     def prepare(content, label, index):
         if source.encoded:
-            image = tf.io.decode_image(content, channels=channels, expand_animations=False)
-            image.set_shape([None, None, channels])
+            image, reason = decode_with_reason(content, channels)
         else:
-            image = content
+            image, reason = content, tf.constant(OK, tf.int32)
         image = tf.cast(image, tf.float32)
         if not source.encoded and source.array_shape[:2] == (height, width):
             resized = image
@@ -70,26 +71,38 @@ def shard_batches(source, ranges, *, batch_size, image_size, channels, preproces
             resized = tf.cond(same_size, lambda: image, lambda: tf.image.resize(
                 image, (height, width), method="bilinear", antialias=True))
         resized = tf.ensure_shape(resized, [height, width, channels])
-        return preprocess(resized, name), label, index
+        return preprocess(resized, name), label, index, reason
 
-    def pad(images, labels, index, position):
+    def pad(images, labels, index, reasons, position):
         count = tf.shape(images)[0]
         missing = batch_size - count
+        decoded = reasons == OK
+        skipped_index = tf.where(decoded, tf.constant(-1, tf.int64), index)
+        index = tf.where(decoded, index, tf.constant(-1, tf.int64))
+        index_padded = tf.ensure_shape(tf.pad(index, [[0, missing]], constant_values=-1),
+                                       [batch_size])
         return {
             "images": tf.ensure_shape(tf.pad(images, [[0, missing], [0, 0], [0, 0], [0, 0]]),
                                       [batch_size, height, width, channels]),
             "labels": tf.ensure_shape(tf.pad(labels, [[0, missing]], constant_values=-1), [batch_size]),
-            "index": tf.ensure_shape(tf.pad(index, [[0, missing]], constant_values=-1), [batch_size]),
-            "mask": tf.ensure_shape(tf.range(batch_size) < count, [batch_size]),
+            "index": index_padded,
+            "mask": tf.ensure_shape(index_padded >= 0, [batch_size]),
+            "skipped_index": tf.ensure_shape(
+                tf.pad(skipped_index, [[0, missing]], constant_values=-1), [batch_size]),
+            "skipped_reason": tf.ensure_shape(tf.pad(reasons, [[0, missing]]), [batch_size]),
             "position": position,
         }
 
     def one_range(position):
         return (source.records(starts[position], stops[position], tables)
                 .map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .ignore_errors()  # an undecodable sample drops out; the runner finds it
+                # Only a file whose first and last bytes look whole but whose inside is
+                # corrupt still fails in the decoder: it drops out here, and the runner
+                # finds it by its missing index.
+                .ignore_errors()
                 .batch(batch_size)
-                .map(lambda images, labels, index: pad(images, labels, index, position)))
+                .map(lambda images, labels, index, reasons: pad(images, labels, index, reasons,
+                                                                position)))
 
     return (tf.data.Dataset.range(len(ranges))
             .flat_map(one_range)

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr")
 
 
@@ -42,6 +42,8 @@ class Source:
     # tfrecord: per sample, which file (index into paths) and which record in it.
     record_files: Optional[np.ndarray] = None
     record_numbers: Optional[np.ndarray] = None
+    # folder: files in it that are not samples, as (key, reason): listed, never dropped.
+    unread: tuple = ()
 
     @property
     def num_samples(self):
@@ -193,26 +195,32 @@ def _split_h5_spec(spec):
 def _open_folder(folder):
     entries = sorted(os.listdir(folder))
     class_names = tuple(e for e in entries if os.path.isdir(os.path.join(folder, e)))
-    paths, labels = [], []
+    paths, labels, unread = [], [], []
+
+    def take(path, label):
+        if path.lower().endswith(IMAGE_EXTENSIONS):
+            paths.append(path)
+            labels.append(label)
+        else:
+            extension = os.path.splitext(path)[1].lower() or "(none)"
+            unread.append((os.path.relpath(path, folder), f"unsupported file type {extension}"))
+
     for name in entries:
         full = os.path.join(folder, name)
-        if os.path.isfile(full) and name.lower().endswith(IMAGE_EXTENSIONS):
-            paths.append(full)
-            labels.append(-1)
+        if os.path.isfile(full):
+            take(full, -1)
     for label, class_name in enumerate(class_names):
         for root, dirs, files in os.walk(os.path.join(folder, class_name)):
             dirs.sort()
             for name in sorted(files):
-                if name.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(root, name))
-                    labels.append(label)
+                take(os.path.join(root, name), label)
     if not paths:
         raise ValueError(f"data folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), "
                          "directly or in class subfolders")
     keys = tuple(os.path.relpath(p, folder) for p in paths)
     return Source(kind="folder", description=f"folder {os.path.abspath(folder)}", keys=keys,
                   labels=np.asarray(labels, np.int32), class_names=class_names, encoded=True,
-                  paths=tuple(paths))
+                  paths=tuple(paths), unread=tuple(unread))
 
 
 def _open_tfrecords(files, spec, image_key, label_key):

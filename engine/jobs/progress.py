@@ -55,12 +55,14 @@ class Progress:
             self.bar = None
 
     def summary(self, **fields):
+        """The closing line; a field that is None could not be measured (a rate over a
+        run of one batch) and shows as n/a (null in JSON), never as a misleading 0."""
         self.close()
         if self.log_json:
             self._json("summary", **fields)
         elif not self.quiet:
-            self._line("sightline: done: " + ", ".join(f"{k.replace('_', ' ')} {v}"
-                                                       for k, v in fields.items()))
+            self._line("sightline: done: " + ", ".join(
+                f"{k.replace('_', ' ')} {'n/a' if v is None else v}" for k, v in fields.items()))
 
     def _line(self, text):
         if self.bar is not None:

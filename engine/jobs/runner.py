@@ -11,6 +11,7 @@ import math
 import os
 import time
 import types
+from typing import Optional
 
 import numpy as np
 
@@ -36,7 +37,9 @@ class JobSummary:
     shards_reused: int
     shards_total: int
     startup_seconds: float  # until the first batch's maps: tracing, compiling, first reads
-    images_per_second: float  # after start-up, until the last shard is on disk
+    # After start-up, until the last shard is on disk; None when it cannot be measured
+    # (one batch, or every shard reused): a rate of 0.0 would read as a stalled run.
+    images_per_second: Optional[float]
     wall_seconds: float
     index_built: bool
     exit_code: int = 0
@@ -66,7 +69,7 @@ class _Timer:
 
     def steady_rate(self):
         if self.first_batch is None or not self.steady_images:
-            return 0.0
+            return None
         return self.steady_images / max((self.stopped or time.monotonic()) - self.first_batch,
                                         1e-9)
 
@@ -83,8 +86,10 @@ class _ShardProgress:
         self.next_position = 0
         self.seen = None
         self.images = self.skipped = self.written = 0
+        self.failures = {}
 
-    def add(self, position, arrays):
+    def add(self, position, arrays, failures):
+        """failures: {sample index: reason} of the batch's rows that could not be decoded."""
         if position != self.current:
             self._close_current()
             while self.next_position < position:
@@ -93,14 +98,21 @@ class _ShardProgress:
             self._open(position)
         start = self.ranges[position][0]
         self.seen[arrays["sample/index"] - start] = True
-        self.writer.append(arrays)
-        self.progress.advance(len(arrays["sample/index"]))
+        self.failures.update(failures)
+        if len(arrays["sample/index"]):
+            self.writer.append(arrays)
+        self.progress.advance(len(arrays["sample/index"]) + len(failures))
 
     def close_all(self):
         self._close_current()
         while self.next_position < len(self.ranges):
             self._open(self.next_position)
             self._close_current()
+
+    def _corrupt(self, index):
+        # Not in any batch: the decoder failed inside a file that looked whole (the
+        # pipeline's last resort); decode it once more for the decoder's own words.
+        return f"corrupt image data ({self.source.read_error(index) or 'the decoder failed'})"
 
     def _open(self, position):
         start, stop = self.ranges[position]
@@ -113,7 +125,7 @@ class _ShardProgress:
             return
         start = self.ranges[self.current][0]
         skipped = [{"index": int(start + i), "key": self.source.keys[start + i],
-                    "reason": self.source.read_error(start + i) or "could not be decoded"}
+                    "reason": self.failures.pop(int(start + i), None) or self._corrupt(start + i)}
                    for i in np.flatnonzero(~self.seen)]
         for item in skipped:
             self.progress.event("skipped", message=f"{item['key']}: {item['reason']}")
@@ -131,8 +143,10 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
 
     started = time.monotonic()
     plan = _plan(config)
+    unread = [{"index": None, "key": key, "reason": reason} for key, reason in plan.source.unread]
     manifest = ManifestWriter(plan.out, plan.run, plan.provenance, plan.ranges,
-                              fingerprint=plan.fingerprint, interval=MANIFEST_SECONDS)
+                              fingerprint=plan.fingerprint, interval=MANIFEST_SECONDS,
+                              unread=unread)
     manifest.reload()
     manifest.write()
     progress = Progress(sum(plan.ranges[s][1] - plan.ranges[s][0] for s in plan.mine),
@@ -140,6 +154,11 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     writer = ShardWriter(plan.out, plan.num_shards, plan.layout, compression=config.compression,
                          on_finished=manifest.shard_finished, fingerprint=plan.fingerprint,
                          worker=plan.worker, workers=plan.workers)
+    if unread:
+        names = ", ".join(item["key"] for item in unread[:5]) + (" ..." if len(unread) > 5 else "")
+        progress.event("skipped", message=f"{len(unread)} file(s) in the data folder are not "
+                                          f"images sightline reads ({names}); listed in the "
+                                          "manifest")
     stop_signal = []
     job, reused = None, 0
     timer = _Timer()
@@ -184,7 +203,8 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
         shards_written=job.written if job else 0,
         shards_reused=reused, shards_total=plan.num_shards,
         startup_seconds=round(timer.startup, 2),
-        images_per_second=round(timer.steady_rate(), 2),
+        images_per_second=(None if timer.steady_rate() is None
+                           else round(timer.steady_rate(), 2)),
         wall_seconds=round(time.monotonic() - started, 2), index_built=index_built,
         exit_code=exit_code)
     progress.summary(**{k: v for k, v in dataclasses.asdict(summary).items() if k != "exit_code"})
@@ -278,7 +298,7 @@ def _explain_shards(config, plan, pending, job, stop_signal, timer):
         outputs = distributed_step(element["images"], element["targets"], element["index"])
         arrays = _host_arrays(strategy, outputs, element, plan.encoded_keys)
         position = int(strategy.experimental_local_results(element["position"])[0][0])
-        job.add(position, arrays)
+        job.add(position, arrays, _failures(strategy, element))
         timer.batch_done(len(arrays["sample/index"]))
     if stop_signal:
         raise Interrupted(stop_signal[0])
@@ -350,16 +370,29 @@ def _with_targets(config):
         # The position is repeated per sample so the batch can be split over replicas.
         return {"images": batch["images"], "targets": tf.cast(targets, tf.int32),
                 "index": batch["index"], "labels": batch["labels"],
+                "skipped_index": batch["skipped_index"], "skipped_reason": batch["skipped_reason"],
                 "position": tf.fill(tf.shape(batch["index"]), batch["position"])}
 
     return attach
 
 
+def _gather(strategy, value):
+    """A per-replica value -> one NumPy array over the whole batch."""
+    return np.concatenate([np.asarray(p) for p in strategy.experimental_local_results(value)])
+
+
+def _failures(strategy, element):
+    """{sample index: reason} of the batch's rows the pipeline could not decode."""
+    from sightline.data.decode import SKIP_REASONS
+    index = _gather(strategy, element["skipped_index"])
+    reasons = _gather(strategy, element["skipped_reason"])
+    return {int(i): SKIP_REASONS[int(r)] for i, r in zip(index, reasons) if i >= 0}
+
+
 def _host_arrays(strategy, outputs, element, encoded_keys):
     """Per-replica results -> the valid rows as NumPy arrays, in the shard layout."""
     def gather(value):
-        parts = strategy.experimental_local_results(value)
-        return np.concatenate([np.asarray(p) for p in parts])
+        return _gather(strategy, value)
 
     index = gather(element["index"])
     valid = index >= 0

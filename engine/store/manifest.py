@@ -45,8 +45,10 @@ class ManifestWriter:
     the index step and `sightline index` rebuild the table from every record.
     """
 
-    def __init__(self, out, run, provenance, ranges, *, fingerprint=None, interval=0.0):
+    def __init__(self, out, run, provenance, ranges, *, fingerprint=None, interval=0.0,
+                 unread=()):
         self.out, self.run, self.provenance = out, run, provenance
+        self.unread = list(unread)  # skipped entries of source files that are no sample
         self.ranges = list(ranges)
         self.fingerprint = fingerprint  # a record carrying another is listed as pending
         self.interval = interval
@@ -74,7 +76,7 @@ class ManifestWriter:
             self._write()
 
     def _write(self):
-        shards, skipped = [], []
+        shards, skipped = [], list(self.unread)
         num_shards = len(self.ranges)
         for shard, (start, stop) in enumerate(self.ranges):
             record = self.records[shard]
@@ -101,14 +103,16 @@ class ManifestWriter:
         self._written = time.monotonic()
 
 
-def write_manifest(out, run, provenance, ranges, *, fingerprint=None):
+def write_manifest(out, run, provenance, ranges, *, fingerprint=None, unread=()):
     """Write the manifest from the run, its provenance and the shards' (start, stop),
     reading every shard's record from disk.
 
     fingerprint: the run's fingerprint hash; a shard whose record carries another is
     listed as pending. None (output written without fingerprints) skips that check.
+    unread: skipped entries of source files that are no sample (index None).
     """
-    manifest = ManifestWriter(out, run, provenance, ranges, fingerprint=fingerprint)
+    manifest = ManifestWriter(out, run, provenance, ranges, fingerprint=fingerprint,
+                              unread=unread)
     manifest.reload()
     manifest.write()
 
@@ -121,5 +125,6 @@ def refresh_manifest(out):
                                "num_skipped", "index", "shards", "skipped")}
     ranges = [(e["sample_start"], e["sample_stop"]) for e in manifest["shards"]]
     write_manifest(out, manifest["run"], provenance, ranges,
-                   fingerprint=manifest.get("fingerprint"))
+                   fingerprint=manifest.get("fingerprint"),
+                   unread=[s for s in manifest["skipped"] if s.get("index") is None])
     return read_manifest(out)
