@@ -21,9 +21,10 @@ from sightline.store.results import open_results
 TILE_SIDE = 96  # display pixels per tile of a member grid, whatever the image size
 
 
-def read_cluster_file(out):
-    """The run's clusters.h5 as read_clusters gives it; ValueError when it is missing."""
-    path = os.path.join(out, CLUSTERS_FILE)
+def read_cluster_file(audit):
+    """The audit's clusters.h5 (its "clusters_file", else OUT/clusters.h5) as read_clusters
+    gives it; ValueError when it is missing."""
+    path = audit.get("clusters_file") or os.path.join(audit["out"], CLUSTERS_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"the audit lists clusters but {path!r} does not exist; run "
                          "`sightline audit` again on this run to write it")
@@ -133,8 +134,11 @@ def clusters_section(folder, slug, audit, table_of, load_images):
     """The HTML of an audit's clusters; writes its PNGs into `folder`. `table_of(...)`
     is the page's table helper, `load_images(audit, items)` its image reader."""
     clusters = ordered(audit["clusters"])
-    table = read_cluster_file(audit["out"])
-    means = mean_maps(audit["out"], audit["method"], table)
+    table = read_cluster_file(audit)
+    if "clusters/mean_heatmap" in table:  # the audit stored them: no pass over the run
+        means = dict(zip(table["clusters/id"].tolist(), table["clusters/mean_heatmap"]))
+    else:
+        means = mean_maps(audit["out"], audit["method"], table)
     flagged = [c for c in clusters if c["flagged"]]
     parts = ["<h3>Groups found without masks</h3>",
              f'<p class="note">Each class\'s heatmaps are clustered by where their evidence '

@@ -148,7 +148,7 @@ def _verdict(audit):
         return (f"FLAGGED: {masked}{len(groups)} group(s) found without masks whose evidence "
                 f"sits elsewhere than the rest of their class: {names}"), "flagged"
     if audit["masks"] is None and audit.get("clusters"):
-        return ("not flagged: no masks or boxes were given, and the clustering of each "
+        return ("nothing flagged: no masks or boxes were given, and the clustering of each "
                 "class's heatmaps found no group whose evidence sits elsewhere"), "ok"
     if audit["masks"] is None:
         verdict = ("nothing flagged: no masks or boxes were given, so only the mask-free "
