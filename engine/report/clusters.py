@@ -18,7 +18,7 @@ from sightline.report import figures
 from sightline.report.overlay import colorize, grid, overlay, upscale, write_png
 from sightline.store.results import open_results
 
-TILE_SIDE = 96  # display pixels per tile of a member grid, whatever the image size
+TILE_SIDE = 96  # least display pixels a side per tile of a member grid
 
 
 def read_cluster_file(audit):
@@ -73,7 +73,7 @@ def member_grid(audit, cluster, mean_map, path, load_images):
     """One PNG: the cluster's mean heatmap, then each listed member's heatmap over its
     image (the heatmap alone when the image cannot be read back)."""
     size = tuple(audit["compared_at"])
-    zoom = max(1, TILE_SIDE // max(size))
+    zoom = max(1, -(-TILE_SIDE // max(size)))  # at least TILE_SIDE pixels a side
     members = [_example_items(e) for e in cluster.get("examples") or []]
     with open_results(audit["out"]) as results:
         for member in members:

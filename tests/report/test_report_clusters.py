@@ -151,7 +151,7 @@ def test_the_member_grid_shows_the_members_tag_under_their_heatmaps(made):
     picture = assert_png(open(os.path.join(folder, f"tagged-model-cluster-{flagged['id']}.png"),
                               "rb").read())
     tiles = 1 + len(flagged["examples"])
-    side = 3 * audit_runs.SIZE[0]  # TILE_SIDE 96 over 32-pixel images
+    side = 3 * audit_runs.SIZE[0]  # TILE_SIDE 96 over 32-pixel images: zoom 3
     assert picture.shape[:2] == (side + 4, tiles * side + (tiles + 1) * 2)
     # Each member tile is its own image blended with its heatmap: the white tag in the
     # corner stays the brightest part of the tile.
