@@ -421,7 +421,8 @@ def _mean_over_images(audit, summary_of):
 
 
 def _number(value):
-    return f"{value:.3f}" if value == value else "n/a"  # NaN: no map with evidence
+    # None: no control region fits; NaN: no map with evidence.
+    return f"{value:.3f}" if value is not None and value == value else "n/a"
 
 
 def _intro(results, class_names, lines):
