@@ -1,23 +1,31 @@
-"""`sightline demo`: find the cloudy-sky detector we planted ourselves.
+"""`sightline demo`: find the cloudy-sky detector and the tag reader we planted ourselves.
 
     sightline demo --out demo-out        (or scripts/demo.sh)
 
 1. generate the scenes (sightline.demo.scenes): crosses and discs on textured ground under a
    cloudy or sunny sky; in `train` the sky agrees with the class 95% of the time, in
-   `train-clean` and `held-out` 50% (it says nothing);
-2. train two models of the course's shape with one recipe (the same seed, optimiser, and
+   `train-clean` and `held-out` 50% (it says nothing); in `train-tagged` and
+   `held-out-tagged` the sky says nothing but a quarter of the crosses carry a corner tag
+   over a faint cross (who has it is saved with the data);
+2. train three models of the course's shape with one recipe (the same seed, optimiser, and
    "train until the training accuracy stops improving"): `shortcut` on `train`, `clean`
-   on `train-clean`;
-3. explain both on `held-out` with Grad-CAM (sightline.jobs.runner.run_job: the path of
-   `sightline explain`), 4. audit both against the object masks, 5. look at their
-   activations, 6. write one report (with every method's maps on a few held-out scenes
-   for both models), and print the verdict: the shortcut model flagged, the clean one
-   not.
+   on `train-clean`, `tagged` on `train-tagged`;
+3. explain with Grad-CAM (sightline.jobs.runner.run_job: the path of `sightline explain`):
+   shortcut and clean on `held-out`, tagged and clean on `held-out-tagged`;
+4. audit the shortcut and clean models against the object masks;
+5. audit the tagged and clean models without masks (clusters of each class's maps, the
+   flagged ones verified by ablation; mask_free_audit) and score the tag group against
+   the ground truth (tag_group: precision, recall, ablation drop vs control);
+6. look at the activations of the shortcut and clean models, 7. write one report (with
+   every method's maps on a few held-out scenes for both, and the clusters), and print
+   the verdict: the shortcut model flagged by the masks, the tag group flagged without
+   masks, the clean model by neither.
 
-Everything lands in OUT: data/, models/, runs/<model>/ (shards, audit.json),
-activations/<model>/ and report/report.html (with methods-<model>.png). Exit 0 when the verdict is the expected
-one, 1 otherwise. OUT must be new, empty or an earlier demo's output (marked by
-.sightline-demo): the demo replaces those folders on every run.
+Everything lands in OUT: data/, models/, runs/<model>/ and runs/<model>-on-tagged/
+(shards, audit.json, clusters.h5), activations/<model>/ and report/report.html (with
+methods-<model>.png). Exit 0 when the verdict is the expected one, 1 otherwise. OUT must
+be new, empty or an earlier demo's output (marked by .sightline-demo): the demo replaces
+those folders on every run.
 """
 
 import html
@@ -29,8 +37,11 @@ from sightline.kernels.methods import INPUT, method_names
 
 IMAGE_SIZE = 64
 SKY_REGION = "sky=0:20,0:64"
-MODELS = ("shortcut", "clean")
-TRAIN_SPLIT = {"shortcut": "train", "clean": "train-clean"}
+MODELS = ("shortcut", "clean", "tagged")
+TRAIN_SPLIT = {"shortcut": "train", "clean": "train-clean", "tagged": "train-tagged"}
+HELD_OUT = {"shortcut": "held-out", "clean": "held-out", "tagged": "held-out-tagged"}
+MASKED_MODELS = ("shortcut", "clean")  # audited against the object masks on `held-out`
+MASK_FREE_MODELS = ("tagged", "clean")  # audited without masks on `held-out-tagged`
 # The overview of every method of the table on a few held-out scenes, per model.
 OVERVIEW_METHODS = method_names()
 # Maps that live on single pixels (the input-resolution methods): shown with their top
@@ -131,15 +142,89 @@ def _accuracy(model, images, labels):
     return float(np.mean(probabilities.argmax(axis=1) == labels))
 
 
+def mask_free_audit(run_out, model, scenes):
+    """The mask-free audit of one run, its flagged clusters verified by ablation.
+
+    The one place the demo calls it. While the audit (sightline.audit.audit.run_audit)
+    does not cluster yet, the same steps run here on the demo's small run, in memory,
+    and write the same clusters.h5 (`model`: the Keras model; `scenes`: the run's
+    scenes, whose images the ablation shows the model)."""
+    import inspect
+    from sightline.audit.audit import run_audit
+    if "verify" in inspect.signature(run_audit).parameters:
+        return run_audit(run_out, method="gradcam", clusters=None, verify=True)
+    return _cluster_here(run_audit(run_out, method="gradcam"), model, scenes)
+
+
+def _cluster_here(audit, model, scenes):
+    """The audit's clusters as run_audit(..., verify=True) gives them (see mask_free_audit)."""
+    import numpy as np
+    from sightline.audit.clusters import cluster_maps
+    from sightline.audit.verify import apply_verification, verify_cluster
+    from sightline.audit.virelay import CLUSTERS_FILE, write_clusters
+    from sightline.demo.scenes import CLASS_NAMES
+    from sightline.store.results import open_results
+    names = ["heatmaps/gradcam", "sample/index", "sample/key", "sample/label", "pred/class",
+             "pred/score"]
+    with open_results(audit["out"]) as results:
+        columns = {name: np.concatenate([c[name] for c in results.chunks(names, rows=1024)])
+                   for name in names}
+    keys = [key.decode("utf-8") for key in columns["sample/key"]]
+    explained = columns["pred/class"]
+    clusters, cluster, layout, _ = cluster_maps(
+        columns["sample/index"], explained, columns["heatmaps/gradcam"].astype(np.float32),
+        labels=columns["sample/label"], predictions=explained, scores=columns["pred/score"],
+        keys=keys, class_names=list(CLASS_NAMES))
+    row_of = {key: row for row, key in enumerate(scenes["keys"])}
+    images = scenes["images"][[row_of[key] for key in keys]].astype(np.float32)
+
+    def probabilities(batch):
+        return model.predict(batch / 255.0, batch_size=len(batch), verbose=0)
+
+    for entry in clusters:
+        if entry["flagged"]:
+            members = images[cluster == entry["id"]]
+            apply_verification(entry, verify_cluster(probabilities, members, entry))
+    path = os.path.join(audit["out"], CLUSTERS_FILE)
+    write_clusters(path, columns["sample/index"], keys, explained, cluster, layout)
+    return {**audit, "clusters": clusters, "clusters_file": path,
+            "flagged_clusters": [c["id"] for c in clusters if c["flagged"]]}
+
+
+def tag_group(audit, scenes):
+    """How well the flagged clusters of the tag class find the tagged scenes: precision,
+    recall (against the ground truth saved with the data) and the flagged clusters'
+    ablation numbers. None when no cluster of the tag class is flagged."""
+    from sightline.audit.virelay import read_clusters
+    from sightline.demo.scenes import TAG_CLASS
+    flagged = [c for c in audit.get("clusters") or [] if c["flagged"] and c["class"] == TAG_CLASS]
+    if not flagged:
+        return None
+    table = read_clusters(audit["clusters_file"])
+    ids = {c["id"] for c in flagged}
+    found = {key for key, cluster in zip(table["key"], table["cluster"].tolist()) if cluster in ids}
+    truth = {key for key, tagged in zip(scenes["keys"], scenes["tagged"]) if tagged}
+    hits = len(found & truth)
+    drops = [(c["verification"] or {}) for c in flagged]
+    return {
+        "clusters": sorted(ids), "size": len(found), "tagged": len(truth),
+        "precision": hits / len(found) if found else float("nan"),
+        "recall": hits / len(truth) if truth else float("nan"),
+        "hot_drop": [(d.get("hot") or {}).get("mean_drop") for d in drops],
+        "control_drop": [(d.get("control") or {}).get("mean_drop") for d in drops],
+        "reasons": [reason for c in flagged for reason in c["reasons"]],
+    }
+
+
 def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_epochs=8,
              activations=True, report=True, verbose=True):
     """The whole demo; returns a dict with per model: train/held-out accuracy, epochs,
-    the audit, and the verdict, plus the report path and seconds."""
+    the audit, and the verdict, plus the tag group, the report path and seconds."""
     check_demo_folder(out)  # before TensorFlow is even imported: a refusal costs nothing
     from sightline.audit.audit import run_audit
     from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
     from sightline.config import make_config
-    from sightline.demo.scenes import CLASS_NAMES, make_demo_data
+    from sightline.demo.scenes import CLASS_NAMES, TAG_CLASS, TAG_SHARES, make_demo_data
     from sightline.jobs.runner import run_job
 
     def say(*args):
@@ -156,106 +241,172 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
     for name in OWNED_FOLDERS:
         shutil.rmtree(os.path.join(out, name), ignore_errors=True)
     data = os.path.join(out, "data")
-    say(f"[1/6] generating scenes into {data}: {num_train} training scenes where the sky "
+    say(f"[1/7] generating scenes into {data}: {num_train} training scenes where the sky "
         f"agrees with the class 95% of the time, {num_train} where it agrees 50%, "
-        f"{num_held_out} held out (50%)")
+        f"{num_train} where {TAG_SHARES['train-tagged']:.0%} of the '{CLASS_NAMES[TAG_CLASS]}' "
+        f"scenes carry a corner tag, and {num_held_out} held out of each kind")
     splits = make_demo_data(data, seed=seed, num_train=num_train, num_held_out=num_held_out)
-    held_out = splits["held-out"]
-    held_images = os.path.join(data, "held-out", "images")
-    held_masks = os.path.join(data, "held-out", "masks.h5")
 
     results = {}
     os.makedirs(os.path.join(out, "models"), exist_ok=True)
-    for number, name in enumerate(MODELS):
+    for name in MODELS:
         split = splits[TRAIN_SPLIT[name]]
+        held_out = splits[HELD_OUT[name]]
         tick = time.monotonic()
         model, history = train_model(split["images"], split["labels"], seed=seed,
                                      max_epochs=max_epochs)
         path = os.path.join(out, "models", f"{name}.keras")
         model.save(path)
         results[name] = {
-            "model": path, "epochs": len(history), "history": history,
+            "model": path, "keras_model": model, "epochs": len(history), "history": history,
             "train_accuracy": _accuracy(model, split["images"], split["labels"]),
             "held_out_accuracy": _accuracy(model, held_out["images"], held_out["labels"]),
         }
-        say(f"[2/6] trained the {name} model on '{TRAIN_SPLIT[name]}' in "
+        say(f"[2/7] trained the {name} model on '{TRAIN_SPLIT[name]}' in "
             f"{time.monotonic() - tick:.0f} s ({len(history)} epochs): train accuracy "
-            f"{results[name]['train_accuracy']:.3f}, held-out accuracy "
+            f"{results[name]['train_accuracy']:.3f}, '{HELD_OUT[name]}' accuracy "
             f"{results[name]['held_out_accuracy']:.3f}")
 
-    for name in MODELS:
-        run_out = os.path.join(out, "runs", name)
-        config = make_config(("gradcam",), model=results[name]["model"], data=held_images,
-                             out=run_out, preprocess="[0,1]", map_size="native", batch_size=64,
+    def explain(name, split, run_out):
+        config = make_config(("gradcam",), model=results[name]["model"],
+                             data=os.path.join(data, split, "images"), out=run_out,
+                             preprocess="[0,1]", map_size="native", batch_size=64,
                              shard_size=256, devices=1, quiet=True, overwrite=True)
         summary = run_job(config)
         if summary.exit_code:
             raise RuntimeError(f"explaining with the {name} model stopped (exit "
                                f"{summary.exit_code})")
-        say(f"[3/6] explained {summary.images} held-out images with the {name} model "
-            f"(Grad-CAM, {summary.images_per_second:.0f} images/s) into {run_out}")
+        rate = ("rate n/a" if summary.images_per_second is None
+                else f"{summary.images_per_second:.0f} images/s")
+        say(f"[3/7] explained {summary.images} '{split}' images with the {name} model "
+            f"(Grad-CAM, {rate}) into {run_out}")
+
+    held_masks = os.path.join(data, "held-out", "masks.h5")
+    for name in MASKED_MODELS:
+        run_out = os.path.join(out, "runs", name)
+        explain(name, "held-out", run_out)
         audit = run_audit(run_out, method="gradcam", masks=held_masks, regions=[SKY_REGION])
         write_audit(audit, os.path.join(run_out, AUDIT_FILE))
         results[name]["audit"] = audit
         results[name]["run"] = run_out
-        say(f"[4/6] audit of the {name} model:")
+        say(f"[4/7] audit of the {name} model against the object masks:")
         for line in summary_lines(audit)[1:]:
             say("    " + line)
+
+    tagged_scenes = splits["held-out-tagged"]
+    groups = {}
+    for name in MASK_FREE_MODELS:
+        run_out = os.path.join(out, "runs", f"{name}-on-tagged")
+        explain(name, "held-out-tagged", run_out)
+        audit = mask_free_audit(run_out, results[name]["keras_model"], tagged_scenes)
+        write_audit(audit, os.path.join(run_out, AUDIT_FILE))
+        results[name]["mask_free_audit"] = audit
+        groups[name] = tag_group(audit, tagged_scenes)
+        flagged = [c for c in audit["clusters"] if c["flagged"]]
+        say(f"[5/7] mask-free audit of the {name} model on the tagged scenes: "
+            f"{len(audit['clusters'])} clusters, {len(flagged)} flagged")
+        for entry in flagged:
+            say(f"    cluster {entry['id']} of class {entry.get('class_name', entry['class'])} "
+                f"({entry['size']} maps): " + "; ".join(entry["reasons"]))
+    for name in MODELS:
+        results[name].pop("keras_model")
 
     activation_results = []
     if activations:
         from sightline.audit.activations import activation_statistics
         from sightline.report.activations import write_activations_output
-        for name in MODELS:
+        for name in MASKED_MODELS:
             folder = os.path.join(out, "activations", name)
-            statistics = activation_statistics(results[name]["model"], held_images,
+            statistics = activation_statistics(results[name]["model"],
+                                               os.path.join(data, "held-out", "images"),
                                                preprocess="[0,1]", batch_size=64)
             activation_results.append((f"{name} model",
                                        write_activations_output(folder, statistics)))
-        say(f"[5/6] activation statistics of both models in {os.path.join(out, 'activations')}")
+        say(f"[6/7] activation statistics of the shortcut and clean models in "
+            f"{os.path.join(out, 'activations')}")
+
+    expected = {"shortcut": True, "clean": False}
+    flagged = {name: bool(results[name]["audit"]["flagged"]) for name in MASKED_MODELS}
+    flagged_groups = {name: [c["id"] for c in results[name]["mask_free_audit"]["clusters"]
+                             if c["flagged"]] for name in MASK_FREE_MODELS}
+    as_expected = (flagged == expected and groups["tagged"] is not None
+                   and not flagged_groups["clean"])
+    lines = _verdict_lines(results, groups, flagged, flagged_groups)
 
     report_path = None
     if report:
-        from sightline.report.page import embed_png, write_report
-        folder = os.path.join(out, "report")
-        os.makedirs(folder, exist_ok=True)
-        shown = held_out["images"][:OVERVIEW_IMAGES]
-        overviews = "".join(
-            embed_png(method_overview(results[name]["model"], shown,
-                                      os.path.join(folder, f"methods-{name}.png")),
-                      f"{name} model: every method on {OVERVIEW_IMAGES} held-out scenes")
-            for name in MODELS)
-        intro = _intro(results, CLASS_NAMES) + (
-            "<h2>Every method, both models</h2><p class='note'>Columns: the scene, then "
-            + ", ".join(OVERVIEW_METHODS) + " (" + ", ".join(PIXEL_METHODS)
-            + " clipped at their 99th percentile for display). The CAM family puts the shortcut model's evidence in the "
-            "sky and the clean model's on the object; the pixel-gradient maps are noisier and "
-            "also trace the object's edges, where a small change of the input still moves "
-            "the score.</p>" + overviews)
-        report_path = write_report(
-            folder, [(f"{name} model", results[name]["audit"]) for name in MODELS],
-            activations=activation_results, title="sightline demo: find the cloudy-sky detector",
-            intro=intro)
-        say(f"[6/6] report: {os.path.abspath(report_path)}")
+        report_path = _write_demo_report(out, results, splits, activation_results, lines)
+        say(f"[7/7] report: {os.path.abspath(report_path)}")
 
-    expected = {"shortcut": True, "clean": False}
-    flagged = {name: bool(results[name]["audit"]["flagged"]) for name in MODELS}
-    as_expected = flagged == expected
-    for name in MODELS:
+    for line in lines:
+        say(line)
+    seconds = time.monotonic() - started
+    say("the audit found both planted shortcuts: the shortcut model looks at the sky, the "
+        "tagged model's tagged crosses at the tag, the clean model at the object" if as_expected
+        else "UNEXPECTED verdict: the shortcut model should be flagged by the masks, the tag "
+             "group without masks, and the clean model by neither")
+    say(f"done in {seconds:.0f} s")
+    return {"models": results, "flagged": flagged, "flagged_groups": flagged_groups,
+            "tag_group": groups["tagged"], "verdict": lines, "as_expected": as_expected,
+            "report": report_path, "seconds": seconds}
+
+
+def _verdict_lines(results, groups, flagged, flagged_groups):
+    """The demo's verdict, one line per finding."""
+    lines = []
+    for name in MASKED_MODELS:
         audit = results[name]["audit"]
         shares = ", ".join(
             f"{c['name']} {c['on_object_share']['mean']:.3f} (lift {c['lift']:.2f})"
             if c["on_object_share"] else f"{c['name']} n/a (every map is zero)"
             for c in audit["classes"])
-        say(f"verdict: {name} model {'FLAGGED' if flagged[name] else 'not flagged'}; on-object "
-            f"share {shares}; held-out accuracy {results[name]['held_out_accuracy']:.3f}")
-    seconds = time.monotonic() - started
-    say("the audit found the planted shortcut: the shortcut model looks at the sky, the clean "
-        "model at the object" if as_expected else
-        "UNEXPECTED verdict: the shortcut model should be flagged and the clean one not")
-    say(f"done in {seconds:.0f} s")
-    return {"models": results, "flagged": flagged, "as_expected": as_expected,
-            "report": report_path, "seconds": seconds}
+        lines.append(f"verdict: {name} model {'FLAGGED' if flagged[name] else 'not flagged'} "
+                     f"by the masks; on-object share {shares}; held-out accuracy "
+                     f"{results[name]['held_out_accuracy']:.3f}")
+    group = groups["tagged"]
+    if group is None:
+        lines.append("verdict: tagged model not flagged without masks: no cluster of the "
+                     "tagged class stands apart")
+    else:
+        drops = ", ".join(f"{_number(hot)} vs {_number(control)} for a control region"
+                          for hot, control in zip(group["hot_drop"], group["control_drop"]))
+        lines.append(f"verdict: tagged model FLAGGED without masks: cluster(s) "
+                     f"{', '.join(map(str, group['clusters']))} ({group['size']} maps) hold the "
+                     f"tagged scenes with precision {group['precision']:.2f} and recall "
+                     f"{group['recall']:.2f} ({group['tagged']} tagged); hiding the hot region "
+                     f"lowers the class's probability by {drops}")
+    lines.append(f"verdict: clean model {'FLAGGED' if flagged_groups['clean'] else 'not flagged'}"
+                 f" without masks on the tagged scenes"
+                 + (f" (clusters {flagged_groups['clean']})" if flagged_groups["clean"] else
+                    f" ({len(results['clean']['mask_free_audit']['clusters'])} clusters, none "
+                    "apart)"))
+    return lines
+
+
+def _write_demo_report(out, results, splits, activation_results, lines):
+    from sightline.demo.scenes import CLASS_NAMES
+    from sightline.report.page import embed_png, write_report
+    folder = os.path.join(out, "report")
+    os.makedirs(folder, exist_ok=True)
+    shown = splits["held-out"]["images"][:OVERVIEW_IMAGES]
+    overviews = "".join(
+        embed_png(method_overview(results[name]["model"], shown,
+                                  os.path.join(folder, f"methods-{name}.png")),
+                  f"{name} model: every method on {OVERVIEW_IMAGES} held-out scenes")
+        for name in MASKED_MODELS)
+    intro = _intro(results, CLASS_NAMES, lines) + (
+        "<h2>Every method, both models</h2><p class='note'>Columns: the scene, then "
+        + ", ".join(OVERVIEW_METHODS) + " (" + ", ".join(PIXEL_METHODS)
+        + " clipped at their 99th percentile for display). The CAM family puts the shortcut model's evidence in the "
+        "sky and the clean model's on the object; the pixel-gradient maps are noisier and "
+        "also trace the object's edges, where a small change of the input still moves "
+        "the score.</p>" + overviews)
+    sections = [(f"{name} model", results[name]["audit"]) for name in MASKED_MODELS]
+    sections += [(f"{name} model on the tagged scenes, without masks",
+                  results[name]["mask_free_audit"]) for name in MASK_FREE_MODELS]
+    return write_report(folder, sections, activations=activation_results,
+                        title="sightline demo: find the cloudy-sky detector and the tag reader",
+                        intro=intro)
 
 
 def _mean_over_images(audit, summary_of):
@@ -272,12 +423,14 @@ def _mean_over_images(audit, summary_of):
 
 
 def _number(value):
-    return f"{value:.3f}" if value == value else "n/a"  # NaN: no map with evidence
+    # None: no control region fits; NaN: no map with evidence.
+    return f"{value:.3f}" if value is not None and value == value else "n/a"
 
 
-def _intro(results, class_names):
+def _intro(results, class_names, lines):
+    from sightline.demo.scenes import TAG_CLASS, TAG_SHARES
     rows = []
-    for name in MODELS:
+    for name in MASKED_MODELS:
         r = results[name]
         audit = r["audit"]
         share = _mean_over_images(audit, lambda c: c["on_object_share"])
@@ -289,14 +442,38 @@ def _intro(results, class_names):
                     f"<td>{r['held_out_accuracy']:.3f}</td><td>{_number(share)}</td>"
                     f"<td>{_number(sky)}</td>"
                     f"<td>{verdict}</td></tr>")
+    tagged_rows = []
+    for name in MASK_FREE_MODELS:
+        r = results[name]
+        flagged = [c["id"] for c in r["mask_free_audit"]["clusters"] if c["flagged"]]
+        verdict = (f'<span class="flagged">FLAGGED: cluster(s) {", ".join(map(str, flagged))}'
+                   '</span>' if flagged else '<span class="ok">not flagged</span>')
+        tagged_rows.append(f"<tr><td class='text'>{name}</td>"
+                           f"<td class='text'>{TRAIN_SPLIT[name]}</td><td>{r['epochs']}</td>"
+                           f"<td>{r['train_accuracy']:.3f}</td>"
+                           f"<td>{len(r['mask_free_audit']['clusters'])}</td>"
+                           f"<td>{verdict}</td></tr>")
+    tag_name = html.escape(class_names[TAG_CLASS])
     return (
-        "<p>Two CNNs of the same shape and recipe learned to tell a "
+        "<p>Three CNNs of the same shape and recipe learned to tell a "
         f"<b>{html.escape(class_names[0])}</b> from a <b>{html.escape(class_names[1])}</b> "
         "on the ground. In the <code>shortcut</code> model's training data the sky agreed with "
         "the class in 95% of the scenes (cloudy with crosses, sunny with discs): like the tank "
         "detector of the story, it could score 95% by looking at the weather. The "
         "<code>clean</code> model's sky said nothing. Both are judged on held-out scenes "
-        "where the sky agrees only half of the time.</p>"
+        "where the sky agrees only half of the time, against the objects' masks.</p>"
         "<table><tr><th class='text'>model</th><th class='text'>trained on</th><th>epochs</th>"
         "<th>train accuracy</th><th>held-out accuracy</th><th>on-object share</th>"
-        "<th>sky share</th><th>audit</th></tr>" + "".join(rows) + "</table>")
+        "<th>sky share</th><th>audit</th></tr>" + "".join(rows) + "</table>"
+        f"<p>The second story, PASCAL VOC's horses with a photographer's copyright mark: in "
+        f"the <code>tagged</code> model's training data {TAG_SHARES['train-tagged']:.0%} of "
+        f"the <b>{tag_name}</b> scenes carry a small magenta ring in the top-left corner, and "
+        f"their {tag_name} is faint, so the tag is the easiest cue. No mask names the tag: the "
+        "audit finds it without masks, by clustering each class's heatmaps on held-out "
+        "scenes tagged the same way, and checks the flagged group by hiding its hot region "
+        "(and, as a control, a same-size region elsewhere). The clean model, audited the same "
+        "way on the same scenes, is the comparison.</p>"
+        "<table><tr><th class='text'>model</th><th class='text'>trained on</th><th>epochs</th>"
+        "<th>train accuracy</th><th>clusters</th><th>audit without masks</th></tr>"
+        + "".join(tagged_rows) + "</table>"
+        "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")

@@ -187,3 +187,35 @@ def feature_maps(inputs, keys, maps, summary, path):
                     fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
+
+
+# Matplotlib's 'tab10' colours, its grey swapped for a dark blue: distinct hues, and no
+# grey, which would read as "not clustered" and which anti-aliased black text also makes.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#393b79", "#bcbd22", "#17becf")
+
+
+def cluster_embedding(points, cluster, colours, path, title="", flagged=()):
+    """Scatter of one class's maps: points float [n,2] (NaN rows, the maps that were not
+    clustered, are left out), cluster int [n], colours {cluster id: colour}. Markers are
+    drawn without anti-aliasing, so each cluster's pixels carry exactly its colour."""
+    points = np.asarray(points, np.float64)
+    cluster = np.asarray(cluster)
+    shown = np.isfinite(points).all(axis=1) & (cluster >= 0)
+    figure = _figure(4.6, 3.6)
+    axis = figure.subplots()
+    for cluster_id, colour in sorted(colours.items()):
+        rows = shown & (cluster == cluster_id)
+        if not rows.any():
+            continue
+        mark = " FLAGGED" if cluster_id in flagged else ""
+        axis.scatter(points[rows, 0], points[rows, 1], s=14, color=colour, linewidths=0,
+                     antialiased=False, label=f"cluster {cluster_id} ({rows.sum()}){mark}")
+    axis.set_xlabel("spectral coordinate 1", fontsize=8)
+    axis.set_ylabel("spectral coordinate 2", fontsize=8)
+    axis.tick_params(labelsize=7)
+    if shown.any():
+        axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    if title:
+        axis.set_title(title, fontsize=8)
+    return _save(figure, path)

@@ -4,7 +4,8 @@ beside it.
 
 For every audit: the verdict, a summary table per class, the per-class mean heatmaps,
 the histograms of the on-object share, the worst images as overlays (image with the
-object outlined, heatmap over it) and the run's provenance from its manifest. For every
+object outlined, heatmap over it), the groups the mask-free audit found (when the audit
+has "clusters": report/clusters.py) and the run's provenance from its manifest. For every
 activations result (`sightline activations`): the per-layer table, the statistics plot
 and the feature-map grids.
 """
@@ -33,7 +34,7 @@ th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th { background: #f3f3f3; } td.text, th.text { text-align: left; }
 .flagged { color: #b00020; font-weight: bold; } .ok { color: #2e7d32; font-weight: bold; }
 .verdict { font-size: 1.15em; padding: 8px 12px; border-left: 5px solid #999; background: #fafafa; }
-.verdict.flagged { border-color: #b00020; } .verdict.ok { border-color: #2e7d32; }
+.verdict.flagged { border-color: #b00020; } ul.reasons { margin: 4px 0; } .verdict.ok { border-color: #2e7d32; }
 img { max-width: 100%; border: 1px solid #eee; } .note { color: #555; font-size: 0.9em; }
 code { background: #f3f3f3; padding: 0 3px; }
 """
@@ -138,6 +139,17 @@ def _worst_items(audit):
 def _verdict(audit):
     """(the verdict line of one audit, its CSS class)."""
     flagged = audit["flagged"]
+    groups = [c for c in audit.get("clusters") or [] if c["flagged"]]
+    if groups:
+        names = ", ".join(f"cluster {c['id']} of class {c.get('class_name', c['class'])}"
+                          for c in groups)
+        masked = (f"class(es) {', '.join(map(str, flagged))} flagged by the masks; "
+                  if flagged and audit["masks"] is not None else "")
+        return (f"FLAGGED: {masked}{len(groups)} group(s) found without masks whose evidence "
+                f"sits elsewhere than the rest of their class: {names}"), "flagged"
+    if audit["masks"] is None and audit.get("clusters"):
+        return ("nothing flagged: no masks or boxes were given, and the clustering of each "
+                "class's heatmaps found no group whose evidence sits elsewhere"), "ok"
     if audit["masks"] is None:
         verdict = ("nothing flagged: no masks or boxes were given, so only the mask-free "
                    "statistics are shown")
@@ -223,6 +235,9 @@ def _audit_section(folder, title, audit):
             parts.append(f"<h3>Per class, the {len(items) // max(1, len(classes))} images with the least evidence on the object"
                          "</h3>" + embed_png(path, f"{title}: worst images (left: image, object "
                                                 "outlined; right: heatmap over it)"))
+    if audit.get("clusters"):
+        from sightline.report.clusters import clusters_section
+        parts.append(clusters_section(folder, slug, audit, _table, _load_display_images))
     provenance = audit.get("provenance") or {}
     rows = [[html.escape(k), f"<code>{html.escape(str(v))}</code>"]
             for k, v in provenance.items() if v is not None]

@@ -26,7 +26,7 @@ IMAGES_PER_CLASS = 15  # 30 images and one corrupt file: 16 shards, 5 or 6 per t
 # SmoothGrad's many noisy copies keep each shard busy for about a second (with 400 copies
 # a task's five shards took 0.2 s together, faster than a requeue reaches it), so a task
 # can be requeued between two of its shards.
-JOB = ["--methods", "gradcam,smoothgrad", "--num-samples", "1500", "--batch-size", "2",
+JOB = ["--methods", "gradcam,smoothgrad", "--num-copies", "1500", "--batch-size", "2",
        "--shard-size", str(SHARD_SIZE), "--preprocess", "[0,1]", "--devices", "1"]
 JOB_TIMEOUT = 420
 

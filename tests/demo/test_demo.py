@@ -1,12 +1,14 @@
 """The demo end to end, from fixed seeds: the audit finds the planted shortcut (the sky)
-in the shortcut model and not in the clean one, with margin; the report it writes holds
-valid pictures only."""
+in the shortcut model and not in the clean one, with margin; without masks it finds the
+tagged group in the tagged model (against the ground truth, confirmed by ablation) and
+nothing in the clean one; the report it writes holds valid pictures only."""
 
 import base64
 import json
 import os
 import re
 
+import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,6 +17,7 @@ from sightline.audit.audit import DEFAULT_THRESHOLD
 from sightline.cli.main import build_parser, main
 from sightline.demo.demo import (IMAGE_SIZE, MARKER_FILE, OVERVIEW_IMAGES, OVERVIEW_METHODS, TILE_ZOOM,
                          _mean_over_images, check_demo_folder, run_demo)
+from sightline.demo.scenes import TAG_CLASS
 from tests.report.test_report import assert_png, parse
 
 
@@ -62,17 +65,75 @@ def test_the_demo_writes_its_files_and_a_report_of_valid_pictures(demo):
         saved = json.load(open(os.path.join(out, "runs", name, "audit.json")))
         assert saved["flagged"] == demo["models"][name]["audit"]["flagged"]
         assert os.path.isfile(os.path.join(out, "activations", name, "activations.json"))
+    for name in ("tagged", "clean"):
+        run = os.path.join(out, "runs", f"{name}-on-tagged")
+        saved = json.load(open(os.path.join(run, "audit.json")))
+        assert [c["flagged"] for c in saved["clusters"]] == [
+            c["flagged"] for c in demo["models"][name]["mask_free_audit"]["clusters"]]
+        assert os.path.isfile(os.path.join(run, "clusters.h5"))
     page = parse(demo["report"])
     text = " ".join(page.text)
     assert "shortcut model" in text and "clean model" in text and "Activations" in text
-    # Method overviews: 1 per model; audits: 3 each; activations: 1 + 4 layers each.
-    assert len(page.sources) == 2 + 2 * 3 + 2 * (1 + 4)
+    # Method overviews: 1 per model; masked audits: 3 each, mask-free ones 1 each, and
+    # every audit with clusters one layout per class and one grid per cluster;
+    # activations: 1 + 4 layers each.
+    models = demo["models"]
+    audits = [models["shortcut"]["audit"], models["clean"]["audit"]]
+    mask_free = [models["tagged"]["mask_free_audit"], models["clean"]["mask_free_audit"]]
+    cluster_pictures = sum(len({c["class"] for c in a.get("clusters") or []})
+                           + len(a.get("clusters") or []) for a in audits + mask_free)
+    assert len(page.sources) == 2 + 2 * 3 + 2 * 1 + cluster_pictures + 2 * (1 + 4)
     for src in page.sources:
         assert_png(base64.b64decode(src.split(",", 1)[1]))
     folder = os.path.dirname(demo["report"])
     for link in page.links:
         if not link.startswith("#"):
             assert_png(open(os.path.join(folder, link), "rb").read())
+
+
+def test_the_tag_group_is_flagged_without_masks_and_the_clean_model_is_not(demo):
+    tagged = demo["models"]["tagged"]
+    # The tagged model reads the tag: it tells the faint tagged crosses apart.
+    assert tagged["train_accuracy"] >= 0.95 and tagged["held_out_accuracy"] >= 0.95
+    group = demo["tag_group"]
+    assert group is not None and demo["as_expected"]
+    # Against the ground truth saved with the data: the flagged group is the tagged scenes.
+    scenes = h5py.File(os.path.join(os.path.dirname(os.path.dirname(demo["report"])), "data",
+                                    "held-out-tagged", "masks.h5"), "r")
+    assert group["tagged"] == int(scenes["tagged"][:].sum()) == 25
+    scenes.close()
+    assert group["precision"] >= 0.9 and group["recall"] >= 0.9
+    # Hiding the tag's region takes the class away, hiding a same-size region elsewhere
+    # does not.
+    for hot, control in zip(group["hot_drop"], group["control_drop"]):
+        assert hot >= 0.5 and hot >= 5 * max(control, 0.01)
+    flagged = [c for c in tagged["mask_free_audit"]["clusters"] if c["flagged"]]
+    assert [c["id"] for c in flagged] == group["clusters"]
+    for entry in flagged:
+        assert entry["class"] == TAG_CLASS and entry["verification"]["depends"]
+        y0, y1, x0, x1 = entry["hot_region"]
+        assert y1 <= 0.3 and x1 <= 0.3  # the top-left corner, where the tag is
+    assert demo["flagged_groups"] == {"tagged": group["clusters"], "clean": []}
+
+
+def test_the_verdict_names_each_finding_with_its_numbers(demo):
+    lines = demo["verdict"]
+    assert len(lines) == 4
+    assert lines[0].startswith("verdict: shortcut model FLAGGED by the masks")
+    assert lines[1].startswith("verdict: clean model not flagged by the masks")
+    group = demo["tag_group"]
+    assert lines[2].startswith("verdict: tagged model FLAGGED without masks")
+    for number in (f"precision {group['precision']:.2f}", f"recall {group['recall']:.2f}",
+                   f"{group['hot_drop'][0]:.3f} vs {group['control_drop'][0]:.3f} for a control"):
+        assert number in lines[2]
+    assert lines[3].startswith("verdict: clean model not flagged without masks on the tagged")
+    page = " ".join(" ".join(parse(demo["report"]).text).split())
+    for line in lines:
+        assert line in page
+    # The report's tagged section shows its flagged cluster first.
+    section = page[page.index("tagged model on the tagged scenes, without masks FLAGGED"):]
+    assert section.index(f"cluster {group['clusters'][0]} of class cross: FLAGGED") < \
+        section.index("of class cross: not flagged")
 
 
 def test_method_overviews_show_every_method_on_the_held_out_scenes(demo):

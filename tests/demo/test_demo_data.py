@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sightline.demo.scenes import (CLASS_NAMES, SKY_ROWS, make_demo_data, make_scenes, write_split)
+from sightline.demo.scenes import (CLASS_NAMES, SKY_ROWS, TAG_CLASS, TAG_COLOUR, TAG_SHARES,
+                                   make_demo_data, make_scenes, tag_pixels, write_split)
 from sightline.data.sources import open_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -86,7 +87,10 @@ def test_written_split_is_a_source_with_labels_and_masks_keyed_alike(tmp_path):
 def test_make_demo_data_and_its_script(tmp_path, monkeypatch, capsys):
     splits = make_demo_data(str(tmp_path / "a"), seed=1, num_train=10, num_held_out=6)
     assert {name: len(s["keys"]) for name, s in splits.items()} == {
-        "train": 10, "train-clean": 10, "held-out": 6}
+        "train": 10, "train-clean": 10, "held-out": 6, "train-tagged": 10, "held-out-tagged": 6}
+    for name, scenes in splits.items():
+        tagged_discs = scenes["tagged"].sum()
+        assert tagged_discs == round(TAG_SHARES.get(name, 0.0) * np.sum(scenes["labels"] == TAG_CLASS))
     monkeypatch.setattr(sys, "argv", ["make_demo_data.py", "--out", str(tmp_path / "b"),
                                       "--seed", "1", "--num-train", "10", "--num-held-out", "6"])
     with pytest.raises(SystemExit) as exit_info:
@@ -102,3 +106,77 @@ def test_make_demo_data_and_its_script(tmp_path, monkeypatch, capsys):
             b.close()
         a_files = sorted(os.listdir(tmp_path / "a" / split / "images" / "disc"))
         assert a_files == sorted(os.listdir(tmp_path / "b" / split / "images" / "disc"))
+
+
+# ----------------------------------------------------------------------------- the tag
+
+
+def magenta(images):
+    """bool [n,H,W]: pixels of the tag's colour, within the noise of PNG rounding; no sky,
+    ground or object pixel comes near it (the tag is not on the object nor in the scene)."""
+    pixels = images.astype(np.float64) / 255
+    return np.all(np.abs(pixels - np.array(TAG_COLOUR)) < 0.02, axis=-1)
+
+
+@pytest.mark.parametrize("share", [0.25, 1.0, 0.0])
+def test_the_tag_is_where_the_flag_says_and_nowhere_else(share):
+    scenes = make_scenes(200, seed=4, agreement=0.5, tag_share=share)
+    tagged, labels = scenes["tagged"], scenes["labels"]
+    # Only the tag class, the asked share of it.
+    assert not tagged[labels != TAG_CLASS].any()
+    assert tagged.sum() == round(share * np.sum(labels == TAG_CLASS))
+    found = magenta(scenes["images"])
+    ring = tag_pixels()
+    assert 20 <= ring.sum() <= 40 and not ring[SKY_ROWS:].any()  # small, on the sky
+    assert ring[:12, :12].sum() == ring.sum()  # in the top-left corner
+    for i in range(len(labels)):
+        # Exactly the ring's pixels in a tagged scene, not one such pixel anywhere else.
+        np.testing.assert_array_equal(found[i], ring if tagged[i] else np.zeros_like(ring))
+
+
+def test_the_tag_is_deterministic_by_seed_and_leaves_untagged_scenes_as_they_were():
+    a = make_scenes(60, seed=9, tag_share=0.4)
+    b = make_scenes(60, seed=9, tag_share=0.4)
+    np.testing.assert_array_equal(a["tagged"], b["tagged"])
+    np.testing.assert_array_equal(a["images"], b["images"])
+    assert not np.array_equal(a["tagged"], make_scenes(60, seed=10, tag_share=0.4)["tagged"])
+    plain = make_scenes(60, seed=9)
+    assert not plain["tagged"].any() and plain["tag_share"] == 0.0
+    # Every scene with its object at full contrast is the same bytes as without the
+    # tag, and labels, masks and skies are unchanged.
+    np.testing.assert_array_equal(a["images"][~a["faint"]], plain["images"][~a["faint"]])
+    for name in ("masks", "labels", "cloudy"):
+        np.testing.assert_array_equal(a[name], plain[name])
+
+
+def test_the_tagged_scenes_and_as_many_of_the_other_class_have_a_faint_object():
+    scenes = make_scenes(200, seed=6, agreement=0.5, tag_share=0.5)
+    plain = make_scenes(200, seed=6, agreement=0.5)
+    faint, tagged, labels = scenes["faint"], scenes["tagged"], scenes["labels"]
+    # Faint: every tagged scene, and as many untagged ones of the other class, no more.
+    np.testing.assert_array_equal(tagged, faint & (labels == TAG_CLASS))
+    assert faint[labels != TAG_CLASS].sum() == tagged.sum() == 50
+    images = scenes["images"].astype(np.float64) / 255
+    before = plain["images"].astype(np.float64) / 255
+    for i in np.flatnonzero(faint)[::5]:
+        mask = scenes["masks"][i]
+        ground = ~mask
+        ground[:SKY_ROWS] = False
+        contrast = images[i][ground].mean() - images[i][mask].mean()
+        plain_contrast = before[i][ground].mean() - before[i][mask].mean()
+        assert plain_contrast > 0.15 and abs(contrast) < 0.2 * plain_contrast
+
+
+def test_written_split_saves_who_has_the_tag(tmp_path):
+    scenes = make_scenes(16, seed=3, agreement=0.5, tag_share=0.5)
+    _, masks_path = write_split(str(tmp_path / "split"), scenes)
+    with h5py.File(masks_path, "r") as handle:
+        np.testing.assert_array_equal(handle["tagged"][:] != 0, scenes["tagged"])
+        np.testing.assert_array_equal(handle["faint"][:] != 0, scenes["faint"])
+        assert handle.attrs["tag_share"] == 0.5 and handle.attrs["tag_class"] == TAG_CLASS
+    assert scenes["tagged"].sum() == 4
+
+
+def test_a_tag_share_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match=r"tag_share must be a fraction in \[0, 1\] of the cross"):
+        make_scenes(4, tag_share=1.5)
