@@ -142,53 +142,12 @@ def _accuracy(model, images, labels):
     return float(np.mean(probabilities.argmax(axis=1) == labels))
 
 
-def mask_free_audit(run_out, model, scenes):
-    """The mask-free audit of one run, its flagged clusters verified by ablation.
-
-    The one place the demo calls it. While the audit (sightline.audit.audit.run_audit)
-    does not cluster yet, the same steps run here on the demo's small run, in memory,
-    and write the same clusters.h5 (`model`: the Keras model; `scenes`: the run's
-    scenes, whose images the ablation shows the model)."""
-    import inspect
+def mask_free_audit(run_out):
+    """The mask-free audit of one run, its flagged clusters verified by ablation on the
+    run's own model and images (both found through the run's manifest)."""
     from sightline.audit.audit import run_audit
-    if "verify" in inspect.signature(run_audit).parameters:
-        return run_audit(run_out, method="gradcam", clusters=None, verify=True)
-    return _cluster_here(run_audit(run_out, method="gradcam"), model, scenes)
-
-
-def _cluster_here(audit, model, scenes):
-    """The audit's clusters as run_audit(..., verify=True) gives them (see mask_free_audit)."""
-    import numpy as np
-    from sightline.audit.clusters import cluster_maps
-    from sightline.audit.verify import apply_verification, verify_cluster
-    from sightline.audit.virelay import CLUSTERS_FILE, write_clusters
-    from sightline.demo.scenes import CLASS_NAMES
-    from sightline.store.results import open_results
-    names = ["heatmaps/gradcam", "sample/index", "sample/key", "sample/label", "pred/class",
-             "pred/score"]
-    with open_results(audit["out"]) as results:
-        columns = {name: np.concatenate([c[name] for c in results.chunks(names, rows=1024)])
-                   for name in names}
-    keys = [key.decode("utf-8") for key in columns["sample/key"]]
-    explained = columns["pred/class"]
-    clusters, cluster, layout, _ = cluster_maps(
-        columns["sample/index"], explained, columns["heatmaps/gradcam"].astype(np.float32),
-        labels=columns["sample/label"], predictions=explained, scores=columns["pred/score"],
-        keys=keys, class_names=list(CLASS_NAMES))
-    row_of = {key: row for row, key in enumerate(scenes["keys"])}
-    images = scenes["images"][[row_of[key] for key in keys]].astype(np.float32)
-
-    def probabilities(batch):
-        return model.predict(batch / 255.0, batch_size=len(batch), verbose=0)
-
-    for entry in clusters:
-        if entry["flagged"]:
-            members = images[cluster == entry["id"]]
-            apply_verification(entry, verify_cluster(probabilities, members, entry))
-    path = os.path.join(audit["out"], CLUSTERS_FILE)
-    write_clusters(path, columns["sample/index"], keys, explained, cluster, layout)
-    return {**audit, "clusters": clusters, "clusters_file": path,
-            "flagged_clusters": [c["id"] for c in clusters if c["flagged"]]}
+    from sightline.audit.shortcuts import ShortcutOptions
+    return run_audit(run_out, method="gradcam", shortcuts=ShortcutOptions(verify=True))
 
 
 def tag_group(audit, scenes):
@@ -298,7 +257,7 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
     for name in MASK_FREE_MODELS:
         run_out = os.path.join(out, "runs", f"{name}-on-tagged")
         explain(name, "held-out-tagged", run_out)
-        audit = mask_free_audit(run_out, results[name]["keras_model"], tagged_scenes)
+        audit = mask_free_audit(run_out)
         write_audit(audit, os.path.join(run_out, AUDIT_FILE))
         results[name]["mask_free_audit"] = audit
         groups[name] = tag_group(audit, tagged_scenes)
