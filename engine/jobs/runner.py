@@ -15,9 +15,11 @@ import types
 import numpy as np
 
 from sightline.config import ExplainConfig
+from sightline.store.files import (OutOfSpace, check_writable_folder, is_out_of_space)
 from sightline.store.manifest import MANIFEST_FILE, ManifestWriter, fingerprint_hash
 from sightline.store.shards import (INDEX_FILE, SHARD_DIRECTORY, ShardWriter, build_index,
                            remove_stale_temporaries, shard_name, verify_shard)
+from sightline.jobs.lock import lock_worker, unlock_worker
 from sightline.jobs.provenance import method_parameters, run_fingerprint, run_provenance
 from sightline.jobs.signals import Interrupted, install_signal_handlers, restore_signal_handlers
 from sightline.jobs.workers import resolve_worker, shards_of
@@ -161,18 +163,28 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
         exit_code = interrupted.exit_code
         progress.event("stopped", message="signal received; finished shards are kept, run "
                                           "the same command again to continue")
-    except BaseException:
+    except BaseException as error:
         try:
             writer.abort()
             writer.close()
         except BaseException:  # noqa: BLE001 - the first error is the one to report
             pass
+        if is_out_of_space(error):
+            _write_manifest_if_room(manifest)
+            kept = sum(record is not None for record in manifest.records)
+            raise OutOfSpace(f"the disk is full: writing into {plan.out!r} stopped; {kept} of "
+                             f"{plan.num_shards} shard(s) are finished and kept, no partial "
+                             "shard is left; free space and run the same command again to "
+                             "continue") from None
         raise
     finally:
         restore_signal_handlers(previous_handlers)
-        manifest.write()
+        _write_manifest_if_room(manifest)
+        unlock_worker(plan.lock)
 
     index_built = False
+    # The lock is released: building the index reads every worker's shards, and a run of
+    # worker i finishing while another is still writing is normal.
     if exit_code == 0:
         manifest.reload()  # the other workers' shards too
         if all(record is not None for record in manifest.records):
@@ -191,6 +203,16 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     return summary
 
 
+def _write_manifest_if_room(manifest):
+    """Write the manifest, unless the disk is full: the shard records are what a resume
+    trusts, and the next run rewrites the manifest from them."""
+    try:
+        manifest.write()
+    except OSError as error:
+        if not is_out_of_space(error):
+            raise
+
+
 def _plan(config):
     """Validate everything and plan the shards, before any work: the job's fixed parts."""
     from sightline.compute.step import build_step, check_methods
@@ -203,7 +225,7 @@ def _plan(config):
             raise ValueError(f"a dataset job needs {name}: pass --{name}")
     worker, workers = resolve_worker(config.worker, config.workers)
     out = os.path.abspath(config.out)
-    _check_out_folder(out)
+    check_writable_folder(out)  # creates nothing: a refused run leaves no folder behind
     strategy = make_strategy(config.devices)  # before anything initialises TensorFlow
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -222,11 +244,20 @@ def _plan(config):
     num_shards = math.ceil(source.num_samples / config.shard_size)
     mine = shards_of(worker, workers, num_shards)
     run = run_fingerprint(config, adapter, source, image_shape)
-    _claim_out_folder(out, run, config.overwrite, mine, num_shards)
-    remove_stale_temporaries(out, mine, num_shards)
     map_shapes = _map_shapes(config, adapter, image_shape)
     encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
-    return types.SimpleNamespace(
+    step = build_step(adapter, config, config.batch_size // replicas, image_shape)
+    # Every check passed: only now does the folder appear, and this worker's lock is
+    # taken before anything in it is removed or written.
+    os.makedirs(os.path.join(out, SHARD_DIRECTORY), exist_ok=True)
+    lock = lock_worker(out, worker)
+    try:
+        _claim_out_folder(out, run, config.overwrite, mine, num_shards)
+        remove_stale_temporaries(out, mine, num_shards)
+    except BaseException:
+        unlock_worker(lock)
+        raise
+    return types.SimpleNamespace(lock=lock,
         out=out, worker=worker, workers=workers, strategy=strategy, source=source,
         image_shape=image_shape, num_shards=num_shards, mine=mine, run=run,
         fingerprint=fingerprint_hash(run), encoded_keys=encoded_keys,
@@ -235,7 +266,7 @@ def _plan(config):
                 for s in range(num_shards)],
         layout={"maps": map_shapes, "key_length": max(1, encoded_keys.itemsize),
                 "attributes": _shard_attributes(config, adapter, image_shape, map_shapes)},
-        step=build_step(adapter, config, config.batch_size // replicas, image_shape))
+        step=step)
 
 
 def _pending_shards(plan, stop_signal, progress):
@@ -286,20 +317,6 @@ def _explain_shards(config, plan, pending, job, stop_signal, timer):
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _check_out_folder(out):
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"output {out!r} is a file, not a folder; pass a folder for --out")
-    try:
-        os.makedirs(os.path.join(out, SHARD_DIRECTORY), exist_ok=True)
-        probe = os.path.join(out, SHARD_DIRECTORY, f".write-test-{os.getpid()}")
-        with open(probe, "w") as handle:
-            handle.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise ValueError(f"output folder {out!r} is not writable ({error.strerror}); choose "
-                         "another --out or fix its permissions") from None
 
 
 def _image_shape(config, adapter, source):
