@@ -239,6 +239,7 @@ def _plan(config):
                               unsafe=config.unsafe)
     check_methods(adapter, config)
     image_shape = _image_shape(config, adapter, source)
+    _check_finite_pixels(source)
     _check_targets(config, adapter, source)
 
     num_shards = math.ceil(source.num_samples / config.shard_size)
@@ -247,12 +248,17 @@ def _plan(config):
     map_shapes = _map_shapes(config, adapter, image_shape)
     encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
     step = build_step(adapter, config, config.batch_size // replicas, image_shape)
+    different = _other_run(out, run)
+    if different and not config.overwrite:
+        raise ValueError(f"output folder {out!r} holds another run's shards (different "
+                         f"{', '.join(different)}); choose another --out or pass --overwrite")
     # Every check passed: only now does the folder appear, and this worker's lock is
     # taken before anything in it is removed or written.
     os.makedirs(os.path.join(out, SHARD_DIRECTORY), exist_ok=True)
     lock = lock_worker(out, worker)
     try:
-        _claim_out_folder(out, run, config.overwrite, mine, num_shards)
+        if different:
+            _clear_other_run(out, mine, num_shards)
         remove_stale_temporaries(out, mine, num_shards)
     except BaseException:
         unlock_worker(lock)
@@ -338,6 +344,33 @@ def _image_shape(config, adapter, source):
         raise ValueError(f"the images have {source.array_shape[-1]} channel(s) but the model "
                          f"takes {channels}; convert the array first")
     return (int(height), int(width), int(channels))
+
+
+def _check_finite_pixels(source, chunk=256):
+    """Arrays of floats may hold NaN or Inf, which would turn every map of their batch
+    into NaN: the run is refused with the first such sample. Read once, in chunks."""
+    if source.encoded:
+        return
+    import h5py
+    handle = None
+    if source.kind == "npy":
+        array = np.load(source.array_file, mmap_mode="r")
+    else:
+        handle = h5py.File(source.array_file, "r")
+        array = handle[source.array_dataset]
+    try:
+        if not np.issubdtype(array.dtype, np.floating):
+            return
+        for start in range(0, source.num_samples, chunk):
+            block = np.asarray(array[start:start + chunk])
+            finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)  # [chunk]
+            if not finite.all():
+                first = start + int(np.argmin(finite))
+                raise ValueError(f"sample {first} ({source.keys[first]}) of {source.description} "
+                                 "holds NaN or Inf pixels; replace or drop such samples first")
+    finally:
+        if handle is not None:
+            handle.close()
 
 
 def _check_targets(config, adapter, source):
@@ -431,22 +464,22 @@ def _map_shapes(config, adapter, image_shape):
     return shapes
 
 
-def _claim_out_folder(out, run, overwrite, mine, num_shards):
+def _other_run(out, run):
+    """The settings in which the run already in `out` differs from `run` (empty when
+    there is none, or it is the same run). Reads only."""
     import json
     path = os.path.join(out, MANIFEST_FILE)
     if not os.path.exists(path):
-        return
+        return []
     try:
         with open(path) as handle:
             previous = json.load(handle).get("run", {})
     except (OSError, json.JSONDecodeError):
         previous = {}
-    if previous == run:
-        return
-    if not overwrite:
-        different = sorted(k for k in set(run) | set(previous) if run.get(k) != previous.get(k))
-        raise ValueError(f"output folder {out!r} holds another run's shards (different "
-                         f"{', '.join(different)}); choose another --out or pass --overwrite")
+    return sorted(k for k in set(run) | set(previous) if run.get(k) != previous.get(k))
+
+
+def _clear_other_run(out, mine, num_shards):
     folder = os.path.join(out, SHARD_DIRECTORY)
     own = {shard_name(s, num_shards) for s in mine}
     suffix = f"-of-{num_shards:05d}"

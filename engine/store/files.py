@@ -131,6 +131,12 @@ def check_writable_folder(path, what="--out"):
     if not os.path.isdir(existing):
         raise ValueError(f"output folder {path!r} is not writable: {existing!r} is a file; "
                          f"pass a folder for {what}")
+    if existing == path:
+        # An existing folder (perhaps another run's) is not touched, not even its mtime.
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"output folder {path!r} is not writable; choose another {what} "
+                             "or fix its permissions")
+        return
     try:
         descriptor, probe = tempfile.mkstemp(prefix=".sightline-write-test-", dir=existing)
         os.close(descriptor)
