@@ -6,6 +6,7 @@ The engine is imported when the command runs, not when the parser is built: `sig
 
 from sightline.cli.checks import check_model_path, check_out_path, check_source_path
 from sightline.config import add_method_arguments
+from sightline.jobs.lock import check_not_locked
 from sightline.jobs.workers import resolve_worker
 from sightline.kernels.methods import METHODS, OPTIONS
 
@@ -121,7 +122,8 @@ def check(args):
     if config.labels is not None:
         check_source_path(config.labels, "--labels")
     check_out_path(config.out)
-    resolve_worker(config.worker, config.workers)
+    worker, _ = resolve_worker(config.worker, config.workers)
+    check_not_locked(config.out, worker)
     args.checked_config = config
 
 

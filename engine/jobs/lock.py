@@ -15,19 +15,36 @@ def lock_path(out, worker):
     return os.path.join(out, f".worker-{worker:05d}.lock")
 
 
+def check_not_locked(out, worker):
+    """Refuse at once, before any heavy start-up, when a live process holds worker
+    `worker`'s lock on `out`. Creates and changes nothing."""
+    try:
+        descriptor = os.open(lock_path(out, worker), os.O_RDONLY)
+    except OSError:
+        return  # no lock file (or no folder): nobody has written here
+    try:
+        _take(descriptor, out, worker)
+    finally:
+        os.close(descriptor)
+
+
+def _take(descriptor, out, worker):
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+        raise ValueError(f"output folder {out!r} is being written by another process "
+                         f"(worker {worker}, pid {holder}); wait for it to end, or pass "
+                         "another --out or --worker") from None
+
+
 def lock_worker(out, worker):
     """Take worker `worker`'s lock on `out` (which exists); returns the descriptor that
     holds it. Raises ValueError naming the holder when another process has it."""
     path = lock_path(out, worker)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(descriptor, 200, 0).decode("utf-8", "replace").strip() or "unknown"
-        os.close(descriptor)
-        raise ValueError(f"output folder {out!r} is being written by another process "
-                         f"(worker {worker}, pid {holder}); wait for it to end, or pass "
-                         "another --out or --worker") from None
+        _take(descriptor, out, worker)
     except BaseException:
         os.close(descriptor)
         raise

@@ -1,0 +1,103 @@
+"""Faults during a job: a full disk, and two processes on one output folder and worker."""
+
+import errno
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from sightline.cli.main import main
+from tests.jobs.jobs import read_index, run_cli, write_image_folder, write_model
+
+JOB = ["--methods", "gradcam,smoothgrad", "--num-copies", "8", "--shard-size", "6",
+       "--batch-size", "3", "--preprocess", "[0,1]", "--devices", "1"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    write_image_folder(str(root / "images"), per_class=18, corrupt=("cat/broken.jpg",))
+    write_model(str(root / "model.keras"))
+    assert main(_args(root, root / "reference") + ["--quiet"]) == 0
+    return root
+
+
+def _args(root, out):
+    return ["explain", "--model", str(root / "model.keras"), "--data", str(root / "images"),
+            "--out", str(out), *JOB]
+
+
+def _assert_same_as_reference(root, out):
+    reference, result = read_index(str(root / "reference")), read_index(str(out))
+    assert set(reference) == set(result)
+    for name in reference:
+        np.testing.assert_array_equal(result[name], reference[name], err_msg=name)
+
+
+def _leftovers(out):
+    return [name for name in os.listdir(out / "shards") + os.listdir(out) if ".tmp" in name]
+
+
+def test_full_disk_stops_with_one_line_and_a_resume_completes(workspace, monkeypatch, capsys):
+    from sightline.store import shards
+    real_append = shards._OpenShard.append
+    calls = []
+
+    def append_until_the_disk_is_full(self, arrays):
+        calls.append(self.shard)
+        if len(calls) == 5:  # shards 0 and 1 are done (2 batches each), shard 2 is open
+            raise OSError(errno.ENOSPC, "No space left on device", self.temporary)
+        real_append(self, arrays)
+
+    monkeypatch.setattr(shards._OpenShard, "append", append_until_the_disk_is_full)
+    out = workspace / "full-disk"
+    assert main(_args(workspace, out) + ["--quiet"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert str(out) in lines[0] and "the disk is full" in lines[0], lines[0]
+    assert "2 of 7 shard(s) are finished and kept" in lines[0], lines[0]
+    assert not _leftovers(out), "a half-written shard was left"
+    assert sorted(name for name in os.listdir(out / "shards") if name.endswith(".h5")) == \
+        ["shard-00000-of-00007.h5", "shard-00001-of-00007.h5"]
+    assert not os.path.exists(out / "index.h5")
+
+    monkeypatch.setattr(shards._OpenShard, "append", real_append)  # space freed
+    assert main(_args(workspace, out) + ["--quiet"]) == 0
+    _assert_same_as_reference(workspace, out)
+
+
+def _wait_for_a_record(process, out):
+    deadline = time.monotonic() + 240
+    folder = os.path.join(out, "shards")
+    while not (os.path.isdir(folder) and [f for f in os.listdir(folder) if f.endswith(".json")]):
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before a shard finished: {process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("no shard finished in time")
+        time.sleep(0.02)
+
+
+def test_second_process_on_the_same_worker_is_refused_and_kill_9_frees_the_lock(workspace):
+    out = workspace / "race"
+    first = run_cli(*_args(workspace, out), wait=False)
+    _wait_for_a_record(first, str(out))
+    # Frozen mid-run, it holds the lock for as long as the test needs (no timing race).
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = run_cli(*_args(workspace, out))
+    finally:
+        first.send_signal(signal.SIGKILL)  # a stopped process dies at once
+        first.wait(timeout=60)
+    lines = second.stderr.splitlines()
+    assert second.returncode == 2, second.stderr
+    assert len(lines) == 1, second.stderr
+    assert f"being written by another process (worker 0, pid {first.pid} " in lines[0], lines[0]
+    assert first.returncode == -signal.SIGKILL
+    assert not os.path.exists(out / "index.h5")
+    resumed = run_cli(*_args(workspace, out), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not _leftovers(out)
+    _assert_same_as_reference(workspace, out)
