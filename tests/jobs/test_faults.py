@@ -5,35 +5,12 @@ import os
 import signal
 import time
 
-import numpy as np
-import pytest
 
 from sightline.cli.main import main
-from tests.jobs.jobs import read_index, run_cli, write_image_folder, write_model
-
-JOB = ["--methods", "gradcam,smoothgrad", "--num-copies", "8", "--shard-size", "6",
-       "--batch-size", "3", "--preprocess", "[0,1]", "--devices", "1"]
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    write_image_folder(str(root / "images"), per_class=18, corrupt=("cat/broken.jpg",))
-    write_model(str(root / "model.keras"))
-    assert main(_args(root, root / "reference") + ["--quiet"]) == 0
-    return root
-
-
-def _args(root, out):
-    return ["explain", "--model", str(root / "model.keras"), "--data", str(root / "images"),
-            "--out", str(out), *JOB]
-
-
-def _assert_same_as_reference(root, out):
-    reference, result = read_index(str(root / "reference")), read_index(str(out))
-    assert set(reference) == set(result)
-    for name in reference:
-        np.testing.assert_array_equal(result[name], reference[name], err_msg=name)
+# The same job, data and uninterrupted reference as the kill -9 and signal tests.
+from tests.jobs.test_jobs_processes import (_args, _assert_same_as_reference,  # noqa: F401
+                                            workspace)
+from tests.jobs.jobs import run_cli
 
 
 def _leftovers(out):
