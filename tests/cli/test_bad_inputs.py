@@ -177,3 +177,48 @@ def test_typos_fail_before_tensorflow_is_imported(root, name):
                 if line.startswith("import time:")]
     assert "sightline.cli.explain" in imported  # the record is there: it is read
     assert not [m for m in imported if m.split(".")[0] in ("tensorflow", "keras", "tf_keras")]
+
+
+def test_verbose_shows_what_the_capture_hides(root):
+    """The same failure after TensorFlow loaded, with --verbose: its own lines appear too,
+    so the one line of the table is the capture's doing, not a quiet environment."""
+    args, message = _cases(root)["target class the model lacks"]
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="0")
+    done = subprocess.run([sys.executable, "-m", "sightline.cli.main", "--verbose", *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+    import re
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) > 1 and re.search(message, lines[-1]), done.stderr
+
+
+def test_damaged_images_are_recorded_as_skipped(root):
+    """Flipped bytes in PNG files: the run completes, and every image is either explained
+    or listed as skipped in the manifest, with its reason."""
+    import json
+
+    import tensorflow as tf
+    folder = root / "flipped-images"
+    os.makedirs(folder / "cat")
+    rng = np.random.default_rng(7)
+    for i in range(12):
+        pixels = (rng.random((16, 16, 3)) * 255).astype(np.uint8)
+        data = bytearray(tf.io.encode_png(pixels).numpy())
+        if i % 2:  # every other file damaged, a few bytes past the signature
+            for position in rng.integers(8, len(data), int(rng.integers(1, 6))):
+                data[position] ^= int(rng.integers(1, 256))
+        (folder / "cat" / f"{i:02d}.png").write_bytes(bytes(data))
+    (folder / "cat" / "99-cut.png").write_bytes(bytes(data[:len(data) // 3]))
+    out = root / "flipped-out"
+    done = _run(["explain", "--model", str(root / "model.keras"), "--data", str(folder),
+                 "--out", str(out), "--devices", "1", "--batch-size", "4", "--quiet"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    manifest = json.load(open(out / "manifest.json"))
+    skipped = {entry["key"] for entry in manifest["skipped"]}
+    assert "cat/99-cut.png" in skipped
+    assert skipped <= {f"cat/{i:02d}.png" for i in range(1, 12, 2)} | {"cat/99-cut.png"}
+    assert manifest["shards_complete"] == 1
+    explained = sum(entry["num_samples"] for entry in manifest["shards"])
+    assert explained + len(skipped) == 13
+    shutil.rmtree(out)
