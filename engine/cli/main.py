@@ -63,6 +63,9 @@ def build_parser():
     for name, (module, summary, description) in COMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=description or summary)
         module.add_arguments(sub)
+        # Also after the command's name; SUPPRESS keeps the global default when absent.
+        sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="show TensorFlow's own log lines and Python warnings")
     return parser
 
 

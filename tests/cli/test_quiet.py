@@ -89,3 +89,11 @@ def test_argparse_errors_are_one_line():
     assert done.stderr.splitlines() == [
         "sightline explain: error: argument --batch-size: invalid int value: 'many' "
         "(see sightline explain --help)"]
+
+
+def test_verbose_is_accepted_before_and_after_the_command():
+    from sightline.cli.main import build_parser
+    parser = build_parser()
+    assert parser.parse_args(["--verbose", "inspect", "out"]).verbose is True
+    assert parser.parse_args(["inspect", "out", "--verbose"]).verbose is True
+    assert parser.parse_args(["inspect", "out"]).verbose is False
