@@ -92,6 +92,8 @@ def main(argv=None):
             return module.run(args)
         except OutOfSpace as error:
             print(f"{name}: error: {one_line(error)}", file=sys.stderr)
+            if argv is None:
+                _end_now(EXIT_FAILED)
             return EXIT_FAILED
         except (ValueError, TypeError, OSError) as error:
             print(f"{name}: error: {one_line(_describe(error))}", file=sys.stderr)
@@ -102,6 +104,18 @@ def main(argv=None):
                   f"{one_line(error)[:200]}); the full traceback is in {report}",
                   file=sys.stderr)
             return EXIT_FAILED
+
+
+def _end_now(code):
+    """End the program without its exit handlers: after a write failed for want of space,
+    the HDF5 library can crash (SIGSEGV) closing its files at exit, which would turn exit
+    code 1 into 139 and a core dump. Everything worth keeping is already on disk."""
+    for stream in (sys.stdout, sys.stderr, sys.__stderr__):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
 
 
 def _describe(error):

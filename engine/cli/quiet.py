@@ -118,7 +118,20 @@ def python_chatter_captured(enabled=True):
     def show_warning(message, category, filename, lineno, file=None, line=None):
         _write_captured(warnings.formatwarning(message, category, filename, lineno, line))
 
+    def unraisable(hook_arguments):
+        # "Exception ignored in ..." (h5py objects freed after a failed write, ...).
+        _write_captured(f"Exception ignored in: {hook_arguments.object!r}: "
+                        f"{hook_arguments.exc_type.__name__}: {hook_arguments.exc_value}\n")
+
+    def print_exception(kind, value, trace):
+        # Cython's __dealloc__ (h5py) prints through sys.excepthook before the unraisable
+        # hook; the command itself catches every exception, so nothing else comes here.
+        _write_captured("".join(traceback.format_exception(kind, value, trace)))
+
+    previous_unraisablehook, previous_excepthook = sys.unraisablehook, sys.excepthook
     warnings.showwarning = show_warning
+    sys.unraisablehook = unraisable
+    sys.excepthook = print_exception
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         saved[name] = logger.propagate
@@ -128,6 +141,8 @@ def python_chatter_captured(enabled=True):
         yield
     finally:
         warnings.showwarning = previous_showwarning
+        sys.unraisablehook = previous_unraisablehook
+        sys.excepthook = previous_excepthook
         for name, propagate in saved.items():
             logger = logging.getLogger(name)
             logger.removeHandler(handler)

@@ -111,9 +111,10 @@ def is_out_of_space(error):
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and (error.errno in (errno.ENOSPC, errno.EDQUOT)
-                                           or "No space left on device" in str(error)
-                                           or "errno = 28," in str(error)):
+        # h5py raises RuntimeError as well as OSError for a failed write or flush.
+        if isinstance(error, (OSError, RuntimeError)) and (
+                getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+                or "No space left on device" in str(error) or "errno = 28," in str(error)):
             return True
         error = error.__cause__ or error.__context__
     return False

@@ -3,8 +3,10 @@
 import errno
 import os
 import signal
+import subprocess
 import time
 
+import pytest
 
 from sightline.cli.main import main
 # The same job, data and uninterrupted reference as the kill -9 and signal tests.
@@ -77,4 +79,41 @@ def test_second_process_on_the_same_worker_is_refused_and_kill_9_frees_the_lock(
     resumed = run_cli(*_args(workspace, out), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert not _leftovers(out)
+    _assert_same_as_reference(workspace, out)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of a given size (root only); remounted larger to free space."""
+    folder = tmp_path / "small-disk"
+    os.makedirs(folder)
+
+    def mount(size, remount=False):
+        options = f"{'remount,' if remount else ''}size={size}"
+        return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                              capture_output=True, text=True).returncode == 0
+
+    yield folder, mount
+    subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_real_full_disk_stops_with_one_line_and_a_resume_completes(workspace, small_disk):
+    """The same through a tmpfs too small for the run: h5py's own failure (a RuntimeError
+    with errno 28 in its text) and the HDF5 library's state after it, in a real process."""
+    folder, mount = small_disk
+    reference = workspace / "reference" / "shards"
+    total = sum(os.path.getsize(reference / name) for name in os.listdir(reference))
+    if os.geteuid() != 0 or not mount(max(16384, total // 2 // 4096 * 4096)):
+        pytest.skip("mounting a tmpfs needs root and mount(8); the injected full disk above "
+                    "covers the same path")
+    out = folder / "run"
+    stopped = run_cli(*_args(workspace, out), "--quiet")
+    lines = stopped.stderr.splitlines()
+    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    assert len(lines) == 1 and "the disk is full" in lines[0], stopped.stderr[-3000:]
+    assert "shard(s) are finished and kept" in lines[0] and str(out) in lines[0]
+    assert not _leftovers(out)
+    assert mount("64m", remount=True)
+    resumed = run_cli(*_args(workspace, out), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
     _assert_same_as_reference(workspace, out)
