@@ -6,6 +6,7 @@ from sightline.audit.activations import read_activations
 from sightline.audit.audit import (DEFAULT_DIFFUSE, DEFAULT_THRESHOLD, DEFAULT_WORST, EXIT_FLAGGED,
                                    run_audit)
 from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
+from sightline.cli.checks import check_run_folder
 from sightline.report.page import write_report
 
 
@@ -40,6 +41,10 @@ def add_arguments(parser):
                                               "`sightline activations` in the report")
     parser.add_argument("--fail-on-flag", action="store_true",
                         help=f"exit with {EXIT_FLAGGED} when any class is flagged")
+
+
+def check(args):
+    check_run_folder(args.out)
 
 
 def run(args):

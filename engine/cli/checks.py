@@ -43,3 +43,11 @@ def check_out_path(path, flag="--out"):
     if path is None:
         raise ValueError(f"{flag} is required: pass the output folder")
     check_writable_folder(path, flag)
+
+
+def check_run_folder(path):
+    """The output folder of a `sightline explain` run, for the commands that read one."""
+    if not os.path.isdir(path):
+        what = "is a file" if os.path.exists(path) else "does not exist"
+        raise ValueError(f"run folder {path!r} {what}; pass the --out folder of a "
+                         "`sightline explain` run")

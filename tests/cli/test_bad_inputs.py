@@ -132,7 +132,9 @@ def _cases(root):
         "index a folder that is not a run": (["index", str(root / "not-a-run")], r"not-a-run"),
         "inspect a folder that is not a run": (["inspect", str(root / "not-a-run")],
                                                r"not-a-run"),
-        "inspect a missing folder": (["inspect", str(root / "nowhere")], r"nowhere"),
+        "inspect a missing folder": (["inspect", str(root / "nowhere")],
+                                     r"run folder .*nowhere. does not exist"),
+        "index a file": (["index", str(root / "a-file")], r"run folder .*a-file. is a file"),
     }
 
 
