@@ -4,6 +4,7 @@ import os
 
 from sightline.audit.activations import (ACTIVATIONS_FILE, DEFAULT_SHOWN_IMAGES,
                                          activation_statistics, summary_lines)
+from sightline.cli.checks import check_model_path, check_out_path, check_source_path
 from sightline.report.activations import write_activations_output
 
 
@@ -26,6 +27,15 @@ def add_arguments(parser):
                              f"{DEFAULT_SHOWN_IMAGES})")
     parser.add_argument("--unsafe", action="store_true",
                         help="allow Lambda layers holding Python code (trusted files only)")
+
+
+def check(args):
+    """Paths before TensorFlow loads: a typo fails at once."""
+    check_model_path(args.model)
+    check_source_path(args.data, "--data")
+    if args.labels is not None:
+        check_source_path(args.labels, "--labels")
+    check_out_path(args.out)
 
 
 def run(args):

@@ -9,6 +9,7 @@ from sightline.audit.clusters import SAMPLE_SIZE
 from sightline.audit.shortcuts import THRESHOLDS, VERIFY_THRESHOLDS, ShortcutOptions
 from sightline.audit.virelay import PROJECT_FILE
 from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
+from sightline.cli.checks import check_run_folder
 from sightline.report.page import write_report
 
 
@@ -78,6 +79,10 @@ def add_arguments(parser):
     shortcuts.add_argument("--export-virelay", metavar="DIR",
                            help="also write a ViRelAy project (images, heatmaps, clusters) "
                                 "into DIR; the images are read again from the run's source")
+
+
+def check(args):
+    check_run_folder(args.out)
 
 
 def run(args):

@@ -4,7 +4,10 @@ The engine is imported when the command runs, not when the parser is built: `sig
 --help` answers without loading TensorFlow.
 """
 
+from sightline.cli.checks import check_model_path, check_out_path, check_source_path
 from sightline.config import add_method_arguments
+from sightline.jobs.lock import check_not_locked
+from sightline.jobs.workers import resolve_worker
 from sightline.kernels.methods import METHODS, OPTIONS
 
 # Options of `sightline explain` that a TOML file (--config) may also give; flags win.
@@ -111,9 +114,21 @@ def config_from_options(options):
     return make_config(methods, **options)
 
 
-def run(args):
-    # Options first: a typo fails before TensorFlow (which the runner imports) loads.
+def check(args):
+    """Options and paths, before TensorFlow (which the runner imports) loads."""
     config = config_from_options(explain_options(args))
+    check_model_path(config.model)
+    check_source_path(config.data, "--data")
+    if config.labels is not None:
+        check_source_path(config.labels, "--labels")
+    check_out_path(config.out)
+    worker, _ = resolve_worker(config.worker, config.workers)
+    check_not_locked(config.out, worker)
+    args.checked_config = config
+
+
+def run(args):
+    config = getattr(args, "checked_config", None) or config_from_options(explain_options(args))
     from sightline.jobs.runner import run_job
     summary = run_job(config)
     return summary.exit_code

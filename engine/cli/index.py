@@ -2,9 +2,15 @@
 
 import os
 
+from sightline.cli.checks import check_run_folder
+
 
 def add_arguments(parser):
     parser.add_argument("out", help="the output folder of a job")
+
+
+def check(args):
+    check_run_folder(args.out)
 
 
 def run(args):

@@ -1,8 +1,13 @@
 """The `sightline` command line: the parser and the dispatch. Each command lives in a
 module of its own here (explain.py, index.py, ...) that defines add_arguments(parser) and
-run(args) -> exit code: it parses and calls the engine, nothing else.
+run(args) -> exit code: it parses and calls the engine, nothing else. A module may also
+define check(args): the checks of paths and options that need no TensorFlow, run before
+anything imports it, so that a typo fails at once.
 
-Errors in the input end the command with one line on stderr and exit code 2.
+Every failure is ONE line on stderr: bad input (ValueError, TypeError, OSError) exits 2,
+a full disk exits 1, anything unexpected exits 1 with the traceback written to a crash
+report file whose path the line gives. TensorFlow's start-up noise and Python warnings
+are kept off the terminal unless --verbose.
 """
 
 import argparse
@@ -10,9 +15,12 @@ import os
 import sys
 
 from sightline.cli import activations, audit, bench, demo, explain, index, inspect
+from sightline.cli.quiet import native_log_captured, python_chatter_captured, write_crash_report
 from sightline.kernels.methods import METHODS
+from sightline.store.files import OutOfSpace
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 
 # name -> (module, one-line help, description or None for the help line)
 COMMANDS = {
@@ -32,19 +40,38 @@ COMMANDS = {
 }
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints the usage block before its error; here the error is one line that
+    points at --help instead."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {one_line(message)} "
+                                  f"(see {self.prog} --help)\n")
+
+
 def build_parser():
     from sightline import __version__
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="sightline",
         description="Batch explanation engine for TensorFlow/Keras image classifiers: "
                     f"{', '.join(METHODS)} over whole datasets. The Python API is "
                     "`from sightline import explain`.")
     parser.add_argument("--version", action="version", version=f"sightline {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own log lines and Python warnings")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, summary, description) in COMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=description or summary)
         module.add_arguments(sub)
+        # Also after the command's name; SUPPRESS keeps the global default when absent.
+        sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="show TensorFlow's own log lines and Python warnings")
     return parser
+
+
+def one_line(text):
+    """Error text on one line: library messages (h5py, TensorFlow) carry newlines."""
+    return " ".join(str(text).split())
 
 
 def main(argv=None):
@@ -53,12 +80,49 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 0
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        return COMMANDS[args.command][0].run(args)
-    except (ValueError, TypeError) as error:
-        print(f"sightline {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    module = COMMANDS[args.command][0]
+    name = f"sightline {args.command}"
+    if not args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_log_captured(enabled=not args.verbose) as native_log, \
+            python_chatter_captured(enabled=not args.verbose):
+        try:
+            if hasattr(module, "check"):
+                module.check(args)
+            return module.run(args)
+        except OutOfSpace as error:
+            print(f"{name}: error: {one_line(error)}", file=sys.stderr)
+            if argv is None:
+                _end_now(EXIT_FAILED)
+            return EXIT_FAILED
+        except (ValueError, TypeError, OSError) as error:
+            print(f"{name}: error: {one_line(_describe(error))}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except Exception as error:  # noqa: BLE001 - one line and a report, never a traceback
+            report = write_crash_report(args.command, error, native_log.text())
+            print(f"{name}: unexpected error ({type(error).__name__}: "
+                  f"{one_line(error)[:200]}); the full traceback is in {report}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+
+
+def _end_now(code):
+    """End the program without its exit handlers: after a write failed for want of space,
+    the HDF5 library can crash (SIGSEGV) closing its files at exit, which would turn exit
+    code 1 into 139 and a core dump. Everything worth keeping is already on disk."""
+    for stream in (sys.stdout, sys.stderr, sys.__stderr__):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
+
+
+def _describe(error):
+    """An OSError's own str() is "[Errno 2] No such file or directory: 'x'"; say it plainly."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        return f"{error.strerror}: {error.filename!r}"
+    return str(error) or type(error).__name__
 
 
 if __name__ == "__main__":

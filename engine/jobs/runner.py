@@ -16,9 +16,11 @@ from typing import Optional
 import numpy as np
 
 from sightline.config import ExplainConfig
+from sightline.store.files import (OutOfSpace, check_writable_folder, is_out_of_space)
 from sightline.store.manifest import MANIFEST_FILE, ManifestWriter, fingerprint_hash
 from sightline.store.shards import (INDEX_FILE, SHARD_DIRECTORY, ShardWriter, build_index,
                            remove_stale_temporaries, shard_name, verify_shard)
+from sightline.jobs.lock import lock_worker, unlock_worker
 from sightline.jobs.provenance import method_parameters, run_fingerprint, run_provenance
 from sightline.jobs.signals import Interrupted, install_signal_handlers, restore_signal_handlers
 from sightline.jobs.workers import resolve_worker, shards_of
@@ -180,18 +182,28 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
         exit_code = interrupted.exit_code
         progress.event("stopped", message="signal received; finished shards are kept, run "
                                           "the same command again to continue")
-    except BaseException:
+    except BaseException as error:
         try:
             writer.abort()
             writer.close()
         except BaseException:  # noqa: BLE001 - the first error is the one to report
             pass
+        if is_out_of_space(error):
+            _write_manifest_if_room(manifest)
+            kept = sum(record is not None for record in manifest.records)
+            raise OutOfSpace(f"the disk is full: writing into {plan.out!r} stopped; {kept} of "
+                             f"{plan.num_shards} shard(s) are finished and kept, no partial "
+                             "shard is left; free space and run the same command again to "
+                             "continue") from None
         raise
     finally:
         restore_signal_handlers(previous_handlers)
-        manifest.write()
+        _write_manifest_if_room(manifest)
+        unlock_worker(plan.lock)
 
     index_built = False
+    # The lock is released: building the index reads every worker's shards, and a run of
+    # worker i finishing while another is still writing is normal.
     if exit_code == 0:
         manifest.reload()  # the other workers' shards too
         if all(record is not None for record in manifest.records):
@@ -211,6 +223,16 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     return summary
 
 
+def _write_manifest_if_room(manifest):
+    """Write the manifest, unless the disk is full: the shard records are what a resume
+    trusts, and the next run rewrites the manifest from them."""
+    try:
+        manifest.write()
+    except OSError as error:
+        if not is_out_of_space(error):
+            raise
+
+
 def _plan(config):
     """Validate everything and plan the shards, before any work: the job's fixed parts."""
     from sightline.compute.step import build_step, check_methods
@@ -223,7 +245,7 @@ def _plan(config):
             raise ValueError(f"a dataset job needs {name}: pass --{name}")
     worker, workers = resolve_worker(config.worker, config.workers)
     out = os.path.abspath(config.out)
-    _check_out_folder(out)
+    check_writable_folder(out)  # creates nothing: a refused run leaves no folder behind
     strategy = make_strategy(config.devices)  # before anything initialises TensorFlow
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -237,16 +259,31 @@ def _plan(config):
                               unsafe=config.unsafe)
     check_methods(adapter, config)
     image_shape = _image_shape(config, adapter, source)
+    _check_finite_pixels(source)
     _check_targets(config, adapter, source)
 
     num_shards = math.ceil(source.num_samples / config.shard_size)
     mine = shards_of(worker, workers, num_shards)
     run = run_fingerprint(config, adapter, source, image_shape)
-    _claim_out_folder(out, run, config.overwrite, mine, num_shards)
-    remove_stale_temporaries(out, mine, num_shards)
     map_shapes = _map_shapes(config, adapter, image_shape)
     encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
-    return types.SimpleNamespace(
+    step = build_step(adapter, config, config.batch_size // replicas, image_shape)
+    different = _other_run(out, run)
+    if different and not config.overwrite:
+        raise ValueError(f"output folder {out!r} holds another run's shards (different "
+                         f"{', '.join(different)}); choose another --out or pass --overwrite")
+    # Every check passed: only now does the folder appear, and this worker's lock is
+    # taken before anything in it is removed or written.
+    os.makedirs(os.path.join(out, SHARD_DIRECTORY), exist_ok=True)
+    lock = lock_worker(out, worker)
+    try:
+        if different:
+            _clear_other_run(out, mine, num_shards)
+        remove_stale_temporaries(out, mine, num_shards)
+    except BaseException:
+        unlock_worker(lock)
+        raise
+    return types.SimpleNamespace(lock=lock,
         out=out, worker=worker, workers=workers, strategy=strategy, source=source,
         image_shape=image_shape, num_shards=num_shards, mine=mine, run=run,
         fingerprint=fingerprint_hash(run), encoded_keys=encoded_keys,
@@ -255,7 +292,7 @@ def _plan(config):
                 for s in range(num_shards)],
         layout={"maps": map_shapes, "key_length": max(1, encoded_keys.itemsize),
                 "attributes": _shard_attributes(config, adapter, image_shape, map_shapes)},
-        step=build_step(adapter, config, config.batch_size // replicas, image_shape))
+        step=step)
 
 
 def _pending_shards(plan, stop_signal, progress):
@@ -308,20 +345,6 @@ def _explain_shards(config, plan, pending, job, stop_signal, timer):
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_out_folder(out):
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"output {out!r} is a file, not a folder; pass a folder for --out")
-    try:
-        os.makedirs(os.path.join(out, SHARD_DIRECTORY), exist_ok=True)
-        probe = os.path.join(out, SHARD_DIRECTORY, f".write-test-{os.getpid()}")
-        with open(probe, "w") as handle:
-            handle.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise ValueError(f"output folder {out!r} is not writable ({error.strerror}); choose "
-                         "another --out or fix its permissions") from None
-
-
 def _image_shape(config, adapter, source):
     height, width, channels = (tuple(adapter.input_shape) + (None,) * 3)[:3]
     if config.image_size is not None:
@@ -341,6 +364,33 @@ def _image_shape(config, adapter, source):
         raise ValueError(f"the images have {source.array_shape[-1]} channel(s) but the model "
                          f"takes {channels}; convert the array first")
     return (int(height), int(width), int(channels))
+
+
+def _check_finite_pixels(source, chunk=256):
+    """Arrays of floats may hold NaN or Inf, which would turn every map of their batch
+    into NaN: the run is refused with the first such sample. Read once, in chunks."""
+    if source.encoded:
+        return
+    import h5py
+    handle = None
+    if source.kind == "npy":
+        array = np.load(source.array_file, mmap_mode="r")
+    else:
+        handle = h5py.File(source.array_file, "r")
+        array = handle[source.array_dataset]
+    try:
+        if not np.issubdtype(array.dtype, np.floating):
+            return
+        for start in range(0, source.num_samples, chunk):
+            block = np.asarray(array[start:start + chunk])
+            finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)  # [chunk]
+            if not finite.all():
+                first = start + int(np.argmin(finite))
+                raise ValueError(f"sample {first} ({source.keys[first]}) of {source.description} "
+                                 "holds NaN or Inf pixels; replace or drop such samples first")
+    finally:
+        if handle is not None:
+            handle.close()
 
 
 def _check_targets(config, adapter, source):
@@ -447,22 +497,22 @@ def _map_shapes(config, adapter, image_shape):
     return shapes
 
 
-def _claim_out_folder(out, run, overwrite, mine, num_shards):
+def _other_run(out, run):
+    """The settings in which the run already in `out` differs from `run` (empty when
+    there is none, or it is the same run). Reads only."""
     import json
     path = os.path.join(out, MANIFEST_FILE)
     if not os.path.exists(path):
-        return
+        return []
     try:
         with open(path) as handle:
             previous = json.load(handle).get("run", {})
     except (OSError, json.JSONDecodeError):
         previous = {}
-    if previous == run:
-        return
-    if not overwrite:
-        different = sorted(k for k in set(run) | set(previous) if run.get(k) != previous.get(k))
-        raise ValueError(f"output folder {out!r} holds another run's shards (different "
-                         f"{', '.join(different)}); choose another --out or pass --overwrite")
+    return sorted(k for k in set(run) | set(previous) if run.get(k) != previous.get(k))
+
+
+def _clear_other_run(out, mine, num_shards):
     folder = os.path.join(out, SHARD_DIRECTORY)
     own = {shard_name(s, num_shards) for s in mine}
     suffix = f"-of-{num_shards:05d}"

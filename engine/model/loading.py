@@ -45,16 +45,36 @@ def load_model(source, *, unsafe=False):
             raise ValueError(
                 f"model {path!r} has Lambda layer(s) {', '.join(lambdas)} holding Python code, "
                 "which loading would run; pass unsafe=True (--unsafe) only if you trust the file")
+    try:
+        model = _load_keras_file(path, writer, unsafe)
+    except Exception as error:  # noqa: BLE001 - Keras and h5py raise anything on bad bytes
+        raise ValueError(f"model file {path!r} could not be loaded ({type(error).__name__}: "
+                         f"{_first_line(error)}); it may be damaged, or need layers that are "
+                         "not registered; re-save it or check the file") from None
+    return model, writer
+
+
+def _load_keras_file(path, writer, unsafe):
     if writer == "keras3":
         import keras
-        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
-    else:
-        import tf_keras
-        if lowered.endswith(".keras"):
-            model = tf_keras.models.load_model(path, compile=False, safe_mode=not unsafe)
-        else:
-            model = tf_keras.models.load_model(path, compile=False)
-    return model, writer
+        return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+    import tf_keras
+    if path.lower().endswith(".keras"):
+        return tf_keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+    return tf_keras.models.load_model(path, compile=False)
+
+
+def _first_line(error):
+    text = " ".join(str(error).split())
+    return text[:160] + ("..." if len(text) > 160 else "")
+
+
+def _damaged(path, part, error):
+    """The one line for a file whose bytes are not what its writer left."""
+    kind = error.kind if isinstance(error, _ProbeError) else type(error).__name__
+    return ValueError(f"model file {path!r} is damaged or not a model: its {part} could not be "
+                      f"read ({kind}: {_first_line(error)}); re-save the model or copy the "
+                      "file again")
 
 
 def model_flavor(model):
@@ -82,23 +102,31 @@ def _writer_from_version(version, path):
 
 
 def _read_keras_zip(path):
+    # Reading untrusted bytes: zipfile, zlib and json raise many kinds of error on them.
     try:
         with zipfile.ZipFile(path) as archive:
             metadata = json.loads(archive.read("metadata.json"))
             config = json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
-        raise ValueError(f"model file {path!r} is not a valid .keras archive ({error}); "
-                         "re-save the model with model.save('model.keras')") from None
-    return config, _writer_from_version(metadata.get("keras_version", ""), path)
+            version = metadata.get("keras_version", "")
+    except Exception as error:  # noqa: BLE001
+        raise _damaged(path, "config (config.json in the .keras archive)", error) from None
+    try:
+        # Every member's CRC: flipped bytes in the weights fail here, not inside Keras.
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except Exception as error:  # noqa: BLE001
+        raise _damaged(path, "weights (model.weights.h5 in the .keras archive)", error) from None
+    if bad_member is not None:
+        raise _damaged(path, f"weights ({bad_member} in the .keras archive)",
+                       ValueError("checksum differs")) from None
+    return config, _writer_from_version(version, path)
 
 
 def _read_h5_config(path):
+    _probe_h5(path)
     import h5py
-    try:
-        with h5py.File(path, "r") as handle:
-            attributes = dict(handle.attrs)
-    except OSError as error:
-        raise ValueError(f"model file {path!r} is not a readable HDF5 file ({error})") from None
+    with h5py.File(path, "r") as handle:
+        attributes = dict(handle.attrs)
     raw_config = attributes.get("model_config")
     if raw_config is None:
         raise ValueError(f"model file {path!r} holds no model_config: it stores weights only; "
@@ -109,6 +137,54 @@ def _read_h5_config(path):
     if isinstance(version, bytes):
         version = version.decode("utf-8")
     return json.loads(raw_config), _writer_from_version(version, path)
+
+
+# Reads the config and every dataset and attribute of an HDF5 file, in a child process:
+# on some damaged files the HDF5 C library does not raise but crashes its process.
+# Prints the part that failed and the error, or nothing.
+_H5_PROBE = """
+import json, sys
+import h5py
+part = "config (the HDF5 file's model_config)"
+try:
+    with h5py.File(sys.argv[1], "r") as handle:
+        attributes = dict(handle.attrs)
+        raw = attributes.get("model_config")
+        if raw is not None:
+            json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        part = "weights (the HDF5 file's model_weights)"
+        def read(name, item):
+            dict(item.attrs)
+            if isinstance(item, h5py.Dataset):
+                item[()]
+        handle.visititems(read)
+except Exception as error:
+    print(json.dumps({"part": part, "error": type(error).__name__, "message": str(error)}))
+"""
+
+
+class _ProbeError(Exception):
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _probe_h5(path):
+    """Raise the one-line ValueError of a damaged HDF5 model file, or return."""
+    import subprocess
+    import sys
+    try:
+        done = subprocess.run([sys.executable, "-c", _H5_PROBE, path], capture_output=True,
+                              text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise _damaged(path, "structure", TimeoutError("reading it did not end")) from None
+    if done.returncode != 0:
+        raise _damaged(path, "structure", _ProbeError(
+            "crash", f"the HDF5 library crashed reading it (exit {done.returncode})")) from None
+    if done.stdout.strip():
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+        raise _damaged(path, found["part"], _ProbeError(found["error"], found["message"])) \
+            from None
 
 
 def _lambda_layers(config):

@@ -4,11 +4,13 @@ whoever writes a result beside a run (the audit's audit.json), without reaching 
 the shard format itself.
 """
 
+import errno
 import hashlib
 import json
 import os
 import re
 import socket
+import tempfile
 import threading
 import time
 
@@ -97,3 +99,49 @@ def fsync_directory(path):
         pass
     finally:
         os.close(descriptor)
+
+
+class OutOfSpace(OSError):
+    """The disk (or quota) filled up while a run wrote its output."""
+
+
+def is_out_of_space(error):
+    """True when `error`, or an error it was raised from, says the disk or quota is full.
+    h5py reports it inside its message ("errno = 28"), not in `errno`."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        # h5py raises RuntimeError as well as OSError for a failed write or flush.
+        if isinstance(error, (OSError, RuntimeError)) and (
+                getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+                or "No space left on device" in str(error) or "errno = 28," in str(error)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def check_writable_folder(path, what="--out"):
+    """Raise ValueError unless `path` is a folder, or can be made one, that this process
+    can write in. Creates nothing that stays: the probe file is removed at once."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"output {path!r} is a file, not a folder; pass a folder for {what}")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"output folder {path!r} is not writable: {existing!r} is a file; "
+                         f"pass a folder for {what}")
+    if existing == path:
+        # An existing folder (perhaps another run's) is not touched, not even its mtime.
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"output folder {path!r} is not writable; choose another {what} "
+                             "or fix its permissions")
+        return
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".sightline-write-test-", dir=existing)
+        os.close(descriptor)
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f"output folder {path!r} is not writable ({error.strerror} in "
+                         f"{existing!r}); choose another {what} or fix its permissions") from None
