@@ -52,10 +52,10 @@ mass-weighted centre of those cells.
 """
 
 import numpy as np
-import scipy.linalg
-from sklearn.cluster import KMeans
-from sklearn.metrics import pairwise_distances, silhouette_samples
-from sklearn.neighbors import kneighbors_graph
+
+# scikit-learn and SciPy load when a fit runs, not when the module does: the command line
+# imports this room to build its help, and importing scikit-learn costs most of a second,
+# which a mistyped option should not wait for.
 
 GRID = 16
 NEIGHBOURS = 10
@@ -241,6 +241,7 @@ def _separateness(features, assignment, clusters):
     """Per cluster: mean silhouette and separation (module docstring); NaN with one cluster."""
     if clusters < 2:
         return [float("nan")], [float("nan")]
+    from sklearn.metrics import pairwise_distances, silhouette_samples
     distance = pairwise_distances(features)  # [m, m]
     silhouette = silhouette_samples(distance, assignment, metric="precomputed")
     silhouettes, separations = [], []
@@ -258,6 +259,8 @@ def _separateness(features, assignment, clusters):
 def _spectrum(features, count):
     """Normalised Laplacian eigenvalues (ascending) and eigenvectors of the kNN graph."""
     size = len(features)
+    import scipy.linalg
+    from sklearn.neighbors import kneighbors_graph
     graph = kneighbors_graph(features, min(NEIGHBOURS, size - 1), mode="connectivity",
                              include_self=False)
     affinity = (0.5 * (graph + graph.T)).toarray()  # symmetric [m, m]
@@ -286,6 +289,7 @@ def fit_class(label, indices, features, *, clusters=None, seed=0):
     else:
         rows = vectors[:, :clusters]
         rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        from sklearn.cluster import KMeans
         assignment = KMeans(clusters, n_init=10, random_state=seed).fit_predict(rows)
         assignment = _by_size(assignment, clusters)
     layout = vectors[:, 1:3] * np.sqrt(size)
