@@ -257,6 +257,80 @@ def _pending_shards(plan, stop_signal, progress):
 
 def _explain_shards(config, plan, pending, job, stop_signal, timer):
     """Stream the pending shards' batches through the step on every device, into `job`."""
+    ranges = [plan.ranges[s] for s in pending]
+    if plan.strategy.num_replicas_in_sync == 1:
+        batches = _single_device_batches(config, plan, ranges)
+    else:
+        batches = _distributed_batches(config, plan, ranges)
+    for position, arrays in batches:
+        if stop_signal:
+            raise Interrupted(stop_signal[0])
+        job.add(position, arrays)
+        timer.batch_done(len(arrays["sample/index"]))
+    if stop_signal:
+        raise Interrupted(stop_signal[0])
+    job.close_all()
+
+
+def _stored_dtypes(outputs):
+    """The step's outputs cast to the shard's dtypes inside the compiled function, so
+    each reaches the host once, already in the stored dtype (float16 maps)."""
+    import tensorflow as tf
+    stored = {}
+    for name, value in outputs.items():
+        dtype = tf.float16 if name.startswith("heatmaps/") else (
+            tf.int32 if name in ("targets", "predictions") else tf.float32)
+        stored[name] = tf.cast(value, dtype)
+    return stored
+
+
+def _single_device_batches(config, plan, ranges):
+    """(position, arrays) per batch on one device: the step called directly, without
+    the distributed dataset's per-batch bookkeeping. Array sources (.npy, HDF5) are
+    sliced a batch at a time and preprocessed inside the compiled function."""
+    import tensorflow as tf
+
+    from sightline.data.pipeline import preprocess, shard_batches
+    from sightline.data.sources import array_batches
+    step = plan.step
+    height, width, channels = plan.image_shape
+
+    if plan.source.encoded:
+        @tf.function
+        def prepared_step(images, targets, index):
+            return _stored_dtypes(step(images, targets, index))
+
+        dataset = shard_batches(plan.source, ranges, batch_size=config.batch_size,
+                                image_size=(height, width), channels=channels,
+                                preprocessing=config.preprocess).map(_with_targets(config))
+        for element in dataset:
+            outputs = prepared_step(element["images"], element["targets"], element["index"])
+            index = element["index"].numpy()
+            count = int(np.count_nonzero(index >= 0))  # padding is at the end
+            yield (int(element["position"].numpy()[0]),
+                   _batch_arrays(outputs, index, element["labels"].numpy(), count,
+                                 plan.encoded_keys))
+        return
+
+    resize = tuple(plan.source.array_shape[:2]) != (height, width)
+
+    @tf.function
+    def array_step(raw_images, targets, index):
+        # The same preparation as the pipeline's, on the whole batch at once.
+        images = tf.cast(raw_images, tf.float32)
+        if resize:
+            images = tf.image.resize(images, (height, width), method="bilinear", antialias=True)
+        return _stored_dtypes(step(preprocess(images, config.preprocess), targets, index))
+
+    for position, images, labels, index, count in array_batches(plan.source, ranges,
+                                                                config.batch_size):
+        targets = _targets_of(config, labels)
+        outputs = array_step(images, targets, index)
+        yield position, _batch_arrays(outputs, index, labels, count, plan.encoded_keys)
+
+
+def _distributed_batches(config, plan, ranges):
+    """(position, arrays) per batch, each batch split over the strategy's devices."""
     import tensorflow as tf
 
     from sightline.data.pipeline import shard_batches
@@ -266,23 +340,25 @@ def _explain_shards(config, plan, pending, job, stop_signal, timer):
     def distributed_step(images, targets, index):
         # A jit-compiled function handed straight to strategy.run fails on CPU; a plain
         # Python callable around it works.
-        return strategy.run(lambda i, t, s: step(i, t, s), args=(images, targets, index))
+        return strategy.run(lambda i, t, s: _stored_dtypes(step(i, t, s)),
+                            args=(images, targets, index))
 
-    dataset = shard_batches(plan.source, [plan.ranges[s] for s in pending],
-                            batch_size=config.batch_size, image_size=plan.image_shape[:2],
-                            channels=plan.image_shape[2], preprocessing=config.preprocess)
+    def gather(value):
+        return np.concatenate([np.asarray(p) for p in strategy.experimental_local_results(value)])
+
+    dataset = shard_batches(plan.source, ranges, batch_size=config.batch_size,
+                            image_size=plan.image_shape[:2], channels=plan.image_shape[2],
+                            preprocessing=config.preprocess)
     dataset = dataset.map(_with_targets(config))
     for element in strategy.experimental_distribute_dataset(dataset):
-        if stop_signal:
-            raise Interrupted(stop_signal[0])
         outputs = distributed_step(element["images"], element["targets"], element["index"])
-        arrays = _host_arrays(strategy, outputs, element, plan.encoded_keys)
-        position = int(strategy.experimental_local_results(element["position"])[0][0])
-        job.add(position, arrays)
-        timer.batch_done(len(arrays["sample/index"]))
-    if stop_signal:
-        raise Interrupted(stop_signal[0])
-    job.close_all()
+        outputs = {name: gather(value) for name, value in outputs.items()}
+        index = gather(element["index"])
+        valid = index >= 0
+        arrays = _batch_arrays({name: value[valid] for name, value in outputs.items()},
+                               index[valid], gather(element["labels"])[valid],
+                               int(valid.sum()), plan.encoded_keys)
+        yield int(strategy.experimental_local_results(element["position"])[0][0]), arrays
 
 
 # ----------------------------------------------------------------------------- validation
@@ -355,28 +431,35 @@ def _with_targets(config):
     return attach
 
 
-def _host_arrays(strategy, outputs, element, encoded_keys):
-    """Per-replica results -> the valid rows as NumPy arrays, in the shard layout."""
-    def gather(value):
-        parts = strategy.experimental_local_results(value)
-        return np.concatenate([np.asarray(p) for p in parts])
+def _targets_of(config, labels):
+    """targets[B] int32 for a batch: the labels, -1 (the predicted class) or one class."""
+    if config.target == "label":
+        return labels
+    if config.target == "predicted":
+        return np.full(labels.shape, -1, np.int32)
+    return np.full(labels.shape, int(config.target), np.int32)
 
-    index = gather(element["index"])
-    valid = index >= 0
-    index = index[valid]
+
+def _batch_arrays(outputs, index, labels, count, encoded_keys):
+    """One batch's first `count` rows (the samples; padding follows) in the shard layout.
+    outputs: the step's results, tensors or arrays, already in the stored dtypes."""
+    def rows(value):
+        return np.asarray(value)[:count]
+
+    index = np.asarray(index)[:count].astype(np.int64, copy=False)
     arrays = {
-        "sample/index": index.astype(np.int64),
-        "sample/label": gather(element["labels"])[valid].astype(np.int32),
+        "sample/index": index,
+        "sample/label": np.asarray(labels)[:count].astype(np.int32, copy=False),
         "sample/key": encoded_keys[index],
-        "pred/target": gather(outputs["targets"])[valid].astype(np.int32),
-        "pred/class": gather(outputs["predictions"])[valid].astype(np.int32),
-        "pred/score": gather(outputs["scores"])[valid].astype(np.float32),
+        "pred/target": rows(outputs["targets"]),
+        "pred/class": rows(outputs["predictions"]),
+        "pred/score": rows(outputs["scores"]),
     }
     for name, value in outputs.items():
         if name.startswith("heatmaps/"):
             method = name.split("/", 1)[1]
-            arrays[name] = gather(value)[valid].astype(np.float16)
-            arrays[f"heatmaps/{method}_scale"] = gather(outputs[f"scales/{method}"])[valid].astype(np.float32)
+            arrays[name] = rows(value)
+            arrays[f"heatmaps/{method}_scale"] = rows(outputs[f"scales/{method}"])
     return arrays
 
 
