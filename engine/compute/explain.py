@@ -12,6 +12,7 @@ from sightline.config import make_config
 from sightline.model.adapter import adapt_model
 from sightline.model.loading import model_flavor
 from sightline.model.precision import copy_weights
+from sightline.compute.auto_precision import AUTO, CANDIDATES, measure_precisions
 from sightline.compute.step import build_step, check_methods
 
 
@@ -31,11 +32,15 @@ class Explanation:
     predictions: np.ndarray
     scores: np.ndarray
     layer: Optional[str]
+    precision: str = "float32"  # the one the maps were computed in ("auto" resolved)
 
 
 # Adapters and compiled steps of in-memory models, so that calling `explain` again on
 # the same model with the same settings neither rebuilds nor retraces.
 _COMPILED = weakref.WeakKeyDictionary()
+# precision="auto": per in-memory model, the figures and choice per (settings, batch,
+# image shape).
+_AUTO_CHOICES = weakref.WeakKeyDictionary()
 
 
 def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, normalize=True,
@@ -58,7 +63,9 @@ def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, no
                          **method_options)
     images = _as_images(images)
     num_images = images.shape[0]
-    adapter, steps = _adapter_for(model, config)
+    auto = config.precision == AUTO
+    adapter, steps = _adapter_for(model, dataclasses.replace(config, precision="float32")
+                                  if auto else config)
     check_methods(adapter, config)
     _check_image_shape(images, adapter.input_shape)
     targets = _as_targets(targets, num_images, adapter.num_classes)
@@ -67,6 +74,9 @@ def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, no
     # small N share a handful of compiled steps instead of one each.
     batch = min(config.batch_size, 1 << (num_images - 1).bit_length())
     image_shape = tuple(images.shape[1:])
+    if auto:
+        config, adapter, steps = _auto_precision(model, config, images, targets, batch,
+                                                 image_shape)
     key = (config, batch, image_shape)
     if key not in steps:
         steps[key] = build_step(adapter, config, batch, image_shape)
@@ -103,7 +113,35 @@ def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, no
         targets=collected["targets"].astype(np.int32),
         predictions=collected["predictions"].astype(np.int32),
         scores=collected["scores"].astype(np.float32),
-        layer=adapter.layer_name)
+        layer=adapter.layer_name, precision=config.precision)
+
+
+def _auto_precision(model, config, images, targets, batch, image_shape):
+    """precision="auto" resolved on the first batch: (config with the chosen precision,
+    its adapter, its cache of steps). An in-memory model keeps the choice, so later
+    calls with the same settings neither measure nor retrace again."""
+    candidates, steps_of = {}, {}
+    for precision in CANDIDATES:
+        settled = dataclasses.replace(config, precision=precision)
+        adapter, steps = _adapter_for(model, settled)
+        key = (settled, batch, image_shape)
+        if key not in steps:
+            steps[key] = build_step(adapter, settled, batch, image_shape)
+        candidates[precision] = (settled, adapter, steps)
+        steps_of[precision] = steps[key]
+    choices = {} if model_flavor(model) is None else _AUTO_CHOICES.setdefault(model, {})
+    key = (AUTO, config, batch, image_shape)
+    if key not in choices:
+        count = min(batch, len(images))
+        first_images = np.zeros((batch, *image_shape), np.float32)
+        first_images[:count] = images[:count]
+        first_targets = np.full(batch, -1, np.int32)
+        first_targets[:count] = targets[:count]
+        choices[key] = measure_precisions(steps_of, tf.constant(first_images),
+                                          tf.constant(first_targets),
+                                          tf.range(batch, dtype=tf.int64), config.methods,
+                                          count=count)
+    return candidates[choices[key]["choice"]]
 
 
 def _adapter_for(model, config):

@@ -14,6 +14,7 @@ import types
 
 import numpy as np
 
+from sightline.compute.auto_precision import AUTO
 from sightline.config import ExplainConfig
 from sightline.store.manifest import MANIFEST_FILE, ManifestWriter, fingerprint_hash
 from sightline.store.shards import (INDEX_FILE, SHARD_DIRECTORY, ShardWriter, build_index,
@@ -212,8 +213,10 @@ def _plan(config):
                          f"{replicas * max(1, config.batch_size // replicas)}")
     source = open_source(config.data, labels=config.labels, image_key=config.tfrecord_image_key,
                          label_key=config.tfrecord_label_key)
+    auto = config.precision == AUTO
     with strategy.scope():
-        adapter = adapt_model(config.model, layer=config.layer, precision=config.precision,
+        adapter = adapt_model(config.model, layer=config.layer,
+                              precision="float32" if auto else config.precision,
                               unsafe=config.unsafe)
     check_methods(adapter, config)
     image_shape = _image_shape(config, adapter, source)
@@ -224,18 +227,61 @@ def _plan(config):
     run = run_fingerprint(config, adapter, source, image_shape)
     _claim_out_folder(out, run, config.overwrite, mine, num_shards)
     remove_stale_temporaries(out, mine, num_shards)
+    provenance = run_provenance(config, adapter, replicas, workers)
+    step = None
+    if auto:
+        adapter, step, provenance["precision_auto"] = _auto_precision(
+            config, strategy, source, adapter, image_shape, out, run)
     map_shapes = _map_shapes(config, adapter, image_shape)
     encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
     return types.SimpleNamespace(
         out=out, worker=worker, workers=workers, strategy=strategy, source=source,
         image_shape=image_shape, num_shards=num_shards, mine=mine, run=run,
         fingerprint=fingerprint_hash(run), encoded_keys=encoded_keys,
-        provenance=run_provenance(config, adapter, replicas, workers),
+        provenance=provenance,
         ranges=[_shard_range(s, config.shard_size, source.num_samples)
                 for s in range(num_shards)],
         layout={"maps": map_shapes, "key_length": max(1, encoded_keys.itemsize),
                 "attributes": _shard_attributes(config, adapter, image_shape, map_shapes)},
-        step=build_step(adapter, config, config.batch_size // replicas, image_shape))
+        step=step or build_step(adapter, config, config.batch_size // replicas, image_shape))
+
+
+def _auto_precision(config, strategy, source, adapter, image_shape, out, run):
+    """precision="auto": (adapter, step, figures) of the precision chosen on the first
+    batch (see sightline.compute.auto_precision). A resume of the same run keeps the
+    choice its manifest records, so no output folder mixes two precisions."""
+    import json
+
+    from sightline.compute.auto_precision import CANDIDATES, measure_precisions
+    from sightline.compute.step import build_step
+    from sightline.data.pipeline import batches
+    from sightline.model.adapter import adapt_model
+
+    per_replica = config.batch_size // strategy.num_replicas_in_sync
+    adapters = {"float32": adapter}
+    with strategy.scope():
+        adapters["mixed_bfloat16"] = adapt_model(config.model, layer=config.layer,
+                                                 precision="mixed_bfloat16",
+                                                 unsafe=config.unsafe)
+    steps = {p: build_step(adapters[p], config, per_replica, image_shape) for p in CANDIDATES}
+    figures = None
+    try:
+        with open(os.path.join(out, MANIFEST_FILE)) as handle:
+            previous = json.load(handle)
+        if previous.get("run") == run:
+            figures = previous.get("precision_auto")
+    except (OSError, json.JSONDecodeError):
+        pass
+    if figures is None or figures.get("choice") not in CANDIDATES:
+        first = next(iter(batches(source, 0, min(per_replica, source.num_samples),
+                                  batch_size=per_replica, image_size=image_shape[:2],
+                                  channels=image_shape[2], preprocessing=config.preprocess)))
+        count = int(first["mask"].numpy().sum())
+        targets = _targets_of(config, first["labels"].numpy())
+        figures = measure_precisions(steps, first["images"], targets, first["index"],
+                                     config.methods, count=count)
+    choice = figures["choice"]
+    return adapters[choice], steps[choice], figures
 
 
 def _pending_shards(plan, stop_signal, progress):
@@ -474,7 +520,7 @@ def _shard_attributes(config, adapter, image_shape, map_shapes):
         "input_size": list(image_shape[:2]),
         "layer": adapter.layer_name or "",
         "logits_layer": adapter.logits_layer or "",
-        "precision": config.precision,
+        "precision": adapter.precision if config.precision == AUTO else config.precision,
         "normalize": config.normalize,
         "map_size": config.map_size,
         "target": str(config.target),
