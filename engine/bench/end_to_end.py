@@ -31,8 +31,12 @@ def job_config(model_path, data, out, methods, batch, options=None):
                        map_size="native", quiet=True, overwrite=True, **(options or {}))
 
 
-def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=None, log=None):
+def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=None, log=None,
+               source="png"):
     """run_job (decode -> explain -> HDF5) against explain() on the same images as arrays.
+
+    source: "png", a folder of PNG files the job decodes, or "npy", the arrays as one
+    .npy file the job slices (no decoding: the job's own overhead alone).
 
     Steady state without start-up: after a warm-up job, the job runs on N and on M
     images; its rate is (M - N) / (t_M - t_N), which cancels loading, tracing and
@@ -58,14 +62,20 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
     workdir = workdir or tempfile.mkdtemp(prefix="sightline-bench-")
     model_path = os.path.join(workdir, "model.keras")
     context.model.save(model_path)
-    folders = {n: os.path.join(workdir, f"images-{n}") for n in (small, large)}
-    for n, folder in folders.items():
-        _write_image_folder(folder, images[:n])
+    if source == "npy":
+        folders = {n: os.path.join(workdir, f"images-{n}.npy") for n in (small, large)}
+        for n, path in folders.items():
+            # 8-bit like the PNGs: the job's [0,1] preprocessing gives back `images`.
+            np.save(path, np.round(images[:n] * 255).astype(np.uint8))
+    else:
+        folders = {n: os.path.join(workdir, f"images-{n}") for n in (small, large)}
+        for n, folder in folders.items():
+            _write_image_folder(folder, images[:n])
     wall = {}
     for n in (0, small, large):  # 0: the warm-up job, on the small folder
-        config = job_config(model_path, folders[n or small], os.path.join(workdir, f"out-{n}"),
-                             methods, batch,
-                             options=context.options(*methods))
+        config = job_config(model_path, folders[n or small],
+                            os.path.join(workdir, f"out-{source}-{n}"), methods, batch,
+                            options=context.options(*methods))
         started = time.perf_counter()
         summary = run_job(config)
         wall[n] = time.perf_counter() - started
@@ -81,12 +91,12 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
     result, startup, median, reps = measure(kernel, context.seconds, warmup=False)
     kernel_rate = large / median
     # Guard: the job's stored maps are the kernel's maps (float16 storage).
-    with open_results(os.path.join(workdir, f"out-{large}")) as stored_run:
+    with open_results(os.path.join(workdir, f"out-{source}-{large}")) as stored_run:
         chunks = list(stored_run.chunks([f"heatmaps/{m}" for m in methods]))
     stored = {m: np.concatenate([c[f"heatmaps/{m}"] for c in chunks]).astype(np.float32)
               for m in methods}
     error = max(float(np.abs(stored[m] - result.heatmaps[m]).max()) for m in methods)
-    entry = {"methods": list(methods), "small": small, "large": large,
+    entry = {"methods": list(methods), "source": source, "small": small, "large": large,
              "job_seconds": {str(k): round(v, 3) for k, v in wall.items() if k},
              "job_images_per_second": round(job_rate, 3),
              "kernel_images_per_second": round(kernel_rate, 3),
@@ -94,7 +104,7 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
              "guard": {"reference": "explain() on arrays", "metric": "max abs difference",
                        "value": float(f"{error:.3g}"), "threshold": 2e-3,
                        "passed": bool(error <= 2e-3)}}
-    say(f"  end to end: job {job_rate:.2f} img/s, kernel alone {kernel_rate:.2f} img/s, "
+    say(f"  end to end ({source}): job {job_rate:.2f} img/s, kernel alone {kernel_rate:.2f} img/s, "
         f"ratio {entry['ratio']:.3f}")
     del tf
     return entry, model_path, workdir
