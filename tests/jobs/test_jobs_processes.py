@@ -12,7 +12,7 @@ import pytest
 from sightline.cli.main import main
 from tests.jobs.jobs import read_index, run_cli, write_image_folder, write_model
 
-JOB = ["--methods", "gradcam,smoothgrad", "--num-samples", "8", "--shard-size", "6",
+JOB = ["--methods", "gradcam,smoothgrad", "--num-copies", "8", "--shard-size", "6",
        "--batch-size", "3", "--preprocess", "[0,1]", "--devices", "1"]
 
 
