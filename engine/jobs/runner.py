@@ -361,17 +361,19 @@ def _single_device_batches(config, plan, ranges):
     resize = tuple(plan.source.array_shape[:2]) != (height, width)
 
     @tf.function
-    def array_step(raw_images, targets, index):
-        # The same preparation as the pipeline's, on the whole batch at once.
-        images = tf.cast(raw_images, tf.float32)
+    def array_step(images, targets, index):
+        return _stored_dtypes(step(images, targets, index))
+
+    for position, raw, labels, index, count in array_batches(plan.source, ranges,
+                                                             config.batch_size):
+        # The pipeline's preparation on the whole batch, run eagerly: inside a graph,
+        # grappler turns x / 255 into x * (1/255), one ulp off the pipeline's images
+        # and explain()'s, enough to flip a ReLU and move a saliency map.
+        images = tf.cast(raw, tf.float32)
         if resize:
             images = tf.image.resize(images, (height, width), method="bilinear", antialias=True)
-        return _stored_dtypes(step(preprocess(images, config.preprocess), targets, index))
-
-    for position, images, labels, index, count in array_batches(plan.source, ranges,
-                                                                config.batch_size):
-        targets = _targets_of(config, labels)
-        outputs = array_step(images, targets, index)
+        outputs = array_step(preprocess(images, config.preprocess), _targets_of(config, labels),
+                             index)
         yield position, _batch_arrays(outputs, index, labels, count, plan.encoded_keys)
 
 

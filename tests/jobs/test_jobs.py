@@ -687,3 +687,25 @@ def test_auto_precision_job_records_its_choice_and_keeps_it_on_resume(workspace,
     with h5py.File(out / "shards" / "shard-00001-of-00002.h5", "r") as shard:
         assert shard.attrs["precision"] == flipped
     assert record is not None
+
+
+def test_uint8_npy_job_equals_explain_on_the_same_preprocessed_arrays(workspace, tmp_path):
+    """An 8-bit .npy with --preprocess [0,1]: the stored maps are explain()'s on u / 255
+    computed in float32, to float16 storage, for a gradient method whose ReLU gates
+    react to one-ulp changes of the input."""
+    from sightline import explain
+    import keras
+    root = workspace["root"]
+    pixels = np.random.default_rng(7).integers(0, 256, (40, 16, 16, 3)).astype(np.uint8)
+    np.save(tmp_path / "pixels.npy", pixels)
+    assert main(["explain", "--model", str(root / "model.keras"), "--data",
+                 str(tmp_path / "pixels.npy"), "--out", str(tmp_path / "out"), "--quiet",
+                 "--devices", "1", "--batch-size", "16", "--shard-size", "24",
+                 "--methods", "saliency,gradcam", "--preprocess", "[0,1]"]) == 0
+    stored = read_index(str(tmp_path / "out"))
+    model = keras.models.load_model(root / "model.keras")
+    reference = explain(model, pixels.astype(np.float32) / np.float32(255),
+                        methods=("saliency", "gradcam"), batch_size=16)
+    for method in ("saliency", "gradcam"):
+        np.testing.assert_array_equal(stored[f"heatmaps/{method}"],
+                                      reference.heatmaps[method].astype(np.float16))
