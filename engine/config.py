@@ -9,7 +9,9 @@ from typing import Optional, Union
 
 from sightline.kernels.methods import METHODS, OPTIONS, methods_using
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# "auto" (opt-in, never the default): float32 or mixed_bfloat16, whichever runs faster on
+# the first batch, bfloat16 only when its maps agree (sightline.compute.auto_precision).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 # Where CAM-family maps are stored: at the target layer's resolution, or resized to the input.
 MAP_SIZES = ("native", "input")
 COMPRESSIONS = ("gzip", "lzf", "none")

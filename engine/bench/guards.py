@@ -71,3 +71,26 @@ def probability_guard(result, reference):
     return {"reference": "graph float32", "metric": "max abs difference",
             "value": float(f"{value:.3g}"), "threshold": BF16_PROBABILITY_ATOL,
             "passed": bool(value <= BF16_PROBABILITY_ATOL)}
+
+
+# /proc/cpuinfo flags of the CPU's bfloat16 units, most capable first.
+BF16_UNITS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"))
+
+
+def bf16_capability(cpuinfo="/proc/cpuinfo"):
+    """The CPU's bfloat16 units as people name them ("AMX", "AVX-512 BF16", "none"),
+    and the CPU's model name, from /proc/cpuinfo (("none", "") where it is unreadable)."""
+    try:
+        with open(cpuinfo) as handle:
+            text = handle.read()
+    except OSError:
+        return "none", ""
+    flags, model = set(), ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+        elif key.strip() == "model name" and not model:
+            model = value.strip()
+    units = [name for flag, name in BF16_UNITS if flag in flags]
+    return (", ".join(units) or "none"), model

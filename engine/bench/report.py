@@ -14,12 +14,19 @@ def format_table(result):
              f"ceiling {result['ceiling']:.2f} img/s (compiled inference, faster of graph/XLA); "
              "x ceiling: against that inference timed in alternation with the row",
              "",
+             f"CPU: {result.get('cpu_model') or 'unknown'}, {result.get('cpu_count')} core(s), "
+             f"bfloat16 units: {result.get('cpu_bf16_units', 'unknown')}",
+             "",
              "| method | mode | precision | images/s | start-up s | x ceiling | x eager loop | guard |",
              "|---|---|---|---:|---:|---:|---:|---|"]
+    units = result.get("cpu_bf16_units")
     for r in result["rows"]:
         g = r["guard"]
         guard_text = "-" if g is None else f"{'ok' if g['passed'] else 'FAILED'} ({g['value']:g} vs {g['reference']})"
-        lines.append(f"| {r['method']} | {r['mode']} | {r['precision']} | "
+        precision = r["precision"]
+        if units and precision == "mixed_bfloat16" and result.get("device_kind") != "GPU":
+            precision += f" (CPU bf16 units: {units})"
+        lines.append(f"| {r['method']} | {r['mode']} | {precision} | "
                      f"{r['images_per_second']:.2f} | {r['startup_seconds']:.2f} | "
                      f"{_num(r.get('x_ceiling'), 3)} | {_num(r.get('x_eager_loop'), 1)} | {guard_text} |")
     return "\n".join(lines)
@@ -50,11 +57,14 @@ def write_report(results, folder):
     parts = []
     for result in results:
         parts += [f"## {result['model']}", "", format_table(result), "", format_targets(result), ""]
-        e2e, memory = result.get("end_to_end"), result.get("memory")
-        if e2e:
-            parts += [f"End to end ({','.join(e2e['methods'])}): job "
-                      f"{e2e['job_images_per_second']:.2f} img/s, kernel alone "
-                      f"{e2e['kernel_images_per_second']:.2f} img/s, ratio {e2e['ratio']:.3f}.", ""]
+        memory = result.get("memory")
+        for e2e in (result.get("end_to_end"), result.get("end_to_end_array")):
+            if e2e:
+                parts += [f"End to end from {e2e.get('source', 'png')} "
+                          f"({','.join(e2e['methods'])}): job "
+                          f"{e2e['job_images_per_second']:.2f} img/s, kernel alone "
+                          f"{e2e['kernel_images_per_second']:.2f} img/s, ratio "
+                          f"{e2e['ratio']:.3f}.", ""]
         if memory:
             parts += [f"Peak memory (VmHWM, fresh process each): {memory['vmhwm_mb']} MB, "
                       f"ratio {memory['ratio']:.3f}.", ""]

@@ -37,7 +37,8 @@ def add_arguments(explain):
     explain.add_argument("--shard-size", type=int, help="samples per shard (default 1024)")
     explain.add_argument("--image-size", help="H,W to resize to (default: the model's input)")
     explain.add_argument("--preprocess", help="none (default), [0,1], [-1,1], caffe or torch")
-    explain.add_argument("--precision", help="float32 (default), mixed_bfloat16, mixed_float16")
+    explain.add_argument("--precision", help="float32 (default), mixed_bfloat16, mixed_float16 "
+                         "or auto (mixed_bfloat16 where faster and its maps agree)")
     explain.add_argument("--devices", help="N or all (default all)")
     explain.add_argument("--xla", help="auto (default: XLA on GPUs), on or off")
     explain.add_argument("--map-size", help="native (default: CAM maps at layer resolution) or input")

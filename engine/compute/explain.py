@@ -12,6 +12,7 @@ from sightline.config import make_config
 from sightline.model.adapter import adapt_model
 from sightline.model.loading import model_flavor
 from sightline.model.precision import copy_weights
+from sightline.compute.auto_precision import AUTO, CANDIDATES, measure_precisions
 from sightline.compute.step import build_step, check_methods
 
 
@@ -31,11 +32,15 @@ class Explanation:
     predictions: np.ndarray
     scores: np.ndarray
     layer: Optional[str]
+    precision: str = "float32"  # the one the maps were computed in ("auto" resolved)
 
 
 # Adapters and compiled steps of in-memory models, so that calling `explain` again on
 # the same model with the same settings neither rebuilds nor retraces.
 _COMPILED = weakref.WeakKeyDictionary()
+# precision="auto": per in-memory model, the figures and choice per (settings, batch,
+# image shape).
+_AUTO_CHOICES = weakref.WeakKeyDictionary()
 
 
 def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, normalize=True,
@@ -58,7 +63,9 @@ def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, no
                          **method_options)
     images = _as_images(images)
     num_images = images.shape[0]
-    adapter, steps = _adapter_for(model, config)
+    auto = config.precision == AUTO
+    adapter, steps = _adapter_for(model, dataclasses.replace(config, precision="float32")
+                                  if auto else config)
     check_methods(adapter, config)
     _check_image_shape(images, adapter.input_shape)
     targets = _as_targets(targets, num_images, adapter.num_classes)
@@ -67,29 +74,38 @@ def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, no
     # small N share a handful of compiled steps instead of one each.
     batch = min(config.batch_size, 1 << (num_images - 1).bit_length())
     image_shape = tuple(images.shape[1:])
+    if auto:
+        config, adapter, steps = _auto_precision(model, config, images, targets, batch,
+                                                 image_shape)
     key = (config, batch, image_shape)
     if key not in steps:
         steps[key] = build_step(adapter, config, batch, image_shape)
-    step = steps[key]
+    # The concrete function: a call skips tf.function's argument binding and dispatch,
+    # about a millisecond of host time per batch.
+    step = steps[key].get_concrete_function(
+        tf.TensorSpec((batch, *image_shape), tf.float32), tf.TensorSpec((batch,), tf.int32),
+        tf.TensorSpec((batch,), tf.int64))
 
     collected = {}
+    padded_images = padded_targets = None
     for start in range(0, num_images, batch):
         stop = min(start + batch, num_images)
         valid = stop - start
         batch_images = images[start:stop]
         batch_targets = targets[start:stop]
         if valid < batch:  # pad to the fixed batch shape: one trace for every batch
-            batch_images = np.concatenate(
-                [batch_images, np.zeros((batch - valid, *image_shape), np.float32)])
-            batch_targets = np.concatenate([batch_targets, np.full(batch - valid, -1, np.int32)])
-        sample_index = np.arange(start, start + batch, dtype=np.int64)
-        outputs = step(tf.constant(batch_images), tf.constant(batch_targets),
-                       tf.constant(sample_index))
+            padded_images = np.zeros((batch, *image_shape), np.float32)
+            padded_images[:valid] = batch_images
+            padded_targets = np.full(batch, -1, np.int32)
+            padded_targets[:valid] = batch_targets
+            batch_images, batch_targets = padded_images, padded_targets
+        outputs = step(tf.convert_to_tensor(batch_images), tf.convert_to_tensor(batch_targets),
+                       tf.range(start, start + batch, dtype=tf.int64))
         for name, value in outputs.items():
-            value = value.numpy()[:valid]
+            value = value.numpy()  # a view of the tensor's buffer on the CPU, not a copy
             if name not in collected:
                 collected[name] = np.empty((num_images, *value.shape[1:]), value.dtype)
-            collected[name][start:stop] = value
+            collected[name][start:stop] = value[:valid]
 
     return Explanation(
         heatmaps={m: collected[f"heatmaps/{m}"] for m in config.methods},
@@ -97,7 +113,35 @@ def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, no
         targets=collected["targets"].astype(np.int32),
         predictions=collected["predictions"].astype(np.int32),
         scores=collected["scores"].astype(np.float32),
-        layer=adapter.layer_name)
+        layer=adapter.layer_name, precision=config.precision)
+
+
+def _auto_precision(model, config, images, targets, batch, image_shape):
+    """precision="auto" resolved on the first batch: (config with the chosen precision,
+    its adapter, its cache of steps). An in-memory model keeps the choice, so later
+    calls with the same settings neither measure nor retrace again."""
+    candidates, steps_of = {}, {}
+    for precision in CANDIDATES:
+        settled = dataclasses.replace(config, precision=precision)
+        adapter, steps = _adapter_for(model, settled)
+        key = (settled, batch, image_shape)
+        if key not in steps:
+            steps[key] = build_step(adapter, settled, batch, image_shape)
+        candidates[precision] = (settled, adapter, steps)
+        steps_of[precision] = steps[key]
+    choices = {} if model_flavor(model) is None else _AUTO_CHOICES.setdefault(model, {})
+    key = (AUTO, config, batch, image_shape)
+    if key not in choices:
+        count = min(batch, len(images))
+        first_images = np.zeros((batch, *image_shape), np.float32)
+        first_images[:count] = images[:count]
+        first_targets = np.full(batch, -1, np.int32)
+        first_targets[:count] = targets[:count]
+        choices[key] = measure_precisions(steps_of, tf.constant(first_images),
+                                          tf.constant(first_targets),
+                                          tf.range(batch, dtype=tf.int64), config.methods,
+                                          count=count)
+    return candidates[choices[key]["choice"]]
 
 
 def _adapter_for(model, config):
@@ -134,8 +178,10 @@ def _as_images(images):
         raise ValueError(f"images must be a batch [N,H,W,C]; got shape {images.shape}")
     if images.shape[0] == 0:
         raise ValueError("images is empty (N = 0): pass at least one image")
-    images = images.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(images)):
+    images = np.ascontiguousarray(images, np.float32)
+    # min and max are NaN or infinite when any value is, without a boolean copy of
+    # the whole array.
+    if not (np.isfinite(images.min()) and np.isfinite(images.max())):
         raise ValueError("images contain NaN or infinite values; clean or re-preprocess them")
     return images
 

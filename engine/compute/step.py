@@ -37,8 +37,22 @@ def check_methods(adapter, config):
             raise ValueError(f"method {method!r} cannot run: {adapter.cam_unsupported}")
 
 
-def copies_per_call(adapter, config, batch_size, bytes_per_value=_GRADIENT_BYTES_PER_VALUE):
-    """How many noisy copies, path steps or masked inputs fit in one call within the budget."""
+def copies_per_call(adapter, config, batch_size, *, gradients=True, on_gpu=None):
+    """How many noisy copies, path steps or masked inputs go into one call.
+
+    On a GPU: as many as fit in memory_budget_mb, since a bigger call fills more of
+    the device. On a CPU: one batch per gradient call. A batch already keeps every
+    core busy, and a call over several copies only works on activations that no
+    longer fit in the caches: SmoothGrad (8 copies) and Integrated Gradients (16
+    steps) on the Fashion-MNIST CNN ran 2 to 4 times faster with one copy per
+    call than with 2, 4 or 8, at batch 64 and 256 (2-core Xeon, TF 2.21).
+    on_gpu: None asks TensorFlow whether a GPU is visible.
+    """
+    if on_gpu is None:
+        on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    if gradients and not on_gpu:
+        return 1
+    bytes_per_value = _GRADIENT_BYTES_PER_VALUE if gradients else _FORWARD_BYTES_PER_VALUE
     per_image = max(1, adapter.values_per_image) * bytes_per_value
     budget = config.memory_budget_mb * 2 ** 20
     return max(1, budget // (per_image * batch_size))
@@ -63,8 +77,7 @@ def build_step(adapter, config, batch_size, image_shape):
     # Copies, path steps or masked inputs per call: a method that only runs forward
     # passes keeps no gradients, so more of its copies fit in the budget.
     chunk_of = {row.name: copies_per_call(adapter, config, batch_size,
-                                          _GRADIENT_BYTES_PER_VALUE if row.needs_gradients
-                                          else _FORWARD_BYTES_PER_VALUE)
+                                          gradients=row.needs_gradients)
                 for row in rows if row.chunk_keyword}
 
     def explained_scores(logits, targets):

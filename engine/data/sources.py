@@ -140,6 +140,29 @@ class _open_array:
             self.handle.close()
 
 
+def array_batches(source, ranges, batch_size):
+    """Fixed-shape NumPy batches of an array source's sample ranges, read by slicing.
+
+    Yields (position, images[B,H,W,C] in the array's dtype, labels[B] int32, index[B]
+    int64, count): the first `count` rows are samples, the rest padding (zeros, label
+    and index -1), and no batch holds samples of two ranges. Slices of a memory-mapped
+    .npy or an HDF5 dataset cost one copy per batch, where a per-sample tf.data
+    generator cost a Python call per image. Fresh arrays per batch: TensorFlow may keep
+    a view of them.
+    """
+    with _open_array(source) as array:
+        for position, (start, stop) in enumerate(ranges):
+            for begin in range(start, stop, batch_size):
+                count = min(batch_size, stop - begin)
+                images = np.zeros((batch_size, *source.array_shape), array.dtype)
+                images[:count] = array[begin:begin + count]
+                labels = np.full(batch_size, -1, np.int32)
+                labels[:count] = source.labels[begin:begin + count]
+                index = np.full(batch_size, -1, np.int64)
+                index[:count] = np.arange(begin, begin + count)
+                yield position, images, labels, index, count
+
+
 def _array_rows(source, start, stop, chunk=256):
     with _open_array(source) as array:
         for begin in range(start, stop, chunk):

@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from sightline.compute.auto_precision import AUTO
 from sightline.config import ExplainConfig
 from sightline.store.files import (OutOfSpace, check_writable_folder, is_out_of_space)
 from sightline.store.manifest import MANIFEST_FILE, ManifestWriter, fingerprint_hash
@@ -252,10 +253,12 @@ def _plan(config):
         raise ValueError(f"batch size {config.batch_size} must be a multiple of the {replicas} "
                          f"devices, each takes an equal part; try --batch-size "
                          f"{replicas * max(1, config.batch_size // replicas)}")
+    auto = config.precision == AUTO
     source = open_source(config.data, labels=config.labels, image_key=config.tfrecord_image_key,
                          label_key=config.tfrecord_label_key)
     with strategy.scope():
-        adapter = adapt_model(config.model, layer=config.layer, precision=config.precision,
+        adapter = adapt_model(config.model, layer=config.layer,
+                              precision="float32" if auto else config.precision,
                               unsafe=config.unsafe)
     check_methods(adapter, config)
     image_shape = _image_shape(config, adapter, source)
@@ -267,7 +270,12 @@ def _plan(config):
     run = run_fingerprint(config, adapter, source, image_shape)
     map_shapes = _map_shapes(config, adapter, image_shape)
     encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
-    step = build_step(adapter, config, config.batch_size // replicas, image_shape)
+    provenance = run_provenance(config, adapter, replicas, workers)
+    if auto:
+        adapter, step, provenance["precision_auto"] = _auto_precision(
+            config, strategy, source, adapter, image_shape, out, run)
+    else:
+        step = build_step(adapter, config, config.batch_size // replicas, image_shape)
     different = _other_run(out, run)
     if different and not config.overwrite:
         raise ValueError(f"output folder {out!r} holds another run's shards (different "
@@ -287,12 +295,50 @@ def _plan(config):
         out=out, worker=worker, workers=workers, strategy=strategy, source=source,
         image_shape=image_shape, num_shards=num_shards, mine=mine, run=run,
         fingerprint=fingerprint_hash(run), encoded_keys=encoded_keys,
-        provenance=run_provenance(config, adapter, replicas, workers),
+        provenance=provenance,
         ranges=[_shard_range(s, config.shard_size, source.num_samples)
                 for s in range(num_shards)],
         layout={"maps": map_shapes, "key_length": max(1, encoded_keys.itemsize),
                 "attributes": _shard_attributes(config, adapter, image_shape, map_shapes)},
         step=step)
+
+
+def _auto_precision(config, strategy, source, adapter, image_shape, out, run):
+    """precision="auto": (adapter, step, figures) of the precision chosen on the first
+    batch (see sightline.compute.auto_precision). A resume of the same run keeps the
+    choice its manifest records, so no output folder mixes two precisions."""
+    import json
+
+    from sightline.compute.auto_precision import CANDIDATES, measure_precisions
+    from sightline.compute.step import build_step
+    from sightline.data.pipeline import batches
+    from sightline.model.adapter import adapt_model
+
+    per_replica = config.batch_size // strategy.num_replicas_in_sync
+    adapters = {"float32": adapter}
+    with strategy.scope():
+        adapters["mixed_bfloat16"] = adapt_model(config.model, layer=config.layer,
+                                                 precision="mixed_bfloat16",
+                                                 unsafe=config.unsafe)
+    steps = {p: build_step(adapters[p], config, per_replica, image_shape) for p in CANDIDATES}
+    figures = None
+    try:
+        with open(os.path.join(out, MANIFEST_FILE)) as handle:
+            previous = json.load(handle)
+        if previous.get("run") == run:
+            figures = previous.get("precision_auto")
+    except (OSError, json.JSONDecodeError):
+        pass
+    if figures is None or figures.get("choice") not in CANDIDATES:
+        first = next(iter(batches(source, 0, min(per_replica, source.num_samples),
+                                  batch_size=per_replica, image_size=image_shape[:2],
+                                  channels=image_shape[2], preprocessing=config.preprocess)))
+        count = int(first["mask"].numpy().sum())
+        targets = _targets_of(config, first["labels"].numpy())
+        figures = measure_precisions(steps, first["images"], targets, first["index"],
+                                     config.methods, count=count)
+    choice = figures["choice"]
+    return adapters[choice], steps[choice], figures
 
 
 def _pending_shards(plan, stop_signal, progress):
@@ -314,6 +360,86 @@ def _pending_shards(plan, stop_signal, progress):
 
 def _explain_shards(config, plan, pending, job, stop_signal, timer):
     """Stream the pending shards' batches through the step on every device, into `job`."""
+    ranges = [plan.ranges[s] for s in pending]
+    if plan.strategy.num_replicas_in_sync == 1:
+        batches = _single_device_batches(config, plan, ranges)
+    else:
+        batches = _distributed_batches(config, plan, ranges)
+    for position, arrays, failures in batches:
+        if stop_signal:
+            raise Interrupted(stop_signal[0])
+        job.add(position, arrays, failures)
+        timer.batch_done(len(arrays["sample/index"]))
+    if stop_signal:
+        raise Interrupted(stop_signal[0])
+    job.close_all()
+
+
+def _stored_dtypes(outputs):
+    """The step's outputs cast to the shard's dtypes inside the compiled function, so
+    each reaches the host once, already in the stored dtype (float16 maps)."""
+    import tensorflow as tf
+    stored = {}
+    for name, value in outputs.items():
+        dtype = tf.float16 if name.startswith("heatmaps/") else (
+            tf.int32 if name in ("targets", "predictions") else tf.float32)
+        stored[name] = tf.cast(value, dtype)
+    return stored
+
+
+def _single_device_batches(config, plan, ranges):
+    """(position, arrays, failures) per batch on one device: the step called directly, without
+    the distributed dataset's per-batch bookkeeping. Array sources (.npy, HDF5) are
+    sliced a batch at a time and preprocessed inside the compiled function."""
+    import tensorflow as tf
+
+    from sightline.data.pipeline import preprocess, shard_batches
+    from sightline.data.sources import array_batches
+    step = plan.step
+    height, width, channels = plan.image_shape
+
+    if plan.source.encoded:
+        @tf.function
+        def prepared_step(images, targets, index):
+            return _stored_dtypes(step(images, targets, index))
+
+        dataset = shard_batches(plan.source, ranges, batch_size=config.batch_size,
+                                image_size=(height, width), channels=channels,
+                                preprocessing=config.preprocess).map(_with_targets(config))
+        for element in dataset:
+            outputs = prepared_step(element["images"], element["targets"], element["index"])
+            index = element["index"].numpy()
+            # Rows that did not decode carry index -1 wherever they fall, padding at the end.
+            yield (int(element["position"].numpy()[0]),
+                   _batch_arrays(outputs, index, element["labels"].numpy(), index >= 0,
+                                 plan.encoded_keys),
+                   _failures(plan.strategy, element))
+        return
+
+    resize = tuple(plan.source.array_shape[:2]) != (height, width)
+
+    @tf.function
+    def array_step(images, targets, index):
+        return _stored_dtypes(step(images, targets, index))
+
+    for position, raw, labels, index, count in array_batches(plan.source, ranges,
+                                                             config.batch_size):
+        # The pipeline's preparation on the whole batch, run eagerly: inside a graph,
+        # grappler turns x / 255 into x * (1/255), one ulp off the pipeline's images
+        # and explain()'s, enough to flip a ReLU and move a saliency map.
+        images = tf.cast(raw, tf.float32)
+        if resize:
+            images = tf.image.resize(images, (height, width), method="bilinear", antialias=True)
+        outputs = array_step(preprocess(images, config.preprocess), _targets_of(config, labels),
+                             index)
+        # Arrays have nothing to decode: the first `count` rows are the samples.
+        yield (position, _batch_arrays(outputs, index, labels, slice(0, count), plan.encoded_keys),
+               {})
+
+
+def _distributed_batches(config, plan, ranges):
+    """(position, arrays, failures) per batch, each batch split over the strategy's
+    devices."""
     import tensorflow as tf
 
     from sightline.data.pipeline import shard_batches
@@ -323,23 +449,25 @@ def _explain_shards(config, plan, pending, job, stop_signal, timer):
     def distributed_step(images, targets, index):
         # A jit-compiled function handed straight to strategy.run fails on CPU; a plain
         # Python callable around it works.
-        return strategy.run(lambda i, t, s: step(i, t, s), args=(images, targets, index))
+        return strategy.run(lambda i, t, s: _stored_dtypes(step(i, t, s)),
+                            args=(images, targets, index))
 
-    dataset = shard_batches(plan.source, [plan.ranges[s] for s in pending],
-                            batch_size=config.batch_size, image_size=plan.image_shape[:2],
-                            channels=plan.image_shape[2], preprocessing=config.preprocess)
+    def gather(value):
+        return _gather(strategy, value)
+
+    dataset = shard_batches(plan.source, ranges, batch_size=config.batch_size,
+                            image_size=plan.image_shape[:2], channels=plan.image_shape[2],
+                            preprocessing=config.preprocess)
     dataset = dataset.map(_with_targets(config))
     for element in strategy.experimental_distribute_dataset(dataset):
-        if stop_signal:
-            raise Interrupted(stop_signal[0])
         outputs = distributed_step(element["images"], element["targets"], element["index"])
-        arrays = _host_arrays(strategy, outputs, element, plan.encoded_keys)
-        position = int(strategy.experimental_local_results(element["position"])[0][0])
-        job.add(position, arrays, _failures(strategy, element))
-        timer.batch_done(len(arrays["sample/index"]))
-    if stop_signal:
-        raise Interrupted(stop_signal[0])
-    job.close_all()
+        outputs = {name: gather(value) for name, value in outputs.items()}
+        index = gather(element["index"])
+        valid = index >= 0
+        arrays = _batch_arrays(outputs, index, gather(element["labels"]), valid,
+                               plan.encoded_keys)
+        yield (int(strategy.experimental_local_results(element["position"])[0][0]), arrays,
+               _failures(strategy, element))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -439,27 +567,36 @@ def _failures(strategy, element):
     return {int(i): SKIP_REASONS[int(r)] for i, r in zip(index, reasons) if i >= 0}
 
 
-def _host_arrays(strategy, outputs, element, encoded_keys):
-    """Per-replica results -> the valid rows as NumPy arrays, in the shard layout."""
-    def gather(value):
-        return _gather(strategy, value)
+def _targets_of(config, labels):
+    """targets[B] int32 for a batch: the labels, -1 (the predicted class) or one class."""
+    if config.target == "label":
+        return labels
+    if config.target == "predicted":
+        return np.full(labels.shape, -1, np.int32)
+    return np.full(labels.shape, int(config.target), np.int32)
 
-    index = gather(element["index"])
-    valid = index >= 0
-    index = index[valid]
+
+def _batch_arrays(outputs, index, labels, samples, encoded_keys):
+    """One batch's samples in the shard layout. samples: which rows are samples (a slice,
+    or a boolean mask where undecodable rows and padding carry index -1). outputs: the
+    step's results, tensors or arrays, already in the stored dtypes."""
+    def rows(value):
+        return np.asarray(value)[samples]
+
+    index = rows(index).astype(np.int64, copy=False)
     arrays = {
-        "sample/index": index.astype(np.int64),
-        "sample/label": gather(element["labels"])[valid].astype(np.int32),
+        "sample/index": index,
+        "sample/label": rows(labels).astype(np.int32, copy=False),
         "sample/key": encoded_keys[index],
-        "pred/target": gather(outputs["targets"])[valid].astype(np.int32),
-        "pred/class": gather(outputs["predictions"])[valid].astype(np.int32),
-        "pred/score": gather(outputs["scores"])[valid].astype(np.float32),
+        "pred/target": rows(outputs["targets"]),
+        "pred/class": rows(outputs["predictions"]),
+        "pred/score": rows(outputs["scores"]),
     }
     for name, value in outputs.items():
         if name.startswith("heatmaps/"):
             method = name.split("/", 1)[1]
-            arrays[name] = gather(value)[valid].astype(np.float16)
-            arrays[f"heatmaps/{method}_scale"] = gather(outputs[f"scales/{method}"])[valid].astype(np.float32)
+            arrays[name] = rows(value)
+            arrays[f"heatmaps/{method}_scale"] = rows(outputs[f"scales/{method}"])
     return arrays
 
 
@@ -474,7 +611,7 @@ def _shard_attributes(config, adapter, image_shape, map_shapes):
         "input_size": list(image_shape[:2]),
         "layer": adapter.layer_name or "",
         "logits_layer": adapter.logits_layer or "",
-        "precision": config.precision,
+        "precision": adapter.precision if config.precision == AUTO else config.precision,
         "normalize": config.normalize,
         "map_size": config.map_size,
         "target": str(config.target),

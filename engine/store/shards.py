@@ -30,6 +30,8 @@ SHARD_DIRECTORY = "shards"
 # one map back decompresses at most 64 KiB.
 CHUNK_BYTES = 64 * 1024
 MAX_CHUNK_ROWS = 256
+# Rows per chunk of the per-sample scalars (index, label, key, class, score, scale).
+SCALAR_CHUNK_ROWS = 1024
 INDEX_FILE = "index.h5"
 # Attributes that describe one shard, not the run: the index (and the reader of a run
 # without one) leaves them out of the run's attributes.
@@ -207,6 +209,36 @@ class ShardWriter:
                     state = None
 
 
+class _PendingRows:
+    """Rows of one dataset not yet written: batches are gathered until they fill whole
+    chunks. A batch that ends inside a chunk, written as it came, made HDF5 read,
+    decompress and recompress that chunk again with the next batch."""
+
+    def __init__(self, chunk_rows):
+        self.chunk_rows = chunk_rows
+        self.parts, self.rows = [], 0
+        self.written = 0  # rows already in the dataset
+
+    def add(self, values):
+        """Take a batch; return the rows that now fill whole chunks, or None."""
+        self.parts.append(values)
+        self.rows += len(values)
+        whole = (self.rows // self.chunk_rows) * self.chunk_rows
+        if whole == 0:
+            return None
+        block = self.rest()
+        if whole < len(block):
+            self.parts, self.rows = [block[whole:]], len(block) - whole
+        return block[:whole]
+
+    def rest(self):
+        """Every row gathered, taken out."""
+        block = self.parts[0] if len(self.parts) == 1 else (
+            np.concatenate(self.parts) if self.parts else None)
+        self.parts, self.rows = [], 0
+        return block
+
+
 class _OpenShard:
     def __init__(self, writer, shard, start, stop):
         import h5py
@@ -215,6 +247,7 @@ class _OpenShard:
         self.path, self.record_path = shard_paths(writer.out, shard, writer.num_shards)
         self.temporary = temporary_path(self.path)
         self.count = 0
+        self.pending = {}  # dataset name -> _PendingRows
         self.handle = h5py.File(self.temporary, "w")
         try:
             self._create_layout(shard, start, stop)
@@ -232,18 +265,22 @@ class _OpenShard:
             # little for heatmaps.
             options["compression_opts"] = 1
         layout = writer.layout
+        # Datasets are created at the shard's full size once (the range is known) and
+        # shrunk at `finish` if samples were skipped: no resize per batch.
+        size = stop - start
+
+        def create(name, shape, dtype, chunk_rows):
+            self.handle.create_dataset(name, shape=(size, *shape), maxshape=(None, *shape),
+                                       dtype=dtype, chunks=(chunk_rows, *shape), **options)
+            self.pending[name] = _PendingRows(chunk_rows)
+
         for method, (height, width) in layout["maps"].items():
-            self.handle.create_dataset(f"heatmaps/{method}", shape=(0, height, width),
-                                       maxshape=(None, height, width), dtype=np.float16,
-                                       chunks=(map_chunk_rows(height, width), height, width),
-                                       **options)
-            self.handle.create_dataset(f"heatmaps/{method}_scale", shape=(0,), maxshape=(None,),
-                                       dtype=np.float32, chunks=(1024,), **options)
+            create(f"heatmaps/{method}", (height, width), np.float16,
+                   map_chunk_rows(height, width))
+            create(f"heatmaps/{method}_scale", (), np.float32, SCALAR_CHUNK_ROWS)
         for name, dtype in SCALAR_DATASETS.items():
-            self.handle.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
-                                       chunks=(1024,), **options)
-        self.handle.create_dataset("sample/key", shape=(0,), maxshape=(None,),
-                                   dtype=f"S{layout['key_length']}", chunks=(1024,), **options)
+            create(name, (), dtype, SCALAR_CHUNK_ROWS)
+        create("sample/key", (), f"S{layout['key_length']}", SCALAR_CHUNK_ROWS)
         for name, value in layout["attributes"].items():
             self.handle.attrs[name] = value
         self.handle.attrs["shard"] = shard
@@ -260,12 +297,23 @@ class _OpenShard:
         if rows == 0:
             return
         for name, values in arrays.items():
-            dataset = self.handle[name]
-            dataset.resize(self.count + rows, axis=0)
-            dataset[self.count:self.count + rows] = values
+            self._write(name, self.pending[name].add(values))
         self.count += rows
 
+    def _write(self, name, block):
+        """Write `block` (whole chunks, or the last rows at finish) where the dataset's
+        written rows end: a chunk is compressed once, never read back and rewritten."""
+        if block is None or len(block) == 0:
+            return
+        pending = self.pending[name]
+        self.handle[name][pending.written:pending.written + len(block)] = block
+        pending.written += len(block)
+
     def finish(self, skipped):
+        for name, pending in self.pending.items():
+            self._write(name, pending.rest())
+            if pending.written != self.stop - self.start:
+                self.handle[name].resize(pending.written, axis=0)
         self.handle.attrs["num_samples"] = self.count
         self.handle.flush()
         self.handle.close()

@@ -394,3 +394,21 @@ def test_bad_images_stop_with_one_clear_line(model, bad, message):
 def test_non_numeric_images_are_a_type_error(model):
     with pytest.raises(TypeError, match=r"images must be a numeric array"):
         explain(model, np.array([["a"]]))
+
+
+def test_copies_per_call_one_batch_on_cpu_budget_on_gpu():
+    import types
+
+    from sightline.compute.step import copies_per_call
+    from sightline.config import make_config
+    adapter = types.SimpleNamespace(values_per_image=1000)
+    config = make_config(("smoothgrad",), memory_budget_mb=64)
+    # 64 MiB over (1000 values x 12 bytes) per image at batch 8 and 4 bytes forward-only.
+    gradient_fit = (64 * 2 ** 20) // (1000 * 12 * 8)
+    forward_fit = (64 * 2 ** 20) // (1000 * 4 * 8)
+    assert copies_per_call(adapter, config, 8, gradients=True, on_gpu=False) == 1
+    assert copies_per_call(adapter, config, 8, gradients=True, on_gpu=True) == gradient_fit
+    assert copies_per_call(adapter, config, 8, gradients=False, on_gpu=False) == forward_fit
+    assert copies_per_call(adapter, config, 8, gradients=False, on_gpu=True) == forward_fit
+    huge = types.SimpleNamespace(values_per_image=10 ** 9)
+    assert copies_per_call(huge, config, 8, gradients=True, on_gpu=True) == 1

@@ -656,3 +656,56 @@ def test_map_chunks_hold_as_many_maps_as_fit_in_the_chunk_budget(size):
     assert 1 <= rows <= MAX_CHUNK_ROWS
     assert rows == 1 or rows * map_bytes <= CHUNK_BYTES
     assert rows == MAX_CHUNK_ROWS or (rows + 1) * map_bytes > CHUNK_BYTES
+
+
+def test_auto_precision_job_records_its_choice_and_keeps_it_on_resume(workspace, tmp_path):
+    from sightline.store.shards import read_record
+    root = workspace["root"]
+    out = tmp_path / "auto-out"
+    arguments = ["explain", "--model", str(root / "model.keras"), "--data",
+                 f"{root / 'arrays.h5'}:/images", "--out", str(out), "--quiet", "--devices",
+                 "1", "--shard-size", "16", "--batch-size", "8", "--precision", "auto"]
+    assert main(arguments) == 0
+    manifest = json.load(open(out / "manifest.json"))
+    figures = manifest["precision_auto"]
+    assert figures["choice"] in ("float32", "mixed_bfloat16")
+    assert set(figures["seconds_per_batch"]) == {"float32", "mixed_bfloat16"}
+    assert all(value > 0 for value in figures["seconds_per_batch"].values())
+    assert set(figures["map_correlation"]) == set(manifest["run"]["methods"])
+    assert manifest["run"]["precision"] == "auto"
+    with h5py.File(out / "shards" / "shard-00000-of-00002.h5", "r") as shard:
+        assert shard.attrs["precision"] == figures["choice"]
+    # A resume keeps the recorded choice (no second measurement can flip it).
+    record = read_record(str(out), 1, 2)
+    os.remove(out / "shards" / "shard-00001-of-00002.json")
+    flipped = "float32" if figures["choice"] == "mixed_bfloat16" else "mixed_bfloat16"
+    manifest["precision_auto"]["choice"] = flipped
+    manifest["precision_auto"]["seconds_per_batch"] = {"float32": 7.0, "mixed_bfloat16": 7.0}
+    json.dump(manifest, open(out / "manifest.json", "w"))
+    assert main(arguments) == 0
+    assert json.load(open(out / "manifest.json"))["precision_auto"] == manifest["precision_auto"]
+    with h5py.File(out / "shards" / "shard-00001-of-00002.h5", "r") as shard:
+        assert shard.attrs["precision"] == flipped
+    assert record is not None
+
+
+def test_uint8_npy_job_equals_explain_on_the_same_preprocessed_arrays(workspace, tmp_path):
+    """An 8-bit .npy with --preprocess [0,1]: the stored maps are explain()'s on u / 255
+    computed in float32, to float16 storage, for a gradient method whose ReLU gates
+    react to one-ulp changes of the input."""
+    from sightline import explain
+    import keras
+    root = workspace["root"]
+    pixels = np.random.default_rng(7).integers(0, 256, (40, 16, 16, 3)).astype(np.uint8)
+    np.save(tmp_path / "pixels.npy", pixels)
+    assert main(["explain", "--model", str(root / "model.keras"), "--data",
+                 str(tmp_path / "pixels.npy"), "--out", str(tmp_path / "out"), "--quiet",
+                 "--devices", "1", "--batch-size", "16", "--shard-size", "24",
+                 "--methods", "saliency,gradcam", "--preprocess", "[0,1]"]) == 0
+    stored = read_index(str(tmp_path / "out"))
+    model = keras.models.load_model(root / "model.keras")
+    reference = explain(model, pixels.astype(np.float32) / np.float32(255),
+                        methods=("saliency", "gradcam"), batch_size=16)
+    for method in ("saliency", "gradcam"):
+        np.testing.assert_array_equal(stored[f"heatmaps/{method}"],
+                                      reference.heatmaps[method].astype(np.float16))
