@@ -17,8 +17,18 @@ in and writes what comes out. Three steps, each streaming, so memory stays flat 
      (eigenvalues ascending, lambda_0 = 0; K separate groups give K near-zero eigenvalues
      and then a jump); `clusters=` overrides it;
    - clusters: k-means on the rows of the first K eigenvectors, each row scaled to unit
-     length (Ng, Jordan and Weiss 2002), seeded; clusters are numbered by size, largest
-     first (ties: the one holding the lowest sample index first);
+     length (Ng, Jordan and Weiss 2002), seeded;
+   - joining: k-means may cut one group apart into pieces that look at the same place
+     (a K larger than needed, two variants of one tag). Two clusters are joined when
+     their mean maps look at the same place (hot centres less than MIN_DISTANCE apart,
+     more than MAX_OVERLAP of the smaller hot region inside the other) and, joined, they
+     look somewhere else than the rest of the class (the flag's last two checks pass):
+     closest pair first, repeated on the recomputed mean maps (_join_same_place). Slices
+     of a continuum stay apart (the slices next to them look nearby), and so does a class
+     cut in two. Done on the sample before the numbers below, so ids, sizes, shares,
+     silhouette, separation and the flag all refer to the joined group;
+   - clusters are numbered by size, largest first (ties: the one holding the lowest
+     sample index first);
    - layout: the first two non-trivial eigenvectors, for the report's scatter plot.
    Maps with no mass are not clustered (cluster -1).
 3. ClusterModel.assign(classes, maps) gives any map its cluster: the cluster of an
@@ -271,8 +281,10 @@ def _spectrum(features, count):
     return 1.0 - values[::-1], vectors[:, ::-1]
 
 
-def fit_class(label, indices, features, *, clusters=None, seed=0):
-    """Cluster one class's sample: indices int64 [m], features [m, D] from embed_maps."""
+def fit_class(label, indices, features, *, clusters=None, seed=0, min_distance=MIN_DISTANCE,
+              max_overlap=MAX_OVERLAP):
+    """Cluster one class's sample: indices int64 [m], features [m, D] from embed_maps;
+    k-means clusters that look at the same place are then joined (_join_same_place)."""
     features = np.asarray(features, np.float64)
     size = len(indices)
     if size < MIN_FIT_SIZE:
@@ -291,13 +303,65 @@ def fit_class(label, indices, features, *, clusters=None, seed=0):
         rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         from sklearn.cluster import KMeans
         assignment = KMeans(clusters, n_init=10, random_state=seed).fit_predict(rows)
-        assignment = _by_size(assignment, clusters)
+        assignment, clusters = _join_same_place(features, _by_size(assignment, clusters),
+                                                clusters, min_distance, max_overlap)
     layout = vectors[:, 1:3] * np.sqrt(size)
     # Eigenvectors have no sign: make each one's largest entry positive, so the picture
     # is the same on every run.
     signs = np.sign(layout[np.abs(layout).argmax(axis=0), np.arange(layout.shape[1])])
     layout = layout * np.where(signs == 0, 1.0, signs)
     return ClassClusters(label, indices, features, assignment, layout, eigenvalues, clusters)
+
+
+def _join_same_place(features, assignment, clusters, min_distance, max_overlap):
+    """Join k-means clusters that are pieces of one group apart, then number by size.
+
+    features [m, grid*grid] (Hellinger), assignment int [m] in 0..clusters-1 ->
+    (assignment, clusters). On the mean unit-mass maps (features squared), two clusters
+    are pieces of one group apart when
+    - they look at the same place: their hot centres are less than `min_distance` apart
+      and more than `max_overlap` of the smaller hot region lies inside the other (each
+      fails the flag's "elsewhere" checks against the other), and
+    - together they look somewhere else than the rest of their class: the joined group
+      passes those checks against the clusters left (so there must be some left).
+    The second condition keeps slices of a continuum apart (their neighbours in the rest
+    look next to them) and leaves a class cut in two as asked. The closest such pair is
+    joined first and the mean maps recomputed before the next. Pairs are scanned in size
+    order, which depends only on the sample and the seed."""
+    grid = int(round(np.sqrt(features.shape[1])))
+    unit = (features ** 2).reshape(len(features), grid, grid)  # [m, grid, grid], mass 1
+    groups = [assignment == c for c in range(clusters)]  # bool [m] per cluster
+    while len(groups) > 2:
+        best = None
+        for first in range(len(groups)):
+            for second in range(first + 1, len(groups)):
+                apart = _pieces_apart(unit, groups, first, second, min_distance, max_overlap)
+                if apart is not None and (best is None or apart < best[0]):
+                    best = (apart, first, second)
+        if best is None:
+            break
+        _, first, second = best
+        groups[first] = groups[first] | groups.pop(second)
+    joined = np.zeros(len(assignment), int)
+    for number, group in enumerate(groups):
+        joined[group] = number
+    return _by_size(joined, len(groups)), len(groups)
+
+
+def _pieces_apart(unit, groups, first, second, min_distance, max_overlap):
+    """The distance between the hot centres of groups[first] and groups[second] when they
+    are pieces of one group apart (_join_same_place), else None. unit [m, grid, grid]."""
+    one, two = unit[groups[first]].mean(axis=0), unit[groups[second]].mean(axis=0)
+    centre_one, centre_two = hot_region(one)[1], hot_region(two)[1]
+    apart = float(np.hypot(centre_one[0] - centre_two[0], centre_one[1] - centre_two[1]))
+    if not (apart < min_distance and hot_overlap(one, two) > max_overlap):
+        return None
+    together = groups[first] | groups[second]
+    joined, rest = unit[together].mean(axis=0), unit[~together].mean(axis=0)
+    if (distance_to_hot(hot_region(joined)[1], rest) >= min_distance
+            and hot_overlap(joined, rest) <= max_overlap):
+        return apart
+    return None
 
 
 def _by_size(assignment, clusters):
@@ -352,9 +416,11 @@ class ClusterModel:
         raise ValueError(f"cluster id {cluster} is not one of this model's 0..{self.count - 1}")
 
 
-def fit_clusters(sample, *, clusters=None, seed=0):
+def fit_clusters(sample, *, clusters=None, seed=0, min_distance=MIN_DISTANCE,
+                 max_overlap=MAX_OVERLAP):
     """ClassSample -> ClusterModel. `clusters` overrides the eigengap's K for every class
-    (an int) or per class ({class: K})."""
+    (an int) or per class ({class: K}); k-means clusters closer than `min_distance` that
+    overlap more than `max_overlap` are joined (the flag's thresholds)."""
     fits = {}
     for label in sample.classes():
         indices, features = sample.members(label)
@@ -362,7 +428,8 @@ def fit_clusters(sample, *, clusters=None, seed=0):
         if wanted is not None and int(wanted) < 1:
             raise ValueError(f"the number of clusters must be at least 1; received {wanted!r} "
                              f"for class {label}")
-        fits[label] = fit_class(label, indices, features, clusters=wanted, seed=seed)
+        fits[label] = fit_class(label, indices, features, clusters=wanted, seed=seed,
+                                min_distance=min_distance, max_overlap=max_overlap)
     return ClusterModel(fits, sample.grid)
 
 

@@ -40,6 +40,13 @@ def planted_corner(seed, count=400, share=0.12):
     return blob_maps(centres, rng, jitter=0.3), corner
 
 
+def assert_precision_and_recall(found, truth, least=0.9):
+    """found, truth bool [n]: the found maps are mostly planted ones and hold most of them."""
+    precision = (found & truth).sum() / found.sum()
+    recall = (found & truth).sum() / truth.sum()
+    assert precision >= least and recall >= least, (precision, recall)
+
+
 # ----------------------------------------------------------------------------- embedding
 
 
@@ -108,14 +115,75 @@ def test_planted_corner_group_is_flagged_with_precision_and_recall(seed):
     flagged = [c for c in clusters if c["flagged"]]
     assert len(flagged) == 1, [c["reasons"] for c in clusters]
     found = cluster == flagged[0]["id"]
-    precision = (found & corner).sum() / found.sum()
-    recall = (found & corner).sum() / corner.sum()
-    assert precision >= 0.9 and recall >= 0.9, (precision, recall)
+    assert_precision_and_recall(found, corner)
     y0, y1, x0, x1 = flagged[0]["hot_region"]
     assert y0 >= 0.6 and x0 >= 0.6 and y1 == 1.0 and x1 == 1.0
     (reason,) = flagged[0]["reasons"]
     assert reason.startswith(f"{flagged[0]['share']:.0%} of class 'horse': the evidence sits "
                              "in the bottom-right corner")
+
+
+def split_corner(seed, count=400, share=0.15):
+    """Like planted_corner, but the tag comes in two variants a few cells apart inside the
+    bottom-right corner (half the tagged maps each), which k-means with a K larger than
+    needed cuts into two clusters. Returns (maps, truth bool [n])."""
+    rng = np.random.default_rng(seed)
+    variant = rng.choice(3, count, p=[1 - share, share / 2, share / 2])  # 0: untagged
+    places = {1: (0.92, 0.84), 2: (0.84, 0.92)}
+    centres = [places[v] if v else (rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65))
+               for v in variant]
+    return blob_maps(centres, rng, jitter=0.3), variant > 0
+
+
+@pytest.mark.parametrize("seed, clusters", [(0, 4), (2, 3), (3, 6)])
+def test_a_tag_group_cut_in_two_at_the_same_corner_is_flagged_as_one(seed, clusters):
+    maps, corner = split_corner(seed)
+    found_clusters, cluster, _, model = one_class(maps, clusters=clusters)
+    # The two halves of the tag group were joined, so fewer clusters are left than asked.
+    assert model.fits[0].clusters < clusters
+    flagged = [c for c in found_clusters if c["flagged"]]
+    assert len(flagged) == 1, [c["reasons"] for c in found_clusters]
+    found = cluster == flagged[0]["id"]
+    assert_precision_and_recall(found, corner)
+    # Size and share describe the joined group, over every map of the class.
+    assert flagged[0]["size"] == found.sum()
+    assert flagged[0]["share"] == pytest.approx(found.sum() / len(maps))
+
+
+@pytest.mark.parametrize("clusters", [None, 5])
+def test_two_tags_in_two_corners_stay_two_groups(clusters):
+    rng = np.random.default_rng(12)
+    # Two shortcuts: ~10% of the maps on the top-right corner, ~10% on the bottom-right;
+    # the object on the left. Joined, the two corners would look at the right side, far
+    # from the object, yet they do not look at the same place.
+    place = rng.choice(3, 400, p=[0.8, 0.1, 0.1])
+    corners = {1: (0.12, 0.88), 2: (0.88, 0.88)}
+    maps = blob_maps([corners[p] if p else (rng.uniform(0.4, 0.6), rng.uniform(0.2, 0.4))
+                      for p in place], rng, jitter=0.3)
+    found, cluster, _, _ = one_class(maps, clusters=clusters)
+    flagged = [c for c in found if c["flagged"]]
+    assert len(flagged) == 2, [c["reasons"] for c in found]
+    for corner in (1, 2):
+        members = place == corner
+        best = max(flagged, key=lambda c: (cluster[members] == c["id"]).sum())
+        assert_precision_and_recall(cluster == best["id"], members)
+
+
+@pytest.mark.parametrize("seed, clusters", [(0, 6), (1, None)])
+def test_slices_of_a_continuum_at_different_places_are_not_joined_into_a_flag(seed, clusters):
+    rng = np.random.default_rng(seed)
+    # The evidence slides along the diagonal from the middle into the bottom-right corner:
+    # neighbouring slices look at neighbouring places, none is a group apart.
+    along = rng.uniform(0, 1, 300)
+    maps = blob_maps([(0.3 + 0.6 * t, 0.3 + 0.6 * t) for t in along], rng)
+    found, _, _, model = one_class(maps, clusters=clusters)
+    assert not any(c["flagged"] for c in found), [c["reasons"] for c in found]
+    # Not chained end to end into one cluster: the slices far apart stay apart.
+    assert model.fits[0].clusters >= 3
+    centres = sorted(c["hot_centre"][0] for c in found)
+    assert centres[-1] - centres[0] > 0.4
+    for entry in found:
+        assert any(r.startswith("a slice of a continuum") for r in entry["reasons"])
 
 
 def test_nothing_is_flagged_when_every_map_looks_at_the_object():
