@@ -138,7 +138,9 @@ class ClusterAudit:
         """Fit, pass 2, verify, write clusters.h5 (and the export). Returns the cluster
         dicts (mean heatmaps moved to clusters.h5)."""
         options = self.options
-        model = fit_clusters(self.sample, clusters=options.clusters, seed=options.seed)
+        model = fit_clusters(self.sample, clusters=options.clusters, seed=options.seed,
+                             min_distance=self.thresholds["min_distance"],
+                             max_overlap=self.thresholds["max_overlap"])
         statistics = ClusterStatistics(model)
         run = manifest["run"]
         image_shape = tuple(int(v) for v in run["image_shape"])
