@@ -23,7 +23,6 @@ the report.
 
 import json
 import os
-import re
 import time
 
 import numpy as np

@@ -10,53 +10,54 @@ from sightline.jobs.lock import check_not_locked
 from sightline.jobs.workers import resolve_worker
 from sightline.kernels.methods import METHODS, OPTIONS
 
-# Options of `sightline explain` that a TOML file (--config) may also give; flags win.
-# The method options (num_copies, baseline, ...) come from the table of methods.
+# The options of `sightline explain`, one a line: name, type, help. Each is a flag
+# (--batch-size for batch_size) and a key a TOML file (--config) may give; flags win. The
+# method options (num_copies, baseline, ...) come from the table of methods.
+_FLAG_TABLE = f"""
+model               str   a .keras or .h5 file, or a SavedModel directory
+data                str   a folder of images (class subfolders give labels), TFRecord files, a .npy array or file.h5:/dataset
+out                 str   the output folder
+labels              str   labels for array sources: a .npy file or file.h5:/labels
+methods             str   comma-separated: {', '.join(METHODS)} (default gradcam)
+layer               str   target layer name (default: the last 4-D layer)
+target              str   predicted (default), label, or a class index
+batch_size          int   global batch size (default 64)
+shard_size          int   samples per shard (default 1024)
+image_size          str   H,W to resize to (default: the model's input)
+preprocess          str   none (default), [0,1], [-1,1], caffe or torch
+precision           str   float32 (default), mixed_bfloat16, mixed_float16 or auto (mixed_bfloat16 where faster and its maps agree)
+devices             str   N or all (default all)
+xla                 str   auto (default: XLA on GPUs), on or off
+map_size            str   native (default: CAM maps at layer resolution) or input
+compression         str   gzip (default), lzf or none
+worker              int   this worker's index (or from Slurm, Kubernetes, TF_CONFIG)
+workers             int   number of workers in the job
+tfrecord_image_key  str   TFRecord image feature (image/encoded)
+tfrecord_label_key  str   TFRecord label feature (image/class/label)
+overwrite           bool  replace another run's output in --out
+log_json            bool  progress as JSON lines on stderr
+quiet               bool  errors only
+unsafe              bool  allow Lambda layers holding Python code (trusted files only)
+"""
+_TYPES = {"str": str, "int": int, "bool": bool}
+FLAGS = tuple((name, _TYPES[kind], text) for name, kind, text in
+              (line.split(None, 2) for line in _FLAG_TABLE.strip().splitlines()))
+
 EXPLAIN_OPTIONS = {
-    "model": str, "data": str, "out": str, "labels": str, "methods": str, "layer": str,
-    "target": str, "batch_size": int, "shard_size": int, "image_size": str,
-    "preprocess": str, "precision": str, "devices": str, "xla": str, "map_size": str,
-    "compression": str, "worker": int, "workers": int, "overwrite": bool, "log_json": bool,
-    "quiet": bool, "unsafe": bool, "tfrecord_image_key": str, "tfrecord_label_key": str,
+    **{name: kind for name, kind, _ in FLAGS},
     **{name: option.kind for name, option in OPTIONS.items()},
 }
 
 
 def add_arguments(explain):
     explain.add_argument("--config", help="a TOML file with any of these options; flags win")
-    explain.add_argument("--model", help="a .keras or .h5 file, or a SavedModel directory")
-    explain.add_argument("--data", help="a folder of images (class subfolders give labels), "
-                                        "TFRecord files, a .npy array or file.h5:/dataset")
-    explain.add_argument("--out", help="the output folder")
-    explain.add_argument("--labels", help="labels for array sources: a .npy file or file.h5:/labels")
-    explain.add_argument("--methods", help=f"comma-separated: {', '.join(METHODS)} "
-                                           "(default gradcam)")
-    explain.add_argument("--layer", help="target layer name (default: the last 4-D layer)")
-    explain.add_argument("--target", help="predicted (default), label, or a class index")
-    explain.add_argument("--batch-size", type=int, help="global batch size (default 64)")
-    explain.add_argument("--shard-size", type=int, help="samples per shard (default 1024)")
-    explain.add_argument("--image-size", help="H,W to resize to (default: the model's input)")
-    explain.add_argument("--preprocess", help="none (default), [0,1], [-1,1], caffe or torch")
-    explain.add_argument("--precision", help="float32 (default), mixed_bfloat16, mixed_float16 "
-                         "or auto (mixed_bfloat16 where faster and its maps agree)")
-    explain.add_argument("--devices", help="N or all (default all)")
-    explain.add_argument("--xla", help="auto (default: XLA on GPUs), on or off")
-    explain.add_argument("--map-size", help="native (default: CAM maps at layer resolution) or input")
-    explain.add_argument("--compression", help="gzip (default), lzf or none")
-    explain.add_argument("--worker", type=int, help="this worker's index (or from Slurm, "
-                                                    "Kubernetes, TF_CONFIG)")
-    explain.add_argument("--workers", type=int, help="number of workers in the job")
+    for name, kind, text in FLAGS:
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            explain.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            explain.add_argument(flag, type=None if kind is str else kind, help=text)
     add_method_arguments(explain)
-    explain.add_argument("--tfrecord-image-key", help="TFRecord image feature (image/encoded)")
-    explain.add_argument("--tfrecord-label-key", help="TFRecord label feature "
-                                                      "(image/class/label)")
-    explain.add_argument("--overwrite", action="store_true", default=None,
-                         help="replace another run's output in --out")
-    explain.add_argument("--log-json", action="store_true", default=None,
-                         help="progress as JSON lines on stderr")
-    explain.add_argument("--quiet", action="store_true", default=None, help="errors only")
-    explain.add_argument("--unsafe", action="store_true", default=None,
-                         help="allow Lambda layers holding Python code (trusted files only)")
 
 
 def explain_options(args):

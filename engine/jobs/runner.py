@@ -20,7 +20,8 @@ from sightline.config import ExplainConfig
 from sightline.store.files import (OutOfSpace, check_writable_folder, is_out_of_space)
 from sightline.store.manifest import MANIFEST_FILE, ManifestWriter, fingerprint_hash
 from sightline.store.shards import (INDEX_FILE, SHARD_DIRECTORY, ShardWriter, build_index,
-                           remove_stale_temporaries, shard_name, verify_shard)
+                                    remove_stale_temporaries, shard_name, verify_shard)
+from sightline.jobs.batches import distributed_batches, single_device_batches, targets_of
 from sightline.jobs.lock import lock_worker, unlock_worker
 from sightline.jobs.provenance import method_parameters, run_fingerprint, run_provenance
 from sightline.jobs.signals import Interrupted, install_signal_handlers, restore_signal_handlers
@@ -334,7 +335,7 @@ def _auto_precision(config, strategy, source, adapter, image_shape, out, run):
                                   batch_size=per_replica, image_size=image_shape[:2],
                                   channels=image_shape[2], preprocessing=config.preprocess)))
         count = int(first["mask"].numpy().sum())
-        targets = _targets_of(config, first["labels"].numpy())
+        targets = targets_of(config, first["labels"].numpy())
         figures = measure_precisions(steps, first["images"], targets, first["index"],
                                      config.methods, count=count)
     choice = figures["choice"]
@@ -362,9 +363,9 @@ def _explain_shards(config, plan, pending, job, stop_signal, timer):
     """Stream the pending shards' batches through the step on every device, into `job`."""
     ranges = [plan.ranges[s] for s in pending]
     if plan.strategy.num_replicas_in_sync == 1:
-        batches = _single_device_batches(config, plan, ranges)
+        batches = single_device_batches(config, plan, ranges)
     else:
-        batches = _distributed_batches(config, plan, ranges)
+        batches = distributed_batches(config, plan, ranges)
     for position, arrays, failures in batches:
         if stop_signal:
             raise Interrupted(stop_signal[0])
@@ -373,101 +374,6 @@ def _explain_shards(config, plan, pending, job, stop_signal, timer):
     if stop_signal:
         raise Interrupted(stop_signal[0])
     job.close_all()
-
-
-def _stored_dtypes(outputs):
-    """The step's outputs cast to the shard's dtypes inside the compiled function, so
-    each reaches the host once, already in the stored dtype (float16 maps)."""
-    import tensorflow as tf
-    stored = {}
-    for name, value in outputs.items():
-        dtype = tf.float16 if name.startswith("heatmaps/") else (
-            tf.int32 if name in ("targets", "predictions") else tf.float32)
-        stored[name] = tf.cast(value, dtype)
-    return stored
-
-
-def _single_device_batches(config, plan, ranges):
-    """(position, arrays, failures) per batch on one device: the step called directly, without
-    the distributed dataset's per-batch bookkeeping. Array sources (.npy, HDF5) are
-    sliced a batch at a time and preprocessed inside the compiled function."""
-    import tensorflow as tf
-
-    from sightline.data.pipeline import preprocess, shard_batches
-    from sightline.data.sources import array_batches
-    step = plan.step
-    height, width, channels = plan.image_shape
-
-    if plan.source.encoded:
-        @tf.function
-        def prepared_step(images, targets, index):
-            return _stored_dtypes(step(images, targets, index))
-
-        dataset = shard_batches(plan.source, ranges, batch_size=config.batch_size,
-                                image_size=(height, width), channels=channels,
-                                preprocessing=config.preprocess).map(_with_targets(config))
-        for element in dataset:
-            outputs = prepared_step(element["images"], element["targets"], element["index"])
-            index = element["index"].numpy()
-            # Rows that did not decode carry index -1 wherever they fall, padding at the end.
-            yield (int(element["position"].numpy()[0]),
-                   _batch_arrays(outputs, index, element["labels"].numpy(), index >= 0,
-                                 plan.encoded_keys),
-                   _failures(plan.strategy, element))
-        return
-
-    resize = tuple(plan.source.array_shape[:2]) != (height, width)
-
-    @tf.function
-    def array_step(images, targets, index):
-        return _stored_dtypes(step(images, targets, index))
-
-    for position, raw, labels, index, count in array_batches(plan.source, ranges,
-                                                             config.batch_size):
-        # The pipeline's preparation on the whole batch, run eagerly: inside a graph,
-        # grappler turns x / 255 into x * (1/255), one ulp off the pipeline's images
-        # and explain()'s, enough to flip a ReLU and move a saliency map.
-        images = tf.cast(raw, tf.float32)
-        if resize:
-            images = tf.image.resize(images, (height, width), method="bilinear", antialias=True)
-        outputs = array_step(preprocess(images, config.preprocess), _targets_of(config, labels),
-                             index)
-        # Arrays have nothing to decode: the first `count` rows are the samples.
-        yield (position, _batch_arrays(outputs, index, labels, slice(0, count), plan.encoded_keys),
-               {})
-
-
-def _distributed_batches(config, plan, ranges):
-    """(position, arrays, failures) per batch, each batch split over the strategy's
-    devices."""
-    import tensorflow as tf
-
-    from sightline.data.pipeline import shard_batches
-    strategy, step = plan.strategy, plan.step
-
-    @tf.function
-    def distributed_step(images, targets, index):
-        # A jit-compiled function handed straight to strategy.run fails on CPU; a plain
-        # Python callable around it works.
-        return strategy.run(lambda i, t, s: _stored_dtypes(step(i, t, s)),
-                            args=(images, targets, index))
-
-    def gather(value):
-        return _gather(strategy, value)
-
-    dataset = shard_batches(plan.source, ranges, batch_size=config.batch_size,
-                            image_size=plan.image_shape[:2], channels=plan.image_shape[2],
-                            preprocessing=config.preprocess)
-    dataset = dataset.map(_with_targets(config))
-    for element in strategy.experimental_distribute_dataset(dataset):
-        outputs = distributed_step(element["images"], element["targets"], element["index"])
-        outputs = {name: gather(value) for name, value in outputs.items()}
-        index = gather(element["index"])
-        valid = index >= 0
-        arrays = _batch_arrays(outputs, index, gather(element["labels"]), valid,
-                               plan.encoded_keys)
-        yield (int(strategy.experimental_local_results(element["position"])[0][0]), arrays,
-               _failures(strategy, element))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -533,71 +439,6 @@ def _check_targets(config, adapter, source):
     elif isinstance(config.target, int) and config.target >= adapter.num_classes:
         raise ValueError(f"--target {config.target} is not a class of this model (it has "
                          f"{adapter.num_classes}: 0 to {adapter.num_classes - 1})")
-
-
-def _with_targets(config):
-    import tensorflow as tf
-
-    def attach(batch):
-        if config.target == "label":
-            targets = batch["labels"]
-        elif config.target == "predicted":
-            targets = tf.fill(tf.shape(batch["labels"]), -1)
-        else:
-            targets = tf.fill(tf.shape(batch["labels"]), int(config.target))
-        # The position is repeated per sample so the batch can be split over replicas.
-        return {"images": batch["images"], "targets": tf.cast(targets, tf.int32),
-                "index": batch["index"], "labels": batch["labels"],
-                "skipped_index": batch["skipped_index"], "skipped_reason": batch["skipped_reason"],
-                "position": tf.fill(tf.shape(batch["index"]), batch["position"])}
-
-    return attach
-
-
-def _gather(strategy, value):
-    """A per-replica value -> one NumPy array over the whole batch."""
-    return np.concatenate([np.asarray(p) for p in strategy.experimental_local_results(value)])
-
-
-def _failures(strategy, element):
-    """{sample index: reason} of the batch's rows the pipeline could not decode."""
-    from sightline.data.decode import SKIP_REASONS
-    index = _gather(strategy, element["skipped_index"])
-    reasons = _gather(strategy, element["skipped_reason"])
-    return {int(i): SKIP_REASONS[int(r)] for i, r in zip(index, reasons) if i >= 0}
-
-
-def _targets_of(config, labels):
-    """targets[B] int32 for a batch: the labels, -1 (the predicted class) or one class."""
-    if config.target == "label":
-        return labels
-    if config.target == "predicted":
-        return np.full(labels.shape, -1, np.int32)
-    return np.full(labels.shape, int(config.target), np.int32)
-
-
-def _batch_arrays(outputs, index, labels, samples, encoded_keys):
-    """One batch's samples in the shard layout. samples: which rows are samples (a slice,
-    or a boolean mask where undecodable rows and padding carry index -1). outputs: the
-    step's results, tensors or arrays, already in the stored dtypes."""
-    def rows(value):
-        return np.asarray(value)[samples]
-
-    index = rows(index).astype(np.int64, copy=False)
-    arrays = {
-        "sample/index": index,
-        "sample/label": rows(labels).astype(np.int32, copy=False),
-        "sample/key": encoded_keys[index],
-        "pred/target": rows(outputs["targets"]),
-        "pred/class": rows(outputs["predictions"]),
-        "pred/score": rows(outputs["scores"]),
-    }
-    for name, value in outputs.items():
-        if name.startswith("heatmaps/"):
-            method = name.split("/", 1)[1]
-            arrays[name] = rows(value)
-            arrays[f"heatmaps/{method}_scale"] = rows(outputs[f"scales/{method}"])
-    return arrays
 
 
 def _shard_attributes(config, adapter, image_shape, map_shapes):

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-from tests import models
 from tests.jobs.jobs import IMAGE_SHAPE, REPO, write_arrays, write_model
 
 

@@ -1,0 +1,172 @@
+"""The job's batch loop: a source's batches through the compiled step on every device,
+back on the host as the shard layout's arrays, with the rows that did not decode and why.
+
+Each generator yields (position, arrays, failures) per batch: the batch's shard position,
+its samples in the shard layout (float16 maps, cast inside the compiled function so that
+they reach the host once), and {sample index: reason} of its rows that could not be decoded.
+"""
+
+import numpy as np
+
+
+def stored_dtypes(outputs):
+    """The step's outputs cast to the shard's dtypes inside the compiled function, so
+    each reaches the host once, already in the stored dtype (float16 maps)."""
+    import tensorflow as tf
+    stored = {}
+    for name, value in outputs.items():
+        dtype = tf.float16 if name.startswith("heatmaps/") else (
+            tf.int32 if name in ("targets", "predictions") else tf.float32)
+        stored[name] = tf.cast(value, dtype)
+    return stored
+
+
+def single_device_batches(config, plan, ranges):
+    """(position, arrays, failures) per batch on one device: the step called directly,
+    without the distributed dataset's per-batch bookkeeping. Array sources (.npy, HDF5)
+    are sliced a batch at a time and prepared (cast, resized, preprocessed) on the whole
+    batch before the compiled step."""
+    import tensorflow as tf
+
+    from sightline.data.pipeline import preprocess, shard_batches
+    from sightline.data.sources import array_batches
+    step = plan.step
+    height, width, channels = plan.image_shape
+
+    if plan.source.encoded:
+        @tf.function
+        def prepared_step(images, targets, index):
+            return stored_dtypes(step(images, targets, index))
+
+        dataset = shard_batches(plan.source, ranges, batch_size=config.batch_size,
+                                image_size=(height, width), channels=channels,
+                                preprocessing=config.preprocess).map(with_targets(config))
+        for element in dataset:
+            outputs = prepared_step(element["images"], element["targets"], element["index"])
+            index = element["index"].numpy()
+            # Rows that did not decode carry index -1 wherever they fall, padding at the end.
+            yield (int(element["position"].numpy()[0]),
+                   batch_arrays(outputs, index, element["labels"].numpy(), index >= 0,
+                                 plan.encoded_keys),
+                   decode_failures(plan.strategy, element))
+        return
+
+    resize = tuple(plan.source.array_shape[:2]) != (height, width)
+
+    @tf.function
+    def array_step(images, targets, index):
+        return stored_dtypes(step(images, targets, index))
+
+    for position, raw, labels, index, count in array_batches(plan.source, ranges,
+                                                             config.batch_size):
+        # The pipeline's preparation on the whole batch, run eagerly: inside a graph,
+        # grappler turns x / 255 into x * (1/255), one ulp off the pipeline's images
+        # and explain()'s, enough to flip a ReLU and move a saliency map.
+        images = tf.cast(raw, tf.float32)
+        if resize:
+            images = tf.image.resize(images, (height, width), method="bilinear", antialias=True)
+        outputs = array_step(preprocess(images, config.preprocess), targets_of(config, labels),
+                             index)
+        # Arrays have nothing to decode: the first `count` rows are the samples.
+        yield (position, batch_arrays(outputs, index, labels, slice(0, count), plan.encoded_keys),
+               {})
+
+
+def distributed_batches(config, plan, ranges):
+    """(position, arrays, failures) per batch, each batch split over the strategy's
+    devices."""
+    import tensorflow as tf
+
+    from sightline.data.pipeline import shard_batches
+    strategy, step = plan.strategy, plan.step
+
+    @tf.function
+    def distributed_step(images, targets, index):
+        # A jit-compiled function handed straight to strategy.run fails on CPU; a plain
+        # Python callable around it works.
+        return strategy.run(lambda i, t, s: stored_dtypes(step(i, t, s)),
+                            args=(images, targets, index))
+
+    def gather(value):
+        return gather_replicas(strategy, value)
+
+    dataset = shard_batches(plan.source, ranges, batch_size=config.batch_size,
+                            image_size=plan.image_shape[:2], channels=plan.image_shape[2],
+                            preprocessing=config.preprocess)
+    dataset = dataset.map(with_targets(config))
+    for element in strategy.experimental_distribute_dataset(dataset):
+        outputs = distributed_step(element["images"], element["targets"], element["index"])
+        outputs = {name: gather(value) for name, value in outputs.items()}
+        index = gather(element["index"])
+        valid = index >= 0
+        arrays = batch_arrays(outputs, index, gather(element["labels"]), valid,
+                               plan.encoded_keys)
+        yield (int(strategy.experimental_local_results(element["position"])[0][0]), arrays,
+               decode_failures(strategy, element))
+
+
+def with_targets(config):
+    """A dataset map: each batch gains the explained classes (targets[B]) and its
+    position repeated per sample, so the batch can be split over replicas."""
+    import tensorflow as tf
+
+    def attach(batch):
+        if config.target == "label":
+            targets = batch["labels"]
+        elif config.target == "predicted":
+            targets = tf.fill(tf.shape(batch["labels"]), -1)
+        else:
+            targets = tf.fill(tf.shape(batch["labels"]), int(config.target))
+        # The position is repeated per sample so the batch can be split over replicas.
+        return {"images": batch["images"], "targets": tf.cast(targets, tf.int32),
+                "index": batch["index"], "labels": batch["labels"],
+                "skipped_index": batch["skipped_index"], "skipped_reason": batch["skipped_reason"],
+                "position": tf.fill(tf.shape(batch["index"]), batch["position"])}
+
+    return attach
+
+
+def gather_replicas(strategy, value):
+    """A per-replica value -> one NumPy array over the whole batch."""
+    return np.concatenate([np.asarray(p) for p in strategy.experimental_local_results(value)])
+
+
+def decode_failures(strategy, element):
+    """{sample index: reason} of the batch's rows the pipeline could not decode."""
+    from sightline.data.decode import SKIP_REASONS
+    index = gather_replicas(strategy, element["skipped_index"])
+    reasons = gather_replicas(strategy, element["skipped_reason"])
+    return {int(i): SKIP_REASONS[int(r)] for i, r in zip(index, reasons) if i >= 0}
+
+
+def targets_of(config, labels):
+    """targets[B] int32 for a batch: the labels, -1 (the predicted class) or one class."""
+    if config.target == "label":
+        return labels
+    if config.target == "predicted":
+        return np.full(labels.shape, -1, np.int32)
+    return np.full(labels.shape, int(config.target), np.int32)
+
+
+def batch_arrays(outputs, index, labels, samples, encoded_keys):
+    """One batch's samples in the shard layout. samples: which rows are samples (a slice,
+    or a boolean mask where undecodable rows and padding carry index -1). outputs: the
+    step's results, tensors or arrays, already in the stored dtypes."""
+    def rows(value):
+        return np.asarray(value)[samples]
+
+    index = rows(index).astype(np.int64, copy=False)
+    arrays = {
+        "sample/index": index,
+        "sample/label": rows(labels).astype(np.int32, copy=False),
+        "sample/key": encoded_keys[index],
+        "pred/target": rows(outputs["targets"]),
+        "pred/class": rows(outputs["predictions"]),
+        "pred/score": rows(outputs["scores"]),
+    }
+    for name, value in outputs.items():
+        if name.startswith("heatmaps/"):
+            method = name.split("/", 1)[1]
+            arrays[name] = rows(value)
+            arrays[f"heatmaps/{method}_scale"] = rows(outputs[f"scales/{method}"])
+    return arrays
