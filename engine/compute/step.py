@@ -80,11 +80,6 @@ def build_step(adapter, config, batch_size, image_shape):
                                           gradients=row.needs_gradients)
                 for row in rows if row.chunk_keyword}
 
-    def explained_scores(logits, targets):
-        predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        chosen = tf.where(targets < 0, predictions, targets)
-        return tf.gather(logits, chosen, batch_dims=1), chosen, predictions  # [B]
-
     def input_gradient(images, targets):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(images)
@@ -97,36 +92,9 @@ def build_step(adapter, config, batch_size, image_shape):
         return tf.gather(adapter.probabilities(logits), targets, batch_dims=1)
 
     def step(images, targets, sample_index):
-        activations = activation_grads = input_grads = None
-        if wants_input_grads or (wants_activation_grads and adapter.head is None):
-            # One tape over the whole forward pass; one gradient call gives both the
-            # input gradient (saliency) and the activation gradient (Grad-CAM).
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(images)
-                activations, logits = adapter.forward(images)
-                score, chosen, predictions = explained_scores(logits, targets)
-            # Only the sources asked for: the input as a source makes the backward pass
-            # run through the whole backbone, which Grad-CAM alone does not need.
-            sources = {}
-            if wants_input_grads:
-                sources["input"] = images
-            if wants_activation_grads:
-                sources["activations"] = activations
-            gradients = tape.gradient(score, sources)
-            input_grads = gradients.get("input")
-            activation_grads = gradients.get("activations")
-        elif wants_activation_grads:
-            # The backbone runs outside the tape: only the head is differentiated.
-            activations = adapter.backbone(images)
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(activations)
-                logits = adapter.head(activations)
-                score, chosen, predictions = explained_scores(logits, targets)
-            activation_grads = tape.gradient(score, activations)
-        else:
-            activations, logits = adapter.forward(images)
-            score, chosen, predictions = explained_scores(logits, targets)
-
+        (activations, activation_grads, input_grads, logits, chosen,
+         predictions) = _forward_and_gradients(adapter, images, targets, wants_input_grads,
+                                               wants_activation_grads)
         values = {ACTIVATIONS: activations, ACTIVATION_GRADS: activation_grads,
                   INPUT_GRADS: input_grads, IMAGES: images, TARGETS: chosen,
                   SAMPLE_INDEX: sample_index, INPUT_GRADIENT: input_gradient,
@@ -142,13 +110,7 @@ def build_step(adapter, config, batch_size, image_shape):
                 keywords[row.chunk_keyword] = chunk_of[row.name]
             raw[row.name] = kernel_of[row.name](*(values[a] for a in row.arguments), **keywords)
 
-        outputs = {}
-        for method, heatmaps in raw.items():
-            if METHODS[method].resolution == LAYER and config.map_size == "input":
-                heatmaps = kernels.resize_heatmaps(heatmaps, input_size)
-            scaled, scales = kernels.scale_heatmaps(heatmaps)
-            outputs[f"heatmaps/{method}"] = scaled if config.normalize else tf.cast(heatmaps, tf.float32)
-            outputs[f"scales/{method}"] = scales
+        outputs = _finished_maps(raw, config, input_size)
         probabilities = adapter.probabilities(logits)
         outputs["targets"] = chosen
         outputs["predictions"] = predictions
@@ -162,3 +124,59 @@ def build_step(adapter, config, batch_size, image_shape):
     ]
     return tf.function(step, input_signature=signature, jit_compile=resolve_xla(config.xla),
                        reduce_retracing=False)
+
+
+def _explained_scores(logits, targets):
+    """(score of the explained class [B], the explained class [B], the predicted [B]);
+    targets -1 = the predicted class."""
+    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    chosen = tf.where(targets < 0, predictions, targets)
+    return tf.gather(logits, chosen, batch_dims=1), chosen, predictions  # [B]
+
+
+def _forward_and_gradients(adapter, images, targets, wants_input_grads, wants_activation_grads):
+    """(activations, activation_grads, input_grads, logits, chosen, predictions) from one
+    forward pass and at most one gradient call, recording only what must be recorded."""
+    activations = activation_grads = input_grads = None
+    if wants_input_grads or (wants_activation_grads and adapter.head is None):
+        # One tape over the whole forward pass; one gradient call gives both the
+        # input gradient (saliency) and the activation gradient (Grad-CAM).
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(images)
+            activations, logits = adapter.forward(images)
+            score, chosen, predictions = _explained_scores(logits, targets)
+        # Only the sources asked for: the input as a source makes the backward pass
+        # run through the whole backbone, which Grad-CAM alone does not need.
+        sources = {}
+        if wants_input_grads:
+            sources["input"] = images
+        if wants_activation_grads:
+            sources["activations"] = activations
+        gradients = tape.gradient(score, sources)
+        input_grads = gradients.get("input")
+        activation_grads = gradients.get("activations")
+    elif wants_activation_grads:
+        # The backbone runs outside the tape: only the head is differentiated.
+        activations = adapter.backbone(images)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(activations)
+            logits = adapter.head(activations)
+            score, chosen, predictions = _explained_scores(logits, targets)
+        activation_grads = tape.gradient(score, activations)
+    else:
+        activations, logits = adapter.forward(images)
+        _, chosen, predictions = _explained_scores(logits, targets)
+    return activations, activation_grads, input_grads, logits, chosen, predictions
+
+
+def _finished_maps(raw, config, input_size):
+    """heatmaps/<method> (resized to the input on request, scaled to [0, 1] unless
+    config.normalize is off) and scales/<method> [B] from the kernels' raw maps."""
+    outputs = {}
+    for method, heatmaps in raw.items():
+        if METHODS[method].resolution == LAYER and config.map_size == "input":
+            heatmaps = kernels.resize_heatmaps(heatmaps, input_size)
+        scaled, scales = kernels.scale_heatmaps(heatmaps)
+        outputs[f"heatmaps/{method}"] = scaled if config.normalize else tf.cast(heatmaps, tf.float32)
+        outputs[f"scales/{method}"] = scales
+    return outputs
