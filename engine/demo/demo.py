@@ -180,109 +180,26 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
     """The whole demo; returns a dict with per model: train/held-out accuracy, epochs,
     the audit, and the verdict, plus the tag group, the report path and seconds."""
     check_demo_folder(out)  # before TensorFlow is even imported: a refusal costs nothing
-    from sightline.audit.audit import run_audit
-    from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
-    from sightline.config import make_config
     from sightline.demo.scenes import CLASS_NAMES, TAG_CLASS, TAG_SHARES, make_demo_data
-    from sightline.jobs.runner import run_job
 
     def say(*args):
         if verbose:
             print(*args, flush=True)
 
     started = time.monotonic()
-    out = os.fspath(out)
-    os.makedirs(out, exist_ok=True)
-    # The marker goes in before anything else, so a demo stopped half-way can be re-run.
-    with open(os.path.join(out, MARKER_FILE), "w") as handle:
-        handle.write("written by `sightline demo`, which replaces "
-                     f"{', '.join(OWNED_FOLDERS)} here on every run\n")
-    for name in OWNED_FOLDERS:
-        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    out = _claim_demo_folder(out)
     data = os.path.join(out, "data")
     say(f"[1/7] generating scenes into {data}: {num_train} training scenes where the sky "
         f"agrees with the class 95% of the time, {num_train} where it agrees 50%, "
         f"{num_train} where {TAG_SHARES['train-tagged']:.0%} of the '{CLASS_NAMES[TAG_CLASS]}' "
         f"scenes carry a corner tag, and {num_held_out} held out of each kind")
     splits = make_demo_data(data, seed=seed, num_train=num_train, num_held_out=num_held_out)
-
-    results = {}
-    os.makedirs(os.path.join(out, "models"), exist_ok=True)
-    for name in MODELS:
-        split = splits[TRAIN_SPLIT[name]]
-        held_out = splits[HELD_OUT[name]]
-        tick = time.monotonic()
-        model, history = train_model(split["images"], split["labels"], seed=seed,
-                                     max_epochs=max_epochs)
-        path = os.path.join(out, "models", f"{name}.keras")
-        model.save(path)
-        results[name] = {
-            "model": path, "keras_model": model, "epochs": len(history), "history": history,
-            "train_accuracy": _accuracy(model, split["images"], split["labels"]),
-            "held_out_accuracy": _accuracy(model, held_out["images"], held_out["labels"]),
-        }
-        say(f"[2/7] trained the {name} model on '{TRAIN_SPLIT[name]}' in "
-            f"{time.monotonic() - tick:.0f} s ({len(history)} epochs): train accuracy "
-            f"{results[name]['train_accuracy']:.3f}, '{HELD_OUT[name]}' accuracy "
-            f"{results[name]['held_out_accuracy']:.3f}")
-
-    def explain(name, split, run_out):
-        config = make_config(("gradcam",), model=results[name]["model"],
-                             data=os.path.join(data, split, "images"), out=run_out,
-                             preprocess="[0,1]", map_size="native", batch_size=64,
-                             shard_size=256, devices=1, quiet=True, overwrite=True)
-        summary = run_job(config)
-        if summary.exit_code:
-            raise RuntimeError(f"explaining with the {name} model stopped (exit "
-                               f"{summary.exit_code})")
-        rate = ("rate n/a" if summary.images_per_second is None
-                else f"{summary.images_per_second:.0f} images/s")
-        say(f"[3/7] explained {summary.images} '{split}' images with the {name} model "
-            f"(Grad-CAM, {rate}) into {run_out}")
-
-    held_masks = os.path.join(data, "held-out", "masks.h5")
-    for name in MASKED_MODELS:
-        run_out = os.path.join(out, "runs", name)
-        explain(name, "held-out", run_out)
-        audit = run_audit(run_out, method="gradcam", masks=held_masks, regions=[SKY_REGION])
-        write_audit(audit, os.path.join(run_out, AUDIT_FILE))
-        results[name]["audit"] = audit
-        results[name]["run"] = run_out
-        say(f"[4/7] audit of the {name} model against the object masks:")
-        for line in summary_lines(audit)[1:]:
-            say("    " + line)
-
-    tagged_scenes = splits["held-out-tagged"]
-    groups = {}
-    for name in MASK_FREE_MODELS:
-        run_out = os.path.join(out, "runs", f"{name}-on-tagged")
-        explain(name, "held-out-tagged", run_out)
-        audit = mask_free_audit(run_out)
-        write_audit(audit, os.path.join(run_out, AUDIT_FILE))
-        results[name]["mask_free_audit"] = audit
-        groups[name] = tag_group(audit, tagged_scenes)
-        flagged = [c for c in audit["clusters"] if c["flagged"]]
-        say(f"[5/7] mask-free audit of the {name} model on the tagged scenes: "
-            f"{len(audit['clusters'])} clusters, {len(flagged)} flagged")
-        for entry in flagged:
-            say(f"    cluster {entry['id']} of class {entry.get('class_name', entry['class'])} "
-                f"({entry['size']} maps): " + "; ".join(entry["reasons"]))
+    results = _train_models(out, splits, seed, max_epochs, say)
+    _masked_audits(out, data, results, say)
+    groups = _mask_free_audits(out, data, results, splits["held-out-tagged"], say)
     for name in MODELS:
         results[name].pop("keras_model")
-
-    activation_results = []
-    if activations:
-        from sightline.audit.activations import activation_statistics
-        from sightline.report.activations import write_activations_output
-        for name in MASKED_MODELS:
-            folder = os.path.join(out, "activations", name)
-            statistics = activation_statistics(results[name]["model"],
-                                               os.path.join(data, "held-out", "images"),
-                                               preprocess="[0,1]", batch_size=64)
-            activation_results.append((f"{name} model",
-                                       write_activations_output(folder, statistics)))
-        say(f"[6/7] activation statistics of the shortcut and clean models in "
-            f"{os.path.join(out, 'activations')}")
+    activation_results = _activation_outputs(out, data, results, say) if activations else []
 
     expected = {"shortcut": True, "clean": False}
     flagged = {name: bool(results[name]["audit"]["flagged"]) for name in MASKED_MODELS}
@@ -308,6 +225,114 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
     return {"models": results, "flagged": flagged, "flagged_groups": flagged_groups,
             "tag_group": groups["tagged"], "verdict": lines, "as_expected": as_expected,
             "report": report_path, "seconds": seconds}
+
+
+def _claim_demo_folder(out):
+    """Mark `out` as the demo's and empty the folders the demo owns there."""
+    out = os.fspath(out)
+    os.makedirs(out, exist_ok=True)
+    # The marker goes in before anything else, so a demo stopped half-way can be re-run.
+    with open(os.path.join(out, MARKER_FILE), "w") as handle:
+        handle.write("written by `sightline demo`, which replaces "
+                     f"{', '.join(OWNED_FOLDERS)} here on every run\n")
+    for name in OWNED_FOLDERS:
+        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    return out
+
+
+def _train_models(out, splits, seed, max_epochs, say):
+    """Train one model per training split; {name: path, keras_model, epochs, accuracies}."""
+    results = {}
+    os.makedirs(os.path.join(out, "models"), exist_ok=True)
+    for name in MODELS:
+        split = splits[TRAIN_SPLIT[name]]
+        held_out = splits[HELD_OUT[name]]
+        tick = time.monotonic()
+        model, history = train_model(split["images"], split["labels"], seed=seed,
+                                     max_epochs=max_epochs)
+        path = os.path.join(out, "models", f"{name}.keras")
+        model.save(path)
+        results[name] = {
+            "model": path, "keras_model": model, "epochs": len(history), "history": history,
+            "train_accuracy": _accuracy(model, split["images"], split["labels"]),
+            "held_out_accuracy": _accuracy(model, held_out["images"], held_out["labels"]),
+        }
+        say(f"[2/7] trained the {name} model on '{TRAIN_SPLIT[name]}' in "
+            f"{time.monotonic() - tick:.0f} s ({len(history)} epochs): train accuracy "
+            f"{results[name]['train_accuracy']:.3f}, '{HELD_OUT[name]}' accuracy "
+            f"{results[name]['held_out_accuracy']:.3f}")
+    return results
+
+
+def _explain_split(model_path, name, data, split, run_out, say):
+    """`sightline explain` with Grad-CAM over one split's image folder, as a user runs it."""
+    from sightline.config import make_config
+    from sightline.jobs.runner import run_job
+    config = make_config(("gradcam",), model=model_path,
+                         data=os.path.join(data, split, "images"), out=run_out,
+                         preprocess="[0,1]", map_size="native", batch_size=64,
+                         shard_size=256, devices=1, quiet=True, overwrite=True)
+    summary = run_job(config)
+    if summary.exit_code:
+        raise RuntimeError(f"explaining with the {name} model stopped (exit "
+                           f"{summary.exit_code})")
+    rate = ("rate n/a" if summary.images_per_second is None
+            else f"{summary.images_per_second:.0f} images/s")
+    say(f"[3/7] explained {summary.images} '{split}' images with the {name} model "
+        f"(Grad-CAM, {rate}) into {run_out}")
+
+
+def _masked_audits(out, data, results, say):
+    """Explain the held-out scenes and audit them against the object masks."""
+    from sightline.audit.audit import run_audit
+    from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
+    held_masks = os.path.join(data, "held-out", "masks.h5")
+    for name in MASKED_MODELS:
+        run_out = os.path.join(out, "runs", name)
+        _explain_split(results[name]["model"], name, data, "held-out", run_out, say)
+        audit = run_audit(run_out, method="gradcam", masks=held_masks, regions=[SKY_REGION])
+        write_audit(audit, os.path.join(run_out, AUDIT_FILE))
+        results[name]["audit"] = audit
+        results[name]["run"] = run_out
+        say(f"[4/7] audit of the {name} model against the object masks:")
+        for line in summary_lines(audit)[1:]:
+            say("    " + line)
+
+
+def _mask_free_audits(out, data, results, tagged_scenes, say):
+    """Explain the tagged held-out scenes, audit them without masks; {name: tag group}."""
+    from sightline.audit.summary import AUDIT_FILE, write_audit
+    groups = {}
+    for name in MASK_FREE_MODELS:
+        run_out = os.path.join(out, "runs", f"{name}-on-tagged")
+        _explain_split(results[name]["model"], name, data, "held-out-tagged", run_out, say)
+        audit = mask_free_audit(run_out)
+        write_audit(audit, os.path.join(run_out, AUDIT_FILE))
+        results[name]["mask_free_audit"] = audit
+        groups[name] = tag_group(audit, tagged_scenes)
+        flagged = [c for c in audit["clusters"] if c["flagged"]]
+        say(f"[5/7] mask-free audit of the {name} model on the tagged scenes: "
+            f"{len(audit['clusters'])} clusters, {len(flagged)} flagged")
+        for entry in flagged:
+            say(f"    cluster {entry['id']} of class {entry.get('class_name', entry['class'])} "
+                f"({entry['size']} maps): " + "; ".join(entry["reasons"]))
+    return groups
+
+
+def _activation_outputs(out, data, results, say):
+    """Activation statistics of the masked models, written beside the runs."""
+    from sightline.audit.activations import activation_statistics
+    from sightline.report.activations import write_activations_output
+    outputs = []
+    for name in MASKED_MODELS:
+        folder = os.path.join(out, "activations", name)
+        statistics = activation_statistics(results[name]["model"],
+                                           os.path.join(data, "held-out", "images"),
+                                           preprocess="[0,1]", batch_size=64)
+        outputs.append((f"{name} model", write_activations_output(folder, statistics)))
+    say(f"[6/7] activation statistics of the shortcut and clean models in "
+        f"{os.path.join(out, 'activations')}")
+    return outputs
 
 
 def _verdict_lines(results, groups, flagged, flagged_groups):
