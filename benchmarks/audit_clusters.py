@@ -1,25 +1,39 @@
-"""How long the mask-free audit's clustering takes, and how much memory it needs, for
-10,000 and 100,000 maps of one class (not a test: run it by hand).
+"""How long the mask-free audit takes, and how much memory it needs, at dataset scale:
+10,000 and 100,000 maps per class (not a test: run it by hand).
 
-    .venv/bin/python benchmarks/audit_clusters.py [--maps 10000 100000] [--side 7]
+    .venv/bin/python benchmarks/audit_clusters.py [--maps 10000 100000] [--side 7 28]
+    .venv/bin/python benchmarks/audit_clusters.py --core [--maps ...] [--side 7]
 
-Each size runs in its own process so that its peak memory (the process's maximum
-resident set) is its own. The maps are made a chunk at a time from a seed, as the audit
-reads them from the shards, so the input itself never sits in memory whole: 70% look at
-the object near the centre, 15% at the bottom-right corner, 15% at the top edge. Timed:
-choosing the sample (pass 1), fitting, assigning every map and summing the statistics
-(pass 2). The result must find the planted groups, or the numbers are not reported.
+Default (the real `sightline audit` path): for each size and map side, one child process
+writes a synthetic complete run of N maps per class for 2 classes through the store's own
+shard writer, index and manifest (as tests/audit/audit_runs.py does, but a chunk at a
+time, so the input never sits in memory whole); a second child times
+`run_audit(out)` (no masks, no --verify) on it, so the audit's peak memory (the
+process's maximum resident set) is its own and not the writing's. In each class 70% of
+the maps look at the object near the centre, 15% at the bottom-right corner, 15% at the
+top edge; the planted corner group must be flagged in both classes, or the numbers are
+marked as not counting. The run folder is deleted after each size.
+
+--core: the clustering core alone (sample, fit, assign) on one class of maps made in
+memory, the same planted groups; no store, no shards.
 """
 
 import argparse
+import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 CHUNK = 4096
+CLASSES = ("object", "shortcut")  # names only: both classes hold the same planted groups
+SHARD_SIZE = 10_000
+CORNER = 0.7  # a cluster whose hot centre lies past this fraction on both axes is the corner
 
 
 def chunk_maps(start, count, side, seed=0):
@@ -46,7 +60,7 @@ def peak_megabytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def run_one(total, side):
+def run_core(total, side):
     from sightline.audit.clusters import (ClassSample, ClusterStatistics, SAMPLE_SIZE,
                                           fit_clusters)
 
@@ -81,18 +95,139 @@ def run_one(total, side):
           f"{purity:.3f}, flagged {len(flagged)}")
 
 
+def write_synthetic_run(out, per_class, side, compression):
+    """A complete output folder of 2 * per_class maps [side,side], the classes interleaved
+    (row i is class i % 2), written a chunk at a time through the store's writer."""
+    from sightline.store.manifest import write_manifest
+    from sightline.store.shards import ShardWriter, build_index
+
+    total = 2 * per_class
+    method = "gradcam"
+    ranges = [(start, min(total, start + SHARD_SIZE)) for start in range(0, total, SHARD_SIZE)]
+    layout = {"maps": {method: (side, side)}, "key_length": 32,
+              "attributes": {"input_size": [224, 224], "methods": f'["{method}"]',
+                             "map_size": "native"}}
+    run = {"model_sha256": "0" * 64, "layer": "last_conv", "logits_layer": "classifier",
+           "methods": [method], "parameters": {method: {}}, "normalize": True,
+           "map_size": "native", "precision": "float32", "target": "predicted",
+           "source": "npy /nowhere/images.npy", "num_samples": total,
+           "image_shape": [224, 224, 3], "preprocess": "none", "shard_size": SHARD_SIZE}
+    provenance = {"model": "/nowhere/model.keras", "batch_size": 32, "replicas": 1,
+                  "software": {"sightline": "benchmark"}}
+    os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+    writer = ShardWriter(out, len(ranges), layout, compression=compression)
+    for shard, (start, stop) in enumerate(ranges):
+        writer.begin(shard, start, stop)
+        for first in range(start, stop, CHUNK):
+            last = min(stop, first + CHUNK)
+            maps, _ = chunk_maps(first, last - first, side)
+            indices = np.arange(first, last)
+            labels = (indices % 2).astype(np.int32)
+            top = maps.reshape(len(maps), -1).max(axis=1)  # [n] the stored scale
+            writer.append({
+                f"heatmaps/{method}": (maps / top[:, None, None]).astype(np.float16),
+                f"heatmaps/{method}_scale": top.astype(np.float32),
+                "sample/index": indices.astype(np.int64),
+                "sample/key": np.array([f"{CLASSES[c]}/{i // 2:06d}.png".encode()
+                                        for i, c in zip(indices, labels)]),
+                "sample/label": labels,
+                "pred/target": labels,
+                "pred/class": labels,
+                "pred/score": np.full(len(indices), 0.9, np.float32),
+            })
+        writer.finish([])
+    writer.close()
+    build_index(out, len(ranges))
+    write_manifest(out, run, provenance, ranges)
+
+
+def child_write(out, per_class, side, compression):
+    started = time.perf_counter()
+    write_synthetic_run(out, per_class, side, compression)
+    seconds = time.perf_counter() - started
+    size = sum(os.path.getsize(os.path.join(folder, name))
+               for folder, _, names in os.walk(out) for name in names)
+    print(json.dumps({"seconds": seconds, "bytes": size}))
+
+
+def child_audit(out):
+    from sightline.audit.audit import run_audit
+
+    baseline = peak_megabytes()
+    started = time.perf_counter()
+    audit = run_audit(out)
+    seconds = time.perf_counter() - started
+    flagged = [c for c in audit["clusters"] if c["flagged"]]
+    corner_classes = sorted({c["class"] for c in flagged if c["hot_centre"] is not None
+                             and min(c["hot_centre"]) > CORNER})
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_megabytes(), "baseline_mb": baseline,
+                      "clusters": len(audit["clusters"]), "flagged": len(flagged),
+                      "corner_flagged_in": corner_classes,
+                      "flagged_centres": [[round(v, 2) for v in c["hot_centre"] or []]
+                                          for c in flagged]}))
+
+
+def run_child(*arguments):
+    """Run this script with `arguments` in a fresh process; its last line parsed as JSON."""
+    done = subprocess.run([sys.executable, __file__, *arguments], check=True,
+                          stdout=subprocess.PIPE, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_audit_size(per_class, side, compression, root):
+    out = tempfile.mkdtemp(prefix=f"audit-{per_class}-{side}-", dir=root)
+    try:
+        written = run_child("--write", out, "--maps", str(per_class), "--side", str(side),
+                            "--compression", compression)
+        audited = run_child("--audit", out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    total = 2 * per_class
+    counts = audited["corner_flagged_in"] == [0, 1]
+    print(f"{per_class:>8} maps/class x2 {side}x{side} ({compression}, "
+          f"{written['bytes'] / 2**20:.0f} MiB on disk): write {written['seconds']:6.1f} s; "
+          f"audit {audited['seconds']:6.1f} s ({total / audited['seconds']:,.0f} maps/s), "
+          f"peak RSS {audited['peak_mb']:.0f} MB (after imports {audited['baseline_mb']:.0f} MB), "
+          f"{audited['clusters']} clusters, {audited['flagged']} flagged, hot centres "
+          f"{audited['flagged_centres']}"
+          + ("" if counts else " -- the planted corner group was NOT flagged in both classes: "
+                               "these numbers do not count"), flush=True)
+    return audited["peak_mb"], counts
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--maps", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--side", type=int, default=7, help="map side (7: a 224-px ResNet50 CAM)")
+    parser.add_argument("--maps", type=int, nargs="+", default=[10_000, 100_000],
+                        help="maps per class (with --core: maps of the one class)")
+    parser.add_argument("--side", type=int, nargs="+", default=[7],
+                        help="map sides (7: a 224-px ResNet50 CAM; add 28 for a finer layer)")
+    parser.add_argument("--compression", default="gzip", choices=["gzip", "lzf", "none"],
+                        help="the shards' compression (gzip: sightline explain's default)")
+    parser.add_argument("--core", action="store_true", help="time the clustering core only")
+    parser.add_argument("--root", default=None, help="where the run folders go (default: temp)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--write", metavar="OUT", help=argparse.SUPPRESS)
+    parser.add_argument("--audit", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        run_one(args.maps[0], args.side)
-        return
-    for total in args.maps:
-        subprocess.run([sys.executable, __file__, "--one", "--maps", str(total),
-                        "--side", str(args.side)], check=True)
+        run_core(args.maps[0], args.side[0])
+    elif args.write:
+        child_write(args.write, args.maps[0], args.side[0], args.compression)
+    elif args.audit:
+        child_audit(args.audit)
+    elif args.core:
+        for side in args.side:
+            for total in args.maps:
+                subprocess.run([sys.executable, __file__, "--one", "--maps", str(total),
+                                "--side", str(side)], check=True)
+    else:
+        for side in args.side:
+            peaks = {per_class: run_audit_size(per_class, side, args.compression, args.root)
+                     for per_class in args.maps}
+            smallest, largest = min(peaks), max(peaks)
+            if largest != smallest:
+                print(f"{side}x{side}: peak RSS at {largest:,} / at {smallest:,} maps per class "
+                      f"= {peaks[largest][0] / peaks[smallest][0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":
