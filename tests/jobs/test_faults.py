@@ -11,7 +11,7 @@ import pytest
 from sightline.cli.main import main
 # The same job, data and uninterrupted reference as the kill -9 and signal tests.
 from tests.jobs.test_jobs_processes import (_args, _assert_same_as_reference,  # noqa: F401
-                                            workspace)
+                                            _wait_for_a_record, workspace)
 from tests.jobs.jobs import run_cli
 
 
@@ -45,18 +45,6 @@ def test_full_disk_stops_with_one_line_and_a_resume_completes(workspace, monkeyp
     monkeypatch.setattr(shards._OpenShard, "append", real_append)  # space freed
     assert main(_args(workspace, out) + ["--quiet"]) == 0
     _assert_same_as_reference(workspace, out)
-
-
-def _wait_for_a_record(process, out):
-    deadline = time.monotonic() + 240
-    folder = os.path.join(out, "shards")
-    while not (os.path.isdir(folder) and [f for f in os.listdir(folder) if f.endswith(".json")]):
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended before a shard finished: {process.stderr.read()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("no shard finished in time")
-        time.sleep(0.02)
 
 
 def test_second_process_on_the_same_worker_is_refused_and_kill_9_frees_the_lock(workspace):

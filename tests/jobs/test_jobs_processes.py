@@ -39,7 +39,8 @@ def _records(out):
     return [f for f in os.listdir(folder) if f.endswith(".json")]
 
 
-def _stop_after_first_shard(process, out, signum):
+def _wait_for_a_record(process, out):
+    """Until the running job has finished (and recorded) its first shard."""
     deadline = time.monotonic() + 240
     while not _records(out):
         if process.poll() is not None:
@@ -48,6 +49,10 @@ def _stop_after_first_shard(process, out, signum):
             process.kill()
             raise AssertionError("no shard finished in time")
         time.sleep(0.02)
+
+
+def _stop_after_first_shard(process, out, signum):
+    _wait_for_a_record(process, out)
     process.send_signal(signum)
     process.wait(timeout=120)
     done = len(_records(out))
