@@ -7,6 +7,8 @@ the same from run to run.
 import keras
 import tf_keras
 
+from sightline.bench import zoo
+
 FLAVORS = ("keras3", "tf_keras")
 
 
@@ -15,22 +17,10 @@ def keras_module(flavor):
 
 
 def fashion_cnn(flavor, *, input_shape=(28, 28, 1), num_classes=10, softmax=True, seed=0):
-    """The course's Fashion-MNIST CNN, smaller: conv 8/16/32/32, max pooling after the
-    first three, global average pooling, dense. Sequential, like the course."""
+    """The course's Fashion-MNIST CNN (the bench's own builder), smaller: conv 8/16/32/32."""
     K = keras_module(flavor)
     K.utils.set_random_seed(seed)
-    return K.Sequential([
-        K.Input(input_shape),
-        K.layers.Conv2D(8, 3, padding="same", activation="relu"),
-        K.layers.MaxPooling2D(),
-        K.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        K.layers.MaxPooling2D(),
-        K.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        K.layers.MaxPooling2D(),
-        K.layers.Conv2D(32, 3, padding="same", activation="relu", name="last_conv"),
-        K.layers.GlobalAveragePooling2D(),
-        K.layers.Dense(num_classes, activation="softmax" if softmax else None, name="classifier"),
-    ])
+    return zoo.fashion_cnn(K, input_shape, num_classes, widths=(8, 16, 32, 32), softmax=softmax)
 
 
 def functional_cnn(flavor, *, input_shape=(16, 16, 3), num_classes=4, head="gap_dense",

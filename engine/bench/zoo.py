@@ -48,6 +48,27 @@ PRESETS = {
 }
 
 
+def fashion_cnn(K, input_shape, num_classes, *, widths=(16, 32, 64, 128), softmax=True):
+    """The course's Fashion-MNIST CNN, Sequential: three convolutions each followed by max
+    pooling, a last convolution (`last_conv`, the target layer), global average pooling
+    and a dense classifier. K: the Keras module (keras or tf_keras); widths: the four
+    convolutions' channels (the tests build a smaller one)."""
+    first, second, third, last = widths
+    return K.Sequential([
+        K.Input(input_shape),
+        K.layers.Conv2D(first, 3, padding="same", activation="relu"),
+        K.layers.MaxPooling2D(),
+        K.layers.Conv2D(second, 3, padding="same", activation="relu"),
+        K.layers.MaxPooling2D(),
+        K.layers.Conv2D(third, 3, padding="same", activation="relu"),
+        K.layers.MaxPooling2D(),
+        K.layers.Conv2D(last, 3, padding="same", activation="relu", name="last_conv"),
+        K.layers.GlobalAveragePooling2D(),
+        K.layers.Dense(num_classes, activation="softmax" if softmax else None,
+                       name="classifier"),
+    ], name="fashion_cnn")
+
+
 def build_model(name, size="full", seed=0):
     """A built-in model with random weights (nothing is downloaded)."""
     import keras as K
@@ -55,19 +76,7 @@ def build_model(name, size="full", seed=0):
     K.utils.set_random_seed(seed)
     shape, classes = preset["input_shape"], preset["classes"]
     if name == "fashion":
-        # The course's Fashion-MNIST CNN.
-        return K.Sequential([
-            K.Input(shape),
-            K.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            K.layers.MaxPooling2D(),
-            K.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            K.layers.MaxPooling2D(),
-            K.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            K.layers.MaxPooling2D(),
-            K.layers.Conv2D(128, 3, padding="same", activation="relu", name="last_conv"),
-            K.layers.GlobalAveragePooling2D(),
-            K.layers.Dense(classes, activation="softmax", name="classifier"),
-        ], name="fashion_cnn")
+        return fashion_cnn(K, shape, classes)
     if name == "mobilenet_v2":
         return K.applications.MobileNetV2(input_shape=shape, weights=None, classes=classes)
     if name == "resnet50":
