@@ -14,7 +14,9 @@ from sightline.kernels.methods import METHODS, OPTIONS, methods_using
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 # Where CAM-family maps are stored: at the target layer's resolution, or resized to the input.
 MAP_SIZES = ("native", "input")
-COMPRESSIONS = ("gzip", "lzf", "none")
+# "auto": gzip when the step runs on an accelerator, none when it shares the CPU with the
+# writer (sightline.store.shards.resolve_compression).
+COMPRESSIONS = ("auto", "gzip", "lzf", "none")
 TARGET_MODES = ("predicted", "label")
 
 # Preprocessing conventions by every name a user may give, to the one the pipeline applies.
@@ -50,7 +52,7 @@ class _RunSettings:
     image_size: Optional[tuple] = None
     preprocess: str = "none"
     devices: Union[str, int] = "all"
-    compression: str = "gzip"
+    compression: str = "auto"
     worker: Optional[int] = None
     workers: Optional[int] = None
     overwrite: bool = False

@@ -29,7 +29,7 @@ precision           str   float32 (default), mixed_bfloat16, mixed_float16 or au
 devices             str   N or all (default all)
 xla                 str   auto (default: XLA on GPUs), on or off
 map_size            str   native (default: CAM maps at layer resolution) or input
-compression         str   gzip (default), lzf or none
+compression         str   auto (default: gzip on GPUs, none on CPUs), gzip, lzf or none
 worker              int   this worker's index (or from Slurm, Kubernetes, TF_CONFIG)
 workers             int   number of workers in the job
 tfrecord_image_key  str   TFRecord image feature (image/encoded)

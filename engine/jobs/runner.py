@@ -20,7 +20,8 @@ from sightline.config import ExplainConfig
 from sightline.store.files import (OutOfSpace, check_writable_folder, is_out_of_space)
 from sightline.store.manifest import MANIFEST_FILE, ManifestWriter, fingerprint_hash
 from sightline.store.shards import (INDEX_FILE, SHARD_DIRECTORY, ShardWriter, build_index,
-                                    remove_stale_temporaries, shard_name, verify_shard)
+                                    remove_stale_temporaries, resolve_compression, shard_name,
+                                    verify_shard)
 from sightline.jobs.batches import distributed_batches, single_device_batches, targets_of
 from sightline.jobs.lock import lock_worker, unlock_worker
 from sightline.jobs.provenance import method_parameters, run_fingerprint, run_provenance
@@ -155,7 +156,8 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     manifest.write()
     progress = Progress(sum(plan.ranges[s][1] - plan.ranges[s][0] for s in plan.mine),
                         log_json=config.log_json, quiet=config.quiet, stream=progress_stream)
-    writer = ShardWriter(plan.out, plan.num_shards, plan.layout, compression=config.compression,
+    writer = ShardWriter(plan.out, plan.num_shards, plan.layout,
+                         compression=plan.provenance["compression"],
                          on_finished=manifest.shard_finished, fingerprint=plan.fingerprint,
                          worker=plan.worker, workers=plan.workers)
     if unread:
@@ -237,6 +239,8 @@ def _write_manifest_if_room(manifest):
 
 def _plan(config):
     """Validate everything and plan the shards, before any work: the job's fixed parts."""
+    import tensorflow as tf
+
     from sightline.compute.step import build_step, check_methods
     from sightline.compute.strategy import make_strategy
     from sightline.data.sources import open_source
@@ -272,6 +276,8 @@ def _plan(config):
     map_shapes = _map_shapes(config, adapter, image_shape)
     encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
     provenance = run_provenance(config, adapter, replicas, workers)
+    provenance["compression"] = resolve_compression(
+        config.compression, on_accelerator=bool(tf.config.list_logical_devices("GPU")))
     if auto:
         adapter, step, provenance["precision_auto"] = _auto_precision(
             config, strategy, source, adapter, image_shape, out, run)

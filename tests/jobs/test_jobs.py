@@ -19,8 +19,9 @@ from sightline.bench.eager_baseline import eager_maps
 from sightline.cli.main import main
 from sightline.kernels.methods import LAYER
 from sightline.kernels.methods import METHODS as METHOD_TABLE
-from sightline.store.shards import (CHUNK_BYTES, FOREIGN_TEMPORARY_SECONDS, MAX_CHUNK_ROWS, ShardWriter,
-                           map_chunk_rows, remove_stale_temporaries, sha256_of, temporary_path)
+from sightline.store.shards import (CHUNK_BYTES, FOREIGN_TEMPORARY_SECONDS, MAX_CHUNK_ROWS,
+                                    ShardWriter, map_chunk_rows, remove_stale_temporaries,
+                                    resolve_compression, sha256_of, temporary_path)
 from tests.jobs.jobs import (IMAGE_SHAPE, read_index, write_arrays, write_image_folder,
                                write_model)
 from tests.kernels.test_postprocess import reference_bilinear
@@ -66,6 +67,7 @@ def test_output_layout_matches_the_contract(folder_run):
     assert manifest["run"]["num_samples"] == 25 and manifest["replicas"] == 1
     assert manifest["run"]["model_sha256"] == sha256_of(str(folder_run.parent / "model.keras"))
     assert {"tensorflow", "keras", "tf_keras", "numpy", "h5py"} <= set(manifest["software"])
+    assert manifest["compression"] == "none"
     for entry in manifest["shards"]:
         path = os.path.join(out, entry["file"])
         assert entry["state"] == "complete" and entry["sha256"] == sha256_of(path)
@@ -77,7 +79,9 @@ def test_output_layout_matches_the_contract(folder_run):
                 maps = shard[f"heatmaps/{method}"]
                 assert maps.dtype == np.float16
                 assert maps.chunks == (map_chunk_rows(*maps.shape[1:]), *maps.shape[1:])
-                assert maps.compression == "gzip" and maps.shuffle
+                # The default, "auto", on a CPU: no filter (the writer would take its
+                # CPU from the model).
+                assert maps.compression is None and not maps.shuffle
                 values = maps[:]
                 assert values.min() >= 0 and values.max() <= 1
                 assert shard[f"heatmaps/{method}_scale"].dtype == np.float32
@@ -436,10 +440,10 @@ def test_stop_signal_while_checksumming_finished_shards_exits_cleanly(folder_run
     assert not [f for f in os.listdir(out) + os.listdir(out / "shards") if ".tmp" in f]
 
 
-def _writer(out, **kwargs):
+def _writer(out, compression="none", **kwargs):
     layout = {"maps": {"gradcam": (2, 2)}, "key_length": 4, "attributes": {}}
     os.makedirs(os.path.join(out, "shards"), exist_ok=True)
-    return ShardWriter(str(out), 2, layout, compression="none", **kwargs)
+    return ShardWriter(str(out), 2, layout, compression=compression, **kwargs)
 
 
 def _rows(start, count):
@@ -449,6 +453,35 @@ def _rows(start, count):
             "sample/key": np.array([b"k%d" % i for i in range(count)]),
             "sample/label": np.zeros(count, np.int32), "pred/target": np.zeros(count, np.int32),
             "pred/class": np.zeros(count, np.int32), "pred/score": np.ones(count, np.float32)}
+
+
+@pytest.mark.parametrize("compression, shuffled", [("gzip", True), ("lzf", True),
+                                                   ("none", False)])
+def test_writer_applies_the_filter_and_reads_back_what_it_was_given(tmp_path, compression,
+                                                                    shuffled):
+    writer = _writer(tmp_path, compression)
+    rows = _rows(0, 700)  # more than one chunk of scalars, a partial last chunk
+    rows["heatmaps/gradcam"] = np.random.default_rng(0).uniform(
+        0, 1, (700, 2, 2)).astype(np.float16)
+    writer.begin(0, 0, 700)
+    writer.append({name: values[:300] for name, values in rows.items()})
+    writer.append({name: values[300:] for name, values in rows.items()})
+    writer.finish([])
+    writer.close()
+    with h5py.File(tmp_path / "shards" / "shard-00000-of-00002.h5", "r") as shard:
+        for name, values in rows.items():
+            dataset = shard[name]
+            assert dataset.compression == (None if compression == "none" else compression)
+            assert dataset.shuffle == shuffled
+            np.testing.assert_array_equal(dataset[:], values)
+
+
+def test_auto_compression_is_gzip_on_accelerators_and_none_on_cpus():
+    assert resolve_compression("auto", on_accelerator=True) == "gzip"
+    assert resolve_compression("auto", on_accelerator=False) == "none"
+    for chosen in ("gzip", "lzf", "none"):
+        assert resolve_compression(chosen, on_accelerator=True) == chosen
+        assert resolve_compression(chosen, on_accelerator=False) == chosen
 
 
 def test_writer_abort_with_no_shard_open_closes_cleanly(tmp_path):
