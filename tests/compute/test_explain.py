@@ -150,20 +150,49 @@ def test_xla_equals_graph_mode(model, images, fixed_targets, batch_runs, method)
                                atol=MODEL_ATOL)
 
 
+def _compiled(model):
+    """(steps, batch functions) explain() keeps for `model`."""
+    entries = [(key, function) for _, cache in sightline.compute.explain._COMPILED[model].values()
+               for key, function in cache.items()]
+    return ([f for key, f in entries if key[0] != "batches"],
+            [f for key, f in entries if key[0] == "batches"])
+
+
 def test_short_last_batch_traces_once():
     model = models.functional_cnn("keras3", seed=5)
     images = np.random.default_rng(0).uniform(0, 1, (10, 16, 16, 3)).astype(np.float32)
     explain(model, images, methods=("gradcam", "saliency"), batch_size=4)  # 4 + 4 + 2
     explain(model, images[:9], methods=("gradcam", "saliency"), batch_size=4)  # again: cached
-    steps = [step for _, cache in sightline.compute.explain._COMPILED[model].values() for step in cache.values()]
-    assert len(steps) == 1
+    steps, batch_functions = _compiled(model)
+    assert len(steps) == 1 and len(batch_functions) == 1
     assert steps[0].experimental_get_tracing_count() == 1
+    # Any number of images: one trace of the function that loops over the batches.
+    assert batch_functions[0].experimental_get_tracing_count() == 1
     # Fewer images than batch_size: 5, 6, 7 and 8 images share one step of batch 8.
     for count in (5, 6, 7, 8):
         explain(model, images[:count], methods=("gradcam", "saliency"), batch_size=64)
-    steps = [step for _, cache in sightline.compute.explain._COMPILED[model].values() for step in cache.values()]
-    assert len(steps) == 2
-    assert all(step.experimental_get_tracing_count() == 1 for step in steps)
+    steps, batch_functions = _compiled(model)
+    assert len(steps) == 2 and len(batch_functions) == 2
+    assert all(f.experimental_get_tracing_count() == 1 for f in steps + batch_functions)
+
+
+def test_batches_of_one_call_match_one_call_per_batch(model, images, monkeypatch):
+    """Many batches in one compiled call, and several calls over a large array, give
+    what one call per image gives, in order, padding dropped; SmoothGrad's noise follows
+    the sample index across calls."""
+    count, methods = 21, ("gradcam", "saliency", "smoothgrad")
+    together = explain(model, images[:count], methods=methods, batch_size=4, num_copies=2)
+    monkeypatch.setattr(sightline.compute.explain, "CALL_BATCHES", 2)  # 8 images per call
+    in_calls = explain(model, images[:count], methods=methods, batch_size=4, num_copies=2)
+    for method in methods:
+        assert together.heatmaps[method].shape[0] == count
+        np.testing.assert_array_equal(in_calls.heatmaps[method], together.heatmaps[method])
+    for i in (0, 5, 20):
+        alone = explain(model, images[i:i + 1], methods=methods[:2], batch_size=4)
+        for method in methods[:2]:
+            np.testing.assert_allclose(together.heatmaps[method][i], alone.heatmaps[method][0],
+                                       atol=1e-6)
+        assert together.predictions[i] == alone.predictions[0]
 
 
 def test_predicted_targets_are_argmax_and_scores_are_probabilities(model, images):
