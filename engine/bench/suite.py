@@ -22,6 +22,12 @@ TARGET_END_TO_END_ARRAY = 0.9  # the job on a .npy source against explain() on t
 # SmoothGrad and Integrated Gradients against saliency's rate / num_copies (num_steps).
 TARGET_MULTI_PASS = 0.9
 MULTI_PASS_OPTION = {"smoothgrad": "num_copies", "integrated_gradients": "num_steps"}
+# explain(model, images, methods=(m,)) as users call it, with every default (batch size,
+# normalize, map_size), on EXPLAIN_BATCHES of the bench's batches.
+TARGET_EXPLAIN_DEFAULTS = 0.85
+EXPLAIN_METHODS = ("cam", "gradcam")
+EXPLAIN_BATCHES = 8
+EXPLAIN_MODE = "explain()"
 
 
 def has_bf16_units():
@@ -37,7 +43,35 @@ def run_benchmark(context, methods=METHODS, modes=MODES, log=None):
             rows.say(f"  {method}: not supported by this model, skipped")
             continue
         _measure_method(context, method, modes, rows, ceiling_call)
+    _measure_explain(context, [m for m in EXPLAIN_METHODS if m in methods
+                               and m in context.methods_supported], rows, ceiling_call)
     return rows.rows
+
+
+def _measure_explain(context, methods, rows, ceiling_call):
+    """explain() with its defaults on EXPLAIN_BATCHES batches, timed in alternation with
+    the ceiling; guarded by the eager loop on the classes explain() chose."""
+    import numpy as np
+
+    from sightline import explain
+    from sightline.bench.eager_baseline import eager_maps
+    images = np.concatenate([context.images] * EXPLAIN_BATCHES)
+    for method in methods:
+        options = context.options(method)
+
+        def call(method=method, options=options):
+            return explain(context.model, images, methods=(method,), **options)
+
+        result, startup, median, reps = measure(call, context.seconds, paired=ceiling_call)
+        count = context.eager_images
+        reference = eager_maps(method, context.adapter, images[:count], result.targets[:count],
+                               **options)
+        # explain() scales each map to [0, 1]: heatmap * scale is the map's ReLU.
+        found = result.heatmaps[method][:count] * result.scales[method][:count, None, None]
+        entry = rows.add(method, EXPLAIN_MODE, "float32", len(images), startup, median, reps,
+                         guard(method, EXPLAIN_MODE, found, np.maximum(reference, 0),
+                               "eager_loop"))
+        entry["ceiling_alongside"] = round(context.batch / measure.paired_median, 3)
 
 
 class _Rows:
@@ -213,6 +247,11 @@ def evaluate_targets(result):
         best = max(r["x_ceiling"] for r in float32)
         add(f"{method}: mixed_bfloat16 faster than float32", bf16["x_ceiling"] / best,
             1.0, ">", "" if bf16_units else "this CPU has no bfloat16 units: not a target here")
+    for method in EXPLAIN_METHODS:
+        entry = find_row(rows, method, EXPLAIN_MODE)
+        add(f"explain(methods=('{method}',)) with its defaults >= {TARGET_EXPLAIN_DEFAULTS}x "
+            "compiled inference", entry["x_ceiling"] if guarded(entry) else None,
+            TARGET_EXPLAIN_DEFAULTS, ">=")
     saliency = find_row(rows, "saliency", auto)
     for method, option in MULTI_PASS_OPTION.items():
         entry = find_row(rows, method, auto)

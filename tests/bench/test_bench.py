@@ -46,6 +46,8 @@ def test_bench_measures_every_method_and_mode(bench_run):
     for method in bench.METHODS:
         for mode in bench.MODES:
             assert (method, mode) in measured
+    for method in ("cam", "gradcam"):  # explain() as users call it, with its defaults
+        assert (method, "explain()") in measured
     for row in result["rows"]:
         assert row["images_per_second"] > 0
         assert row["startup_seconds"] >= 0
@@ -64,7 +66,7 @@ def test_bench_measures_every_method_and_mode(bench_run):
 def test_bench_reports_every_target(bench_run):
     _, result, _ = bench_run
     names = " | ".join(t["target"] for t in result["targets"])
-    for part in ("cam >=", "gradcam >=", "saliency >=", "the naive eager loop",
+    for part in ("cam >=", "gradcam >=", "saliency >=", "the naive eager loop", "defaults",
                  "mixed_bfloat16 faster", "end to end", "peak memory"):
         assert part in names
     for target in result["targets"]:
@@ -86,6 +88,8 @@ def test_bench_targets_quote_the_measured_rows(bench_run):
                 "array source": result["end_to_end_array"]["ratio"]}
     for method in ("cam", "gradcam", "saliency"):
         expected[f"{method} >="] = _row(result, method, auto)["x_ceiling"]
+    for method in ("cam", "gradcam"):
+        expected[f"explain(methods=('{method}',))"] = _row(result, method, "explain()")["x_ceiling"]
     # Multi-pass methods against saliency / passes, both relative to their ceilings.
     for method, option in (("smoothgrad", "num_copies"), ("integrated_gradients", "num_steps")):
         passes = result["method_options"][method][option]
