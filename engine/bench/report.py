@@ -58,6 +58,12 @@ def write_report(results, folder):
     for result in results:
         parts += [f"## {result['model']}", "", format_table(result), "", format_targets(result), ""]
         memory = result.get("memory")
+        auto = result.get("precision_auto")
+        if auto:
+            parts += [f"`--precision auto` ({', '.join(auto['methods'])}): chooses "
+                      f"{auto['choice']} ({auto['reason']}); seconds per batch "
+                      f"{auto['seconds_per_batch']}, per-map correlation of bfloat16 with "
+                      f"float32 {auto['map_correlation']}.", ""]
         for e2e in (result.get("end_to_end"), result.get("end_to_end_array")):
             if e2e:
                 parts += [f"End to end from {e2e.get('source', 'png')} "

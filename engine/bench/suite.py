@@ -328,10 +328,38 @@ def run_suite(model, *, methods=METHODS, modes=MODES, batch_size=None, precision
         "tensorflow": tf.__version__, "method_options": METHOD_OPTIONS[size],
         "ceiling": context.ceiling, "eager_loop_images": context.eager_images, "rows": rows,
     }
+    if "bf16" in modes:
+        result["precision_auto"] = precision_auto(context, methods)
+        figures = result["precision_auto"]
+        say(f"  precision auto: {figures['choice']} ({figures['reason']}; seconds per batch "
+            f"{figures['seconds_per_batch']}, per-map correlation {figures['map_correlation']})")
     if with_end_to_end:
         _end_to_end_and_memory(context, result, say)
     result["targets"] = evaluate_targets(result)
     return result
+
+
+def precision_auto(context, methods):
+    """What `--precision auto` chooses for this model on the bench's batch, and the
+    figures behind it: the job's own measurement (sightline.compute.auto_precision) on
+    Grad-CAM and saliency, or whichever of them the model supports."""
+    import tensorflow as tf
+
+    from sightline.compute.auto_precision import CANDIDATES, measure_precisions
+    from sightline.compute.step import build_step
+    from sightline.config import make_config
+    chosen = tuple(m for m in ("gradcam", "saliency") if m in context.methods_supported
+                   and m in methods) or tuple(methods[:1])
+    run_of = {}
+    for precision in CANDIDATES:
+        config = make_config(chosen, layer=context.layer, precision=precision,
+                             batch_size=context.batch, **context.options(*chosen))
+        run_of[precision] = build_step(context.adapter_for(precision), config, context.batch,
+                                       context.image_shape)
+    figures = measure_precisions(run_of, tf.constant(context.images), tf.constant(context.targets),
+                                 tf.constant(context.sample_index), chosen)
+    figures["methods"] = list(chosen)
+    return figures
 
 
 def _end_to_end_and_memory(context, result, say):

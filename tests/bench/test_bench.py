@@ -111,6 +111,18 @@ def test_bench_targets_quote_the_measured_rows(bench_run):
     assert quoted == len(expected) + len(bench.METHODS)
 
 
+def test_bench_reports_what_precision_auto_chooses_and_why(bench_run):
+    _, result, folder = bench_run
+    auto = result["precision_auto"]
+    assert auto["methods"] == ["gradcam", "saliency"]
+    seconds, correlations = auto["seconds_per_batch"], auto["map_correlation"]
+    faster = seconds["mixed_bfloat16"] < seconds["float32"]
+    agree = min(correlations.values()) >= auto["min_map_correlation"]
+    assert auto["choice"] == ("mixed_bfloat16" if faster and agree else "float32")
+    assert all(-1 <= c <= 1 for c in correlations.values())
+    assert f"chooses {auto['choice']}" in (folder / "report" / "bench.md").read_text()
+
+
 def test_bench_memory_ratio_is_large_over_small(bench_run):
     _, result, _ = bench_run
     memory = result["memory"]
