@@ -21,6 +21,7 @@ from sightline.store.files import OutOfSpace
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # name -> (module, one-line help, description or None for the help line)
 COMMANDS = {
@@ -98,6 +99,12 @@ def main(argv=None):
         except (ValueError, TypeError, OSError) as error:
             print(f"{name}: error: {one_line(_describe(error))}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            # `explain` handles SIGINT itself (finished shards kept, exit 130); elsewhere
+            # Ctrl-C lands here: one line, not the traceback of wherever it struck.
+            print(f"{name}: interrupted (Ctrl-C) before it finished; run the same "
+                  "command again", file=sys.stderr)
+            return EXIT_INTERRUPTED
         except Exception as error:  # noqa: BLE001 - one line and a report, never a traceback
             report = write_crash_report(args.command, error, native_log.text())
             print(f"{name}: unexpected error ({type(error).__name__}: "
