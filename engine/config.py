@@ -160,9 +160,11 @@ def _check_choice(name, value, choices):
 
 def _check_int(name, value, minimum):
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}")
+        raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}; pass a whole "
+                        f"number such as {max(minimum, 1)}")
     if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}; pass a whole "
+                         f"number such as {max(minimum, 1)}")
 
 
 def preprocessing_name(name):

@@ -49,16 +49,18 @@ class Option:
         if self.choices:
             if value not in self.choices:
                 raise ValueError(f"{self.name} must be one of {', '.join(map(repr, self.choices))}; "
-                                 f"got {value!r}")
+                                 f"got {value!r}; the default is {self.default!r}")
             return
         wanted = numbers.Integral if self.kind is int else numbers.Real
         if not isinstance(value, wanted) or isinstance(value, bool):
             what = "an integer" if self.kind is int else "a number"
-            raise TypeError(f"{self.name} must be {what}{self._range()} ({self.help}); got {value!r}")
+            raise TypeError(f"{self.name} must be {what}{self._range()} ({self.help}); got "
+                            f"{value!r}; the default is {self.default!r}")
         if ((self.minimum is not None and value < self.minimum)
                 or (self.below is not None and value >= self.below)):
             what = "an integer" if self.kind is int else "a number"
-            raise ValueError(f"{self.name} must be {what}{self._range()} ({self.help}); got {value!r}")
+            raise ValueError(f"{self.name} must be {what}{self._range()} ({self.help}); got "
+                             f"{value!r}; the default is {self.default!r}")
 
     def _range(self):
         parts = []

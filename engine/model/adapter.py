@@ -246,7 +246,9 @@ def _image_input_and_scores(model):
                          "model.build((None, H, W, C))) before explaining it")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(f"sightline explains models with one image input and one output; this "
-                         f"model has {len(model.inputs)} inputs and {len(model.outputs)} outputs")
+                         f"model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                         "save a model of the image branch alone (keras.Model(image_input, "
+                         "class_output)) and explain that")
     inputs, output = model.inputs[0], model.outputs[0]
     if _rank(inputs) != 4:
         raise ValueError(f"the model's input must be an image batch [B,H,W,C]; it is {tuple(inputs.shape)}")

@@ -1,6 +1,7 @@
 """The table of methods: importable without TensorFlow, consistent with its kernels."""
 
 import inspect
+import re
 import subprocess
 import sys
 
@@ -55,7 +56,9 @@ def test_row_matches_its_kernel_signature(name):
     ("memory_budget_mb", True, TypeError),
 ])
 def test_option_checks_give_one_line(option, bad, error):
-    with pytest.raises(error, match=rf"^{option} must be .*got {bad!r}$"):
+    default = methods.OPTIONS[option].default
+    with pytest.raises(error, match=rf"^{option} must be .*got {bad!r}; the default is "
+                                    rf"{re.escape(repr(default))}$"):
         methods.OPTIONS[option].check(bad)
     methods.OPTIONS[option].check(methods.OPTIONS[option].default)
 
