@@ -201,7 +201,7 @@ def _adapt_keras(model, flavor, layer, precision):
     target, _ = _target_layer(model, graph, layer)
     # The explanation runs a twin with batch normalisations folded into their
     # convolutions (the user's layers, shared); the target layer keeps its output.
-    explained, folded = fold_batch_normalization(K, model, graph, keep=target)
+    explained, folded = fold_batch_normalization(K, model, _Graph, keep=target)
     if folded:
         graph = _Graph(explained)
         layer = None if target is None else target.name

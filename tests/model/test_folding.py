@@ -2,6 +2,8 @@
 the model computes, with the weights as they are when it runs, and leaves alone what it
 must not fold."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -82,6 +84,17 @@ def _input_gradient(reference, images, targets):
     return tape.gradient(score, images).numpy()
 
 
+def _normalizations_computed(adapter):
+    """Names of the normalisation layers ("bn_...") whose own ops compute something in the
+    traced forward pass: a folded one has none (Keras 3 scopes ops as "bn_first_1/...",
+    tf_keras as "bn_first/...")."""
+    graph = tf.function(adapter.forward).get_concrete_function(
+        tf.TensorSpec([2, 12, 12, 3], tf.float32)).graph
+    bookkeeping = {"Placeholder", "Const", "ReadVariableOp", "Identity", "NoOp"}
+    return {match.group(1) for op in graph.get_operations() if op.type not in bookkeeping
+            for match in [re.search(r"(?:^|/)(bn_[a-z]+)(?:_\d+)?/", op.name)] if match}
+
+
 def _close_relative(actual, expected, tolerance=MODEL_RELATIVE_ATOL):
     scale = np.max(np.abs(expected))
     np.testing.assert_allclose(actual / scale, expected / scale, rtol=0, atol=tolerance)
@@ -98,6 +111,7 @@ def test_folded_forward_and_saliency_equal_the_model(flavor):
     activations_reference = _reference(flavor, model, "last_relu")
     adapter = adapt_model(model)
     assert set(adapter.folded_normalizations) == FOLDABLE
+    assert _normalizations_computed(adapter) == {"bn_shared"}
     assert adapter.layer_name == "last_relu"
     images = _images()
     activations, logits = adapter.forward(tf.constant(images))
@@ -165,3 +179,27 @@ def test_mixed_precision_twin_folds_too(flavor):
     full = explain(model, images, ("saliency",), batch_size=4).heatmaps["saliency"]
     correlation = np.corrcoef(mixed.ravel(), full.ravel())[0, 1]
     assert correlation >= MIXED_PRECISION_MIN_CORRELATION["saliency"]
+
+
+def test_nested_base_is_folded_inside(flavor):
+    K = keras_module(flavor)
+    cnn = batch_normalized_cnn(flavor)
+    base = K.Model(cnn.inputs[0], cnn.get_layer("last_relu").output, name="base")
+    inputs = K.Input((12, 12, 3))
+    features = base(inputs, training=False)
+    logits = K.layers.Dense(4, name="logits")(K.layers.GlobalAveragePooling2D()(features))
+    model = K.Model(inputs, K.layers.Softmax()(logits))
+    logits_reference = _reference(flavor, model, "logits")
+    adapter = adapt_model(model)
+    assert adapter.layer_name == "base"
+    assert set(adapter.folded_normalizations) == {f"base/{name}" for name in FOLDABLE}
+    assert _normalizations_computed(adapter) == {"bn_shared"}
+    images = _images()
+    activations, logits = adapter.forward(tf.constant(images))
+    _close_relative(activations.numpy(), base(images, training=False).numpy())
+    _close_relative(logits.numpy(), logits_reference(images).numpy())
+    targets = np.array([1, 1, 0, 3], np.int32)
+    expected = np.abs(_input_gradient(logits_reference, images, targets)).max(axis=-1)
+    maps = explain(model, images, ("saliency",), targets=targets, normalize=False,
+                   batch_size=4).heatmaps["saliency"]
+    _close_relative(maps, expected)
