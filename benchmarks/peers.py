@@ -15,7 +15,8 @@ put it on PYTHONPATH, e.g.
 
 Fair play: the peers get a twin of the model whose last layer outputs the logits (the
 same weights, the softmax left out), which is what sightline explains; the same images,
-batch size and targets (one-hot for xplique, a score function for tf-keras-vis). Before
+batch size and targets (one-hot for xplique, a score function for tf-keras-vis); xplique
+compiles its gradient call, tf-keras-vis runs eagerly, as each is used. Before
 timing, each peer's map is checked against sightline's (same definition, see
 `agreement`): a peer that computes something else is not a fair row.
 """
@@ -29,8 +30,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Same definitions on both sides (saliency: max |dy_c/dx| over channels; Grad-CAM: ReLU
-# of the gradient-weighted activations, then xplique's bicubic resize to the input,
-# applied to sightline's map here too): equal up to float32 rounding. sightline folds
+# of the gradient-weighted activations, then the peer's resize to the input, xplique's
+# bicubic or tf-keras-vis's linear zoom, applied to sightline's map here too): equal up to float32 rounding. sightline folds
 # batch normalisations into convolutions, which sums in another order: on the random
 # MobileNetV2, whose gradients nearly cancel in places, a few pixels move by 1e-2 of
 # the map's maximum and the relative L2 difference reaches 4e-3; a different
@@ -145,7 +146,11 @@ def build_rows(context, peers, methods):
                 return visualizer(score, images, penultimate_layer=layer,
                                   normalize_cam=False)
 
-            rows.append(("tf-keras-vis Gradcam", "gradcam", tf_keras_vis_gradcam, None))
+            from scipy.ndimage import zoom
+            # tf-keras-vis resizes with scipy's linear zoom; sightline's map meets it so.
+            zoomed = zoom(native, [t / f for f, t in zip(native.shape, images.shape)], order=1)
+            rows.append(("tf-keras-vis Gradcam", "gradcam", tf_keras_vis_gradcam,
+                         lambda: (agreement(zoomed, tf_keras_vis_gradcam()), TOLERANCE)))
     return rows
 
 
