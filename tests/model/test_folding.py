@@ -203,3 +203,27 @@ def test_nested_base_is_folded_inside(flavor):
     maps = explain(model, images, ("saliency",), targets=targets, normalize=False,
                    batch_size=4).heatmaps["saliency"]
     _close_relative(maps, expected)
+
+
+def test_sequential_model_is_folded(flavor):
+    K = keras_module(flavor)
+    K.utils.set_random_seed(0)
+    model = K.Sequential([
+        K.Input((12, 12, 3)),
+        K.layers.Conv2D(6, 3, strides=2, padding="same", name="conv_first"),
+        K.layers.BatchNormalization(name="bn_first"),
+        K.layers.ReLU(),
+        K.layers.GlobalAveragePooling2D(),
+        K.layers.Dense(4, activation="softmax", name="classifier"),
+    ])
+    normalization = model.get_layer("bn_first")
+    rng = np.random.default_rng(0)
+    normalization.set_weights([_statistic(rng, weight) for weight in zip(
+        normalization.get_weights(), _statistic_kinds(normalization))])
+    adapter = adapt_model(model)
+    assert adapter.folded_normalizations == ("bn_first",)
+    assert _normalizations_computed(adapter) == set()
+    images = _images()
+    _, logits = adapter.forward(tf.constant(images))
+    np.testing.assert_allclose(adapter.probabilities(logits).numpy(), model(images).numpy(),
+                               rtol=1e-5, atol=1e-6)
