@@ -146,8 +146,11 @@ def build_rows(context, peers, methods):
             score = CategoricalScore(targets.tolist())
 
             def tf_keras_vis_gradcam():
+                # Without seek_penultimate_conv_layer=False it would step back from a
+                # target that is not a convolution (MobileNetV2's out_relu) to the
+                # convolution before it and explain another layer.
                 return visualizer(score, images, penultimate_layer=layer,
-                                  normalize_cam=False)
+                                  seek_penultimate_conv_layer=False, normalize_cam=False)
 
             from scipy.ndimage import zoom
             # tf-keras-vis resizes with scipy's linear zoom; sightline's map meets it so.
