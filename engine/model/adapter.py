@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from sightline.model.folding import fold_batch_normalization
 from sightline.model.loading import load_model, model_flavor
 from sightline.model.precision import copy_weights, with_precision
 
@@ -64,6 +65,8 @@ class ModelAdapter:
     values_per_image: int  # activation values one image produces in a forward pass
     model: object = dataclasses.field(repr=False, default=None)
     cam_source: Optional[Callable] = None  # activations -> CAM map source; None: themselves
+    # Batch normalisations folded into their convolutions for the forward pass (folding.py).
+    folded_normalizations: tuple = ()
 
     @property
     def cam_weights(self):
@@ -193,14 +196,23 @@ def _rank(tensor):
 
 def _adapt_keras(model, flavor, layer, precision):
     K = _keras_module(flavor)
-    inputs, output = _image_input_and_scores(model)
+    _image_input_and_scores(model)
     graph = _Graph(model)
+    target, _ = _target_layer(model, graph, layer)
+    # The explanation runs a twin with batch normalisations folded into their
+    # convolutions (the user's layers, shared); the target layer keeps its output.
+    explained, folded = fold_batch_normalization(K, model, _Graph, keep=target)
+    if folded:
+        graph = _Graph(explained)
+        layer = None if target is None else target.name
+    inputs, output = _image_input_and_scores(explained)
     logits = _Logits.find(graph, output)
-    target, activations_unsupported = _target_layer(model, graph, layer)
+    target, activations_unsupported = _target_layer(explained, graph, layer)
     common = dict(input_shape=tuple(inputs.shape[1:]), num_classes=logits.num_classes,
                   logits_layer=logits.layer_name, output_kind=logits.output_kind,
                   flavor=flavor, precision=precision,
-                  values_per_image=_values_per_image(model), model=model)
+                  values_per_image=_values_per_image(model), model=model,
+                  folded_normalizations=folded)
     if target is None:
         whole = K.Model(inputs, logits.tensor)
 
