@@ -19,12 +19,24 @@ from sightline.store.results import open_results
 END_TO_END_ROUNDS = 3
 
 
-def _write_image_folder(folder, images, start=0):
+def _write_image_folder(folder, images, start=0, format="png"):
+    """images[N,H,W,C] in 0..1 as 8-bit files of `format` ("png" or "jpeg")."""
     import tensorflow as tf
+    encode = tf.io.encode_jpeg if format == "jpeg" else tf.io.encode_png
     os.makedirs(os.path.join(folder, "class0"), exist_ok=True)
     for i, image in enumerate(images):
-        data = tf.image.encode_png(tf.constant(np.round(image * 255).astype(np.uint8)))
-        tf.io.write_file(os.path.join(folder, "class0", f"{start + i:06d}.png"), data)
+        data = encode(tf.constant(np.round(image * 255).astype(np.uint8)))
+        tf.io.write_file(os.path.join(folder, "class0", f"{start + i:06d}.{format}"), data)
+
+
+def _decoded_folder(folder):
+    """The 8-bit images of a folder written by _write_image_folder, as float32 in 0..1,
+    decoded by TensorFlow as the job decodes them (JPEG is lossy)."""
+    import tensorflow as tf
+    files = sorted(os.listdir(os.path.join(folder, "class0")))
+    pixels = [tf.io.decode_image(tf.io.read_file(os.path.join(folder, "class0", name)),
+                                 expand_animations=False).numpy() for name in files]
+    return np.stack(pixels).astype(np.float32) / np.float32(255)
 
 
 def job_config(model_path, data, out, methods, batch, options=None):
@@ -39,14 +51,17 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
                source="png"):
     """run_job (decode -> explain -> HDF5) against explain() on the same images as arrays.
 
-    source: "png", a folder of PNG files the job decodes, or "npy", the arrays as one
-    .npy file the job slices (no decoding: the job's own overhead alone).
+    source: "png", a folder of PNG files the job decodes; "jpeg", the same as JPEG files
+    (lossy: explain() gets the decoded JPEGs); or "npy", the arrays as one .npy file the
+    job slices (no decoding: the job's own overhead alone).
 
     Steady state without start-up: after a warm-up job, the job runs on N and on M
     images; its rate is (M - N) / (t_M - t_N), which cancels loading, tracing and
     indexing. The kernel alone is explain() on the M decoded images, timed in the same
     round as the two jobs; the median of END_TO_END_ROUNDS rounds is reported.
     """
+    if source not in ("png", "jpeg", "npy"):
+        raise ValueError(f"end-to-end source must be png, jpeg or npy; got {source!r}")
     if batches is None:
         # Enough extra batches for about 20 s of kernel time at the inference ceiling
         # (between 4 batches' and 16,384 images' worth), so the difference of the two
@@ -74,9 +89,11 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
             # 8-bit like the PNGs: the job's [0,1] preprocessing gives back `images`.
             np.save(path, np.round(images[:n] * 255).astype(np.uint8))
     else:
-        folders = {n: os.path.join(workdir, f"images-{n}") for n in (small, large)}
+        folders = {n: os.path.join(workdir, f"images-{source}-{n}") for n in (small, large)}
         for n, folder in folders.items():
-            _write_image_folder(folder, images[:n])
+            _write_image_folder(folder, images[:n], format=source)
+        if source == "jpeg":
+            images = _decoded_folder(folders[large])
     options = context.options(*methods)
 
     def job(n):

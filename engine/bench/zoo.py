@@ -16,7 +16,7 @@ from sightline.kernels.methods import METHODS as METHOD_TABLE
 # Every method of the table with an eager loop to measure it against, in table order.
 METHODS = tuple(name for name in METHOD_TABLE if name in EAGER_FUNCTIONS)
 MODES = ("eager_loop", "eager_batched", "graph", "xla", "bf16")
-BUILTIN_MODELS = ("fashion", "mobilenet_v2", "resnet50")
+BUILTIN_MODELS = ("fashion", "mobilenet_v2", "resnet50", "small_cnn")
 # The issue's settings; the tiny size (CI: every benchmark once, so none can rot) keeps
 # the code paths and cuts the work per image.
 METHOD_OPTIONS = {
@@ -34,6 +34,8 @@ PRESETS = {
                              eager_images=2, seconds=4.0),
         "resnet50": dict(input_shape=(224, 224, 3), classes=1000, batch=16, eager_images=2,
                          seconds=4.0),
+        "small_cnn": dict(input_shape=(128, 128, 3), classes=10, batch=64, eager_images=4,
+                          seconds=3.0),
         "path": dict(batch=32, eager_images=4, seconds=3.0),
     },
     "tiny": {
@@ -43,6 +45,8 @@ PRESETS = {
                              seconds=0.0),
         "resnet50": dict(input_shape=(32, 32, 3), classes=10, batch=2, eager_images=1,
                          seconds=0.0),
+        "small_cnn": dict(input_shape=(32, 32, 3), classes=10, batch=4, eager_images=1,
+                          seconds=0.0),
         "path": dict(batch=4, eager_images=1, seconds=0.0),
     },
 }
@@ -69,6 +73,21 @@ def fashion_cnn(K, input_shape, num_classes, *, widths=(16, 32, 64, 128), softma
     ], name="fashion_cnn")
 
 
+def small_cnn(K, input_shape, num_classes):
+    """A small CNN for photographs (the end-to-end benchmark on 128x128 JPEGs): five 3x3
+    convolutions, the first three with stride 2, the last (`last_conv`) the target
+    layer, then global average pooling and a dense softmax classifier."""
+    layers = [K.Input(input_shape)]
+    for width, stride in ((16, 2), (32, 2), (64, 2), (64, 1)):
+        layers.append(K.layers.Conv2D(width, 3, strides=stride, padding="same",
+                                      activation="relu"))
+    return K.Sequential(layers + [
+        K.layers.Conv2D(128, 3, padding="same", activation="relu", name="last_conv"),
+        K.layers.GlobalAveragePooling2D(),
+        K.layers.Dense(num_classes, activation="softmax", name="classifier"),
+    ], name="small_cnn")
+
+
 def build_model(name, size="full", seed=0):
     """A built-in model with random weights (nothing is downloaded)."""
     import keras as K
@@ -81,6 +100,8 @@ def build_model(name, size="full", seed=0):
         return K.applications.MobileNetV2(input_shape=shape, weights=None, classes=classes)
     if name == "resnet50":
         return K.applications.ResNet50(input_shape=shape, weights=None, classes=classes)
+    if name == "small_cnn":
+        return small_cnn(K, shape, classes)
     raise ValueError(f"unknown built-in model {name!r}; choose from {', '.join(BUILTIN_MODELS)} "
                      "or pass a model file")
 

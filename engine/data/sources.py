@@ -2,7 +2,8 @@
 
 A source lists its samples up front, in a deterministic order: sample `i` is the
 same image in every run, on every worker. `records(start, stop)` gives a tf.data
-dataset of the raw samples in that index range, each with its index, label and key.
+dataset of the raw samples in that index range, each with its index, label and key;
+`record_batches` and `read_contents` the same a batch at a time.
 """
 
 import dataclasses
@@ -61,33 +62,54 @@ class Source:
         return tables
 
     def records(self, start, stop, tables=None):
-        """tf.data of (image bytes or image array, label, index) for samples [start, stop).
+        """tf.data of (image bytes or image array, label, index) for samples [start, stop),
+        one sample at a time (see `record_batches` for the pipeline's way)."""
+        return (self.record_batches(start, stop, 1, tables)
+                .map(lambda raw, labels, index: (self.read_contents(raw), labels, index))
+                .unbatch())
 
-        start and stop may be tensors: the pipeline builds this once inside a flat_map
-        over shard ranges, so its functions are traced once per job, not per shard.
+    def record_batches(self, start, stop, batch_size, tables=None):
+        """tf.data of (raw[b], labels[b] int32, index[b] int64) for samples [start, stop),
+        batch_size at a time; `read_contents` turns raw into the samples: raw is file
+        paths (folder), serialized records (tfrecord) or images [b,H,W,C] (arrays).
+
+        Reading and parsing wait for read_contents, so that the pipeline does them a batch
+        at a time, in parallel: per file, tf.data's own per-element work cost twice the
+        reading. start and stop may be tensors: the pipeline builds this once inside a
+        flat_map over shard ranges, so its functions are traced once per job, not per shard.
         """
         tables = self.tables() if tables is None else tables
         start = tf.cast(start, tf.int64)
         stop = tf.cast(stop, tf.int64)
-        meta = tf.data.Dataset.from_tensor_slices(
-            (tables["labels"][start:stop], tf.range(start, stop, dtype=tf.int64)))
+        meta = (tables["labels"][start:stop], tf.range(start, stop, dtype=tf.int64))
         if self.kind == "folder":
-            contents = (tf.data.Dataset.from_tensor_slices(tables["paths"][start:stop])
-                        .map(tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE))
-        elif self.kind == "tfrecord":
+            return tf.data.Dataset.from_tensor_slices((tables["paths"][start:stop], *meta)
+                                                      ).batch(batch_size)
+        if self.kind == "tfrecord":
             # Open only the files from the first sample's file on and skip within that
             # file: a shard late in the dataset does not read every record before it.
             first_file = tables["record_files"][start]
-            contents = (tf.data.TFRecordDataset(tables["paths"][first_file:])
-                        .skip(tables["record_numbers"][start]).take(stop - start)
-                        .map(_tfrecord_parser(self.image_key),
-                             num_parallel_calls=tf.data.AUTOTUNE))
+            raw = (tf.data.TFRecordDataset(tables["paths"][first_file:])
+                   .skip(tables["record_numbers"][start]).take(stop - start))
         else:
-            contents = tf.data.Dataset.from_generator(
+            raw = tf.data.Dataset.from_generator(
                 lambda first, last: _array_rows(self, int(first), int(last)), args=(start, stop),
                 output_signature=tf.TensorSpec(self.array_shape, self._array_dtype()))
-        return tf.data.Dataset.zip((contents, meta)).map(
-            lambda content, m: (content, m[0], m[1]))
+        return tf.data.Dataset.zip((raw.batch(batch_size),
+                                    tf.data.Dataset.from_tensor_slices(meta).batch(batch_size))
+                                   ).map(lambda batch, labels_index: (batch, *labels_index))
+
+    def read_contents(self, raw):
+        """raw[b] of `record_batches` -> the samples: encoded files [b] string, or the
+        arrays themselves."""
+        if self.kind == "folder":
+            # One loop over the batch's files.
+            return tf.map_fn(tf.io.read_file, raw, fn_output_signature=tf.string,
+                             parallel_iterations=1)
+        if self.kind == "tfrecord":
+            return tf.io.parse_example(
+                raw, {self.image_key: tf.io.FixedLenFeature([], tf.string)})[self.image_key]
+        return raw
 
     def _array_dtype(self):
         with _open_array(self) as array:
@@ -111,14 +133,6 @@ class Source:
             message = re.sub(r"\s*\[Op:\w+\].*$", "", message.strip().splitlines()[-1])
             return message.strip()[:200] or type(error).__name__
         return None
-
-
-def _tfrecord_parser(image_key):
-    def parse(record):
-        features = tf.io.parse_single_example(
-            record, {image_key: tf.io.FixedLenFeature([], tf.string)})
-        return features[image_key]
-    return parse
 
 
 class _open_array:

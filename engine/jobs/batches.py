@@ -23,26 +23,40 @@ def stored_dtypes(outputs):
 
 def single_device_batches(config, plan, ranges):
     """(position, arrays, failures) per batch on one device: the step called directly,
-    without the distributed dataset's per-batch bookkeeping. Array sources (.npy, HDF5)
-    are sliced a batch at a time and prepared (cast, resized, preprocessed) on the whole
-    batch before the compiled step."""
+    without the distributed dataset's per-batch bookkeeping. Batches reach the compiled
+    function as they are read (uint8 pixels for encoded images and 8-bit arrays); the
+    cast and the preprocessing run inside it. Array sources (.npy, HDF5) are sliced a
+    batch at a time."""
     import tensorflow as tf
 
-    from sightline.data.pipeline import preprocess, shard_batches
+    from sightline.data.pipeline import pixel_batches, prepared_images
     from sightline.data.sources import array_batches
     step = plan.step
     height, width, channels = plan.image_shape
+    batch_size = config.batch_size
+    name = config.preprocess
+
+    def compiled(pixels_dtype):
+        # One trace per job: the number of float rows (resized or TIFF images) varies
+        # from batch to batch.
+        @tf.function(input_signature=[
+            tf.TensorSpec([batch_size, height, width, channels], pixels_dtype),
+            tf.TensorSpec([None, height, width, channels], tf.float32),
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([batch_size], tf.int32),
+            tf.TensorSpec([batch_size], tf.int64)])
+        def prepared_step(pixels, float_images, float_rows, targets, index):
+            images = prepared_images(pixels, float_images, float_rows, name)
+            return stored_dtypes(step(images, targets, index))
+        return prepared_step
 
     if plan.source.encoded:
-        @tf.function
-        def prepared_step(images, targets, index):
-            return stored_dtypes(step(images, targets, index))
-
-        dataset = shard_batches(plan.source, ranges, batch_size=config.batch_size,
-                                image_size=(height, width), channels=channels,
-                                preprocessing=config.preprocess).map(with_targets(config))
-        for element in dataset:
-            outputs = prepared_step(element["images"], element["targets"], element["index"])
+        prepared_step = compiled(tf.uint8)
+        dataset = pixel_batches(plan.source, ranges, batch_size=batch_size,
+                                image_size=(height, width), channels=channels)
+        for element in dataset.map(with_targets(config)):
+            outputs = prepared_step(element["pixels"], element["float_images"],
+                                    element["float_rows"], element["targets"],
+                                    element["index"])
             index = element["index"].numpy()
             # Rows that did not decode carry index -1 wherever they fall, padding at the end.
             yield (int(element["position"].numpy()[0]),
@@ -52,21 +66,18 @@ def single_device_batches(config, plan, ranges):
         return
 
     resize = tuple(plan.source.array_shape[:2]) != (height, width)
-
-    @tf.function
-    def array_step(images, targets, index):
-        return stored_dtypes(step(images, targets, index))
-
-    for position, raw, labels, index, count in array_batches(plan.source, ranges,
-                                                             config.batch_size):
-        # The pipeline's preparation on the whole batch, run eagerly: inside a graph,
-        # grappler turns x / 255 into x * (1/255), one ulp off the pipeline's images
-        # and explain()'s, enough to flip a ReLU and move a saliency map.
-        images = tf.cast(raw, tf.float32)
-        if resize:
-            images = tf.image.resize(images, (height, width), method="bilinear", antialias=True)
-        outputs = array_step(preprocess(images, config.preprocess), targets_of(config, labels),
-                             index)
+    no_float_images = tf.zeros([0, height, width, channels], tf.float32)
+    no_float_rows = tf.zeros([0], tf.int32)
+    prepared_step = None
+    for position, raw, labels, index, count in array_batches(plan.source, ranges, batch_size):
+        pixels = tf.convert_to_tensor(raw)
+        if resize:  # eagerly, as the pipeline resizes: float32 before preprocessing
+            pixels = tf.image.resize(tf.cast(pixels, tf.float32), (height, width),
+                                     method="bilinear", antialias=True)
+        if prepared_step is None:
+            prepared_step = compiled(pixels.dtype)
+        outputs = prepared_step(pixels, no_float_images, no_float_rows,
+                                targets_of(config, labels), index)
         # Arrays have nothing to decode: the first `count` rows are the samples.
         yield (position, batch_arrays(outputs, index, labels, slice(0, count), plan.encoded_keys),
                {})
@@ -118,10 +129,8 @@ def with_targets(config):
         else:
             targets = tf.fill(tf.shape(batch["labels"]), int(config.target))
         # The position is repeated per sample so the batch can be split over replicas.
-        return {"images": batch["images"], "targets": tf.cast(targets, tf.int32),
-                "index": batch["index"], "labels": batch["labels"],
-                "skipped_index": batch["skipped_index"], "skipped_reason": batch["skipped_reason"],
-                "position": tf.fill(tf.shape(batch["index"]), batch["position"])}
+        return dict(batch, targets=tf.cast(targets, tf.int32),
+                    position=tf.fill(tf.shape(batch["index"]), batch["position"]))
 
     return attach
 

@@ -163,3 +163,17 @@ def test_bf16_capability_reads_whole_cpuinfo_flags(tmp_path, flags, expected):
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Test CPU @ 2GHz\nflags\t\t: {flags}\n")
     assert bf16_capability(str(cpuinfo)) == (expected, "Test CPU @ 2GHz")
     assert bf16_capability(str(tmp_path / "missing")) == ("none", "")
+
+
+def test_end_to_end_on_jpegs_stores_explain_maps_of_the_decoded_jpegs(tmp_path):
+    """The small CNN on JPEG files (lossy): the job's stored maps are explain()'s on the
+    JPEGs as decoded, within float16 storage (the guard), and an unknown source is refused
+    before any work."""
+    from sightline.bench.end_to_end import end_to_end
+    context = bench.Context("small_cnn", size="tiny")
+    entry, _, _ = end_to_end(context, ("gradcam", "saliency"), workdir=str(tmp_path),
+                             source="jpeg")
+    assert entry["source"] == "jpeg" and entry["large"] == 6 * context.batch
+    assert entry["guard"]["passed"], entry["guard"]
+    with pytest.raises(ValueError, match="png, jpeg or npy"):
+        end_to_end(context, workdir=str(tmp_path), source="gif")

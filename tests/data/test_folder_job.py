@@ -1,7 +1,8 @@
 """A data folder with every kind of file, through the whole job: each image that cannot
 be read is listed once with its own reason, read from the batch (the runner never
-decodes it again), TIFF images are explained, and files that are not images are
-counted on stderr and listed in the manifest."""
+decodes it again, not even a file corrupt inside, which fails its whole batch's
+decoder), TIFF images are explained, and files that are not images are counted on
+stderr and listed in the manifest."""
 
 import contextlib
 import io
@@ -33,6 +34,8 @@ def folder(tmp_path_factory):
         "cat/words.jpg": b"these are words, not a photograph",
         "dog/bands.tif": tiff_with_samples(5),
         "dog/scan.png": b"8BPS\x00\x01" + b"\x00" * 60,
+        # Whole at both ends, garbage inside: only the decoder fails, in the one batch.
+        "cat/inside.png": b"\x89PNG\r\n\x1a\n" + b"garbage" * 20 + b"IEND\xaeB`\x82",
         "notes.txt": b"where the images came from",
         "dog/labels.csv": b"0,1\n",
     }
@@ -67,8 +70,10 @@ def run(folder):
 def test_each_failing_image_is_listed_once_with_its_own_reason(run):
     _, manifest, _ = run
     images = {item["key"]: item for item in manifest["skipped"] if item["index"] is not None}
-    assert sorted(images) == ["cat/cut.png", "cat/words.jpg", "dog/bands.tif", "dog/scan.png"]
+    assert sorted(images) == ["cat/cut.png", "cat/inside.png", "cat/words.jpg", "dog/bands.tif",
+                              "dog/scan.png"]
     assert images["cat/cut.png"]["reason"].startswith("truncated")
+    assert images["cat/inside.png"]["reason"].startswith("corrupt image data")
     assert images["cat/words.jpg"]["reason"].startswith("not an image")
     assert images["dog/bands.tif"]["reason"].startswith("wrong channel count")
     assert images["dog/scan.png"]["reason"].startswith("unsupported image format")
@@ -80,7 +85,7 @@ def test_files_that_are_not_images_are_listed_and_counted(run):
     unread = {item["key"]: item["reason"] for item in manifest["skipped"] if item["index"] is None}
     assert unread == {"notes.txt": "unsupported file type .txt",
                       "dog/labels.csv": "unsupported file type .csv"}
-    assert manifest["num_skipped"] == 6
+    assert manifest["num_skipped"] == 7
     assert "2 file(s) in the data folder are not images sightline reads" in stderr
 
 
