@@ -13,7 +13,8 @@ from sightline.model.adapter import adapt_model
 from sightline.model.loading import model_flavor
 from sightline.model.precision import copy_weights
 from sightline.compute.auto_precision import AUTO, CANDIDATES, measure_precisions
-from sightline.compute.step import build_step, check_methods
+from sightline.compute.step import (batches_per_call, build_batches_function, build_step,
+                                    check_methods)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +39,6 @@ class Explanation:
 # Adapters and compiled steps of in-memory models, so that calling `explain` again on
 # the same model with the same settings neither rebuilds nor retraces.
 _COMPILED = weakref.WeakKeyDictionary()
-# Batches per compiled call of explain(), and at most this many bytes of images per call.
-CALL_BATCHES = 16
-CALL_BYTES = 64 * 2 ** 20
 # precision="auto": per in-memory model, the figures and choice per (settings, batch,
 # image shape).
 _AUTO_CHOICES = weakref.WeakKeyDictionary()
@@ -85,20 +83,16 @@ def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, no
         steps[key] = build_step(adapter, config, batch, image_shape)
     key = ("batches", config, batch, image_shape)
     if key not in steps:
-        steps[key] = _batches_function(steps[key[1:]], batch, image_shape)
+        steps[key] = build_batches_function(steps[key[1:]], batch, image_shape)
     run_batches = steps[key]
 
-    # Several batches per call: one call per batch left the CPU idle between batches
-    # while Python bound arguments and copied results (explain() with its defaults ran
-    # at 0.85 of compiled inference on the Fashion-MNIST CNN, the step alone at 0.93).
-    # Bounded in bytes, so a large array is not copied into one tensor whole.
-    per_call = batch * max(1, min(CALL_BATCHES, CALL_BYTES // (batch * images[0].nbytes)))
+    per_call = batches_per_call(batch, images[0].nbytes) * batch
     collected = {}
     for start in range(0, num_images, per_call):
         stop = min(start + per_call, num_images)
         outputs = run_batches(tf.convert_to_tensor(images[start:stop]),
                               tf.convert_to_tensor(targets[start:stop]),
-                              tf.constant(start, tf.int64))
+                              tf.range(start, stop, dtype=tf.int64))
         for name, value in outputs.items():
             value = value.numpy()  # a view of the tensor's buffer on the CPU, not a copy
             if stop - start == num_images:
@@ -115,34 +109,6 @@ def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, no
         predictions=collected["predictions"].astype(np.int32),
         scores=collected["scores"].astype(np.float32),
         layer=adapter.layer_name, precision=config.precision)
-
-
-def _batches_function(step, batch, image_shape):
-    """A tf.function `(images[n,H,W,C], targets[n], first_index[]) -> outputs[n,...]`
-    running `step` over the n images in fixed-shape batches inside one graph; the last
-    batch is padded (targets -1, the predicted class) and its padding dropped."""
-    outputs = step.get_concrete_function().structured_outputs
-    signature = {name: tf.TensorSpec(value.shape, value.dtype) for name, value in outputs.items()}
-
-    def run(images, targets, first_index):
-        count = tf.shape(images)[0]
-        num_batches = (count + batch - 1) // batch
-        missing = num_batches * batch - count
-        images = tf.pad(images, [[0, missing]] + [[0, 0]] * len(image_shape))
-        images = tf.reshape(images, [num_batches, batch, *image_shape])  # [n/B,B,H,W,C]
-        targets = tf.reshape(tf.pad(targets, [[0, missing]], constant_values=-1),
-                             [num_batches, batch])  # [n/B,B]
-        index = tf.reshape(first_index + tf.range(num_batches * batch, dtype=tf.int64),
-                           [num_batches, batch])  # [n/B,B]
-        # One batch at a time (parallel_iterations=1): memory stays that of one batch.
-        results = tf.map_fn(lambda batch_inputs: step(*batch_inputs), (images, targets, index),
-                            fn_output_signature=signature, parallel_iterations=1)
-        return {name: tf.reshape(value, [-1, *value.shape[2:]])[:count]  # [n,...]
-                for name, value in results.items()}
-
-    return tf.function(run, input_signature=[
-        tf.TensorSpec([None, *image_shape], tf.float32), tf.TensorSpec([None], tf.int32),
-        tf.TensorSpec([], tf.int64)])
 
 
 def _auto_precision(model, config, images, targets, batch, image_shape):

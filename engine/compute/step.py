@@ -14,6 +14,10 @@ from sightline.kernels.methods import (ACTIVATION_GRADS, ACTIVATIONS, CAM_ACTIVA
 _GRADIENT_BYTES_PER_VALUE = 4 * 3
 # A forward-only call (Score-CAM's masked inputs) keeps the value alone.
 _FORWARD_BYTES_PER_VALUE = 4
+# Batches per call of a batches function, and at most this many bytes of float32 images
+# per call (a large array is never copied into one tensor whole).
+CALL_BATCHES = 16
+CALL_BYTES = 64 * 2 ** 20
 
 
 def resolve_xla(xla):
@@ -180,3 +184,47 @@ def _finished_maps(raw, config, input_size):
         outputs[f"heatmaps/{method}"] = scaled if config.normalize else tf.cast(heatmaps, tf.float32)
         outputs[f"scales/{method}"] = scales
     return outputs
+
+
+def batches_per_call(batch_size, bytes_per_image):
+    """How many batches one call of a batches function takes: up to CALL_BATCHES, as
+    many as CALL_BYTES of float32 images allow, at least one.
+
+    One call per batch left the CPU idle between batches while Python bound arguments
+    and copied results: explain() with its defaults ran at 0.85 of compiled inference on
+    the Fashion-MNIST CNN against 0.93 for the step alone (2-core Xeon, TF 2.21).
+    """
+    return int(max(1, min(CALL_BATCHES, CALL_BYTES // max(1, batch_size * bytes_per_image))))
+
+
+def build_batches_function(step, batch_size, image_shape, dtype=tf.float32):
+    """A tf.function `(images[n,H,W,C], targets[n], sample_index[n]) -> outputs[n,...]`
+    that runs `step` (images[B,H,W,C] of `dtype`, targets[B], sample_index[B] -> dict of
+    [B,...]) over the n images in batches of B inside one graph: the last batch is
+    padded (targets -1, sample index -1) and its padding dropped. One trace for any n."""
+    specs = [tf.TensorSpec([batch_size, *image_shape], dtype), tf.TensorSpec([batch_size], tf.int32),
+             tf.TensorSpec([batch_size], tf.int64)]
+    if not isinstance(step, tf.types.experimental.PolymorphicFunction):
+        step = tf.function(step)
+    outputs = step.get_concrete_function(*specs).structured_outputs
+    signature = {name: tf.TensorSpec(value.shape, value.dtype) for name, value in outputs.items()}
+
+    def run(images, targets, sample_index):
+        count = tf.shape(images)[0]
+        num_batches = (count + batch_size - 1) // batch_size
+        missing = num_batches * batch_size - count
+        images = tf.pad(images, [[0, missing]] + [[0, 0]] * len(image_shape))
+        images = tf.reshape(images, [num_batches, batch_size, *image_shape])  # [n/B,B,H,W,C]
+        targets = tf.reshape(tf.pad(targets, [[0, missing]], constant_values=-1),
+                             [num_batches, batch_size])  # [n/B,B]
+        sample_index = tf.reshape(tf.pad(sample_index, [[0, missing]], constant_values=-1),
+                                  [num_batches, batch_size])  # [n/B,B]
+        # One batch at a time (parallel_iterations=1): memory stays that of one batch.
+        results = tf.map_fn(lambda inputs: step(*inputs), (images, targets, sample_index),
+                            fn_output_signature=signature, parallel_iterations=1)
+        return {name: tf.reshape(value, [-1, *value.shape[2:]])[:count]  # [n,...]
+                for name, value in results.items()}
+
+    return tf.function(run, input_signature=[
+        tf.TensorSpec([None, *image_shape], dtype), tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None], tf.int64)])

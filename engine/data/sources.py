@@ -154,25 +154,27 @@ class _open_array:
             self.handle.close()
 
 
-def array_batches(source, ranges, batch_size):
-    """Fixed-shape NumPy batches of an array source's sample ranges, read by slicing.
+def array_batches(source, ranges, batch_size, batches_per_block=1):
+    """NumPy blocks of an array source's sample ranges, read by slicing.
 
-    Yields (position, images[B,H,W,C] in the array's dtype, labels[B] int32, index[B]
-    int64, count): the first `count` rows are samples, the rest padding (zeros, label
-    and index -1), and no batch holds samples of two ranges. Slices of a memory-mapped
-    .npy or an HDF5 dataset cost one copy per batch, where a per-sample tf.data
-    generator cost a Python call per image. Fresh arrays per batch: TensorFlow may keep
-    a view of them.
+    Yields (position, images[n,H,W,C] in the array's dtype, labels[n] int32, index[n]
+    int64, count): up to `batches_per_block` batches' rows, n a multiple of batch_size;
+    the first `count` rows are samples, the rest padding (zeros, label and index -1),
+    and no block holds samples of two ranges. Slices of a memory-mapped .npy or an HDF5
+    dataset cost one copy per block, where a per-sample tf.data generator cost a Python
+    call per image. Fresh arrays per block: TensorFlow may keep a view of them.
     """
+    block = batch_size * batches_per_block
     with _open_array(source) as array:
         for position, (start, stop) in enumerate(ranges):
-            for begin in range(start, stop, batch_size):
-                count = min(batch_size, stop - begin)
-                images = np.zeros((batch_size, *source.array_shape), array.dtype)
+            for begin in range(start, stop, block):
+                count = min(block, stop - begin)
+                rows = -(-count // batch_size) * batch_size  # padded to whole batches
+                images = np.zeros((rows, *source.array_shape), array.dtype)
                 images[:count] = array[begin:begin + count]
-                labels = np.full(batch_size, -1, np.int32)
+                labels = np.full(rows, -1, np.int32)
                 labels[:count] = source.labels[begin:begin + count]
-                index = np.full(batch_size, -1, np.int64)
+                index = np.full(rows, -1, np.int64)
                 index[:count] = np.arange(begin, begin + count)
                 yield position, images, labels, index, count
 

@@ -389,12 +389,16 @@ def remove_stale_temporaries(out, shards=(), num_shards=None):
     return removed
 
 
-def verify_shards(out, num_shards, *, checksum=True, fingerprint=None):
+def verify_shards(out, num_shards, *, checksum=True, fingerprint=None, verified=()):
     """(records, problems) of every shard in shard order: records[s] is None where
-    problems holds a line "shard-....h5: why" for it (see verify_shard)."""
+    problems holds a line "shard-....h5: why" for it (see verify_shard). verified: shards
+    whose bytes this process has just checksummed (written or resumed by it): their
+    records are still read and matched, their files not read again."""
     records, problems = [], []
+    verified = set(verified)
     for shard in range(num_shards):
-        record, problem = verify_shard(out, shard, num_shards, checksum=checksum,
+        record, problem = verify_shard(out, shard, num_shards,
+                                       checksum=checksum and shard not in verified,
                                        fingerprint=fingerprint)
         if problem:
             problems.append(f"{shard_name(shard, num_shards)}.h5: {problem}")
@@ -402,7 +406,7 @@ def verify_shards(out, num_shards, *, checksum=True, fingerprint=None):
     return records, problems
 
 
-def build_index(out, num_shards, *, checksum=True, fingerprint=None):
+def build_index(out, num_shards, *, checksum=True, fingerprint=None, verified=()):
     """Verify every shard, then stitch them with virtual datasets into index.h5.
 
     Raises ValueError naming the missing, damaged or other-run shards (fingerprint: the
@@ -411,7 +415,8 @@ def build_index(out, num_shards, *, checksum=True, fingerprint=None):
     output folder can be moved as a whole.
     """
     import h5py
-    records, problems = verify_shards(out, num_shards, checksum=checksum, fingerprint=fingerprint)
+    records, problems = verify_shards(out, num_shards, checksum=checksum, fingerprint=fingerprint,
+                                      verified=verified)
     if problems:
         raise ValueError(f"cannot build {INDEX_FILE}: {len(problems)} of {num_shards} shard(s) "
                          f"are not finished shards of this run: {'; '.join(problems[:5])}"

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import sightline.compute.explain
+import sightline.compute.step
 from sightline import explain
 from sightline.kernels.methods import METHODS
 from tests import models
@@ -182,7 +183,7 @@ def test_batches_of_one_call_match_one_call_per_batch(model, images, monkeypatch
     the sample index across calls."""
     count, methods = 21, ("gradcam", "saliency", "smoothgrad")
     together = explain(model, images[:count], methods=methods, batch_size=4, num_copies=2)
-    monkeypatch.setattr(sightline.compute.explain, "CALL_BATCHES", 2)  # 8 images per call
+    monkeypatch.setattr(sightline.compute.step, "CALL_BATCHES", 2)  # 8 images per call
     in_calls = explain(model, images[:count], methods=methods, batch_size=4, num_copies=2)
     for method in methods:
         assert together.heatmaps[method].shape[0] == count

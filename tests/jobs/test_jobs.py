@@ -20,7 +20,7 @@ from sightline.cli.main import main
 from sightline.kernels.methods import LAYER
 from sightline.kernels.methods import METHODS as METHOD_TABLE
 from sightline.store.shards import (CHUNK_BYTES, FOREIGN_TEMPORARY_SECONDS, MAX_CHUNK_ROWS,
-                                    ShardWriter, map_chunk_rows, remove_stale_temporaries,
+                                    ShardWriter, build_index, map_chunk_rows, remove_stale_temporaries,
                                     resolve_compression, sha256_of, temporary_path)
 from tests.jobs.jobs import (IMAGE_SHAPE, read_index, write_arrays, write_image_folder,
                                write_model)
@@ -476,6 +476,22 @@ def test_writer_applies_the_filter_and_reads_back_what_it_was_given(tmp_path, co
             np.testing.assert_array_equal(dataset[:], values)
 
 
+def test_index_reads_again_only_the_shards_this_process_did_not_checksum(tmp_path):
+    writer = _writer(tmp_path)
+    for shard, (start, stop) in enumerate(((0, 3), (3, 5))):
+        writer.begin(shard, start, stop)
+        writer.append(_rows(start, stop - start))
+        writer.finish([])
+    writer.close()
+    with open(tmp_path / "shards" / "shard-00001-of-00002.h5", "ab") as handle:
+        handle.write(b"\0")  # damaged after its record was written
+    for verified in ((), (0,)):  # shard 1 not checksummed by this process: read, refused
+        with pytest.raises(ValueError, match=r"shard-00001-of-00002.h5: checksum differs"):
+            build_index(str(tmp_path), 2, verified=verified)
+    records = build_index(str(tmp_path), 2, verified=(0, 1))
+    assert [r["num_samples"] for r in records] == [3, 2]
+
+
 def test_auto_compression_is_gzip_on_accelerators_and_none_on_cpus():
     assert resolve_compression("auto", on_accelerator=True) == "gzip"
     assert resolve_compression("auto", on_accelerator=False) == "none"
@@ -722,23 +738,31 @@ def test_auto_precision_job_records_its_choice_and_keeps_it_on_resume(workspace,
     assert record is not None
 
 
-def test_uint8_npy_job_equals_explain_on_the_same_preprocessed_arrays(workspace, tmp_path):
+@pytest.mark.parametrize("batches_per_call", [16, 2], ids=["one-call-per-shard",
+                                                         "several-calls-per-shard"])
+def test_uint8_npy_job_equals_explain_on_the_same_preprocessed_arrays(workspace, tmp_path,
+                                                                      monkeypatch,
+                                                                      batches_per_call):
     """An 8-bit .npy with --preprocess [0,1]: the stored maps are explain()'s on u / 255
     computed in float32, to float16 storage, for a gradient method whose ReLU gates
-    react to one-ulp changes of the input."""
+    react to one-ulp changes of the input. With 2 batches per call a shard of 5 batches
+    takes three calls, the last one short."""
     from sightline import explain
     import keras
+    import sightline.compute.step
     root = workspace["root"]
-    pixels = np.random.default_rng(7).integers(0, 256, (40, 16, 16, 3)).astype(np.uint8)
+    pixels = np.random.default_rng(7).integers(0, 256, (100, 16, 16, 3)).astype(np.uint8)
     np.save(tmp_path / "pixels.npy", pixels)
+    monkeypatch.setattr(sightline.compute.step, "CALL_BATCHES", batches_per_call)
     assert main(["explain", "--model", str(root / "model.keras"), "--data",
                  str(tmp_path / "pixels.npy"), "--out", str(tmp_path / "out"), "--quiet",
-                 "--devices", "1", "--batch-size", "16", "--shard-size", "24",
+                 "--devices", "1", "--batch-size", "4", "--shard-size", "18",
                  "--methods", "saliency,gradcam", "--preprocess", "[0,1]"]) == 0
     stored = read_index(str(tmp_path / "out"))
     model = keras.models.load_model(root / "model.keras")
     reference = explain(model, pixels.astype(np.float32) / np.float32(255),
-                        methods=("saliency", "gradcam"), batch_size=16)
+                        methods=("saliency", "gradcam"), batch_size=4)
+    np.testing.assert_array_equal(stored["sample/index"], np.arange(100))
     for method in ("saliency", "gradcam"):
         np.testing.assert_array_equal(stored[f"heatmaps/{method}"],
                                       reference.heatmaps[method].astype(np.float16))
