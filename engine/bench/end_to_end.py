@@ -48,7 +48,7 @@ def job_config(model_path, data, out, methods, batch, options=None):
 
 
 def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=None, log=None,
-               source="png"):
+               source="png", compression="auto"):
     """run_job (decode -> explain -> HDF5) against explain() on the same images as arrays.
 
     source: "png", a folder of PNG files the job decodes; "jpeg", the same as JPEG files
@@ -97,9 +97,10 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
     options = context.options(*methods)
 
     def job(n):
-        out = os.path.join(workdir, f"out-{source}-{n}")
+        out = os.path.join(workdir, f"out-{source}-{compression}-{n}")
         shutil.rmtree(out, ignore_errors=True)  # a finished run would be resumed: no work
-        config = job_config(model_path, folders[n], out, methods, batch, options=options)
+        config = job_config(model_path, folders[n], out, methods, batch,
+                            options=dict(options, compression=compression))
         started = time.perf_counter()
         summary = run_job(config)
         if summary.images != n:
@@ -127,12 +128,13 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
     rounds.sort(key=lambda r: r[0])
     ratio, job_rate, kernel_rate, wall = rounds[len(rounds) // 2]
     # Guard: the job's stored maps are the kernel's maps (float16 storage).
-    with open_results(os.path.join(workdir, f"out-{source}-{large}")) as stored_run:
+    with open_results(os.path.join(workdir, f"out-{source}-{compression}-{large}")) as stored_run:
         chunks = list(stored_run.chunks([f"heatmaps/{m}" for m in methods]))
     stored = {m: np.concatenate([c[f"heatmaps/{m}"] for c in chunks]).astype(np.float32)
               for m in methods}
     error = max(float(np.abs(stored[m] - result.heatmaps[m]).max()) for m in methods)
-    entry = {"methods": list(methods), "source": source, "small": small, "large": large,
+    entry = {"methods": list(methods), "source": source, "compression": compression,
+             "small": small, "large": large,
              "job_seconds": {str(k): round(v, 3) for k, v in wall.items() if k},
              "job_images_per_second": round(job_rate, 3),
              "kernel_images_per_second": round(kernel_rate, 3),
@@ -141,8 +143,8 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
              "guard": {"reference": "explain() on arrays", "metric": "max abs difference",
                        "value": float(f"{error:.3g}"), "threshold": 2e-3,
                        "passed": bool(error <= 2e-3)}}
-    say(f"  end to end ({source}): job {job_rate:.2f} img/s, kernel alone {kernel_rate:.2f} img/s, "
-        f"ratio {entry['ratio']:.3f}")
+    say(f"  end to end ({source}, compression {compression}): job {job_rate:.2f} img/s, "
+        f"kernel alone {kernel_rate:.2f} img/s, ratio {entry['ratio']:.3f}")
     del tf
     return entry, model_path, workdir
 

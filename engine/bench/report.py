@@ -64,9 +64,11 @@ def write_report(results, folder):
                       f"{auto['choice']} ({auto['reason']}); seconds per batch "
                       f"{auto['seconds_per_batch']}, per-map correlation of bfloat16 with "
                       f"float32 {auto['map_correlation']}.", ""]
-        for e2e in (result.get("end_to_end"), result.get("end_to_end_array")):
+        for e2e in ([result.get("end_to_end"), result.get("end_to_end_array")]
+                    + result.get("end_to_end_compression", [])):
             if e2e:
                 parts += [f"End to end from {e2e.get('source', 'png')} "
+                          f"(compression {e2e.get('compression', 'auto')}) "
                           f"({','.join(e2e['methods'])}): job "
                           f"{e2e['job_images_per_second']:.2f} img/s, kernel alone "
                           f"{e2e['kernel_images_per_second']:.2f} img/s, ratio "

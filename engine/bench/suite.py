@@ -364,12 +364,20 @@ def precision_auto(context, methods):
 
 def _end_to_end_and_memory(context, result, say):
     methods = [m for m in ("gradcam", "saliency") if m in context.methods_supported]
+    # Colour models are fed JPEGs (photographs), grey ones PNGs (the course's data).
+    folder_source = "jpeg" if context.image_shape[-1] == 3 else "png"
     workdir = tempfile.mkdtemp(prefix="sightline-bench-")
     try:
         result["end_to_end"], model_path, _ = end_to_end(context, methods, workdir=workdir,
-                                                         log=say)
+                                                         log=say, source=folder_source)
         result["end_to_end_array"], _, _ = end_to_end(context, methods, workdir=workdir,
                                                       log=say, source="npy")
+        if context.size != "tiny":
+            # The default ("auto": none on a CPU) against the two filters, each in its
+            # own rounds against explain() on the same arrays.
+            result["end_to_end_compression"] = [
+                end_to_end(context, methods, workdir=workdir, log=say, source="npy",
+                           compression=compression)[0] for compression in ("gzip", "lzf")]
         counts = (2 * context.batch, 8 * context.batch) if context.size == "tiny" else None
         result["memory"] = peak_memory(context, model_path, workdir, methods, counts, log=say)
     finally:
