@@ -14,7 +14,10 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "sightline.cli.main", "bench", "--model", "fashion", "--size",
          "tiny", "--no-end-to-end"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env, cwd=tmp_path)
+        text=True, env=env, cwd=tmp_path,
+        # A shell's background job (CI, nohup) starts with SIGINT ignored, and Python
+        # then installs no handler: give the child the terminal's default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Wait for the first measured row: the interrupt then lands inside TensorFlow's work.
     started = time.monotonic()
     line = process.stdout.readline()
