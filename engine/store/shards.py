@@ -264,6 +264,7 @@ class _OpenShard:
         self.temporary = temporary_path(self.path)
         self.count = 0
         self.pending = {}  # dataset name -> _PendingRows
+        self.datasets = {}  # dataset name -> its h5py handle, opened once per shard
         self.handle = h5py.File(self.temporary, "w")
         try:
             self._create_layout(shard, start, stop)
@@ -286,8 +287,9 @@ class _OpenShard:
         size = stop - start
 
         def create(name, shape, dtype, chunk_rows):
-            self.handle.create_dataset(name, shape=(size, *shape), maxshape=(None, *shape),
-                                       dtype=dtype, chunks=(chunk_rows, *shape), **options)
+            self.datasets[name] = self.handle.create_dataset(
+                name, shape=(size, *shape), maxshape=(None, *shape), dtype=dtype,
+                chunks=(chunk_rows, *shape), **options)
             self.pending[name] = _PendingRows(chunk_rows)
 
         for method, (height, width) in layout["maps"].items():
@@ -322,14 +324,14 @@ class _OpenShard:
         if block is None or len(block) == 0:
             return
         pending = self.pending[name]
-        self.handle[name][pending.written:pending.written + len(block)] = block
+        self.datasets[name][pending.written:pending.written + len(block)] = block
         pending.written += len(block)
 
     def finish(self, skipped):
         for name, pending in self.pending.items():
             self._write(name, pending.rest())
             if pending.written != self.stop - self.start:
-                self.handle[name].resize(pending.written, axis=0)
+                self.datasets[name].resize(pending.written, axis=0)
         self.handle.attrs["num_samples"] = self.count
         self.handle.flush()
         self.handle.close()
