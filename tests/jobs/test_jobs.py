@@ -265,12 +265,12 @@ def test_resume_reuses_complete_shards_and_redoes_damaged_ones(workspace, tmp_pa
     first = read_index(str(out))
     shard_one = out / "shards" / "shard-00001-of-00003.h5"
     stamp = os.stat(out / "shards" / "shard-00000-of-00003.h5").st_mtime_ns
-    with open(shard_one, "r+b") as handle:  # damage one shard
-        handle.seek(-64, os.SEEK_END)
-        handle.write(b"\0" * 64)
+    _damage(shard_one)
+    damaged = shard_one.read_bytes()
     os.remove(out / "index.h5")
     assert main(base) == 0
     assert os.stat(out / "shards" / "shard-00000-of-00003.h5").st_mtime_ns == stamp
+    assert shard_one.read_bytes() != damaged  # redone
     again = read_index(str(out))
     for name in first:
         np.testing.assert_array_equal(again[name], first[name], err_msg=name)
@@ -336,6 +336,16 @@ def test_inspect_summarises(folder_run, capsys):
     assert "index:      present" in text
 
 
+def _damage(path):
+    """Same size, other bytes: the file's last 64 bytes inverted, so every one changes
+    whatever it held (zeros written over an uncompressed shard's zero tail changed none)."""
+    with open(path, "r+b") as handle:
+        handle.seek(-64, os.SEEK_END)
+        tail = handle.read(64)
+        handle.seek(-64, os.SEEK_END)
+        handle.write(bytes(255 - b for b in tail))
+
+
 def test_inspect_names_damaged_lost_and_other_run_shards(folder_run, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(folder_run, out)
@@ -344,9 +354,7 @@ def test_inspect_names_damaged_lost_and_other_run_shards(folder_run, tmp_path, c
     record = json.load(open(record_path))
     record["fingerprint"] = "f" * 64
     record_path.write_text(json.dumps(record))
-    with open(shards / "shard-00001-of-00003.h5", "r+b") as handle:  # same size, other bytes
-        handle.seek(-64, os.SEEK_END)
-        handle.write(b"\0" * 64)
+    _damage(shards / "shard-00001-of-00003.h5")
     os.remove(shards / "shard-00002-of-00003.h5")
     assert main(["inspect", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
