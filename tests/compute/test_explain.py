@@ -196,6 +196,21 @@ def test_batches_of_one_call_match_one_call_per_batch(model, images, monkeypatch
         assert together.predictions[i] == alone.predictions[0]
 
 
+def test_read_only_and_shared_arrays_give_the_same_maps(model, images):
+    """explain() hands its batches to TensorFlow without a copy (DLPack) when it can; a
+    read-only array (np.load with mmap_mode="r", a frozen view) cannot be shared and is
+    copied. Both give the same maps, and the caller's array is left as it was."""
+    writable = np.array(images[:9])
+    before = writable.copy()
+    frozen = np.array(images[:9])
+    frozen.setflags(write=False)
+    shared = explain(model, writable, methods=("gradcam", "saliency"), batch_size=4)
+    copied = explain(model, frozen, methods=("gradcam", "saliency"), batch_size=4)
+    for method in ("gradcam", "saliency"):
+        np.testing.assert_array_equal(shared.heatmaps[method], copied.heatmaps[method])
+    np.testing.assert_array_equal(writable, before)
+
+
 def test_predicted_targets_are_argmax_and_scores_are_probabilities(model, images):
     result = explain(model, images[:12], methods=("gradcam",))
     probabilities = model(images[:12]).numpy()
