@@ -8,10 +8,10 @@ inference). Ratios survive a shared machine; absolute rates do not.
 The peers are not dependencies of sightline: install them into a scratch folder and
 put it on PYTHONPATH, e.g.
 
-    .venv/bin/pip install --no-deps --target /work/scratch-peers xplique tf-keras-vis \\
+    .venv/bin/pip install --no-deps --target .peers xplique tf-keras-vis \\
         deprecated wrapt tensorflow-probability decorator dm-tree einops \\
         scikit-image lazy_loader opencv-python-headless
-    PYTHONPATH=/work/scratch-peers .venv/bin/python benchmarks/peers.py --model mobilenet_v2
+    PYTHONPATH=.peers .venv/bin/python benchmarks/peers.py --model mobilenet_v2
 
 Fair play: the peers get a twin of the model whose last layer outputs the logits (the
 same weights, the softmax left out), which is what sightline explains; the same images,
