@@ -45,6 +45,13 @@ SKIP_REASONS = {
 _TAIL_BYTES = 4096
 
 
+def resize_images(images, height, width):
+    """images[...,h,w,C] -> float32 [...,height,width,C]: every source's one resizing rule
+    (bilinear with antialiasing, so downsizing averages rather than skips pixels)."""
+    return tf.image.resize(tf.cast(images, tf.float32), (height, width), method="bilinear",
+                           antialias=True)
+
+
 def decode_batch(contents, height, width, channels):
     """contents[b] string (encoded files) -> a dict of the batch, decoded:
 
@@ -98,7 +105,7 @@ def _float_rows(contents, decoded, image_shape, ragged, sizes, other_rows, tiff_
 
     def resized(image):  # [h,w,C] float32 -> [height,width,C]
         # Antialiased resizing costs as much as decoding: only rows of another size.
-        return tf.image.resize(image, (height, width), method="bilinear", antialias=True)
+        return resize_images(image, height, width)
 
     other_images = tf.map_fn(
         lambda row: resized(tf.cast(tf.reshape(ragged[row], [sizes[row, 0], sizes[row, 1],

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from sightline.config import preprocessing_name
-from sightline.data.decode import CORRUPT, OK, UNREADABLE, decode_batch
+from sightline.data.decode import CORRUPT, OK, UNREADABLE, decode_batch, resize_images
 
 # ImageNet statistics of the two common conventions (Keras applications' "caffe" and
 # "torch" modes): caffe is BGR with mean subtraction on 0..255, torch is RGB on 0..1.
@@ -110,8 +110,7 @@ def pixel_batches(source, ranges, *, batch_size, image_size, channels):
     def decode_arrays(content, labels, index, position):
         pixels = content
         if tuple(source.array_shape[:2]) != (height, width):
-            pixels = tf.image.resize(tf.cast(content, tf.float32), (height, width),
-                                     method="bilinear", antialias=True)
+            pixels = resize_images(content, height, width)
         decoded = {"pixels": pixels,
                    "float_images": tf.zeros([0, height, width, channels], tf.float32),
                    "float_rows": tf.zeros([0], tf.int32),

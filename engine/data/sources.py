@@ -94,7 +94,7 @@ class Source:
         else:
             raw = tf.data.Dataset.from_generator(
                 lambda first, last: _array_rows(self, int(first), int(last)), args=(start, stop),
-                output_signature=tf.TensorSpec(self.array_shape, self._array_dtype()))
+                output_signature=tf.TensorSpec(self.array_shape, self.array_dtype()))
         return tf.data.Dataset.zip((raw.batch(batch_size),
                                     tf.data.Dataset.from_tensor_slices(meta).batch(batch_size))
                                    ).map(lambda batch, labels_index: (batch, *labels_index))
@@ -111,7 +111,8 @@ class Source:
                 raw, {self.image_key: tf.io.FixedLenFeature([], tf.string)})[self.image_key]
         return raw
 
-    def _array_dtype(self):
+    def array_dtype(self):
+        """The tf.DType an array source's samples are stored in (read from the file)."""
         with _open_array(self) as array:
             return tf.as_dtype(array.dtype)
 

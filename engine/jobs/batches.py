@@ -25,11 +25,12 @@ def single_device_batches(config, plan, ranges):
     """(position, arrays, failures) per batch on one device: the step called directly,
     without the distributed dataset's per-batch bookkeeping. Batches reach the compiled
     function as they are read (uint8 pixels for encoded images and 8-bit arrays); the
-    cast and the preprocessing run inside it. Array sources (.npy, HDF5) are sliced a
-    batch at a time."""
+    cast and the preprocessing run inside it. Array sources (.npy, HDF5) are sliced
+    several batches at a time, one compiled call each."""
     import tensorflow as tf
 
     from sightline.compute.step import batches_per_call, build_batches_function
+    from sightline.data.decode import resize_images
     from sightline.data.pipeline import pixel_batches, prepared_images
     from sightline.data.sources import array_batches
     step = plan.step
@@ -37,27 +38,24 @@ def single_device_batches(config, plan, ranges):
     batch_size = config.batch_size
     name = config.preprocess
 
-    def compiled(pixels_dtype):
+    if plan.source.encoded:
         # One trace per job: the number of float rows (resized or TIFF images) varies
         # from batch to batch.
         @tf.function(input_signature=[
-            tf.TensorSpec([batch_size, height, width, channels], pixels_dtype),
+            tf.TensorSpec([batch_size, height, width, channels], tf.uint8),
             tf.TensorSpec([None, height, width, channels], tf.float32),
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([batch_size], tf.int32),
             tf.TensorSpec([batch_size], tf.int64)])
-        def prepared_step(pixels, float_images, float_rows, targets, index):
+        def encoded_step(pixels, float_images, float_rows, targets, index):
             images = prepared_images(pixels, float_images, float_rows, name)
             return stored_dtypes(step(images, targets, index))
-        return prepared_step
 
-    if plan.source.encoded:
-        prepared_step = compiled(tf.uint8)
         dataset = pixel_batches(plan.source, ranges, batch_size=batch_size,
                                 image_size=(height, width), channels=channels)
         for element in dataset.map(with_targets(config)):
-            outputs = prepared_step(element["pixels"], element["float_images"],
-                                    element["float_rows"], element["targets"],
-                                    element["index"])
+            outputs = encoded_step(element["pixels"], element["float_images"],
+                                   element["float_rows"], element["targets"],
+                                   element["index"])
             index = element["index"].numpy()
             # Rows that did not decode carry index -1 wherever they fall, padding at the end.
             yield (int(element["position"].numpy()[0]),
@@ -71,22 +69,21 @@ def single_device_batches(config, plan, ranges):
     no_float_rows = tf.zeros([0], tf.int32)
 
     def array_step(pixels, targets, index):
+        # Resizing (arrays of another size than the model's), cast and preprocessing run
+        # in the compiled function, on the array's own dtype.
+        if resize:
+            pixels = resize_images(pixels, height, width)
         images = prepared_images(pixels, no_float_images, no_float_rows, name)
         return stored_dtypes(step(images, targets, index))
 
     # Several batches per call, as explain() runs them: one call per batch cost the job
     # over a .npy 0.80 of explain()'s rate (py-spy: 88% of the loop in the step).
     per_call = batches_per_call(batch_size, height * width * channels * 4)
-    run = None
+    run = build_batches_function(array_step, batch_size, plan.source.array_shape,
+                                 plan.source.array_dtype())
     for position, raw, labels, index, count in array_batches(plan.source, ranges, batch_size,
                                                              per_call):
-        pixels = tf.convert_to_tensor(raw)
-        if resize:  # eagerly, as the pipeline resizes: float32 before preprocessing
-            pixels = tf.image.resize(tf.cast(pixels, tf.float32), (height, width),
-                                     method="bilinear", antialias=True)
-        if run is None:
-            run = build_batches_function(array_step, batch_size, plan.image_shape, pixels.dtype)
-        outputs = run(pixels, targets_of(config, labels), index)
+        outputs = run(tf.convert_to_tensor(raw), targets_of(config, labels), index)
         # Arrays have nothing to decode: the first `count` rows are the samples.
         yield (position, batch_arrays(outputs, index, labels, slice(0, count), plan.encoded_keys),
                {})

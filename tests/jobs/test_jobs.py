@@ -336,6 +336,32 @@ def test_inspect_summarises(folder_run, capsys):
     assert "index:      present" in text
 
 
+def test_array_of_another_size_is_resized_in_the_step_as_explain_would_see_it(workspace,
+                                                                             tmp_path):
+    """A 20x20 .npy for a 16x16 model: the job resizes inside its compiled function (bilinear,
+    antialiased, the pipeline's rule) before [0,1]; its maps are explain()'s on those
+    images."""
+    from sightline import explain
+    import keras
+    import tensorflow as tf
+    root = workspace["root"]
+    pixels = np.random.default_rng(8).integers(0, 256, (11, 20, 20, 3)).astype(np.uint8)
+    np.save(tmp_path / "pixels.npy", pixels)
+    assert main(["explain", "--model", str(root / "model.keras"), "--data",
+                 str(tmp_path / "pixels.npy"), "--out", str(tmp_path / "out"), "--quiet",
+                 "--devices", "1", "--batch-size", "4", "--methods", "saliency,gradcam",
+                 "--preprocess", "[0,1]"]) == 0
+    stored = read_index(str(tmp_path / "out"))
+    resized = tf.image.resize(pixels.astype(np.float32), (16, 16), method="bilinear",
+                              antialias=True).numpy()
+    reference = explain(keras.models.load_model(root / "model.keras"),
+                        resized / np.float32(255), methods=("saliency", "gradcam"),
+                        batch_size=4)
+    for method in ("saliency", "gradcam"):
+        np.testing.assert_allclose(stored[f"heatmaps/{method}"].astype(np.float32),
+                                   reference.heatmaps[method], atol=2e-3)
+
+
 def _damage(path):
     """Same size, other bytes: the file's last 64 bytes inverted, so every one changes
     whatever it held (zeros written over an uncompressed shard's zero tail changed none)."""
