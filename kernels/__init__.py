@@ -18,6 +18,7 @@ _LAZY.update({
     "mean_gradient_over_copies": "gradient_maps", "CHANNEL_REDUCTIONS": "gradient_maps",
     "resize_heatmaps": "postprocess", "scale_heatmaps": "postprocess",
     "scale_to_unit_range": "postprocess",
+    "channel_relevance": "activation_maps", "cam_channel_relevance": "activation_maps",
 })
 
 __all__ = sorted(_LAZY)

@@ -167,3 +167,27 @@ def eigencam(activations):
     agreement = tf.reduce_sum(projection * channel_mean, axis=1, keepdims=True)  # [B,1]
     projection = tf.where(agreement < 0, -projection, projection)
     return tf.nn.relu(tf.reshape(projection, shape[:3]))
+
+
+def channel_relevance(activations, activation_grads):
+    """Each channel's first-order contribution to the explained score, pooled over
+    positions: r[b,k] = sum_ij A[b,i,j,k] * dy_c/dA[b,i,j,k] (gradient x activation).
+
+    activations[B,h,w,K], activation_grads[B,h,w,K] -> relevance[B,K] float32. Where the
+    evidence sits does not enter: a mark anywhere in the image, a tint or a texture lights
+    the same channels wherever it is, which the audit's "what" view clusters on.
+    """
+    activations = tf.cast(activations, tf.float32)
+    activation_grads = tf.cast(activation_grads, tf.float32)
+    return tf.reduce_sum(activations * activation_grads, axis=[1, 2])  # [B,K]
+
+
+def cam_channel_relevance(activations, class_weights):
+    """channel_relevance without a gradient, for a global-average-pooling + dense head:
+    there dy_c/dA[i,j,k] = W[k,c] / (h*w), so r[b,k] = W[k,c] * mean_ij A[b,i,j,k].
+
+    activations[B,h,w,K], class_weights[B,K] (the dense kernel's column of each explained
+    class) -> relevance[B,K] float32.
+    """
+    pooled = tf.reduce_mean(tf.cast(activations, tf.float32), axis=[1, 2])  # [B,K]
+    return tf.cast(class_weights, tf.float32) * pooled

@@ -25,6 +25,8 @@ class Explanation:
     scales: method -> float32 [N], max |raw map|: ReLU(raw) == heatmap * scale.
     targets: int32 [N], the explained class; predictions: int32 [N], the predicted
     class; scores: float32 [N], the probability of the predicted class.
+    relevance: float32 [N,K], each target-layer channel's contribution to the explained
+    class's score, sum_ij A * dy_c/dA (None when the model shows no feature map).
     """
 
     heatmaps: Dict[str, np.ndarray]
@@ -34,6 +36,7 @@ class Explanation:
     scores: np.ndarray
     layer: Optional[str]
     precision: str = "float32"  # the one the maps were computed in ("auto" resolved)
+    relevance: Optional[np.ndarray] = None
 
 
 # Adapters and compiled steps of in-memory models, so that calling `explain` again on
@@ -111,7 +114,8 @@ def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, no
         targets=collected["targets"].astype(np.int32),
         predictions=collected["predictions"].astype(np.int32),
         scores=collected["scores"].astype(np.float32),
-        layer=adapter.layer_name, precision=config.precision)
+        layer=adapter.layer_name, precision=config.precision,
+        relevance=collected.get("relevance"))
 
 
 def _auto_precision(model, config, images, targets, batch, image_shape):

@@ -41,6 +41,31 @@ def check_methods(adapter, config):
             raise ValueError(f"method {method!r} cannot run: {adapter.cam_unsupported}")
 
 
+# How the step computes each channel's relevance to the explained score (the audit's
+# "what" view): from the activation gradient, or in closed form for a GAP + dense head
+# fed by the target layer, where the two are equal (tests/compute/test_relevance.py).
+GRADIENT_RELEVANCE, CAM_RELEVANCE = "gradient_x_activation", "cam_weight_x_mean_activation"
+
+
+def relevance_kind(adapter, wanted=()):
+    """GRADIENT_RELEVANCE, CAM_RELEVANCE, or None when the model shows no feature map.
+
+    The closed form needs no gradient, so a CAM-only run stays a forward pass; whenever
+    a requested method computes the activation gradient anyway, the gradient form is
+    used, which costs a sum."""
+    if adapter.activations_unsupported:
+        return None
+    closed_form = adapter.cam_kernel is not None and adapter.cam_source is None
+    if closed_form and ACTIVATION_GRADS not in wanted and INPUT_GRADS not in wanted:
+        return CAM_RELEVANCE
+    return GRADIENT_RELEVANCE
+
+
+def run_relevance(adapter, methods):
+    """relevance_kind for a run of `methods` (names from the table)."""
+    return relevance_kind(adapter, {a for m in methods for a in METHODS[m].arguments})
+
+
 def copies_per_call(adapter, config, batch_size, *, gradients=True, on_gpu=None):
     """How many noisy copies, path steps or masked inputs go into one call.
 
@@ -68,13 +93,18 @@ def build_step(adapter, config, batch_size, image_shape):
     targets: int32, -1 = the predicted class. Returns heatmaps/<method> float32
     [B,h,w] (scaled to [0, 1] when config.normalize), scales/<method> float32 [B],
     targets (the explained class), predictions and scores (probability of the
-    predicted class). One trace per (methods, batch size, precision): the batch shape
+    predicted class), and relevance float32 [B,K] (each target-layer channel's
+    contribution to the explained score, see relevance_kind; absent when the model
+    shows no feature map). One trace per (methods, batch size, precision): the batch shape
     is fixed, the caller pads the last batch.
     """
     check_methods(adapter, config)
     rows = [METHODS[method] for method in config.methods]
     wanted = {argument for row in rows for argument in row.arguments}
-    wants_activation_grads = ACTIVATION_GRADS in wanted
+    relevance = relevance_kind(adapter, wanted)
+    if relevance == CAM_RELEVANCE:
+        wanted |= {ACTIVATIONS, CLASS_WEIGHTS}
+    wants_activation_grads = ACTIVATION_GRADS in wanted or relevance == GRADIENT_RELEVANCE
     wants_input_grads = INPUT_GRADS in wanted
     input_size = tuple(image_shape[:2])
     kernel_of = {row.name: row.load_kernel() for row in rows}
@@ -115,6 +145,11 @@ def build_step(adapter, config, batch_size, image_shape):
             raw[row.name] = kernel_of[row.name](*(values[a] for a in row.arguments), **keywords)
 
         outputs = _finished_maps(raw, config, input_size)
+        if relevance == GRADIENT_RELEVANCE:
+            outputs["relevance"] = kernels.channel_relevance(activations, activation_grads)
+        elif relevance == CAM_RELEVANCE:
+            outputs["relevance"] = kernels.cam_channel_relevance(activations,
+                                                                 values[CLASS_WEIGHTS])
         probabilities = adapter.probabilities(logits)
         outputs["targets"] = chosen
         outputs["predictions"] = predictions

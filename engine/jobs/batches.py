@@ -8,6 +8,8 @@ they reach the host once), and {sample index: reason} of its rows that could not
 
 import numpy as np
 
+from sightline.store.shards import RELEVANCE, RELEVANCE_SCALE
+
 
 def stored_dtypes(outputs):
     """The step's outputs cast to the shard's dtypes inside the compiled function, so
@@ -15,6 +17,14 @@ def stored_dtypes(outputs):
     import tensorflow as tf
     stored = {}
     for name, value in outputs.items():
+        if name == "relevance":
+            # float16 keeps 3 digits but not the range of raw relevances (1e-8 to 1e3):
+            # each sample's vector is scaled to max |r| = 1, its factor kept in float32.
+            scale = tf.reduce_max(tf.abs(value), axis=1)  # [B]
+            stored[RELEVANCE] = tf.cast(value / tf.where(scale > 0, scale, 1.0)[:, None],
+                                        tf.float16)
+            stored[RELEVANCE_SCALE] = scale
+            continue
         dtype = tf.float16 if name.startswith("heatmaps/") else (
             tf.int32 if name in ("targets", "predictions") else tf.float32)
         stored[name] = tf.cast(value, dtype)
@@ -180,6 +190,8 @@ def batch_arrays(outputs, index, labels, samples, encoded_keys):
         "pred/score": rows(outputs["scores"]),
     }
     for name, value in outputs.items():
+        if name.startswith("relevance/"):
+            arrays[name] = rows(value)
         if name.startswith("heatmaps/"):
             method = name.split("/", 1)[1]
             arrays[name] = rows(value)

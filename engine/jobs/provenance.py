@@ -33,13 +33,14 @@ def method_parameters(config):
     return {method: method_options(config, method) for method in config.methods}
 
 
-def run_fingerprint(config, adapter, source, image_shape):
+def run_fingerprint(config, adapter, source, image_shape, relevance=None):
     """What must match for an existing output folder to be resumed.
 
     The source is named by its path, and what it holds by a hash of its sample keys
     and of its labels (the --labels file, the TFRecord label key, class folders): one
     pass over N short strings, where hashing the images themselves would read the
-    whole dataset again.
+    whole dataset again. relevance: how the shards hold each channel's relevance
+    (sightline.compute.step.run_relevance), None when they do not.
     """
     keys_digest = hashlib.sha256("\0".join(source.keys).encode("utf-8")).hexdigest()
     labels = np.ascontiguousarray(source.labels, "<i4")
@@ -63,6 +64,8 @@ def run_fingerprint(config, adapter, source, image_shape):
         "image_shape": list(image_shape),
         "preprocess": config.preprocess,
         "shard_size": config.shard_size,
+        # Whether (and how) shards hold each channel's relevance: another layout.
+        "relevance": relevance,
     }
 
 

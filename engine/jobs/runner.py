@@ -245,7 +245,7 @@ def _plan(config):
     """Validate everything and plan the shards, before any work: the job's fixed parts."""
     import tensorflow as tf
 
-    from sightline.compute.step import build_step, check_methods
+    from sightline.compute.step import build_step, check_methods, run_relevance
     from sightline.compute.strategy import make_strategy
     from sightline.data.sources import open_source
     from sightline.model.adapter import adapt_model
@@ -276,7 +276,8 @@ def _plan(config):
 
     num_shards = math.ceil(source.num_samples / config.shard_size)
     mine = shards_of(worker, workers, num_shards)
-    run = run_fingerprint(config, adapter, source, image_shape)
+    relevance = run_relevance(adapter, config.methods)
+    run = run_fingerprint(config, adapter, source, image_shape, relevance)
     map_shapes = _map_shapes(config, adapter, image_shape)
     encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
     provenance = run_provenance(config, adapter, replicas, workers)
@@ -310,7 +311,10 @@ def _plan(config):
         ranges=[_shard_range(s, config.shard_size, source.num_samples)
                 for s in range(num_shards)],
         layout={"maps": map_shapes, "key_length": max(1, encoded_keys.itemsize),
-                "attributes": _shard_attributes(config, adapter, image_shape, map_shapes)},
+                "relevance_channels": (int(adapter.activation_shape[-1]) if relevance
+                                       else None),
+                "attributes": {**_shard_attributes(config, adapter, image_shape, map_shapes),
+                               "relevance": relevance or ""}},
         step=step)
 
 

@@ -7,7 +7,8 @@ import os
 import numpy as np
 
 from sightline.store.manifest import MANIFEST_FILE, read_manifest, refresh_manifest
-from sightline.store.shards import (INDEX_FILE, PER_SHARD_ATTRIBUTES, build_index,
+from sightline.store.shards import (INDEX_FILE, PER_SHARD_ATTRIBUTES, RELEVANCE,
+                                    RELEVANCE_SCALE, build_index,
                                     remove_stale_temporaries, verify_shard, verify_shards)
 
 # What `sightline inspect` calls a shard, by the kind of its problem (see ShardProblem).
@@ -38,6 +39,9 @@ class Results:
     results.heatmap(method, index=i) or (method, key="cat/001.jpg") -> float32 [h,w]
         (scaled to [0, 1]; raw=True multiplies the scale back: ReLU of the raw map)
     results.sample(index=i) -> dict of the sample's label, target, class, score, key
+    results.relevance: how each channel's relevance was stored, None when it was not;
+        results.relevance_of(chunk) -> float32 [n, K] from a chunk of RELEVANCE and
+        RELEVANCE_SCALE (results.relevance_channels = K)
     results.read(name) -> a whole dataset, e.g. "pred/class" (per-sample vectors only:
         a whole heatmap dataset does not fit in memory for a large run)
 
@@ -63,6 +67,8 @@ class Results:
                                   if k not in PER_SHARD_ATTRIBUTES}
                     self._map_shapes = {m: tuple(handle[f"heatmaps/{m}"].shape[1:])
                                         for m in self.methods}
+                    self.relevance_channels = (int(handle[RELEVANCE].shape[1])
+                                               if RELEVANCE in handle else None)
         self._offsets = np.cumsum([0, *counts])  # part p holds rows [offsets[p], offsets[p+1])
         self.sample_indices = np.concatenate(indices) if indices else np.zeros(0, np.int64)
         self._row_of_index = {int(i): row for row, i in enumerate(self.sample_indices)}
@@ -151,6 +157,18 @@ class Results:
         if raw:
             values = values * handle[f"heatmaps/{method}_scale"][row]
         return values
+
+    @property
+    def relevance(self):
+        """How the shards' channel relevance was computed (GRADIENT_RELEVANCE or
+        CAM_RELEVANCE of sightline.compute.step), or None: a run written before it, or a model that
+        shows no feature map."""
+        return (str(self.attrs.get("relevance", "")) or None) if self.relevance_channels else None
+
+    def relevance_of(self, chunk):
+        """A chunk holding RELEVANCE and RELEVANCE_SCALE -> float32 [n, K], the raw
+        relevance of each channel to the explained class."""
+        return chunk[RELEVANCE].astype(np.float32) * chunk[RELEVANCE_SCALE][:, None]
 
     def sample(self, index=None, key=None):
         row = self.row(index=index, key=key)

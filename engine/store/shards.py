@@ -38,6 +38,11 @@ INDEX_FILE = "index.h5"
 PER_SHARD_ATTRIBUTES = ("shard", "sample_start", "sample_stop", "num_samples", "worker",
                         "workers")
 MANIFEST_FILE = "manifest.json"
+# Each target-layer channel's relevance to the explained class, float16 [n, K] scaled
+# per sample to max |r| = 1, and the float32 [n] factor that undoes it. The attribute
+# "relevance" names how it was computed ("" when the shards hold none).
+RELEVANCE = "relevance/channels"
+RELEVANCE_SCALE = "relevance/channels_scale"
 SCALAR_DATASETS = {
     "sample/index": np.int64, "sample/label": np.int32, "pred/target": np.int32,
     "pred/class": np.int32, "pred/score": np.float32,
@@ -298,6 +303,10 @@ class _OpenShard:
             create(f"heatmaps/{method}_scale", (), np.float32, SCALAR_CHUNK_ROWS)
         for name, dtype in SCALAR_DATASETS.items():
             create(name, (), dtype, SCALAR_CHUNK_ROWS)
+        channels = layout.get("relevance_channels")
+        if channels:
+            create(RELEVANCE, (channels,), np.float16, map_chunk_rows(1, channels))
+            create(RELEVANCE_SCALE, (), np.float32, SCALAR_CHUNK_ROWS)
         create("sample/key", (), f"S{layout['key_length']}", SCALAR_CHUNK_ROWS)
         for name, value in layout["attributes"].items():
             self.handle.attrs[name] = value
