@@ -44,7 +44,7 @@ from sightline.audit.masks import check_mask_size, missing_masks, open_masks, pa
 from sightline.audit.metrics import image_metrics, lift, peak_mean, peak_spread, resize_maps, summarize
 from sightline.audit.shortcuts import ClusterAudit
 from sightline.audit.summary import provenance
-from sightline.store.results import open_results
+from sightline.store.results import RELEVANCE_COLUMNS, open_results
 
 DEFAULT_THRESHOLD = 2.0
 DEFAULT_DIFFUSE = 0.85
@@ -75,11 +75,13 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
             names, by_label = _check_samples(results, mask_source, size, chunk)
             cluster_audit.open_replay(results.manifest)
             tally = _Tally(size, list(region_masks), worst)
+            relevance = list(RELEVANCE_COLUMNS) if results.relevance else []
             for columns in results.chunks([f"heatmaps/{method}", "sample/key", "sample/label",
-                                           "pred/class", "pred/target", "sample/index"],
-                                          rows=chunk):
+                                           "pred/class", "pred/target", "sample/index",
+                                           *relevance], rows=chunk):
                 tally.add(columns, method, mask_source, region_masks, by_label)
-                cluster_audit.add(columns, columns[f"heatmaps/{method}"].astype(np.float32))
+                cluster_audit.add(columns, columns[f"heatmaps/{method}"].astype(np.float32),
+                                  results.relevance_of(columns) if relevance else None)
         finally:
             if mask_source is not None:
                 mask_source.close()

@@ -81,6 +81,8 @@ MIN_SIZE = 10
 MAX_SHARE = 0.5
 MIN_DISTANCE = 0.25
 MAX_OVERLAP = 0.3
+DIFFUSE_MIN_COVERAGE = 0.5
+MIN_EVIDENCE_RATIO = 0.5
 _EXACT = 1e-9  # a map this close to a sample map is that map
 
 
@@ -135,25 +137,32 @@ def sample_priority(indices, seed):
 
 class ClassSample:
     """Per explained class, the `size` non-empty maps of lowest sample_priority, kept as
-    embedded features (memory: classes x size x GRID^2 floats, flat in N)."""
+    embedded features (memory: classes x size x GRID^2 floats, flat in N).
 
-    def __init__(self, size=SAMPLE_SIZE, seed=0, grid=GRID):
+    embed: values [n,...] -> (features float32 [n, D], empty bool [n]); by default
+    embed_maps at `grid` (the "where" view). With `scalars` [n] given to add(), each
+    kept row keeps its scalar too (scalars(label))."""
+
+    def __init__(self, size=SAMPLE_SIZE, seed=0, grid=GRID, embed=None):
         if int(size) < 1:
             raise ValueError(f"sample size must be a positive number of maps per class; "
                              f"received {size!r}")
         self.size, self.seed, self.grid = int(size), int(seed), int(grid)
-        self._kept = {}  # class -> (priority [m], index [m], features [m, D])
+        self.embed = embed or (lambda maps: embed_maps(maps, self.grid))
+        self._kept = {}  # class -> (priority [m], index [m], features [m, D], scalar [m])
 
-    def add(self, indices, classes, maps):
+    def add(self, indices, classes, maps, scalars=None):
         """Offer a chunk: indices int [n] (stable sample positions), classes int [n] (the
-        explained class), maps [n,h,w]."""
+        explained class), maps [n,h,w] (or what `embed` takes), scalars float [n]."""
         indices, classes = _check_rows(indices, classes, maps)
-        features, empty = embed_maps(maps, self.grid)
+        features, empty = self.embed(maps)
+        scalars = (np.zeros(len(indices)) if scalars is None
+                   else np.asarray(scalars, np.float64).reshape(-1))
         priority = sample_priority(indices, self.seed)
         for label in np.unique(classes[~empty]):
             rows = (classes == label) & ~empty
             kept = self._kept.get(int(label))
-            merged = (priority[rows], indices[rows], features[rows])
+            merged = (priority[rows], indices[rows], features[rows], scalars[rows])
             if kept is not None:
                 merged = tuple(np.concatenate(pair) for pair in zip(kept, merged))
             # Lowest priority first; the index breaks ties, so the choice never depends
@@ -166,9 +175,14 @@ class ClassSample:
 
     def members(self, label):
         """(indices int64 [m], features [m, D]) of one class, in index order."""
-        _, indices, features = self._kept[label]
+        _, indices, features, _ = self._kept[label]
         order = np.argsort(indices, kind="stable")
         return indices[order], features[order]
+
+    def scalars(self, label):
+        """float64 [m]: the scalars of members(label), in the same order."""
+        _, indices, _, scalars = self._kept[label]
+        return scalars[np.argsort(indices, kind="stable")]
 
 
 def _check_rows(indices, classes, maps):
@@ -247,12 +261,14 @@ def _eigengap(eigenvalues, clusters):
     return float(eigenvalues[clusters] - eigenvalues[clusters - 1])
 
 
-def _separateness(features, assignment, clusters):
-    """Per cluster: mean silhouette and separation (module docstring); NaN with one cluster."""
+def _separateness(features, assignment, clusters, distance=None):
+    """Per cluster: mean silhouette and separation (module docstring); NaN with one cluster.
+    distance: the [m, m] distances of `features`, when the caller has them already."""
     if clusters < 2:
         return [float("nan")], [float("nan")]
     from sklearn.metrics import pairwise_distances, silhouette_samples
-    distance = pairwise_distances(features)  # [m, m]
+    if distance is None:
+        distance = pairwise_distances(features)  # [m, m]
     silhouette = silhouette_samples(distance, assignment, metric="precomputed")
     silhouettes, separations = [], []
     for c in range(clusters):
@@ -377,9 +393,10 @@ def _by_size(assignment, clusters):
 class ClusterModel:
     """The fitted clusters of every class; cluster ids are unique across classes."""
 
-    def __init__(self, fits, grid):
+    def __init__(self, fits, grid, embed=None):
         self.fits = fits  # class -> ClassClusters, ascending class
         self.grid = grid
+        self.embed = embed or (lambda maps: embed_maps(maps, grid))
         self.offsets, start = {}, 0
         for label in sorted(fits):
             self.offsets[label] = start
@@ -395,7 +412,7 @@ class ClusterModel:
         if len(classes) != np.shape(maps)[0]:
             raise ValueError(f"one explained class per map: received {len(classes)} classes "
                              f"for {np.shape(maps)[0]} maps")
-        features, empty = embed_maps(maps, self.grid)
+        features, empty = self.embed(maps)
         cluster = np.full(len(classes), -1, np.int32)
         layout = np.full((len(classes), 2), np.nan, np.float32)
         for label in np.unique(classes):
@@ -495,6 +512,15 @@ class ClusterStatistics:
         return describe_clusters(self, class_names, **thresholds)
 
 
+def hot_coverage(maps, fraction=HOT_FRACTION):
+    """maps [n,h,w] -> float64 [n]: the share of each map's cells at `fraction` of its
+    peak or more (NaN for a map with no mass)."""
+    maps = np.asarray(maps, np.float64)
+    peak = maps.reshape(len(maps), -1).max(axis=1) if len(maps) else np.zeros(0)
+    hot = maps >= fraction * peak[:, None, None]
+    return np.where(peak > 0, hot.mean(axis=(1, 2)), np.nan)
+
+
 # ----------------------------------------------------------------------------- regions
 
 
@@ -560,15 +586,39 @@ def place_name(centre):
 # ----------------------------------------------------------------------------- flags
 
 
+def _rest_mean(values, sizes, ids, cluster):
+    """The size-weighted mean of `values` over the class's clusters `ids` but `cluster`."""
+    others = [i for i in ids if i != cluster and sizes[i] > 0 and np.isfinite(values[i])]
+    weight = sum(sizes[i] for i in others)
+    return sum(values[i] * sizes[i] for i in others) / weight if weight else float("nan")
+
+
 def describe_clusters(statistics, class_names=None, *, min_silhouette=MIN_SILHOUETTE, min_separation=MIN_SEPARATION,
                       min_share=MIN_SHARE, min_size=MIN_SIZE, max_share=MAX_SHARE,
-                      min_distance=MIN_DISTANCE, max_overlap=MAX_OVERLAP):
-    """The cluster dicts: id, class, size, share, flagged, reasons, hot_region, accuracy
-    (None without labels), mean_score (None without scores), verification (None until
-    verify), examples ([{"index", "key"}], most typical first), and the numbers behind
-    the flag: eigengap, silhouette, separation, compactness, hot_centre, distance,
-    overlap, mean_heatmap (float64 [h,w])."""
+                      min_distance=MIN_DISTANCE, max_overlap=MAX_OVERLAP,
+                      diffuse_min_coverage=DIFFUSE_MIN_COVERAGE,
+                      min_evidence_ratio=MIN_EVIDENCE_RATIO, coverage=None, evidence=None,
+                      **other_thresholds):
+    """The cluster dicts: id, view ("where"), kind ("place", "diffuse" or None when not
+    flagged), class, size, share, flagged, reasons, hot_region, accuracy (None without
+    labels), mean_score (None without scores), verification (None until verify),
+    examples ([{"index", "key"}], most typical first), and the numbers behind the flag:
+    eigengap, silhouette, separation, compactness, hot_centre, distance, overlap,
+    coverage, rest_coverage, evidence_ratio, mean_heatmap (float64 [h,w]).
+
+    coverage [clusters]: the mean over members of each map's hot share (cells at half
+    its peak or more); evidence [clusters]: the members' mean evidence (the sum of their
+    channel relevances), NaN where the run stored none. A separate group that matters
+    but does not look elsewhere is DIFFUSE when its maps are hot over at least
+    diffuse_min_coverage of the image while the rest of its class's are not (a tinted
+    background, the tank story's sky). Every kind needs evidence of its own: at least
+    min_evidence_ratio of the rest's mean evidence, so a group the model calls by default
+    (nothing seen, the class's biases decide) is not flagged. other_thresholds: the "what"
+    view's, ignored here."""
     model = statistics.model
+    count = model.count
+    coverage = np.full(count, np.nan) if coverage is None else np.asarray(coverage, np.float64)
+    evidence = np.full(count, np.nan) if evidence is None else np.asarray(evidence, np.float64)
     result = []
     for label, fit in sorted(model.fits.items()):
         name = _class_name(class_names, label)
@@ -587,6 +637,11 @@ def describe_clusters(statistics, class_names=None, *, min_silhouette=MIN_SILHOU
                 rest = (class_sum - statistics.map_sum[cluster]) / rest_size
                 distance = distance_to_hot(centre, rest)
                 together = hot_overlap(mean_map, rest)
+            sizes = statistics.size
+            rest_coverage = _rest_mean(coverage, sizes, ids, cluster)
+            rest_evidence = _rest_mean(evidence, sizes, ids, cluster)
+            ratio = (evidence[cluster] / rest_evidence if np.isfinite(evidence[cluster])
+                     and np.isfinite(rest_evidence) and rest_evidence > 0 else float("nan"))
             checks = [
                 (fit.clusters > 1, "the class forms a single group"),
                 (fit.silhouette[local] >= min_silhouette,
@@ -596,23 +651,44 @@ def describe_clusters(statistics, class_names=None, *, min_silhouette=MIN_SILHOU
                 (share >= min_share and size >= min_size,
                  f"too small ({size} maps, {share:.0%} of the class; needs {min_size} and {min_share:.0%})"),
                 (share <= max_share, f"most of the class ({share:.0%} > {max_share:.0%})"),
+                (not ratio < min_evidence_ratio,
+                 f"no evidence of its own (its evidence is {ratio:.2f} of the rest's < "
+                 f"{min_evidence_ratio}: the model calls these by default)"),
+            ]
+            place = [
                 (distance >= min_distance,
                  f"its evidence sits near the rest's ({distance:.2f} < {min_distance} of the image)"),
                 (together <= max_overlap,
                  f"its evidence overlaps the rest's ({together:.2f} > {max_overlap})"),
             ]
+            diffuse = (coverage[cluster] >= diffuse_min_coverage
+                       and rest_coverage < diffuse_min_coverage)
             failed = [reason for passed, reason in checks if not passed]
-            flagged = not failed
-            if flagged:
+            failed_place = [reason for passed, reason in place if not passed]
+            kind = None if failed else ("place" if not failed_place else
+                                        "diffuse" if diffuse else None)
+            flagged = kind is not None
+            if kind == "place":
                 reasons = [f"{share:.0%} of class '{name}': the evidence sits in the "
                            f"{place_name(centre)}, {distance:.1f} of the image away from where "
                            f"the rest of the class looks"]
+            elif kind == "diffuse":
+                reasons = [f"{share:.0%} of class '{name}': the evidence covers the image "
+                           f"({coverage[cluster]:.0%} of it hot on average) where the rest of "
+                           f"the class looks at a part ({rest_coverage:.0%}): a background, "
+                           f"a tint or a texture"]
             else:
+                failed = failed + failed_place
+                if failed_place and not diffuse and np.isfinite(coverage[cluster]):
+                    failed.append(f"not diffuse either (hot over {coverage[cluster]:.0%} of the "
+                                  f"image, the rest {rest_coverage:.0%}; needs "
+                                  f">= {diffuse_min_coverage:.0%} and the rest below)")
                 reasons = failed[:1] if fit.clusters == 1 else failed
             examples = statistics.typical[cluster]
             labelled = int(statistics.labelled[cluster])
             result.append({
-                "id": cluster, "class": int(label), "class_name": name, "size": size,
+                "id": cluster, "view": "where", "kind": kind, "class": int(label),
+                "class_name": name, "size": size,
                 "share": share, "flagged": flagged, "reasons": reasons, "hot_region": region,
                 "accuracy": statistics.correct[cluster] / labelled if labelled else None,
                 "mean_score": statistics.score[cluster] / size if size and statistics.scored else None,
@@ -621,7 +697,8 @@ def describe_clusters(statistics, class_names=None, *, min_silhouette=MIN_SILHOU
                 "eigengap": fit.eigengap, "silhouette": fit.silhouette[local],
                 "separation": fit.separation[local], "compactness": fit.compactness[local],
                 "hot_centre": centre, "distance": distance, "overlap": together,
-                "mean_heatmap": mean_map,
+                "coverage": coverage[cluster], "rest_coverage": rest_coverage,
+                "evidence_ratio": ratio, "mean_heatmap": mean_map,
             })
     return result
 

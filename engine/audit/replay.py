@@ -157,3 +157,46 @@ def compiled_probabilities(adapter, image_shape, batch_size):
         return forward(padded).numpy()[:count].astype(np.float64)
 
     return probabilities
+
+
+def compiled_feature_functions(adapter, image_shape, batch_size):
+    """(activations, head_outputs, output_kind) for ablation in feature space, or None
+    when the model's head cannot be separated from its backbone (the step then records
+    the whole forward pass, and no activation can be replaced in it).
+
+    activations(images [n,H,W,C]) -> float32 [n,h,w,K] at the run's target layer;
+    head_outputs(activations [n,h,w,K]) -> float64 [n, 2 * classes]: the probabilities
+    then the logits. Each is one tf.function traced once for batch_size rows (short
+    batches are padded)."""
+    import tensorflow as tf
+
+    if adapter.backbone is None or adapter.head is None:
+        return None
+    images_shape = (int(batch_size), *(int(v) for v in image_shape))
+    activation_shape = (int(batch_size), *(int(v) for v in adapter.activation_shape))
+
+    @tf.function(input_signature=[tf.TensorSpec(images_shape, tf.float32)])
+    def backbone(images):
+        return tf.cast(adapter.backbone(images), tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec(activation_shape, tf.float32)])
+    def head(activations):
+        logits = tf.cast(adapter.head(activations), tf.float32)
+        return tf.concat([adapter.probabilities(logits), logits], axis=-1)
+
+    def padded(values, shape):
+        values = np.asarray(values, np.float32)
+        if len(values) > shape[0] or values.shape[1:] != shape[1:]:
+            raise ValueError(f"at most {shape[0]} rows of shape {shape[1:]} per call; "
+                             f"received {values.shape}")
+        full = np.zeros(shape, np.float32)
+        full[:len(values)] = values
+        return full
+
+    def activations(images):
+        return backbone(padded(images, images_shape)).numpy()[:len(images)]
+
+    def head_outputs(values):
+        return head(padded(values, activation_shape)).numpy()[:len(values)].astype(np.float64)
+
+    return activations, head_outputs, adapter.output_kind

@@ -20,19 +20,39 @@ from typing import Optional
 
 import numpy as np
 
-from sightline.audit.clusters import (MAX_OVERLAP, MAX_SHARE, MIN_DISTANCE, MIN_SEPARATION,
+from sightline.audit.clusters import (DIFFUSE_MIN_COVERAGE, MAX_OVERLAP, MAX_SHARE,
+                                      MIN_DISTANCE, MIN_EVIDENCE_RATIO, MIN_SEPARATION,
                                       MIN_SHARE, MIN_SILHOUETTE, MIN_SIZE, SAMPLE_SIZE,
-                                      ClassSample, ClusterStatistics, fit_clusters)
-from sightline.audit.verify import (BATCH_SIZE, MIN_DROP, MIN_RATIO, apply_verification,
+                                      ClassSample, ClusterStatistics, fit_clusters, hot_coverage,
+                                      sample_priority)
+from sightline.audit.concepts import (ABLATION_COVER, CONCEPT_MIN_SEPARATION,
+                                      CONCEPT_MIN_SILHOUETTE,
+                                      RARE_MIN_SHARE, describe_concepts, distinguishing_channels,
+                                      embed_relevance, evidence_of, fit_concept_model)
+from sightline.audit.verify import (BATCH_SIZE, MIN_DROP, MIN_RATIO, VERIFY_MEMBERS,
+                                    apply_verification, depends, feature_drops,
+                                    features_depend, log_odds, own_regions, own_spot_drops,
                                     verify_cluster)
 from sightline.audit.virelay import CLUSTERS_FILE, ClustersWriter, VirelayExport
 
-# describe_clusters' thresholds, by keyword: the documented defaults.
+# The flag rules' thresholds, by keyword: the documented defaults. The "where" view
+# (clusters.describe_clusters: place and diffuse) reads the first ones, the "what" view
+# (concepts.describe_concepts: concept and rare) the concept_ ones and the shared sizes.
 THRESHOLDS = {"min_silhouette": MIN_SILHOUETTE, "min_separation": MIN_SEPARATION,
               "min_share": MIN_SHARE, "min_size": MIN_SIZE, "max_share": MAX_SHARE,
-              "min_distance": MIN_DISTANCE, "max_overlap": MAX_OVERLAP}
+              "min_distance": MIN_DISTANCE, "max_overlap": MAX_OVERLAP,
+              "diffuse_min_coverage": DIFFUSE_MIN_COVERAGE,
+              "min_evidence_ratio": MIN_EVIDENCE_RATIO,
+              "concept_min_silhouette": CONCEPT_MIN_SILHOUETTE,
+              "concept_min_separation": CONCEPT_MIN_SEPARATION,
+              "rare_min_share": RARE_MIN_SHARE}
 VERIFY_THRESHOLDS = {"min_drop": MIN_DROP, "min_ratio": MIN_RATIO}
-_FRACTIONS = ("min_share", "max_share", "min_distance", "max_overlap")
+_FRACTIONS = ("min_share", "max_share", "min_distance", "max_overlap", "diffuse_min_coverage",
+              "rare_min_share")
+_SIGNED = ("min_silhouette", "concept_min_silhouette")
+# A what-view group that shares at least this much of its members with a flagged
+# where-view cluster is that cluster, found in both views: reported once.
+SAME_GROUP = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +121,10 @@ class ClusterAudit:
         self.options, self.out, self.method = options, out, method
         self.path = options.clusters_file or os.path.join(out, CLUSTERS_FILE)
         self.sample = ClassSample(options.sample_size, options.seed)
+        # The "what" view's sample: unit relevance, with each map's evidence beside it.
+        self.concept_sample = ClassSample(options.sample_size, options.seed,
+                                          embed=embed_relevance)
+        self.has_relevance = False
         self.source = self.adapter = None
         self.largest_class = -1
 
@@ -123,10 +147,15 @@ class ClusterAudit:
         if self.options.verify:
             self.adapter = load_run_model(manifest, unsafe=self.options.unsafe)
 
-    def add(self, columns, maps):
-        """Pass 1: one chunk of the stream; maps [n,h,w] as stored."""
+    def add(self, columns, maps, relevance=None):
+        """Pass 1: one chunk of the stream; maps [n,h,w] as stored; relevance [n,K] (the
+        store's relevance_of the chunk), None for a run that stored none."""
         targets = np.asarray(columns["pred/target"], np.int64)
         self.sample.add(columns["sample/index"], targets, maps)
+        if relevance is not None:
+            self.has_relevance = True
+            self.concept_sample.add(columns["sample/index"], targets, relevance,
+                                    scalars=evidence_of(relevance))
         labels = [targets]
         if "sample/label" in columns:
             labels.append(np.asarray(columns["sample/label"], np.int64))
@@ -135,17 +164,28 @@ class ClusterAudit:
         self.largest_class = max([self.largest_class, *(int(v.max(initial=-1)) for v in labels)])
 
     def finish(self, results, manifest, names, chunk):
-        """Fit, pass 2, verify, write clusters.h5 (and the export). Returns the cluster
-        dicts (mean heatmaps moved to clusters.h5)."""
-        options = self.options
+        """Fit both views, pass 2, verify, write clusters.h5 (and the export). Returns the
+        cluster dicts of both views (mean heatmaps moved to clusters.h5)."""
+        from sightline.store.results import RELEVANCE_COLUMNS
+        options, thresholds = self.options, self.thresholds
         model = fit_clusters(self.sample, clusters=options.clusters, seed=options.seed,
-                             min_distance=self.thresholds["min_distance"],
-                             max_overlap=self.thresholds["max_overlap"])
-        statistics = ClusterStatistics(model)
+                             min_distance=thresholds["min_distance"],
+                             max_overlap=thresholds["max_overlap"])
+        concepts = None
+        if self.has_relevance:
+            concepts = fit_concept_model(
+                self.concept_sample, min_size=int(thresholds["min_size"]),
+                max_share=thresholds["max_share"],
+                min_silhouette=thresholds["concept_min_silhouette"],
+                min_separation=thresholds["concept_min_separation"], seed=options.seed)
+        views = {"where": _ViewTally(model, concepts)}
+        if concepts is not None:
+            views["what"] = _ViewTally(concepts, concepts)
+        crossed = np.zeros((model.count, concepts.count if concepts else 0), np.int64)
         run = manifest["run"]
         image_shape = tuple(int(v) for v in run["image_shape"])
         heatmaps = f"heatmaps/{self.method}"
-        index_parts, cluster_parts = [], []
+        index_parts, cluster_parts, concept_parts = [], [], []
         export = self._export(manifest, names) if options.export_virelay else None
         feed = None
         if export is not None:
@@ -153,39 +193,57 @@ class ClusterAudit:
             # The export shows the images as a person sees them: resized, not preprocessed.
             feed = ImageFeed(self.source, results.sample_indices, image_shape=image_shape,
                              preprocess="none", chunk=chunk)
+        names_read = [heatmaps, "sample/index", "sample/key", "sample/label", "pred/class",
+                      "pred/target", "pred/score"]
+        if concepts is not None:
+            names_read += list(RELEVANCE_COLUMNS)
         with contextlib.ExitStack() as stack:
             writer = stack.enter_context(ClustersWriter(self.path))
             if export is not None:  # an error leaves no half export behind
                 stack.enter_context(export)
-            for columns in results.chunks([heatmaps, "sample/index", "sample/key", "sample/label",
-                                           "pred/class", "pred/target", "pred/score"], rows=chunk):
+            for columns in results.chunks(names_read, rows=chunk):
                 maps = columns[heatmaps].astype(np.float32)
                 indices, targets = columns["sample/index"], columns["pred/target"]
                 keys = [k.decode("utf-8") for k in columns["sample/key"]]
+                relevance = results.relevance_of(columns) if concepts is not None else None
                 cluster, layout, features = model.assign(targets, maps)
-                statistics.add(indices, targets, maps, cluster, features,
-                               labels=columns["sample/label"], predictions=columns["pred/class"],
-                               scores=columns["pred/score"], keys=keys)
-                writer.append(indices, keys, targets, cluster, layout)
+                views["where"].add(indices, targets, maps, cluster, features, columns, keys,
+                                   relevance)
+                concept = None
+                if concepts is not None:
+                    local, _, concept_features = concepts.assign(targets, relevance)
+                    views["what"].add(indices, targets, maps, local, concept_features,
+                                      columns, keys, relevance)
+                    both = (cluster >= 0) & (local >= 0)
+                    np.add.at(crossed, (cluster[both], local[both]), 1)
+                    # The what view's ids follow the where view's in audit.json.
+                    concept = np.where(local >= 0, local + model.count, -1).astype(np.int32)
+                    concept_parts.append(concept)
+                writer.append(indices, keys, targets, cluster, layout, concept=concept)
                 if export is not None:
                     export.add(feed.take(len(indices)), maps, targets, cluster, layout,
                                labels=columns["sample/label"])
                 index_parts.append(np.asarray(indices, np.int64))
                 cluster_parts.append(cluster)
-            found = statistics.finish(names, **self.thresholds)
+            found = views["where"].describe_where(names, thresholds)
+            if concepts is not None:
+                found += views["what"].describe_what(names, thresholds, id_offset=model.count)
+                _merge_views(found, crossed, model.count)
             if options.verify:
+                members = {"where": np.concatenate(cluster_parts) if cluster_parts else [],
+                           "what": np.concatenate(concept_parts) if concept_parts else []}
                 self._verify(found, np.concatenate(index_parts) if index_parts else [],
-                             np.concatenate(cluster_parts) if cluster_parts else [],
-                             image_shape, run["preprocess"])
+                             members, results, image_shape, run["preprocess"])
             shape = results.map_shape(self.method)
             writer.describe([c["id"] for c in found], [c["class"] for c in found],
                             [c["flagged"] for c in found],
                             np.array([c["mean_heatmap"] if c["mean_heatmap"] is not None
                                       else np.zeros(shape) for c in found]).reshape(-1, *shape))
             if export is not None:
-                export.finish(model, found)
+                export.finish(model, [c for c in found if c["view"] == "where"])
         for entry in found:
             entry.pop("mean_heatmap")
+            entry.pop("ablation_channels", None)  # the verification records those it used
         return found
 
     def _export(self, manifest, names):
@@ -198,22 +256,180 @@ class ClusterAudit:
                              method=self.method, strategy=strategy,
                              model=os.path.basename(str(manifest.get("model") or "model")))
 
-    def _verify(self, found, indices, cluster, image_shape, preprocess):
-        """Ablation on every flagged cluster, its members' images read by sample index."""
-        from sightline.audit.replay import compiled_probabilities, read_images
+    def _verify(self, found, indices, members, results, image_shape, preprocess):
+        """Every flagged group asked by the model (verify.py): a place by hiding its hot
+        region against a control region; a concept, a rare group or a diffuse one by
+        hiding each member's own hot spot against a control spot in the same image, and
+        for every kind by replacing its distinguishing channels with the rest of its
+        class's mean activation against as many random channels. At most VERIFY_MEMBERS
+        members (the lowest sample priorities) per group."""
+        from sightline.audit.replay import (compiled_feature_functions, compiled_probabilities,
+                                            read_images)
 
         flagged = [entry for entry in found if entry["flagged"]]
         if not flagged:
             return
         batch_size = self.options.batch_size
         probabilities = compiled_probabilities(self.adapter, image_shape, batch_size)
+        feature_functions = (compiled_feature_functions(self.adapter, image_shape, batch_size)
+                             if self.has_relevance else None)
+        classes = {"where": None, "what": None}
         for entry in flagged:
-            members = np.sort(indices[cluster == entry["id"]])
-            images = read_images(self.source, members, image_shape=image_shape,
-                                 preprocess=preprocess, chunk=batch_size)
-            verification = verify_cluster(probabilities, images, entry, batch_size=batch_size,
-                                          **self.verify_thresholds)
-            apply_verification(entry, verification)
+            view = entry["view"]
+            cluster = np.asarray(members[view])
+            chosen = _lowest_priority(indices[cluster == entry["id"]], self.options.seed,
+                                      VERIFY_MEMBERS)
+            images = np.concatenate(list(read_images(self.source, chosen,
+                                                     image_shape=image_shape,
+                                                     preprocess=preprocess, chunk=batch_size)))
+            numbers = {}
+            if entry["kind"] == "place":
+                numbers["region"] = verify_cluster(probabilities, images, entry,
+                                                   batch_size=batch_size,
+                                                   **self.verify_thresholds)
+            else:
+                maps = np.stack([results.heatmap(self.method, index=i) for i in chosen])
+                hot, control = own_regions(maps)
+                spot = own_spot_drops(probabilities, images, entry["class"], hot, control,
+                                      batch_size=batch_size)
+                if spot is not None:
+                    numbers["own_spot"] = {**spot, "depends": depends(spot, **self.verify_thresholds)}
+            if feature_functions is not None and entry.get("ablation_channels"):
+                if classes[view] is None:
+                    classes[view] = _class_members(found, indices, members[view])
+                rest = _lowest_priority(np.setdiff1d(classes[view][entry["class"]], chosen),
+                                        self.options.seed + 1, VERIFY_MEMBERS)
+                if len(rest):
+                    activations, head, output_kind = feature_functions
+                    rest_images = np.concatenate(list(read_images(
+                        self.source, rest, image_shape=image_shape, preprocess=preprocess,
+                        chunk=batch_size)))
+                    total, odds = 0.0, []
+                    for start in range(0, len(rest), batch_size):
+                        values = activations(rest_images[start:start + batch_size])
+                        total = total + values.astype(np.float64).sum(axis=0)
+                        outputs = head(values)
+                        odds.append(log_odds(outputs[:, outputs.shape[1] // 2:], entry["class"],
+                                             output_kind))
+                    rest_mean = total / len(rest)  # [h,w,K]
+                    features = feature_drops(
+                        activations, head, images, entry["class"], entry["ablation_channels"],
+                        rest_mean, output_kind=output_kind,
+                        rest_log_odds=float(np.concatenate(odds).mean()),
+                        seed=self.options.seed, batch_size=batch_size)
+                    numbers["features"] = {
+                        **features, "depends": features_depend(features, **self.verify_thresholds)}
+            apply_verification(entry, numbers, **self.verify_thresholds)
+
+class _ViewTally:
+    """Pass 2 of one view: the per-cluster statistics (clusters.ClusterStatistics) and,
+    per cluster, the sums the flag rules and the verification read: each map's hot
+    coverage, its evidence and its relevance (when the run stored relevance)."""
+
+    def __init__(self, model, concepts):
+        self.model = model
+        self.statistics = ClusterStatistics(model)
+        self.coverage = np.zeros(model.count)
+        self.evidence = np.zeros(model.count)
+        channels = concepts.channels if concepts is not None else 0
+        self.relevance = np.zeros((model.count, channels)) if channels else None
+
+    def add(self, indices, targets, maps, cluster, features, columns, keys, relevance):
+        self.statistics.add(indices, targets, maps, cluster, features,
+                            labels=columns["sample/label"], predictions=columns["pred/class"],
+                            scores=columns["pred/score"], keys=keys)
+        rows = cluster >= 0
+        ids = cluster[rows]
+        coverage = hot_coverage(maps[rows])
+        self.coverage += np.bincount(ids, weights=np.nan_to_num(coverage),
+                                     minlength=self.model.count)
+        if relevance is not None:
+            self.evidence += np.bincount(ids, weights=evidence_of(relevance[rows]),
+                                         minlength=self.model.count)
+            np.add.at(self.relevance, ids, relevance[rows])
+
+    def _means(self):
+        size = np.maximum(self.statistics.size, 1)
+        evidence = self.evidence / size if self.relevance is not None else None
+        return self.coverage / size, evidence
+
+    def describe_where(self, names, thresholds):
+        coverage, evidence = self._means()
+        found = self.statistics.finish(names, **thresholds, coverage=coverage,
+                                       evidence=evidence)
+        if self.relevance is not None:
+            for entry in found:
+                (entry["channels"], entry["channel_lift"],
+                 entry["ablation_channels"]) = self._channels(entry, found)
+        return found
+
+    def describe_what(self, names, thresholds, id_offset):
+        _, evidence = self._means()
+        return describe_concepts(self.statistics, names, relevance_sums=self.relevance,
+                                 evidence=evidence, id_offset=id_offset, **thresholds)
+
+    def _channels(self, entry, found):
+        """A where-view cluster's distinguishing channels against the rest of its class:
+        (channels, their lifts, the channels the feature test replaces)."""
+        mine = entry["id"]
+        rest = [c["id"] for c in found if c["class"] == entry["class"] and c["id"] != mine]
+        size = self.statistics.size
+        rest_size = sum(int(size[c]) for c in rest)
+        if not size[mine] or not rest_size:
+            return [], [], []
+        group, others = self.relevance[mine] / size[mine], sum(self.relevance[c] for c in rest) / rest_size
+        channels, lifts = distinguishing_channels(group, others)
+        ablation, _ = distinguishing_channels(group, others, cover=ABLATION_COVER,
+                                              limit=max(1, len(group) // 4))
+        return channels, lifts, ablation
+
+
+def _merge_views(found, crossed, offset):
+    """A flagged what-view group that is mostly a flagged where-view cluster (at least
+    SAME_GROUP of the smaller of the two) is reported once, by the where-view entry,
+    which gains "views": ["where", "what"] and the group's channels."""
+    where = {c["id"]: c for c in found if c["view"] == "where"}
+    for entry in found:
+        entry.setdefault("views", [entry["view"]])
+    for entry in found:
+        if entry["view"] != "what" or not entry["flagged"]:
+            continue
+        column = crossed[:, entry["id"] - offset]
+        if not column.size or not column.max():
+            continue
+        match = where[int(column.argmax())]
+        if match["flagged"] and column.max() >= SAME_GROUP * min(match["size"], entry["size"]):
+            match["views"] = ["where", "what"]
+            for key in ("channels", "channel_lift", "ablation_channels"):
+                match[key] = entry[key]
+            match["reasons"] = match["reasons"] + [
+                f"also apart in channel space (cluster {entry['id']}: channels "
+                f"{', '.join(map(str, entry['channels'][:5]))})"]
+            entry["flagged"] = False
+            entry["same_as"] = match["id"]
+            entry["reasons"] = [f"the same group as cluster {match['id']}, found where it looks"]
+
+
+def _lowest_priority(indices, seed, count):
+    """Up to `count` of `indices`, those of lowest sample_priority, in index order."""
+    indices = np.asarray(indices, np.int64)
+    if len(indices) <= count:
+        return np.sort(indices)
+    order = np.lexsort((indices, sample_priority(indices, seed)))[:count]
+    return np.sort(indices[order])
+
+
+def _class_members(found, indices, members):
+    """{class: sample indices of its clustered maps} of one view, from the per-sample
+    cluster ids and the clusters' classes."""
+    class_of = {c["id"]: c["class"] for c in found}
+    cluster = np.asarray(members)
+    result = {}
+    for cluster_id, label in class_of.items():
+        rows = indices[cluster == cluster_id]
+        if len(rows):
+            result.setdefault(label, []).append(rows)
+    return {label: np.concatenate(parts) for label, parts in result.items()}
 
 
 def _check_thresholds(given, known, what):
@@ -225,7 +441,7 @@ def _check_thresholds(given, known, what):
         if value is None:
             continue
         # A silhouette lies in [-1, 1]; every other threshold is a size, share or ratio.
-        lowest = -1.0 if name == "min_silhouette" else 0.0
+        lowest = -1.0 if name in _SIGNED else 0.0
         number = not isinstance(value, bool) and isinstance(value, (int, float))
         if not number or not np.isfinite(value) or value < lowest:
             raise ValueError(f"{what} {name} must be a number >= {lowest:g}; received {value!r}")

@@ -126,10 +126,12 @@ class ClustersWriter:
         self._class = _appendable(self._file, "class", (), np.int32)
         self._cluster = _appendable(self._file, "cluster", (), np.int32)
         self._embedding = _appendable(self._file, "embedding", (2,), np.float32)
+        self._concept = None
 
-    def append(self, indices, keys, classes, cluster, embedding):
+    def append(self, indices, keys, classes, cluster, embedding, concept=None):
         """indices int [n], keys str [n], classes int [n], cluster int [n] (-1 not
-        clustered), embedding float [n,2]."""
+        clustered), embedding float [n,2]; concept int [n]: the "what" view's cluster
+        (-1 none), in /concept when the run stored relevance."""
         count = len(indices)
         embedding = np.asarray(embedding, np.float32)
         if not (len(keys) == len(classes) == len(cluster) == count
@@ -143,6 +145,10 @@ class ClustersWriter:
         _append(self._class, np.asarray(classes, np.int32))
         _append(self._cluster, np.asarray(cluster, np.int32))
         _append(self._embedding, embedding)
+        if concept is not None:
+            if self._concept is None:
+                self._concept = _appendable(self._file, "concept", (), np.int32)
+            _append(self._concept, np.asarray(concept, np.int32))
 
     def describe(self, ids, classes, flagged, mean_heatmaps):
         """The per-cluster table (module docstring): ids int [C], classes int [C],

@@ -232,4 +232,8 @@ def describe_output(out):
     return "\n".join(lines)
 
 
-__all__ = ["open_results", "Results", "index_output", "describe_output", "MANIFEST_FILE"]
+# The datasets a reader asks chunks() for to get relevance_of(chunk).
+RELEVANCE_COLUMNS = (RELEVANCE, RELEVANCE_SCALE)
+
+__all__ = ["open_results", "Results", "index_output", "describe_output", "MANIFEST_FILE",
+           "RELEVANCE_COLUMNS"]

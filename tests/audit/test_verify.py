@@ -110,7 +110,7 @@ def test_a_region_the_model_uses_is_verified(corner_model):
     assert verification["depends"]
     # The control is the far corner, away from the hot box, where the map is low.
     assert verification["control"]["region"] == [5 / 8, 1.0, 5 / 8, 1.0]
-    apply_verification(cluster, verification)
+    apply_verification(cluster, {"region": verification})
     assert cluster["flagged"] and not cluster["downgraded"]
     assert cluster["reasons"][-1].startswith("verified: hiding the region lowers the "
                                              "probability of class 'horse' by 0.")
@@ -124,7 +124,7 @@ def test_a_region_the_model_ignores_downgrades_the_flag(corner_model):
     verification = verify_cluster(compiled, corner_images(12, seed=3), cluster)
     assert not verification["depends"]
     assert verification["hot"]["mean_drop"] < 0.1
-    apply_verification(cluster, verification)
+    apply_verification(cluster, {"region": verification})
     assert not cluster["flagged"] and cluster["downgraded"]
     assert "downgraded: the model does not depend on this region" in cluster["reasons"][-1]
 

@@ -91,7 +91,7 @@ def made(tmp_path_factory):
     for entry in clusters:
         if entry["flagged"]:
             members = pictures[cluster == entry["id"]].astype(np.float32)
-            apply_verification(entry, verify_cluster(corner_probabilities, members, entry))
+            apply_verification(entry, {"region": verify_cluster(corner_probabilities, members, entry)})
     # An audit without clusters (as audit.json was before the audit clustered), then the
     # fixture's own clusters and clusters.h5, written after the audit so they are the
     # ones the page shows whatever the audit writes.
