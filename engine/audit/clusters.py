@@ -210,11 +210,14 @@ class ClassClusters:
         self.eigenvalues = eigenvalues  # ascending, of the normalised Laplacian
         self.clusters = clusters  # K
         self.centroids = np.stack([features[assignment == c].mean(axis=0)
+                                   if (assignment == c).any() else np.zeros(features.shape[1])
                                    for c in range(clusters)])
         self.eigengap = _eigengap(eigenvalues, clusters)
         self.silhouette, self.separation = _separateness(features, assignment, clusters)
         self.compactness = [float(np.linalg.norm(features[assignment == c] - self.centroids[c],
-                                                 axis=1).mean()) for c in range(clusters)]
+                                                 axis=1).mean())
+                            if (assignment == c).any() else float("nan")
+                            for c in range(clusters)]
         self._squares = (features ** 2).sum(axis=1)
 
     def nearest(self, features):
@@ -264,8 +267,9 @@ def _eigengap(eigenvalues, clusters):
 def _separateness(features, assignment, clusters, distance=None):
     """Per cluster: mean silhouette and separation (module docstring); NaN with one cluster.
     distance: the [m, m] distances of `features`, when the caller has them already."""
-    if clusters < 2:
-        return [float("nan")], [float("nan")]
+    present = np.unique(assignment)
+    if clusters < 2 or len(present) < 2:
+        return [float("nan")] * max(clusters, 1), [float("nan")] * max(clusters, 1)
     from sklearn.metrics import pairwise_distances, silhouette_samples
     if distance is None:
         distance = pairwise_distances(features)  # [m, m]
@@ -273,6 +277,10 @@ def _separateness(features, assignment, clusters, distance=None):
     silhouettes, separations = [], []
     for c in range(clusters):
         members = assignment == c
+        if not members.any():  # a "what" view class whose every image has no evidence
+            silhouettes.append(float("nan"))
+            separations.append(float("nan"))
+            continue
         silhouettes.append(float(silhouette[members].mean()))
         outside = distance[np.ix_(members, ~members)].min(axis=1)
         inside = np.sort(distance[np.ix_(members, members)], axis=1)  # column 0: itself

@@ -14,7 +14,10 @@ place. Pure NumPy / scikit-learn / SciPy, no TensorFlow, no file IO.
   evidence of the whole sample (every class: a class whose every image carries a strong
   shortcut must not make its other images look empty) gets its class from the model's
   biases, not from anything in the image (a "default" class, predicted when nothing is
-  seen). Such images have no direction to cluster; they are counted apart, never flagged.
+  seen). When the run explained the predictions, such images have no direction to
+  cluster: they are counted apart, never flagged. When it explained the labels they
+  stay: the images of a class the model does not see it in are then the rest that the
+  images it sees it in (say, only under a cloudy sky) stand apart from.
 - Groups: divisive spectral bisection of the class's sample. A node of at least
   2 x min_size maps is cut in two on the Fiedler vector of its symmetric
   NEIGHBOURS-nearest-neighbour graph (the normalised Laplacian's second eigenvector,
@@ -105,10 +108,12 @@ def _two_way(distance, members):
     return silhouette[1], separation[1]
 
 
-def find_groups(features, *, min_size, max_share, min_silhouette, min_separation, seed=0):
+def find_groups(features, *, min_size, max_share, min_silhouette, min_separation, seed=0,
+                evidence=None):
     """features [m, K] (unit relevance of one class's sample) -> (groups: list of bool
     [m] masks, numbered by size, largest first; their silhouettes; separations; layout
-    float64 [m, 2]). See the module docstring."""
+    float64 [m, 2]). See the module docstring. evidence [m]: when the groups cover the
+    whole class, the one with the least mean evidence is the rest (else the largest)."""
     from sklearn.metrics import pairwise_distances
     features = np.asarray(features, np.float64)
     size = len(features)
@@ -150,8 +155,13 @@ def find_groups(features, *, min_size, max_share, min_silhouette, min_separation
             taken.add(number)
     chosen.sort(key=lambda item: (-item[0].sum(), int(np.argmax(item[0]))))
     if chosen and sum(int(c[0].sum()) for c in chosen) == size:
-        # The groups cover the class: the largest of them is what the rest is measured by.
-        chosen = chosen[1:]
+        # The groups cover the class: one of them is what the others are measured by, the
+        # one with the least evidence (the ordinary images; the others have something
+        # more), else the largest.
+        rest = 0
+        if evidence is not None:
+            rest = int(np.argmin([np.asarray(evidence)[c[0]].mean() for c in chosen]))
+        chosen = chosen[:rest] + chosen[rest + 1:]
     # Eigenvectors have no sign: the largest entry of each is made positive.
     signs = np.sign(layout[np.abs(layout).argmax(axis=0), np.arange(2)])
     layout = layout * np.where(signs == 0, 1.0, signs)
@@ -159,18 +169,22 @@ def find_groups(features, *, min_size, max_share, min_silhouette, min_separation
 
 
 def fit_concepts(label, indices, features, evidence, limit, *, min_size, max_share,
-                 min_silhouette, min_separation, seed=0):
+                 min_silhouette, min_separation, seed=0, set_apart=True):
     """One class's "what" view: a ClassClusters whose local cluster 0 is the rest of the
     class, 1..G the groups of find_groups and, when any, G+1 the images whose evidence is
     below `limit` (no_evidence_limit); `groups`, `no_evidence` (local id or None) and
-    `no_evidence_limit` are added."""
+    `no_evidence_limit` are added. set_apart=False (the run explained the labels, not
+    the predictions) keeps them in the clustering: there "the model does not see this
+    class in these images" is half of the story, the images it does see it in the other.
+    """
     features = np.asarray(features, np.float64)
     evidence = np.asarray(evidence, np.float64)
-    seen = evidence >= limit
+    seen = evidence >= limit if set_apart else np.ones(len(evidence), bool)
     rows = np.flatnonzero(seen)
     groups, silhouettes, separations, layout_seen = find_groups(
         features[rows], min_size=min_size, max_share=max_share,
-        min_silhouette=min_silhouette, min_separation=min_separation, seed=seed)
+        min_silhouette=min_silhouette, min_separation=min_separation, seed=seed,
+        evidence=evidence[rows])
     assignment = np.zeros(len(features), int)
     for number, members in enumerate(groups, start=1):
         assignment[rows[members]] = number
@@ -211,8 +225,10 @@ class ConceptModel(ClusterModel):
         return cluster, layout, features
 
 
-def fit_concept_model(sample, *, min_size, max_share, min_silhouette, min_separation, seed=0):
-    """ClassSample of unit relevance (scalars: evidence) -> ConceptModel."""
+def fit_concept_model(sample, *, min_size, max_share, min_silhouette, min_separation, seed=0,
+                      set_apart=True):
+    """ClassSample of unit relevance (scalars: evidence) -> ConceptModel; set_apart: see
+    fit_concepts."""
     fits, channels = {}, 0
     labels = sample.classes()
     limit = no_evidence_limit(np.concatenate([sample.scalars(label) for label in labels])
@@ -223,7 +239,7 @@ def fit_concept_model(sample, *, min_size, max_share, min_silhouette, min_separa
         fits[label] = fit_concepts(label, indices, features, sample.scalars(label), limit,
                                    min_size=min_size, max_share=max_share,
                                    min_silhouette=min_silhouette, min_separation=min_separation,
-                                   seed=seed)
+                                   seed=seed, set_apart=set_apart)
     return ConceptModel(fits, channels)
 
 

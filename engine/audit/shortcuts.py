@@ -177,7 +177,8 @@ class ClusterAudit:
                 self.concept_sample, min_size=int(thresholds["min_size"]),
                 max_share=thresholds["max_share"],
                 min_silhouette=thresholds["concept_min_silhouette"],
-                min_separation=thresholds["concept_min_separation"], seed=options.seed)
+                min_separation=thresholds["concept_min_separation"], seed=options.seed,
+                set_apart=manifest["run"].get("target") != "label")
         views = {"where": _ViewTally(model, concepts)}
         if concepts is not None:
             views["what"] = _ViewTally(concepts, concepts)

@@ -186,7 +186,8 @@ def write_clusters(path, indices, keys, classes, cluster, embedding):
 
 
 def read_clusters(path):
-    """clusters.h5 -> {"index", "key" (list of str), "class", "cluster", "embedding"}, and
+    """clusters.h5 -> {"index", "key" (list of str), "class", "cluster", "embedding"},
+    "concept" when the run stored relevance, and
     "clusters/id", "clusters/class", "clusters/flagged", "clusters/mean_heatmap" when
     the file has the per-cluster table."""
     with h5py.File(path, "r") as handle:
@@ -197,6 +198,7 @@ def read_clusters(path):
             "class": handle["class"][()],
             "cluster": handle["cluster"][()],
             "embedding": handle["embedding"][()],
+            **({"concept": handle["concept"][()]} if "concept" in handle else {}),
             **({f"clusters/{name}": handle[f"clusters/{name}"][()]
                 for name in ("id", "class", "flagged", "mean_heatmap")}
                if "clusters" in handle else {}),

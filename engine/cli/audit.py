@@ -60,6 +60,10 @@ def add_arguments(parser):
                            help="... whose evidence sits at least this far (fraction of the "
                                 "image side) from where the rest of the class looks (default "
                                 f"{THRESHOLDS['min_distance']})")
+    shortcuts.add_argument("--cluster-threshold", action="append", default=None,
+                           metavar="NAME=VALUE",
+                           help="any threshold of the flag rules, repeatable: "
+                                + ", ".join(f"{name} ({value})" for name, value in THRESHOLDS.items()))
     shortcuts.add_argument("--cluster-sample-size", type=int, default=SAMPLE_SIZE, metavar="MAPS",
                            help="fit the clusters on this many maps per class, chosen by a hash "
                                 "of the sample index, and assign the rest (default "
@@ -81,8 +85,25 @@ def add_arguments(parser):
                                 "into DIR; the images are read again from the run's source")
 
 
+def cluster_thresholds(items):
+    """--cluster-threshold NAME=VALUE items -> {name: float}; one line for a bad item."""
+    thresholds = {}
+    for item in items or ():
+        name, _, value = item.partition("=")
+        if name not in THRESHOLDS:
+            raise ValueError(f"--cluster-threshold {item!r}: unknown threshold {name!r}; known: "
+                             f"{', '.join(THRESHOLDS)}")
+        try:
+            thresholds[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--cluster-threshold {item!r}: the value must be a number, as in "
+                             f"{name}={THRESHOLDS[name]}") from None
+    return thresholds
+
+
 def check(args):
     check_run_folder(args.out)
+    cluster_thresholds(args.cluster_threshold)
 
 
 def run(args):
@@ -91,7 +112,8 @@ def run(args):
                       flag_diffuse=args.flag_diffuse, worst=args.worst,
                       shortcuts=ShortcutOptions(
                           clusters=args.clusters,
-                          thresholds={"min_share": args.cluster_min_share,
+                          thresholds={**cluster_thresholds(args.cluster_threshold),
+                                      "min_share": args.cluster_min_share,
                                       "min_size": args.cluster_min_size,
                                       "min_distance": args.cluster_min_distance},
                           verify=args.verify, verify_thresholds={"min_drop": args.verify_min_drop},

@@ -154,14 +154,11 @@ def tag_group(audit, scenes):
     """How well the flagged clusters of the tag class find the tagged scenes: precision,
     recall (against the ground truth saved with the data) and the flagged clusters'
     ablation numbers. None when no cluster of the tag class is flagged."""
-    from sightline.audit.virelay import read_clusters
     from sightline.demo.scenes import TAG_CLASS
-    flagged = [c for c in audit.get("clusters") or [] if c["flagged"] and c["class"] == TAG_CLASS]
+    flagged, found = _flagged_members(audit, classes=(TAG_CLASS,))
     if not flagged:
         return None
-    table = read_clusters(audit["clusters_file"])
     ids = {c["id"] for c in flagged}
-    found = {key for key, cluster in zip(table["key"], table["cluster"].tolist()) if cluster in ids}
     truth = {key for key, tagged in zip(scenes["keys"], scenes["tagged"]) if tagged}
     hits = len(found & truth)
     drops = [(c["verification"] or {}) for c in flagged]
@@ -197,6 +194,7 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
     results = _train_models(out, splits, seed, max_epochs, say)
     _masked_audits(out, data, results, say)
     groups = _mask_free_audits(out, data, results, splits["held-out-tagged"], say)
+    sky = _sky_without_masks(out, data, results, splits["held-out"], say)
     for name in MODELS:
         results[name].pop("keras_model")
     activation_results = _activation_outputs(out, data, results, say) if activations else []
@@ -205,9 +203,10 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
     flagged = {name: bool(results[name]["audit"]["flagged"]) for name in MASKED_MODELS}
     flagged_groups = {name: [c["id"] for c in results[name]["mask_free_audit"]["clusters"]
                              if c["flagged"]] for name in MASK_FREE_MODELS}
+    sky_flagged = {name: sky[name] is not None for name in MASKED_MODELS}
     as_expected = (flagged == expected and groups["tagged"] is not None
-                   and not flagged_groups["clean"])
-    lines = _verdict_lines(results, groups, flagged, flagged_groups)
+                   and not flagged_groups["clean"] and sky_flagged == expected)
+    lines = _verdict_lines(results, groups, flagged, flagged_groups, sky)
 
     report_path = None
     if report:
@@ -219,11 +218,12 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
     seconds = time.monotonic() - started
     say("the audit found both planted shortcuts: the shortcut model looks at the sky, the "
         "tagged model's tagged crosses at the tag, the clean model at the object" if as_expected
-        else "UNEXPECTED verdict: the shortcut model should be flagged by the masks, the tag "
-             "group without masks, and the clean model by neither")
+        else "UNEXPECTED verdict: the shortcut model should be flagged with and without "
+             "masks, the tag group without masks, and the clean model by neither")
     say(f"done in {seconds:.0f} s")
     return {"models": results, "flagged": flagged, "flagged_groups": flagged_groups,
-            "tag_group": groups["tagged"], "verdict": lines, "as_expected": as_expected,
+            "tag_group": groups["tagged"], "sky_groups": sky, "verdict": lines,
+            "as_expected": as_expected,
             "report": report_path, "seconds": seconds}
 
 
@@ -264,14 +264,14 @@ def _train_models(out, splits, seed, max_epochs, say):
     return results
 
 
-def _explain_split(model_path, name, data, split, run_out, say):
+def _explain_split(model_path, name, data, split, run_out, say, target="predicted"):
     """`sightline explain` with Grad-CAM over one split's image folder, as a user runs it."""
     from sightline.config import make_config
     from sightline.jobs.runner import run_job
     config = make_config(("gradcam",), model=model_path,
                          data=os.path.join(data, split, "images"), out=run_out,
                          preprocess="[0,1]", map_size="native", batch_size=64,
-                         shard_size=256, devices=1, quiet=True, overwrite=True)
+                         shard_size=256, devices=1, quiet=True, overwrite=True, target=target)
     summary = run_job(config)
     if summary.exit_code:
         raise RuntimeError(f"explaining with the {name} model stopped (exit "
@@ -319,6 +319,63 @@ def _mask_free_audits(out, data, results, tagged_scenes, say):
     return groups
 
 
+def _sky_without_masks(out, data, results, held_out, say):
+    """The tank story without masks: explain the held-out scenes' labels (which crosses
+    does the model see as crosses, and why?) and audit them without masks; per masked
+    model the sky group (sky_group), and the audit in results[name]["sky_audit"]."""
+    from sightline.audit.summary import AUDIT_FILE, write_audit
+    groups = {}
+    for name in MASKED_MODELS:
+        run_out = os.path.join(out, "runs", f"{name}-labels")
+        _explain_split(results[name]["model"], name, data, "held-out", run_out, say,
+                       target="label")
+        audit = mask_free_audit(run_out)
+        write_audit(audit, os.path.join(run_out, AUDIT_FILE))
+        results[name]["sky_audit"] = audit
+        groups[name] = sky_group(audit, held_out)
+        flagged = [c for c in audit["clusters"] if c["flagged"]]
+        say(f"[5/7] mask-free audit of the {name} model's labels on the held-out scenes: "
+            f"{len(flagged)} group(s) flagged")
+        for entry in flagged:
+            say(f"    {entry['view']}-view group {entry['id']} of class "
+                f"{entry.get('class_name', entry['class'])} ({entry['size']} maps, "
+                f"{entry['kind']}): " + "; ".join(entry["reasons"]))
+    return groups
+
+
+def _flagged_members(audit, classes=None):
+    """{sample key} of every flagged group's members (of `classes` when given), read from
+    clusters.h5: /cluster for the where view's groups, /concept for the what view's."""
+    from sightline.audit.virelay import read_clusters
+    flagged = [c for c in audit.get("clusters") or [] if c["flagged"]
+               and (classes is None or c["class"] in classes)]
+    table = read_clusters(audit["clusters_file"])
+    members = set()
+    for view, column in (("where", "cluster"), ("what", "concept")):
+        ids = {c["id"] for c in flagged if c["view"] == view}
+        if ids and column in table:
+            members |= {key for key, cluster in zip(table["key"], table[column].tolist())
+                        if cluster in ids}
+    return flagged, members
+
+
+def sky_group(audit, scenes):
+    """How well the flagged groups find the scenes whose sky agrees with their class
+    (cloudy crosses, sunny discs: what the shortcut model sees): precision, recall and
+    the groups' verification numbers; None when nothing is flagged."""
+    flagged, found = _flagged_members(audit)
+    if not flagged:
+        return None
+    agrees = scenes["cloudy"] == (scenes["labels"] == 0)
+    truth = {key for key, agree in zip(scenes["keys"], agrees) if agree}
+    hits = len(found & truth)
+    return {"groups": [c["id"] for c in flagged], "size": len(found), "agree": len(truth),
+            "precision": hits / len(found) if found else float("nan"),
+            "recall": hits / len(truth) if truth else float("nan"),
+            "verified": all((c.get("verification") or {}).get("depends") for c in flagged),
+            "reasons": [reason for c in flagged for reason in c["reasons"]]}
+
+
 def _activation_outputs(out, data, results, say):
     """Activation statistics of the masked models, written beside the runs."""
     from sightline.audit.activations import activation_statistics
@@ -335,9 +392,21 @@ def _activation_outputs(out, data, results, say):
     return outputs
 
 
-def _verdict_lines(results, groups, flagged, flagged_groups):
+def _verdict_lines(results, groups, flagged, flagged_groups, sky):
     """The demo's verdict, one line per finding."""
     lines = []
+    for name in MASKED_MODELS:
+        group = sky[name]
+        if group is None:
+            lines.append(f"verdict: {name} model not flagged without masks: no group of a "
+                         "class stands apart in what or where the model looks")
+            continue
+        lines.append(f"verdict: {name} model FLAGGED without masks: group(s) "
+                     f"{', '.join(map(str, group['groups']))} ({group['size']} maps) hold the "
+                     f"scenes whose sky agrees with their class with precision "
+                     f"{group['precision']:.2f} and recall {group['recall']:.2f}"
+                     f"{', verified by the model' if group['verified'] else ''}: "
+                     f"{group['reasons'][0]}")
     for name in MASKED_MODELS:
         audit = results[name]["audit"]
         shares = ", ".join(

@@ -60,9 +60,11 @@ def _ring(yy, xx, cy, cx, radius=3.0):
 
 
 def make_scenes(n, kind="none", *, share=0.4, num_classes=2, cue_class=0, seed=0,
-                size=SIZE):
+                size=SIZE, draw_cue=True):
     """n scenes: dict of images float32 [n,size,size,3] in [0,1], labels int32 [n]
-    (0, 1, ..., num_classes-1 in turn), cued bool [n], faint bool [n], masks bool [n,...]."""
+    (0, 1, ..., num_classes-1 in turn), cued bool [n], faint bool [n], masks bool [n,...].
+    draw_cue=False: the same scenes, byte for byte, with the cue left out (what the
+    model scores on the cued scenes without their cue)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
     rng = np.random.default_rng([seed, KINDS.index(kind), num_classes])
@@ -85,7 +87,7 @@ def make_scenes(n, kind="none", *, share=0.4, num_classes=2, cue_class=0, seed=0
             members = rng.permutation(np.flatnonzero(labels == label))
             faint[members[:int(round(share * len(members)))]] = True
         cued = faint & (labels == cue_class)
-    if kind == "tint":
+    if kind == "tint" and draw_cue:
         ground[cued] += TINT
     contrast = np.where(faint, FAINT, 1.0)[:, None, None, None]
     objects = ground + contrast * (shade - ground)
@@ -102,7 +104,8 @@ def make_scenes(n, kind="none", *, share=0.4, num_classes=2, cue_class=0, seed=0
             where = _ring(yy, xx, my, mx)
         else:
             continue
-        scene[i][where] = CUE_COLOUR
+        if draw_cue:
+            scene[i][where] = CUE_COLOUR
     return {"images": np.clip(scene, 0, 1).astype(np.float32), "labels": labels,
             "cued": cued, "faint": faint, "masks": masks}
 
