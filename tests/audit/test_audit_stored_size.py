@@ -176,3 +176,32 @@ def test_the_reader_finds_rows_by_sample_index_without_a_table_of_them(run):
         for missing in (-1, COUNT, 10**9):
             with pytest.raises(KeyError, match=f"no sample with index {missing}"):
                 results.row(index=missing)
+
+
+def test_nearest_sample_maps_are_the_float64_brute_force_ones(rng):
+    """ClassClusters.nearest takes its candidates from a float32 product: the neighbours
+    must still be those of float64 distances to every sample map, ties by sample row,
+    including maps with near and exact duplicates in the sample (where the fallback to
+    the float64 product is needed)."""
+    from sightline.audit.clusters import NEIGHBOURS, ClassClusters
+
+    def unit(values):
+        return np.sqrt(values / values.sum(axis=1, keepdims=True))  # Hellinger, as embed_maps
+
+    spread = unit(rng.uniform(0, 1, (300, 64)) ** 4)
+    base = rng.uniform(0, 1, (3, 64)) ** 4
+    crowded = unit(base[rng.integers(0, 3, 300)] + rng.uniform(0, 1e-5, (300, 64)))
+    crowded[:40] = crowded[0]  # exact duplicates: ties at every rank
+    for sample in (spread, crowded):
+        fit = ClassClusters(0, np.arange(len(sample)), sample, np.arange(len(sample)) % 2,
+                            np.zeros((len(sample), 2)), np.zeros(3), 2)
+        queries = np.concatenate([unit(rng.uniform(0, 1, (50, 64)) ** 4), sample[:60],
+                                  crowded[:20] + 1e-7])
+        distance, rows = fit.nearest(queries)
+        for i, query in enumerate(queries):
+            exact = np.sqrt(((query[None, :] - sample) ** 2).sum(axis=1))
+            order = np.lexsort((np.arange(len(sample)), exact))[:NEIGHBOURS]
+            # Equal distances may come in another order of rows only when they tie.
+            np.testing.assert_allclose(distance[i], exact[order], rtol=0, atol=1e-15)
+            assert sorted(rows[i]) == sorted(order) or np.allclose(
+                exact[rows[i]], exact[order], rtol=0, atol=1e-15), i
