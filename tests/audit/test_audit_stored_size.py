@@ -183,7 +183,7 @@ def test_nearest_sample_maps_are_the_float64_brute_force_ones(rng):
     must still be those of float64 distances to every sample map, ties by sample row,
     including maps with near and exact duplicates in the sample (where the fallback to
     the float64 product is needed)."""
-    from sightline.audit.clusters import NEIGHBOURS, ClassClusters
+    from sightline.audit.clusters import NEIGHBOURS, ClassClusters, embed_maps
 
     def unit(values):
         return np.sqrt(values / values.sum(axis=1, keepdims=True))  # Hellinger, as embed_maps
@@ -192,11 +192,15 @@ def test_nearest_sample_maps_are_the_float64_brute_force_ones(rng):
     base = rng.uniform(0, 1, (3, 64)) ** 4
     crowded = unit(base[rng.integers(0, 3, 300)] + rng.uniform(0, 1e-5, (300, 64)))
     crowded[:40] = crowded[0]  # exact duplicates: ties at every rank
-    for sample in (spread, crowded):
+    # 3x3 maps embedded on the 16x16 grid: 25 distinct columns of 256, so candidates are
+    # ranked in 25 dimensions; queries off that subspace too.
+    tiny = embed_maps(rng.uniform(0, 1, (300, 3, 3)) ** 3)[0].astype(np.float64)
+    for sample in (spread, crowded, tiny):
         fit = ClassClusters(0, np.arange(len(sample)), sample, np.arange(len(sample)) % 2,
                             np.zeros((len(sample), 2)), np.zeros(3), 2)
-        queries = np.concatenate([unit(rng.uniform(0, 1, (50, 64)) ** 4), sample[:60],
-                                  crowded[:20] + 1e-7])
+        dims = sample.shape[1]
+        queries = np.concatenate([unit(rng.uniform(0, 1, (50, dims)) ** 4), sample[:60],
+                                  sample[:20] + 1e-7])
         distance, rows = fit.nearest(queries)
         for i, query in enumerate(queries):
             exact = np.sqrt(((query[None, :] - sample) ** 2).sum(axis=1))
@@ -205,3 +209,5 @@ def test_nearest_sample_maps_are_the_float64_brute_force_ones(rng):
             np.testing.assert_allclose(distance[i], exact[order], rtol=0, atol=1e-15)
             assert sorted(rows[i]) == sorted(order) or np.allclose(
                 exact[rows[i]], exact[order], rtol=0, atol=1e-15), i
+        if sample is tiny:
+            assert fit._rough[1].shape == (len(sample), 25)  # the fewer dimensions were used
