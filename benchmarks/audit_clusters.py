@@ -1,21 +1,40 @@
-"""How long the mask-free audit takes, and how much memory it needs, at dataset scale:
-10,000 and 100,000 maps per class (not a test: run it by hand).
+"""How long the mask-free audit takes, and how much memory it needs, at dataset scale,
+against the rate of the job that wrote the maps (not a test: run it by hand).
 
     .venv/bin/python benchmarks/audit_clusters.py [--maps 10000 100000] [--side 7 28]
+        [--input-size 224] [--job mobilenet_v2] [--compression none]
+    .venv/bin/python benchmarks/audit_clusters.py --maps 50000 500000 --side 3 \
+        --input-size 28 --job fashion
     .venv/bin/python benchmarks/audit_clusters.py --core [--maps ...] [--side 7]
 
 Default (the real `sightline audit` path): for each size and map side, one child process
 writes a synthetic complete run of N maps per class for 2 classes through the store's own
 shard writer, index and manifest (as tests/audit/audit_runs.py does, but a chunk at a
-time, so the input never sits in memory whole); a second child times
-`run_audit(out)` (no masks, no --verify) on it, so the audit's peak memory (the
-process's maximum resident set) is its own and not the writing's. In each class 70% of
-the maps look at the object near the centre, 15% at the bottom-right corner, 15% at the
-top edge; the planted corner group must be flagged in both classes, or the numbers are
-marked as not counting. The run folder is deleted after each size.
+time, so the input never sits in memory whole), for images of --input-size; a second
+child times `run_audit(out)` (no masks, no --verify) on it, so the audit's peak memory
+(the process's maximum resident set) is its own and not the writing's. In each class
+70% of the maps look at the object near the centre, 15% at the bottom-right corner, 15%
+at the top edge; the planted corner group must be flagged in both classes, or the
+numbers are marked as not counting. The run folder is deleted after each size. With two
+or more sizes the audit's steady rate is also given: the difference of maps over the
+difference of seconds, which cancels what does not grow with N (imports, the fit).
+
+--job MODEL (fashion: the course's CNN at 28x28, 3x3 maps; mobilenet_v2 or small_cnn at
+--input-size): first, in a child of its own, `sightline explain`'s job (run_job, Grad-CAM,
+every default: batch, shard size, compression "auto") on random 8-bit images of that
+model's input from a .npy, at two sizes; its steady rate is the same difference quotient,
+and each audit line then says its rate over the job's, measured in the same run.
 
 --core: the clustering core alone (sample, fit, assign) on one class of maps made in
 memory, the same planted groups; no store, no shards.
+
+Earlier figures (the README has the current ones). Before the audit measured its maps as
+stored (every map resized to 224x224 first, masks or not), on two shared cores of an
+Intel Xeon, 7x7 maps, gzip shards: 10,000 maps per class audited in 53 s (376 maps/s,
+peak RSS 674 MB), 100,000 per class in 407 s (491 maps/s, 702 MB); 28x28 maps: 53 s and
+351 s (680 and 706 MB); the clustering core alone, 100,000 maps of one class: 14 s, 248
+MB. The issue that followed measured a 1,000,000-map Fashion run (28x28 images) explained
+in 58 s and audited in 543 s (1,840 maps/s, peak RSS 637 MB).
 """
 
 import argparse
@@ -95,9 +114,10 @@ def run_core(total, side):
           f"{purity:.3f}, flagged {len(flagged)}")
 
 
-def write_synthetic_run(out, per_class, side, compression):
-    """A complete output folder of 2 * per_class maps [side,side], the classes interleaved
-    (row i is class i % 2), written a chunk at a time through the store's writer."""
+def write_synthetic_run(out, per_class, side, compression, input_size=224):
+    """A complete output folder of 2 * per_class maps [side,side] of images input_size
+    pixels square, the classes interleaved (row i is class i % 2), written a chunk at a
+    time through the store's writer."""
     from sightline.store.manifest import write_manifest
     from sightline.store.shards import ShardWriter, build_index
 
@@ -105,13 +125,14 @@ def write_synthetic_run(out, per_class, side, compression):
     method = "gradcam"
     ranges = [(start, min(total, start + SHARD_SIZE)) for start in range(0, total, SHARD_SIZE)]
     layout = {"maps": {method: (side, side)}, "key_length": 32,
-              "attributes": {"input_size": [224, 224], "methods": f'["{method}"]',
+              "attributes": {"input_size": [input_size, input_size], "methods": f'["{method}"]',
                              "map_size": "native"}}
     run = {"model_sha256": "0" * 64, "layer": "last_conv", "logits_layer": "classifier",
            "methods": [method], "parameters": {method: {}}, "normalize": True,
            "map_size": "native", "precision": "float32", "target": "predicted",
            "source": "npy /nowhere/images.npy", "num_samples": total,
-           "image_shape": [224, 224, 3], "preprocess": "none", "shard_size": SHARD_SIZE}
+           "image_shape": [input_size, input_size, 3], "preprocess": "none",
+           "shard_size": SHARD_SIZE}
     provenance = {"model": "/nowhere/model.keras", "batch_size": 32, "replicas": 1,
                   "software": {"sightline": "benchmark"}}
     os.makedirs(os.path.join(out, "shards"), exist_ok=True)
@@ -141,9 +162,9 @@ def write_synthetic_run(out, per_class, side, compression):
     write_manifest(out, run, provenance, ranges)
 
 
-def child_write(out, per_class, side, compression):
+def child_write(out, per_class, side, compression, input_size):
     started = time.perf_counter()
-    write_synthetic_run(out, per_class, side, compression)
+    write_synthetic_run(out, per_class, side, compression, input_size)
     seconds = time.perf_counter() - started
     size = sum(os.path.getsize(os.path.join(folder, name))
                for folder, _, names in os.walk(out) for name in names)
@@ -167,6 +188,54 @@ def child_audit(out):
                                           for c in flagged]}))
 
 
+# The job's model per --job: its builder's input and batch (the zoo's presets).
+JOB_MODELS = {"fashion": 28, "mobilenet_v2": 224, "small_cnn": 224}
+
+
+def child_job(model_name, input_size, counts, root):
+    """The job's steady rate: run_job (Grad-CAM, every default) on counts[0] and counts[1]
+    random 8-bit images from a .npy; prints JSON with the rate and the stored map size."""
+    import keras
+
+    from sightline.bench.end_to_end import job_config
+    from sightline.bench.zoo import PRESETS, build_model, small_cnn
+    from sightline.jobs.runner import run_job
+    from sightline.store.results import open_results
+
+    if model_name == "small_cnn":  # its preset is 128x128: built here at the audit's size
+        keras.utils.set_random_seed(0)
+        model, batch = small_cnn(keras, (input_size, input_size, 3), 10), 64
+    else:
+        model, batch = build_model(model_name), PRESETS["full"][model_name]["batch"]
+    shape = tuple(int(v) for v in model.input_shape[1:])
+    workdir = tempfile.mkdtemp(prefix="audit-job-", dir=root)
+    try:
+        model_path = os.path.join(workdir, "model.keras")
+        model.save(model_path)
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (max(counts), *shape), dtype=np.uint8)
+        seconds = {}
+        for count in (counts[0], *counts):  # the first: warm-up (imports, traces)
+            data = os.path.join(workdir, f"images-{count}.npy")
+            np.save(data, images[:count])
+            out = os.path.join(workdir, f"out-{count}")
+            shutil.rmtree(out, ignore_errors=True)
+            started = time.perf_counter()
+            summary = run_job(job_config(model_path, data, out, ("gradcam",), batch))
+            seconds[count] = time.perf_counter() - started
+            if summary.images != count:
+                raise RuntimeError(f"the job explained {summary.images} of {count} images")
+        with open_results(out) as results:
+            stored = list(results.map_shape("gradcam"))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    small, large = counts
+    print(json.dumps({"model": model_name, "input": list(shape), "batch": batch,
+                      "stored": stored, "seconds": {str(k): v for k, v in seconds.items()},
+                      "rate": (large - small) / (seconds[large] - seconds[small]),
+                      "total_rate": large / seconds[large]}))
+
+
 def run_child(*arguments):
     """Run this script with `arguments` in a fresh process; its last line parsed as JSON."""
     done = subprocess.run([sys.executable, __file__, *arguments], check=True,
@@ -174,25 +243,38 @@ def run_child(*arguments):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_audit_size(per_class, side, compression, root):
+def run_audit_size(per_class, side, compression, root, input_size, job_rate):
     out = tempfile.mkdtemp(prefix=f"audit-{per_class}-{side}-", dir=root)
     try:
         written = run_child("--write", out, "--maps", str(per_class), "--side", str(side),
-                            "--compression", compression)
+                            "--compression", compression, "--input-size", str(input_size))
         audited = run_child("--audit", out)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     total = 2 * per_class
     counts = audited["corner_flagged_in"] == [0, 1]
-    print(f"{per_class:>8} maps/class x2 {side}x{side} ({compression}, "
-          f"{written['bytes'] / 2**20:.0f} MiB on disk): write {written['seconds']:6.1f} s; "
-          f"audit {audited['seconds']:6.1f} s ({total / audited['seconds']:,.0f} maps/s), "
-          f"peak RSS {audited['peak_mb']:.0f} MB (after imports {audited['baseline_mb']:.0f} MB), "
-          f"{audited['clusters']} clusters, {audited['flagged']} flagged, hot centres "
+    rate = total / audited["seconds"]
+    print(f"{per_class:>8} maps/class x2 {side}x{side} of {input_size}x{input_size} images "
+          f"({compression}, {written['bytes'] / 2**20:.0f} MiB on disk): write "
+          f"{written['seconds']:6.1f} s; audit {audited['seconds']:6.1f} s ({rate:,.0f} maps/s"
+          + (f", {rate / job_rate:.2f} x the job's rate" if job_rate else "")
+          + f"), peak RSS {audited['peak_mb']:.0f} MB (after imports {audited['baseline_mb']:.0f} "
+          f"MB), {audited['clusters']} clusters, {audited['flagged']} flagged, hot centres "
           f"{audited['flagged_centres']}"
           + ("" if counts else " -- the planted corner group was NOT flagged in both classes: "
                                "these numbers do not count"), flush=True)
-    return audited["peak_mb"], counts
+    return audited["peak_mb"], audited["seconds"], counts
+
+
+def run_job_rate(model_name, input_size, counts, root):
+    job = run_child("--run-job", model_name, "--input-size", str(input_size),
+                    "--maps", *map(str, counts), *(["--root", root] if root else []))
+    print(f"job: {model_name} {'x'.join(map(str, job['input']))}, Grad-CAM, batch "
+          f"{job['batch']}, maps stored at {'x'.join(map(str, job['stored']))}: "
+          + ", ".join(f"{n} images in {t:.1f} s" for n, t in job["seconds"].items())
+          + f" (the first: warm-up); steady {job['rate']:,.0f} maps/s, overall "
+          f"{job['total_rate']:,.0f} maps/s", flush=True)
+    return job["rate"]
 
 
 def main():
@@ -200,34 +282,56 @@ def main():
     parser.add_argument("--maps", type=int, nargs="+", default=[10_000, 100_000],
                         help="maps per class (with --core: maps of the one class)")
     parser.add_argument("--side", type=int, nargs="+", default=[7],
-                        help="map sides (7: a 224-px ResNet50 CAM; add 28 for a finer layer)")
+                        help="map sides (7: a 224-px ResNet50 CAM; 3: the 28-px Fashion CNN's)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="the images' side (default: the --job model's, else 224)")
     parser.add_argument("--compression", default="gzip", choices=["gzip", "lzf", "none"],
-                        help="the shards' compression (gzip: sightline explain's default)")
+                        help="the shards' compression (gzip; none is what the job writes "
+                             "on a CPU by default)")
+    parser.add_argument("--job", choices=sorted(JOB_MODELS),
+                        help="measure the job's rate on this model first (see above)")
+    parser.add_argument("--job-images", type=int, nargs=2, default=None, metavar=("N", "M"),
+                        help="the job's two sizes (default: 20,480 and 102,400 images for "
+                             "fashion, 64 and 320 at 224 pixels)")
     parser.add_argument("--core", action="store_true", help="time the clustering core only")
     parser.add_argument("--root", default=None, help="where the run folders go (default: temp)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--write", metavar="OUT", help=argparse.SUPPRESS)
     parser.add_argument("--audit", metavar="OUT", help=argparse.SUPPRESS)
+    parser.add_argument("--run-job", choices=sorted(JOB_MODELS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    model = args.job or args.run_job
+    input_size = args.input_size or (JOB_MODELS[model] if model else 224)
     if args.one:
         run_core(args.maps[0], args.side[0])
     elif args.write:
-        child_write(args.write, args.maps[0], args.side[0], args.compression)
+        child_write(args.write, args.maps[0], args.side[0], args.compression, input_size)
     elif args.audit:
         child_audit(args.audit)
+    elif args.run_job:
+        child_job(args.run_job, input_size, args.maps, args.root)
     elif args.core:
         for side in args.side:
             for total in args.maps:
                 subprocess.run([sys.executable, __file__, "--one", "--maps", str(total),
                                 "--side", str(side)], check=True)
     else:
+        job_rate = None
+        if args.job:
+            counts = args.job_images or ((20_480, 102_400) if input_size <= 64 else (64, 320))
+            job_rate = run_job_rate(args.job, input_size, counts, args.root)
         for side in args.side:
-            peaks = {per_class: run_audit_size(per_class, side, args.compression, args.root)
-                     for per_class in args.maps}
-            smallest, largest = min(peaks), max(peaks)
+            runs = {per_class: run_audit_size(per_class, side, args.compression, args.root,
+                                              input_size, job_rate)
+                    for per_class in args.maps}
+            smallest, largest = min(runs), max(runs)
             if largest != smallest:
+                steady = 2 * (largest - smallest) / (runs[largest][1] - runs[smallest][1])
                 print(f"{side}x{side}: peak RSS at {largest:,} / at {smallest:,} maps per class "
-                      f"= {peaks[largest][0] / peaks[smallest][0]:.2f}", flush=True)
+                      f"= {runs[largest][0] / runs[smallest][0]:.2f}; steady audit rate "
+                      f"{steady:,.0f} maps/s"
+                      + (f", {steady / job_rate:.2f} x the job's steady rate" if job_rate else ""),
+                      flush=True)
 
 
 if __name__ == "__main__":

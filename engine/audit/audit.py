@@ -1,9 +1,9 @@
 """`sightline audit OUT`: where does the evidence sit? The shortcut audit of a complete run.
 
-Streams the heatmaps of one method through the store's reader, in chunks (memory stays
-flat in the maps: at most CHUNK maps at a time plus one running sum per class; what
-grows with the dataset is a few float32 scalars per image, for the quantiles), computes
-the per-image metrics of sightline.audit.metrics against the masks and regions of
+Streams the heatmaps of one method through the store's reader, in chunks of up to CHUNK
+maps (memory stays flat in the maps: one chunk plus one running sum per class; what grows
+with the dataset is a few float32 scalars per image, for the quantiles), computes the
+per-image metrics of sightline.audit.metrics against the masks and regions of
 sightline.audit.masks, and sums them up per class (named by the class subfolder when the
 keys are folder paths; by label, or by predicted class when there are no labels): the
 mean heatmap, the distribution of the on-object share s, mean s and area a, the lift
@@ -11,6 +11,12 @@ mean(s) / mean(a), the pointing-game hit rate against its chance level mean(a),
 accuracy against the labels, mean entropy and the peak spread. A map that is zero
 everywhere is left out of every per-class mean and spread (its area too, so share, hit
 and area are averaged over the same images); empty_maps counts them.
+
+Sizes: entropy, coverage and peaks are measured on the maps as stored, mean heatmaps are
+summed as stored and resized once to the images' size ("compared_at") for the report,
+region shares are exact at the images' size without resizing a map; only the masks' share,
+area and pointing game resize each map to the images' size (sightline.audit.metrics).
+Without masks no map is ever resized, and every chunk is a handful of array operations.
 
 A class is FLAGGED when its lift L is below `threshold` (default 2.0): the object gets
 less than twice the share of evidence a map blind to it would give it, so the evidence
@@ -41,7 +47,8 @@ import os
 import numpy as np
 
 from sightline.audit.masks import check_mask_size, missing_masks, open_masks, parse_region, region_bounds
-from sightline.audit.metrics import image_metrics, lift, peak_mean, peak_spread, resize_maps, summarize
+from sightline.audit.metrics import (concentration, lift, object_metrics, peak_mean, peak_spread,
+                                     region_shares, region_weights, resize_maps, summarize)
 from sightline.audit.shortcuts import ClusterAudit
 from sightline.audit.summary import provenance
 from sightline.store.results import RELEVANCE_COLUMNS, open_results
@@ -49,7 +56,8 @@ from sightline.store.results import RELEVANCE_COLUMNS, open_results
 DEFAULT_THRESHOLD = 2.0
 DEFAULT_DIFFUSE = 0.85
 DEFAULT_WORST = 8  # per class
-CHUNK = 256
+CHUNK = 4096  # maps per chunk at most; fewer when they are large (CHUNK_BYTES)
+CHUNK_BYTES = 32 * 2**20  # one chunk's float64 maps at the size the metrics run at
 HISTOGRAM_BINS = 25
 EXIT_FLAGGED = 3
 
@@ -71,25 +79,31 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
         stored = results.map_shape(method)
         region_masks = _parse_regions(regions, size)
         mask_source = open_masks(masks, boxes, size)
+        rows = _chunk_rows(chunk, stored, size if mask_source is not None else stored)
         try:
-            names, by_label = _check_samples(results, mask_source, size, chunk)
+            names, by_label = _check_samples(results, mask_source, size, rows)
             cluster_audit.open_replay(results.manifest)
-            tally = _Tally(size, list(region_masks), worst)
+            tally = _Tally(size, {name: region_weights(region, stored)
+                                  for name, region in region_masks.items()}, worst)
             relevance = list(RELEVANCE_COLUMNS) if results.relevance else []
             for columns in results.chunks([f"heatmaps/{method}", "sample/key", "sample/label",
                                            "pred/class", "pred/target", "sample/index",
-                                           *relevance], rows=chunk):
-                tally.add(columns, method, mask_source, region_masks, by_label)
-                cluster_audit.add(columns, columns[f"heatmaps/{method}"].astype(np.float32),
+                                           *relevance], rows=rows):
+                # float16 -> float64 once: both consumers compute in float64, and numpy
+                # widens float16 to float64 faster than to float32.
+                maps = columns[f"heatmaps/{method}"].astype(np.float64)
+                tally.add(columns, maps, mask_source, by_label)
+                cluster_audit.add(columns, maps,
                                   results.relevance_of(columns) if relevance else None)
         finally:
             if mask_source is not None:
                 mask_source.close()
         manifest = results.manifest
-        found = cluster_audit.finish(results, manifest, names, chunk)
+        found = cluster_audit.finish(results, manifest, names, rows)
+    stats = tally.classes(stored)
     policy = {"threshold": threshold, "diffuse": diffuse, "flag_diffuse": flag_diffuse}
-    classes = [_class_entry(group, tally.stats[group], names, by_label, region_masks,
-                            mask_source is not None, policy) for group in sorted(tally.stats)]
+    classes = [_class_entry(group, stats[group], names, by_label, region_masks, size,
+                            mask_source is not None, policy) for group in sorted(stats)]
     return {
         "format": "sightline-audit/1",
         "out": os.path.abspath(out),
@@ -116,6 +130,15 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
         "cluster_rule": cluster_audit.rule(),
         "provenance": provenance(manifest),
     }
+
+
+def _chunk_rows(chunk, stored, measured):
+    """Maps per chunk: `chunk` at most, and no more than CHUNK_BYTES of float64 maps at
+    the size they are measured at (the stored size, or the images' with masks)."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a whole number of maps >= 1; received {chunk!r}")
+    pixels = max(int(np.prod(stored)), int(np.prod(measured)))
+    return max(1, min(chunk, CHUNK_BYTES // (8 * pixels)))
 
 
 def _choose_method(results, method, out):
@@ -145,17 +168,15 @@ def _check_samples(results, mask_source, size, chunk):
 
     Returns (class names by label from the keys' folders, whether to group by label)."""
     folders, missing, num_samples, num_missing, by_label = {}, [], 0, 0, True
-    for columns in results.chunks(["sample/key", "sample/label"], rows=max(chunk, 1024)):
-        keys = [k.decode("utf-8") for k in columns["sample/key"]]
+    for columns in results.chunks(["sample/key", "sample/label"], rows=max(chunk, 4096)):
         labels = columns["sample/label"]
-        if mask_source is not None and keys and num_samples == 0:
-            check_mask_size(mask_source, keys[0], size)
-        num_samples += len(keys)
+        _add_folders(folders, columns["sample/key"], labels)
+        num_samples += len(labels)
         by_label = by_label and bool((labels >= 0).all())
-        for key, label in zip(keys, labels.tolist()):
-            if label >= 0 and "/" in key:
-                folders.setdefault(int(label), set()).add(key.split("/", 1)[0])
         if mask_source is not None:
+            keys = [k.decode("utf-8") for k in columns["sample/key"]]
+            if keys and num_samples == len(keys):
+                check_mask_size(mask_source, keys[0], size)
             absent = missing_masks(mask_source, keys)
             missing.extend(absent[:5 - len(missing)] if len(missing) < 5 else [])
             num_missing += len(absent)
@@ -163,63 +184,107 @@ def _check_samples(results, mask_source, size, chunk):
         raise ValueError(f"{mask_source.description} has no mask for {num_missing} of "
                          f"{num_samples} sample(s): {', '.join(missing)}"
                          f"{' ...' if num_missing > len(missing) else ''}")
-    names = {label: next(iter(found)) for label, found in folders.items() if len(found) == 1}
+    names = {label: next(iter(found)).decode("utf-8") for label, found in folders.items()
+             if len(found) == 1}
     return names, by_label and num_samples > 0
 
 
-class _ClassStats:
-    def __init__(self, size, region_names):
-        self.count = 0
-        self.map_sum = np.zeros(size)
-        self.mask_sum = np.zeros(size)
-        self.labelled = self.correct = 0
-        self.values = {}  # metric -> list of float32 arrays (scalars per image only)
-        self.region_names = region_names
+def _add_folders(folders, keys, labels):
+    """Add to folders {label: {folder bytes}} the first path part of every key that has one
+    (labelled samples only), a chunk at a time in array operations."""
+    before, slash, _ = np.strings.partition(np.asarray(keys), b"/")
+    kept = (slash == b"/") & (np.asarray(labels) >= 0)
+    if not kept.any():
+        return
+    found, which = np.unique(before[kept], return_inverse=True)
+    pairs = np.unique(np.asarray(labels)[kept].astype(np.int64) * len(found) + which)
+    for pair in pairs.tolist():
+        folders.setdefault(pair // len(found), set()).add(bytes(found[pair % len(found)]))
 
-    def add(self, maps, masks, metrics, labels, predictions):
-        self.count += len(maps)
-        self.map_sum += maps.sum(axis=0)
-        if masks is not None:
-            self.mask_sum += masks.sum(axis=0)
-        known = labels >= 0
-        self.labelled += int(known.sum())
-        self.correct += int((labels[known] == predictions[known]).sum())
-        for name, values in metrics.items():
-            self.values.setdefault(name, []).append(np.asarray(values, np.float32))
+
+class _ClassStats:
+    """One class's numbers once the stream is over: counts, sums and per-image columns."""
+
+    def __init__(self, count, map_sum, mask_sum, labelled, correct, columns):
+        self.count, self.map_sum, self.mask_sum = count, map_sum, mask_sum
+        self.labelled, self.correct = labelled, correct
+        self._columns = columns  # metric -> float32 [count] in source order
 
     def column(self, name):
-        parts = self.values.get(name)
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return self._columns.get(name, np.zeros(0, np.float32))
 
 
 class _Tally:
-    """What the stream keeps: per-class running stats, per-class heaps of the worst
-    images (at most `worst` each), and counts."""
+    """What the stream keeps: per-class running sums (the maps' at their stored size,
+    the masks' at the images'), per image a few float32 metrics and its class, per-class
+    heaps of the worst images (at most `worst` each), and counts. Every chunk is one
+    batch of array operations, whatever the number of classes in it."""
 
-    def __init__(self, size, region_names, worst):
-        self.size, self.region_names, self.worst = size, region_names, worst
-        self.stats, self.heaps = {}, {}
+    def __init__(self, size, region_weights, worst):
+        self.size, self.region_weights, self.worst = size, region_weights, worst
+        self.heaps, self.sums = {}, {}  # class -> [count, map_sum, mask_sum, labelled, correct]
+        self.groups, self.values = [], {}  # per chunk: int64 [n]; metric -> float32 [n]
         self.counter = self.total_images = self.empty_maps = 0
 
-    def add(self, columns, method, mask_source, region_masks, by_label):
-        maps = resize_maps(columns[f"heatmaps/{method}"], self.size)
-        keys = [k.decode("utf-8") for k in columns["sample/key"]]
+    def add(self, columns, maps, mask_source, by_label):
+        """One chunk: maps float64 [n,h,w] as stored."""
         labels, predictions = columns["sample/label"], columns["pred/class"]
-        object_masks = mask_source.read(keys) if mask_source is not None else None
-        metrics = image_metrics(maps, object_masks, region_masks)
-        groups = labels if by_label else predictions
-        self.total_images += len(keys)
+        metrics = concentration(maps)
+        keys = object_masks = None
+        if mask_source is not None:
+            keys = [k.decode("utf-8") for k in columns["sample/key"]]
+            object_masks = mask_source.read(keys)
+            metrics.update(object_metrics(resize_maps(np.maximum(maps, 0.0), self.size),
+                                          object_masks))
+        for name, weights in self.region_weights.items():
+            metrics[f"region/{name}"] = region_shares(np.maximum(maps, 0.0), weights)
+        groups = np.asarray(labels if by_label else predictions, np.int64)
+        self.total_images += len(groups)
         self.empty_maps += int((metrics["total"] <= 0).sum())
-        for group in np.unique(groups):
-            rows = groups == group
-            if int(group) not in self.stats:
-                self.stats[int(group)] = _ClassStats(self.size, self.region_names)
-            self.stats[int(group)].add(
-                maps[rows], None if object_masks is None else object_masks[rows],
-                {k: v[rows] for k, v in metrics.items() if k != "total"},
-                labels[rows], predictions[rows])
+        self.groups.append(groups)
+        for name, values in metrics.items():
+            if name != "total":
+                self.values.setdefault(name, []).append(values.astype(np.float32))
+        self._sum(groups, maps, object_masks, labels, predictions)
         if object_masks is not None:
             self._rank(metrics, groups, keys, columns["sample/index"], labels, predictions)
+
+    def _sum(self, groups, maps, object_masks, labels, predictions):
+        # The chunk sorted by class: each class's rows are one slice, summed by reduceat.
+        order = np.argsort(groups, kind="stable")
+        present, starts = np.unique(groups[order], return_index=True)
+        count = len(groups)
+        ends = np.append(starts[1:], count)
+        map_sums = np.add.reduceat(maps.reshape(count, -1)[order], starts, axis=0)
+        mask_sums = (np.add.reduceat(object_masks.reshape(count, -1)[order].astype(np.float64),
+                                     starts, axis=0) if object_masks is not None else None)
+        known = (labels >= 0)[order]
+        correct = (known & (labels == predictions)[order])
+        labelled = np.add.reduceat(known.astype(np.int64), starts)
+        right = np.add.reduceat(correct.astype(np.int64), starts)
+        for i, group in enumerate(present.tolist()):
+            entry = self.sums.setdefault(group, [0, 0.0, 0.0, 0, 0])
+            entry[0] += int(ends[i] - starts[i])
+            entry[1] = entry[1] + map_sums[i]
+            if mask_sums is not None:
+                entry[2] = entry[2] + mask_sums[i]
+            entry[3] += int(labelled[i])
+            entry[4] += int(right[i])
+
+    def classes(self, stored):
+        """{class: _ClassStats}, mean maps and masks as [h,w] / [H,W] float64 sums."""
+        groups = np.concatenate(self.groups) if self.groups else np.zeros(0, np.int64)
+        order = np.argsort(groups, kind="stable")  # source order within each class
+        present, starts = np.unique(groups[order], return_index=True)
+        ends = np.append(starts[1:], len(groups))
+        values = {name: np.concatenate(parts)[order] for name, parts in self.values.items()}
+        stats = {}
+        for group, start, end in zip(present.tolist(), starts, ends):
+            count, map_sum, mask_sum, labelled, correct = self.sums[group]
+            stats[group] = _ClassStats(
+                count, _as_shape(map_sum, stored), _as_shape(mask_sum, self.size), labelled,
+                correct, {name: part[start:end] for name, part in values.items()})
+        return stats
 
     def _rank(self, metrics, groups, keys, indices, labels, predictions):
         # Worst first, per class: the smallest lift (share / area), then pointing-game
@@ -253,14 +318,22 @@ class _Tally:
         return ranked
 
 
-def _class_entry(group, s, names, by_label, region_masks, with_masks, policy):
+def _as_shape(total, shape):
+    """A running sum (0.0 until something was added) as float64 [shape]."""
+    return np.zeros(shape) if np.ndim(total) == 0 else np.reshape(total, shape)
+
+
+def _class_entry(group, s, names, by_label, region_masks, size, with_masks, policy):
     entry = {
         "class": group,
         "name": names.get(group, str(group)),
         "grouped_by": "label" if by_label else "predicted",
         "count": s.count,
         "accuracy": (s.correct / s.labelled) if s.labelled else None,
-        "mean_heatmap": (s.map_sum / max(s.count, 1)).astype(np.float32),
+        # Summed as stored, resized once: resizing is linear, so this is the mean of the
+        # resized maps, at the images' size for the report's pictures.
+        "mean_heatmap": resize_maps((s.map_sum / max(s.count, 1))[None], size)[0].astype(
+            np.float32),
         "entropy": summarize(s.column("entropy")),
         "coverage": summarize(s.column("coverage")),
         "peak_spread": peak_spread(s.column("peak_y"), s.column("peak_x")),

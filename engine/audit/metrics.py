@@ -20,8 +20,16 @@ per class   the lift L = mean(s) / mean(a) (1 = no better than a map blind to th
             as a fraction of the image side (0.41 for peaks spread uniformly; a peak that
             stays put, like a watermark or a sky, shows as a low spread).
 
-CAM-family maps stored at the layer's resolution ("native") are resized bilinearly
-(half-pixel centres, as tf.image.resize) to the images' size before anything is compared.
+Sizes. CAM-family maps are stored at the layer's resolution ("native"): 7x7 for a
+224-pixel ResNet50 or MobileNetV2, 3x3 for the 28-pixel Fashion CNN. Concentration and
+peak position are measured on the map as stored (h x w in the formulas above, a pixel
+being one cell): resizing first would measure the interpolation as much as the model
+(a one-cell 7x7 map upsampled to 224x224 has entropy 0.7, not 0) and cost a thousand
+times the work. Shares, area and the pointing game compare with masks drawn on the
+images, so with masks the map is resized bilinearly (half-pixel centres, as
+tf.image.resize) to the images' size first; a region's share needs no resizing, since
+resizing is linear (region_weights). Maps stored at the input size (gradients, or
+--map-size input) are measured as they are.
 """
 
 import math
@@ -58,7 +66,7 @@ def resize_maps(maps, size):
 
 def image_metrics(maps, masks=None, regions=None):
     """Per-image metrics of maps [B,H,W] (>= 0) against masks bool [B,H,W] (or None)
-    and regions {name: bool [H,W]}.
+    and regions {name: bool [H,W]}, all at one size.
 
     Returns a dict of [B] arrays: total, entropy, coverage, peak_y, peak_x (fractions of
     the side, pixel centres), and with masks share, area, hit (1.0 or 0.0); region/<name>
@@ -66,40 +74,93 @@ def image_metrics(maps, masks=None, regions=None):
     entropy, coverage, peak and hit (its area is still the mask's).
     """
     maps = np.maximum(np.asarray(maps, np.float64), 0.0)
+    result = concentration(maps)
+    if masks is not None:
+        result.update(object_metrics(maps, masks))
+    for name, region in (regions or {}).items():
+        result[f"region/{name}"] = region_shares(maps, region_weights(region, maps.shape[1:]))
+    return result
+
+
+def concentration(maps):
+    """Entropy, coverage and peak of maps [B,h,w] (>= 0) at their own size, whole chunks
+    at a time: a dict of [B] float64 arrays total, entropy, coverage, peak_y, peak_x (NaN
+    but total for a map with no mass).
+
+    The audit computes them at the size the maps are stored at, never resized: for a
+    7x7 Grad-CAM of a 224-pixel image that is 49 values per map where the input size
+    held 50,176 of them, interpolated from the same 49. They are then about the map the
+    model made: entropy 0 is one cell, coverage 1/(h*w) the smallest a map can have, and
+    a peak lies on a cell centre."""
+    maps = np.maximum(np.asarray(maps, np.float64), 0.0)
     batch, height, width = maps.shape
-    flat = maps.reshape(batch, -1)
+    flat = maps.reshape(batch, -1)  # [B, h*w]
     total = flat.sum(axis=1)
-    safe = np.where(total > 0, total, 1.0)
-    empty = total <= 0
-    p = flat / safe[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plogp = np.where(p > 0, p * np.log(p), 0.0)
-    entropy = -plogp.sum(axis=1) / math.log(height * width)
+    empty = ~(total > 0)
+    safe = np.where(empty, 1.0, total)
+    # -sum p log p with p = M / T is log T - sum(M log M) / T: one log per value, no
+    # division per value (a value of 0 adds 0, as p log p -> 0).
+    mass_log_mass = (flat * np.log(np.where(flat > 0, flat, 1.0))).sum(axis=1)
+    nats = np.maximum(np.log(safe) - mass_log_mass / safe, 0.0)
     # Ties go to the first pixel in row-major order (np.argmax), so a constant non-zero
     # map peaks at the top-left pixel. It keeps that peak rather than none: it does
     # spread evidence (its share is the object's area), and dropping it from the
     # pointing game alone would average hit and share over different images; its
     # coverage of 1 is what marks it as pointing nowhere.
     peak = flat.argmax(axis=1)
-    result = {
+    return {
         "total": total,
-        "entropy": np.where(empty, np.nan, entropy),
-        "coverage": np.where(empty, np.nan, np.exp(-plogp.sum(axis=1)) / (height * width)),
+        "entropy": np.where(empty, np.nan, nats / math.log(height * width)),
+        "coverage": np.where(empty, np.nan, np.exp(nats) / (height * width)),
         # An empty map has no peak; argmax would put a fake one in the top-left corner,
         # which looks like a peak that stays put (a shortcut) to the peak spread.
         "peak_y": np.where(empty, np.nan, (peak // width + 0.5) / height),
         "peak_x": np.where(empty, np.nan, (peak % width + 0.5) / width),
     }
-    if masks is not None:
-        masks = np.asarray(masks, bool).reshape(batch, -1)
-        result["share"] = np.where(empty, np.nan, (flat * masks).sum(axis=1) / safe)
-        result["area"] = masks.mean(axis=1)
+
+
+def object_metrics(maps, masks):
+    """share, area and hit ([B] float64) of maps [B,H,W] (>= 0) against masks bool
+    [B,H,W] of the same size: the images' size, where masks are drawn."""
+    batch = len(maps)
+    flat = np.asarray(maps, np.float64).reshape(batch, -1)  # [B, H*W]
+    masks = np.asarray(masks, bool).reshape(batch, -1)
+    total = flat.sum(axis=1)
+    peak = flat.argmax(axis=1)  # ties: the first pixel, as concentration's peak
+    empty = ~(total > 0)
+    safe = np.where(empty, 1.0, total)
+    return {
+        "share": np.where(empty, np.nan, (flat * masks).sum(axis=1) / safe),
+        "area": masks.mean(axis=1),
         # 1.0 / 0.0, NaN for an empty map: it neither hits nor misses, as it has no share.
-        result["hit"] = np.where(empty, np.nan, masks[np.arange(batch), peak].astype(np.float64))
-    for name, region in (regions or {}).items():
-        region = np.asarray(region, bool).reshape(-1)
-        result[f"region/{name}"] = np.where(empty, np.nan, (flat * region).sum(axis=1) / safe)
-    return result
+        "hit": np.where(empty, np.nan, masks[np.arange(batch), peak].astype(np.float64)),
+    }
+
+
+def region_weights(region, shape):
+    """A region bool [H,W] of the images seen from maps of `shape` (h, w): float64
+    (inside [h,w], everywhere [h,w]) such that the region's share of the map resized to
+    [H,W] (resize_maps) is sum(M * inside) / sum(M * everywhere) for the map M as stored.
+
+    Resizing is linear, M_up = R M C^T, so sum(M_up * G) = sum(M * R^T G C): the share
+    at the images' size, exactly, from the stored map."""
+    region = np.asarray(region, np.float64)
+    if tuple(region.shape) == tuple(shape):
+        return region, np.ones(region.shape)
+    rows = bilinear_matrix(region.shape[0], shape[0])  # [H, h]
+    cols = bilinear_matrix(region.shape[1], shape[1])  # [W, w]
+    return rows.T @ region @ cols, np.outer(rows.sum(axis=0), cols.sum(axis=0))
+
+
+def region_shares(maps, weights):
+    """The region's share of each map [B,h,w] (>= 0), from region_weights; NaN for an
+    empty map."""
+    inside, everywhere = weights
+    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)  # [B, h*w]
+    within = flat @ inside.reshape(-1)
+    spread = flat @ everywhere.reshape(-1)
+    empty = ~(spread > 0)
+    return np.where(empty, np.nan, within / np.where(empty, 1.0, spread))
 
 
 def lift(mean_share, mean_area):

@@ -182,7 +182,8 @@ def _audit_section(folder, title, audit):
     parts.append(f'<p class="verdict {css}">{html.escape(verdict)}</p>')
     parts.append(f'<p class="note">method <code>{html.escape(audit["method"])}</code>, '
                  f'{audit["num_images"]} images, maps stored at '
-                 f'{"x".join(map(str, audit["stored_size"]))} and compared at '
+                 f'{"x".join(map(str, audit["stored_size"]))} (entropy, coverage and '
+                 f'peaks measured there) and compared at '
                  f'{"x".join(map(str, audit["compared_at"]))} (bilinear); '
                  f'masks: {html.escape(str(audit["masks"]))}. Rule: '
                  f'{html.escape(audit["rule"])} (threshold {audit["threshold"]:g}, diffuse limit {audit["diffuse"]:g}). A map blind to the '

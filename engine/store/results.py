@@ -71,7 +71,11 @@ class Results:
                                                if RELEVANCE in handle else None)
         self._offsets = np.cumsum([0, *counts])  # part p holds rows [offsets[p], offsets[p+1])
         self.sample_indices = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-        self._row_of_index = {int(i): row for row, i in enumerate(self.sample_indices)}
+        # Rows by sample index, found by bisection when the indices ascend (shards hold
+        # consecutive ranges): a dict of a million Python ints would be about 100 MB and
+        # a second of a streaming audit's start that never looks a sample up.
+        self._ascending = bool(np.all(np.diff(self.sample_indices) > 0))
+        self._row_of_index = None
         self._row_of_key = None
         self._open_part, self._open_handle = None, None
 
@@ -146,9 +150,17 @@ class Results:
             if key not in self._row_of_key:
                 raise KeyError(f"no sample with key {key!r} (skipped, or not in this run)")
             return self._row_of_key[key]
-        if int(index) not in self._row_of_index:
-            raise KeyError(f"no sample with index {index} (skipped, or not in this run)")
-        return self._row_of_index[int(index)]
+        index = int(index)
+        if self._ascending:
+            row = int(np.searchsorted(self.sample_indices, index))
+            if row < len(self.sample_indices) and self.sample_indices[row] == index:
+                return row
+        else:
+            if self._row_of_index is None:
+                self._row_of_index = {int(i): row for row, i in enumerate(self.sample_indices)}
+            if index in self._row_of_index:
+                return self._row_of_index[index]
+        raise KeyError(f"no sample with index {index} (skipped, or not in this run)")
 
     def heatmap(self, method, index=None, key=None, raw=False):
         self._check_method(method)

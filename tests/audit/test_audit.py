@@ -159,11 +159,14 @@ def made(tmp_path_factory):
 
 def test_audit_numbers_match_a_reference_over_the_whole_run(made):
     audit = run_audit(made["out"], masks=made["masks"], regions=["sky=0:8,0:32"], chunk=3)
-    maps = resize_maps(stored_maps(made["maps"]), SIZE)  # as stored, then bilinear
+    stored = stored_maps(made["maps"])
+    maps = resize_maps(stored, SIZE)  # as stored, then bilinear
     sky = np.zeros(SIZE, bool)
     sky[:8] = True
-    per_image = [reference_metrics(maps[i], made["mask_array"][i], [("sky", sky)])
-                 for i in range(len(maps))]
+    # Shares, hits and regions against the masks at the images' size; concentration and
+    # peaks of the maps as stored.
+    per_image = [{**reference_metrics(maps[i], made["mask_array"][i], [("sky", sky)]),
+                  **reference_metrics(stored[i])} for i in range(len(maps))]
     assert audit["num_images"] == 24 and audit["stored_size"] == [8, 8]
     assert audit["compared_at"] == [32, 32]
     for entry in audit["classes"]:
@@ -179,6 +182,10 @@ def test_audit_numbers_match_a_reference_over_the_whole_run(made):
         assert entry["pointing_game"] == pytest.approx(np.mean([per_image[i]["hit"] for i in rows]))
         assert entry["entropy"]["mean"] == pytest.approx(
             np.mean([per_image[i]["entropy"] for i in rows]), abs=1e-6)
+        assert entry["coverage"]["median"] == pytest.approx(
+            np.median([per_image[i]["coverage"] for i in rows]), abs=1e-6)
+        assert entry["peak_mean"] == pytest.approx(
+            [np.mean([per_image[i][f"peak_{axis}"] for i in rows]) for axis in "yx"], abs=1e-9)
         assert entry["regions"]["sky"]["mean"] == pytest.approx(
             np.mean([per_image[i]["region/sky"] for i in rows]), abs=1e-6)
         assert entry["peak_spread"] == pytest.approx(peak_spread(
@@ -338,13 +345,16 @@ def with_empty_maps(tmp_path_factory):
 def test_empty_maps_are_left_out_of_share_area_pointing_game_and_peaks(with_empty_maps):
     made = with_empty_maps
     audit = run_audit(made["out"], masks=made["masks"], chunk=5)
-    maps = resize_maps(stored_maps(made["maps"]), SIZE)
+    stored = stored_maps(made["maps"])
+    maps = resize_maps(stored, SIZE)
     assert audit["empty_maps"] == int(made["empty"].sum()) == 16
     cross, disc = audit["classes"]
     # Cross: 12 images, 4 of them empty; every mean runs over the same 8.
     kept = [i for i in range(24) if made["labels"][i] == 0 and not made["empty"][i]]
     assert len(kept) == 8 and cross["count"] == 12 and cross["empty_maps"] == 4
-    per_image = [reference_metrics(maps[i], made["mask_array"][i]) for i in kept]
+    # Shares and hits at the masks' size, peaks on the maps as stored.
+    per_image = [{**reference_metrics(maps[i], made["mask_array"][i]),
+                  **reference_metrics(stored[i])} for i in kept]
     shares = [m["share"] for m in per_image]
     areas = [m["area"] for m in per_image]
     hits = [m["hit"] for m in per_image]
@@ -378,11 +388,12 @@ def test_empty_maps_make_no_fixed_peak_without_masks(with_empty_maps):
     made = with_empty_maps
     audit = run_audit(made["out"])
     cross, disc = audit["classes"]
-    maps = resize_maps(stored_maps(made["maps"]), SIZE)
-    peaks = [np.unravel_index(np.argmax(maps[i]), SIZE) for i in range(24)
+    maps = stored_maps(made["maps"])  # peaks on the maps as stored
+    height, width = maps.shape[1:]
+    peaks = [np.unravel_index(np.argmax(maps[i]), (height, width)) for i in range(24)
              if made["labels"][i] == 0 and not made["empty"][i]]
-    ys = np.array([(y + 0.5) / SIZE[0] for y, _ in peaks])
-    xs = np.array([(x + 0.5) / SIZE[1] for _, x in peaks])
+    ys = np.array([(y + 0.5) / height for y, _ in peaks])
+    xs = np.array([(x + 0.5) / width for _, x in peaks])
     assert cross["peak_spread"] == pytest.approx(np.sqrt(ys.var() + xs.var()), abs=1e-6)
     # The empty maps' would-be peaks in the corner do not pull the mean there either.
     assert cross["peak_mean"] == pytest.approx([ys.mean(), xs.mean()], abs=1e-6)
