@@ -43,7 +43,8 @@ import numpy as np
 from sightline.audit.masks import check_mask_size, missing_masks, open_masks, parse_region, region_bounds
 from sightline.audit.metrics import image_metrics, lift, peak_mean, peak_spread, resize_maps, summarize
 from sightline.audit.shortcuts import ClusterAudit
-from sightline.audit.summary import provenance
+from sightline.audit.summary import group_entries, provenance
+from sightline.jobs.predictions import PredictionTally
 from sightline.store.results import open_results
 
 DEFAULT_THRESHOLD = 2.0
@@ -72,7 +73,7 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
         region_masks = _parse_regions(regions, size)
         mask_source = open_masks(masks, boxes, size)
         try:
-            names, by_label = _check_samples(results, mask_source, size, chunk)
+            names, by_label, predictions = _check_samples(results, mask_source, size, chunk)
             cluster_audit.open_replay(results.manifest)
             tally = _Tally(size, list(region_masks), worst)
             for columns in results.chunks([f"heatmaps/{method}", "sample/key", "sample/label",
@@ -85,6 +86,7 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
                 mask_source.close()
         manifest = results.manifest
         found = cluster_audit.finish(results, manifest, names, chunk)
+        labels_are, group_names = results.labels_are, results.group_names
     policy = {"threshold": threshold, "diffuse": diffuse, "flag_diffuse": flag_diffuse}
     classes = [_class_entry(group, tally.stats[group], names, by_label, region_masks,
                             mask_source is not None, policy) for group in sorted(tally.stats)]
@@ -113,6 +115,12 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
         "clusters_file": os.path.abspath(cluster_audit.path),
         "cluster_rule": cluster_audit.rule(),
         "provenance": provenance(manifest),
+        "labels_are": labels_are,
+        "groups": group_entries(predictions, names),
+        "collapsed": [{**entry, "class_name": names.get(entry["class"], f"class {entry['class']}")}
+                      for entry in predictions.collapsed()],
+        "num_classes": predictions.num_classes,
+        "group_names": list(group_names or ()),
     }
 
 
@@ -138,21 +146,28 @@ def _parse_regions(regions, size):
 
 
 def _check_samples(results, mask_source, size, chunk):
-    """A first pass over the samples' keys and labels: masks that do not line up stop
-    the audit before any work, with one line that names them.
+    """A first pass over the samples' keys, labels and predictions: masks that do not line
+    up stop the audit before any work, with one line that names them.
 
-    Returns (class names by label from the keys' folders, whether to group by label)."""
-    folders, missing, num_samples, num_missing, by_label = {}, [], 0, 0, True
-    for columns in results.chunks(["sample/key", "sample/label"], rows=max(chunk, 1024)):
+    Returns (the model's class names by index, whether to group by label, the
+    PredictionTally of every image and of each class folder)."""
+    missing, num_samples, num_missing, by_label, largest = [], 0, 0, True, -1
+    has_group = results.has("sample/group")
+    columns_read = ["sample/key", "sample/label", "pred/class", "pred/score", "pred/target"]
+    parts = []
+    for columns in results.chunks(columns_read + (["sample/group"] if has_group else []),
+                                  rows=max(chunk, 1024)):
         keys = [k.decode("utf-8") for k in columns["sample/key"]]
         labels = columns["sample/label"]
         if mask_source is not None and keys and num_samples == 0:
             check_mask_size(mask_source, keys[0], size)
         num_samples += len(keys)
         by_label = by_label and bool((labels >= 0).all())
-        for key, label in zip(keys, labels.tolist()):
-            if label >= 0 and "/" in key:
-                folders.setdefault(int(label), set()).add(key.split("/", 1)[0])
+        largest = max(largest, *(int(columns[n].max(initial=-1)) for n in
+                                 ("sample/label", "pred/class", "pred/target")))
+        # Predictions are small vectors: kept for the tally, made once the classes are known.
+        parts.append({n: columns[n] for n in ("pred/class", "pred/score", "sample/label")}
+                     | {"sample/group": columns["sample/group"] if has_group else None})
         if mask_source is not None:
             absent = missing_masks(mask_source, keys)
             missing.extend(absent[:5 - len(missing)] if len(missing) < 5 else [])
@@ -161,8 +176,13 @@ def _check_samples(results, mask_source, size, chunk):
         raise ValueError(f"{mask_source.description} has no mask for {num_missing} of "
                          f"{num_samples} sample(s): {', '.join(missing)}"
                          f"{' ...' if num_missing > len(missing) else ''}")
-    names = {label: next(iter(found)) for label, found in folders.items() if len(found) == 1}
-    return names, by_label and num_samples > 0
+    num_classes = results.num_classes or largest + 1
+    names = {c: results.class_name(c) for c in range(max(num_classes, largest + 1))}
+    predictions = PredictionTally(num_classes, results.group_names if has_group else None)
+    for part in parts:
+        predictions.add(part["pred/class"], part["pred/score"], labels=part["sample/label"],
+                        groups=part["sample/group"])
+    return names, by_label and num_samples > 0, predictions
 
 
 class _ClassStats:
@@ -244,8 +264,8 @@ class _Tally:
         ranked = []
         for group in sorted(self.heaps):
             for badness, item in sorted(self.heaps[group], key=lambda t: t[0], reverse=True):
-                item["class_name"] = names.get(item["label"], str(item["label"]))
-                item["predicted_name"] = names.get(item["predicted"], str(item["predicted"]))
+                item["class_name"] = names.get(item["label"], f"class {item['label']}")
+                item["predicted_name"] = names.get(item["predicted"], f"class {item['predicted']}")
                 item["group"] = group
                 ranked.append(item)
         return ranked
@@ -254,7 +274,7 @@ class _Tally:
 def _class_entry(group, s, names, by_label, region_masks, with_masks, policy):
     entry = {
         "class": group,
-        "name": names.get(group, str(group)),
+        "name": names.get(group, f"class {group}"),
         "grouped_by": "label" if by_label else "predicted",
         "count": s.count,
         "accuracy": (s.correct / s.labelled) if s.labelled else None,

@@ -43,7 +43,8 @@ def add_arguments(parser):
     parser.add_argument("--activations", help="include the output folder of "
                                               "`sightline activations` in the report")
     parser.add_argument("--fail-on-flag", action="store_true",
-                        help=f"exit with {EXIT_FLAGGED} when any class or cluster is flagged")
+                        help=f"exit with {EXIT_FLAGGED} when any class or cluster is flagged, "
+                             "or the predictions collapsed onto one class")
     shortcuts = parser.add_argument_group(
         "finding shortcuts without masks", "the maps of each explained class are clustered; "
         "a group is flagged when it is a separate group, matters, and its evidence sits "
@@ -110,6 +111,6 @@ def run(args):
     print(f"wrote {audit['clusters_file']}")
     if args.export_virelay:
         print(f"ViRelAy project: {os.path.join(args.export_virelay, PROJECT_FILE)}")
-    flagged = audit["flagged"] or audit["flagged_clusters"]
+    flagged = audit["flagged"] or audit["flagged_clusters"] or audit.get("collapsed")
     return EXIT_FLAGGED if (args.fail_on_flag and flagged) else 0
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from sightline.store.manifest import MANIFEST_FILE, read_manifest, refresh_manifest
-from sightline.store.shards import (INDEX_FILE, PER_SHARD_ATTRIBUTES, build_index,
+from sightline.store.shards import (INDEX_FILE, PER_SHARD_ATTRIBUTES, build_index, label_names,
                                     remove_stale_temporaries, verify_shard, verify_shards)
 
 # What `sightline inspect` calls a shard, by the kind of its problem (see ShardProblem).
@@ -32,6 +32,12 @@ class Results:
 
     results.methods, len(results), results.sample_indices (int64 [N], source order)
     results.manifest, results.attrs (the run's shard attributes: input_size, store, ...)
+    results.class_names: the model's class names in class order ([num_classes] str, what
+        /pred/class, /pred/target and /sample/label index), None when the run had none
+    results.group_names: the source's class folders ([G] str, what /sample/group
+        indexes), None without folders; results.num_classes (None for older runs)
+    results.labels_are: "classes" when some /sample/label is known (a label is the
+        model's class), "groups" when the folders are only groups, else "none"
     results.map_shape(method) -> (h, w) as stored
     results.chunks(names, rows=256) -> dicts {name: array of at most `rows` rows}, in
         source order: the streaming read (memory flat in N)
@@ -63,11 +69,38 @@ class Results:
                                   if k not in PER_SHARD_ATTRIBUTES}
                     self._map_shapes = {m: tuple(handle[f"heatmaps/{m}"].shape[1:])
                                         for m in self.methods}
+                    self._datasets = set()
+                    handle.visititems(lambda name, item: self._datasets.add(name)
+                                      if isinstance(item, h5py.Dataset) else None)
         self._offsets = np.cumsum([0, *counts])  # part p holds rows [offsets[p], offsets[p+1])
         self.sample_indices = np.concatenate(indices) if indices else np.zeros(0, np.int64)
         self._row_of_index = {int(i): row for row, i in enumerate(self.sample_indices)}
         self._row_of_key = None
         self._open_part, self._open_handle = None, None
+        self.class_names, self.group_names, self.num_classes = label_names(self.attrs)
+        self._labels_are = None
+
+    def has(self, name):
+        """Whether the run stores dataset `name` (older runs have no /sample/group)."""
+        return name in self._datasets
+
+    @property
+    def labels_are(self):
+        if self._labels_are is None:
+            if (self.read("sample/label") >= 0).any():
+                self._labels_are = "classes"
+            elif self.group_names and self.has("sample/group"):
+                self._labels_are = "groups"
+            else:
+                self._labels_are = "none"
+        return self._labels_are
+
+    def class_name(self, index):
+        """The name of the model's class `index` ('class k' when the run has no names)."""
+        index = int(index)
+        if self.class_names and 0 <= index < len(self.class_names):
+            return self.class_names[index]
+        return f"class {index}"
 
     def _shard_paths(self, checksum):
         num_shards = self.manifest["num_shards"]
@@ -159,6 +192,7 @@ class Results:
             "index": int(self.sample_indices[row]),
             "key": handle["sample/key"][local].decode("utf-8"),
             "label": int(handle["sample/label"][local]),
+            "group": int(handle["sample/group"][local]) if self.has("sample/group") else -1,
             "target": int(handle["pred/target"][local]),
             "predicted": int(handle["pred/class"][local]),
             "score": float(handle["pred/score"][local]),
