@@ -161,6 +161,13 @@ def verdict(audit):
                         if text.startswith(("evidence on the object", "groups whose")))
     checked = [text.split(" (")[0].split(",")[0] for passed, text in done if passed]
     text = "nothing flagged; checked: " + ", ".join(checked)
+    diffuse = [str(c["name"]) for c in audit["classes"] if c.get("status") == "diffuse"]
+    empty = [str(c["name"]) for c in audit["classes"] if c.get("status") == "empty"]
+    if diffuse:
+        text += (f"; except {', '.join(diffuse)}, whose maps are flat (diffuse: no localised "
+                 "evidence, the class predicted when the other's evidence is absent)")
+    if empty:
+        text += f"; except {', '.join(empty)}, whose maps are all zero (no evidence to place)"
     if unchecked:
         text += "; NOT checked: " + "; ".join(unchecked)
     return text, "ok" if place_checked else "unchecked"
