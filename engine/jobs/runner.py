@@ -162,6 +162,8 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     manifest.write()
     progress = Progress(sum(plan.ranges[s][1] - plan.ranges[s][0] for s in plan.mine),
                         log_json=config.log_json, quiet=config.quiet, stream=progress_stream)
+    for warning in plan.provenance.get("warnings", []):  # found while planning
+        progress.event("warning", message=warning["message"])
     writer = ShardWriter(plan.out, plan.num_shards, plan.layout,
                          compression=plan.provenance["compression"],
                          on_finished=manifest.shard_finished, fingerprint=plan.fingerprint,
@@ -222,7 +224,7 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
             others = [w["set"] for w in warnings[1:]]
             progress.event("warning", message=warnings[0]["message"] + (
                 f" (also in folder(s) {', '.join(others)})" if others else ""))
-            plan.provenance["warnings"] = warnings
+            plan.provenance.setdefault("warnings", []).extend(warnings)
         if complete:
             # This worker's shards were checksummed minutes ago, when written or when the
             # resume verified them: reading them all again cost the job 8% of its time
@@ -281,6 +283,7 @@ def _plan(config):
     from sightline.data.labels import check_class_count, parse_class_names
     from sightline.data.sources import open_source
     from sightline.model.adapter import adapt_model
+    from sightline.model.input_range import input_rescaling, rescaling_warning
 
     for name in ("model", "data", "out"):
         if getattr(config, name) is None:
@@ -304,6 +307,8 @@ def _plan(config):
                               unsafe=config.unsafe)
     check_methods(adapter, config)
     check_class_count(class_names, adapter.num_classes)
+    rescaling = rescaling_warning(input_rescaling(adapter.model),
+                                  PREPROCESS_FLAGS.get(config.preprocess, config.preprocess))
     names = class_names.names_for(adapter.num_classes) if class_names is not None else ()
     image_shape = _image_shape(config, adapter, source)
     _check_finite_pixels(source)
@@ -315,6 +320,8 @@ def _plan(config):
     map_shapes = _map_shapes(config, adapter, image_shape)
     encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
     provenance = run_provenance(config, adapter, replicas, workers)
+    if rescaling:
+        provenance["warnings"] = [{"kind": "input_rescaled_twice", "message": rescaling}]
     provenance["compression"] = resolve_compression(
         config.compression, on_accelerator=bool(tf.config.list_logical_devices("GPU")))
     if auto:

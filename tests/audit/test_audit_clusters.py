@@ -45,7 +45,7 @@ def planted_run(root, *, seed=0, corner=True, shard_size=25, count=240):
     planted[0::2] = truth
     keys = np.array([f"{('horse', 'zebra')[label]}/{i:04d}.png" for i, label in enumerate(labels)])
     out = write_run(os.path.join(root, f"run-{seed}-{corner}-{shard_size}"), maps, labels,
-                    labels.copy(), keys, shard_size=shard_size)
+                    labels.copy(), keys, shard_size=shard_size, class_names=("horse", "zebra"))
     return {"out": out, "maps": maps, "labels": labels, "planted": planted, "keys": keys}
 
 

@@ -120,3 +120,24 @@ def test_a_class_index_the_model_lacks_stops_before_any_work(workspace, tmp_path
     assert stderr.strip().count("\n") == 0
     assert "maps folder 'faces' to class 9, but the model has 4 classes" in stderr
     assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("flavor", ["keras3", "tf_keras"])
+def test_a_model_that_rescales_its_input_is_warned_about_scaling_twice(flavor):
+    from sightline.model.input_range import input_rescaling, rescaling_warning
+    from tests.models import keras_module
+    keras = keras_module(flavor)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_symmetric")(inputs)
+    x = keras.layers.Conv2D(2, 3)(x)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    (found,) = input_rescaling(model)
+    assert found[0] == "to_symmetric"
+    np.testing.assert_allclose(found[1:], (1 / 127.5, -1.0), rtol=1e-6)
+    line = rescaling_warning([found], "[0,1]")
+    assert "0..255 to [-1, 1]" in line and "--preprocess [0,1] scales the images" in line
+    assert rescaling_warning([found], "none") is None
+    # A Rescaling after the first convolution is the model's business, not the input's.
+    later = keras.layers.Rescaling(0.5)(keras.layers.Conv2D(2, 3)(inputs))
+    assert input_rescaling(keras.Model(inputs, later)) == []
