@@ -4,8 +4,9 @@ Streams the heatmaps of one method through the store's reader, in chunks (memory
 flat in the maps: at most CHUNK maps at a time plus one running sum per class; what
 grows with the dataset is a few float32 scalars per image, for the quantiles), computes
 the per-image metrics of sightline.audit.metrics against the masks and regions of
-sightline.audit.masks, and sums them up per class (named by the class subfolder when the
-keys are folder paths; by label, or by predicted class when there are no labels): the
+sightline.audit.masks, and sums them up per class (by label when every image has one,
+else by predicted class; named by the run's class names, recorded from --class-names,
+never by folder names: a class folder is a group of images, sightline.data.labels): the
 mean heatmap, the distribution of the on-object share s, mean s and area a, the lift
 mean(s) / mean(a), the pointing-game hit rate against its chance level mean(a),
 accuracy against the labels, mean entropy and the peak spread. A map that is zero
@@ -26,6 +27,10 @@ the other (a disc detector calls everything without a disc a cross): Grad-CAM of
 class is nearly constant, it points nowhere, and saying it points at the sky would be
 wrong. A shortcut is evidence that sits somewhere else; a whole-image cue (a colour
 cast) also gives flat maps, which is why --flag-diffuse exists.
+
+Beside them, from the predictions alone: each class folder's predicted classes, and
+collapsed predictions (sightline.jobs.predictions: most images of the run or of a folder
+predicted as one class at high confidence), which the verdict reports as a finding.
 
 Flags of classes need masks or boxes; without them the per-class part reports the
 mask-free statistics and flags nothing. Beside it, with or without masks, the audit

@@ -42,7 +42,8 @@ class ShortcutOptions:
     clusters: clusters per explained class (None: the eigengap chooses); thresholds /
     verify_thresholds: {name: value} overrides of THRESHOLDS / VERIFY_THRESHOLDS (None
     values keep the default); verify: check flagged clusters by ablation on the run's
-    model (unsafe: load it without Keras safe mode); export_virelay: a folder for the
+    model (unsafe: load it without Keras safe mode, for --verify and for the export, whose
+    class probabilities come from the model); export_virelay: a folder for the
     ViRelAy project; sample_size: maps per class the clusters are fitted on;
     clusters_file: where clusters.h5 goes (default OUT/clusters.h5); batch_size: images
     per call of the model in --verify."""

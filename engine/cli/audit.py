@@ -75,11 +75,13 @@ def add_arguments(parser):
                                 f"{VERIFY_THRESHOLDS['min_drop']}) and by "
                                 f"{VERIFY_THRESHOLDS['min_ratio']}x a control region's")
     shortcuts.add_argument("--unsafe", action="store_true",
-                           help="--verify: load a model holding Python code (Lambda layers); "
+                           help="--verify, --export-virelay: load a model holding Python code "
+                                "(Lambda layers); "
                                 "only if you trust the file, as for `sightline explain --unsafe`")
     shortcuts.add_argument("--export-virelay", metavar="DIR",
                            help="also write a ViRelAy project (images, heatmaps, clusters) "
-                                "into DIR; the images are read again from the run's source")
+                                "into DIR; the images are read again from the run's source "
+                                "and the class probabilities from its model")
 
 
 def check(args):

@@ -211,6 +211,21 @@ def open_results(out, *, checksum=True):
     return Results(out, checksum=checksum)
 
 
+def _labels_line(run):
+    """What the run's labels mean, in a few words (older runs did not record it)."""
+    names = run.get("class_names")
+    shown = (f"; class names {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+             if names else "")
+    groups = run.get("group_names") or []
+    kind = run.get("labels_are")
+    if kind == "groups":
+        return (f"class folders {', '.join(groups[:8])} are groups, not the model's classes "
+                f"(no --class-names){shown}")
+    if kind == "classes":
+        return f"the model's classes{shown}"
+    return ("none" if kind == "none" else "not recorded") + shown
+
+
 def describe_output(out):
     """A few lines a person can read: what ran, on what, and the state of every shard.
 
@@ -232,6 +247,7 @@ def describe_output(out):
         f"{run['precision']}, target {run['target']})",
         f"source:     {run['source']}, {run['num_samples']} samples, images "
         f"{'x'.join(map(str, run['image_shape']))}, preprocess {run['preprocess']}",
+        f"labels:     {_labels_line(run)}",
         f"shards:     {manifest['num_shards']} of {run['shard_size']} samples; "
         + ", ".join(f"{len(v)} {k}" for k, v in sorted(states.items())),
         f"skipped:    {manifest.get('num_skipped', len(manifest.get('skipped', [])))} unreadable "

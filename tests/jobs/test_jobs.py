@@ -335,6 +335,7 @@ def test_inspect_summarises(folder_run, capsys):
     text = capsys.readouterr().out
     assert "3 complete" in text and "25 samples" in text and "dog/zz-broken.png" in text
     assert "index:      present" in text
+    assert "labels:     class folders cat, dog are groups, not the model's classes" in text
 
 
 def test_array_of_another_size_is_resized_in_the_step_as_explain_would_see_it(workspace,
