@@ -75,3 +75,22 @@ def test_bad_class_names_are_one_clear_line(given, message):
 def test_the_number_of_names_must_be_the_models():
     with pytest.raises(ValueError, match=r"gives 2 name\(s\) but the model has 7 classes"):
         check_class_count(parse_class_names("faces,non-faces"), 7)
+
+
+def test_a_config_file_gives_class_names_as_a_list_or_a_table(tmp_path):
+    import argparse
+
+    from sightline.cli.explain import add_arguments, config_from_options, explain_options
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    listed = tmp_path / "listed.toml"
+    listed.write_text('class_names = ["cat", "dog"]\n')
+    mapped = tmp_path / "mapped.toml"
+    mapped.write_text('[class_names]\ncat = 1\ndog = 0\n')
+    config = config_from_options(explain_options(parser.parse_args(["--config", str(listed)])))
+    assert config.class_names.names == ("cat", "dog")
+    config = config_from_options(explain_options(parser.parse_args(["--config", str(mapped)])))
+    assert config.class_names.folders == {"cat": 1, "dog": 0}
+    # The flag wins over the file, as every flag does.
+    args = parser.parse_args(["--config", str(listed), "--class-names", "ant,bee"])
+    assert config_from_options(explain_options(args)).class_names.names == ("ant", "bee")
