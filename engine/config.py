@@ -47,6 +47,10 @@ class _RunSettings:
     data: Optional[str] = None
     out: Optional[str] = None
     labels: Optional[str] = None
+    # How a folder's class subfolders map to the model's classes: names in class order, a
+    # {folder: class index} table, or the --class-names text (a comma list or a .json/.toml
+    # path); parsed and checked by sightline.data.labels. None: the folders are groups.
+    class_names: Optional[object] = None
     target: Union[str, int] = "predicted"
     shard_size: int = 1024
     image_size: Optional[tuple] = None

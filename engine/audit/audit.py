@@ -1,11 +1,12 @@
 """`sightline audit OUT`: where does the evidence sit? The shortcut audit of a complete run.
 
-Streams the heatmaps of one method through the store's reader, in chunks of up to CHUNK
-maps (memory stays flat in the maps: one chunk plus one running sum per class; what grows
-with the dataset is a few float32 scalars per image, for the quantiles), computes the
-per-image metrics of sightline.audit.metrics against the masks and regions of
-sightline.audit.masks, and sums them up per class (named by the class subfolder when the
-keys are folder paths; by label, or by predicted class when there are no labels): the
+Streams the heatmaps of one method through the store's reader, in chunks (memory stays
+flat in the maps: at most CHUNK maps at a time plus one running sum per class; what
+grows with the dataset is a few float32 scalars per image, for the quantiles), computes
+the per-image metrics of sightline.audit.metrics against the masks and regions of
+sightline.audit.masks, and sums them up per class (by label when every image has one,
+else by predicted class; named by the run's class names, recorded from --class-names,
+never by folder names: a class folder is a group of images, sightline.data.labels): the
 mean heatmap, the distribution of the on-object share s, mean s and area a, the lift
 mean(s) / mean(a), the pointing-game hit rate against its chance level mean(a),
 accuracy against the labels, mean entropy and the peak spread. A map that is zero
@@ -33,6 +34,10 @@ class is nearly constant, it points nowhere, and saying it points at the sky wou
 wrong. A shortcut is evidence that sits somewhere else; a whole-image cue (a colour
 cast) also gives flat maps, which is why --flag-diffuse exists.
 
+Beside them, from the predictions alone: each class folder's predicted classes, and
+collapsed predictions (sightline.jobs.predictions: most images of the run or of a folder
+predicted as one class at high confidence), which the verdict reports as a finding.
+
 Flags of classes need masks or boxes; without them the per-class part reports the
 mask-free statistics and flags nothing. Beside it, with or without masks, the audit
 clusters the maps of each explained class and flags groups whose evidence sits somewhere
@@ -50,7 +55,8 @@ from sightline.audit.masks import check_mask_size, missing_masks, open_masks, pa
 from sightline.audit.metrics import (concentration, lift, object_metrics, peak_mean, peak_spread,
                                      region_shares, region_weights, resize_maps, summarize)
 from sightline.audit.shortcuts import ClusterAudit
-from sightline.audit.summary import provenance
+from sightline.audit.summary import group_entries, provenance
+from sightline.jobs.predictions import PredictionTally
 from sightline.store.results import RELEVANCE_COLUMNS, open_results
 
 DEFAULT_THRESHOLD = 2.0
@@ -81,7 +87,7 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
         mask_source = open_masks(masks, boxes, size)
         rows = _chunk_rows(chunk, stored, size if mask_source is not None else stored)
         try:
-            names, by_label = _check_samples(results, mask_source, size, rows)
+            names, by_label, predictions = _check_samples(results, mask_source, size, rows)
             cluster_audit.open_replay(results.manifest)
             tally = _Tally(size, {name: region_weights(region, stored)
                                   for name, region in region_masks.items()}, worst)
@@ -100,6 +106,7 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
                 mask_source.close()
         manifest = results.manifest
         found = cluster_audit.finish(results, manifest, names, rows)
+        labels_are, group_names = results.labels_are, results.group_names
     stats = tally.classes(stored)
     policy = {"threshold": threshold, "diffuse": diffuse, "flag_diffuse": flag_diffuse}
     classes = [_class_entry(group, stats[group], names, by_label, region_masks, size,
@@ -129,6 +136,12 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
         "clusters_file": os.path.abspath(cluster_audit.path),
         "cluster_rule": cluster_audit.rule(),
         "provenance": provenance(manifest),
+        "labels_are": labels_are,
+        "groups": group_entries(predictions, names),
+        "collapsed": [{**entry, "class_name": names.get(entry["class"], f"class {entry['class']}")}
+                      for entry in predictions.collapsed()],
+        "num_classes": predictions.num_classes,
+        "group_names": list(group_names or ()),
     }
 
 
@@ -163,20 +176,29 @@ def _parse_regions(regions, size):
 
 
 def _check_samples(results, mask_source, size, chunk):
-    """A first pass over the samples' keys and labels: masks that do not line up stop
-    the audit before any work, with one line that names them.
+    """A first pass over the samples' keys, labels and predictions: masks that do not line
+    up stop the audit before any work, with one line that names them.
 
-    Returns (class names by label from the keys' folders, whether to group by label)."""
-    folders, missing, num_samples, num_missing, by_label = {}, [], 0, 0, True
-    for columns in results.chunks(["sample/key", "sample/label"], rows=max(chunk, 4096)):
+    Returns (the model's class names by index, whether to group by label, the
+    PredictionTally of every image and of each class folder)."""
+    missing, num_samples, num_missing, by_label, largest = [], 0, 0, True, -1
+    has_group = results.has("sample/group")
+    columns_read = ["sample/key", "sample/label", "pred/class", "pred/score", "pred/target"]
+    parts = []
+    for columns in results.chunks(columns_read + (["sample/group"] if has_group else []),
+                                  rows=max(chunk, 1024)):
+        keys = [k.decode("utf-8") for k in columns["sample/key"]]
         labels = columns["sample/label"]
-        _add_folders(folders, columns["sample/key"], labels)
-        num_samples += len(labels)
+        if mask_source is not None and keys and num_samples == 0:
+            check_mask_size(mask_source, keys[0], size)
+        num_samples += len(keys)
         by_label = by_label and bool((labels >= 0).all())
+        largest = max(largest, *(int(columns[n].max(initial=-1)) for n in
+                                 ("sample/label", "pred/class", "pred/target")))
+        # Predictions are small vectors: kept for the tally, made once the classes are known.
+        parts.append({n: columns[n] for n in ("pred/class", "pred/score", "sample/label")}
+                     | {"sample/group": columns["sample/group"] if has_group else None})
         if mask_source is not None:
-            keys = [k.decode("utf-8") for k in columns["sample/key"]]
-            if keys and num_samples == len(keys):
-                check_mask_size(mask_source, keys[0], size)
             absent = missing_masks(mask_source, keys)
             missing.extend(absent[:5 - len(missing)] if len(missing) < 5 else [])
             num_missing += len(absent)
@@ -184,22 +206,13 @@ def _check_samples(results, mask_source, size, chunk):
         raise ValueError(f"{mask_source.description} has no mask for {num_missing} of "
                          f"{num_samples} sample(s): {', '.join(missing)}"
                          f"{' ...' if num_missing > len(missing) else ''}")
-    names = {label: next(iter(found)).decode("utf-8") for label, found in folders.items()
-             if len(found) == 1}
-    return names, by_label and num_samples > 0
-
-
-def _add_folders(folders, keys, labels):
-    """Add to folders {label: {folder bytes}} the first path part of every key that has one
-    (labelled samples only), a chunk at a time in array operations."""
-    before, slash, _ = np.strings.partition(np.asarray(keys), b"/")
-    kept = (slash == b"/") & (np.asarray(labels) >= 0)
-    if not kept.any():
-        return
-    found, which = np.unique(before[kept], return_inverse=True)
-    pairs = np.unique(np.asarray(labels)[kept].astype(np.int64) * len(found) + which)
-    for pair in pairs.tolist():
-        folders.setdefault(pair // len(found), set()).add(bytes(found[pair % len(found)]))
+    num_classes = results.num_classes or largest + 1
+    names = {c: results.class_name(c) for c in range(max(num_classes, largest + 1))}
+    predictions = PredictionTally(num_classes, results.group_names if has_group else None)
+    for part in parts:
+        predictions.add(part["pred/class"], part["pred/score"], labels=part["sample/label"],
+                        groups=part["sample/group"])
+    return names, by_label and num_samples > 0, predictions
 
 
 class _ClassStats:
@@ -311,8 +324,8 @@ class _Tally:
         ranked = []
         for group in sorted(self.heaps):
             for badness, item in sorted(self.heaps[group], key=lambda t: t[0], reverse=True):
-                item["class_name"] = names.get(item["label"], str(item["label"]))
-                item["predicted_name"] = names.get(item["predicted"], str(item["predicted"]))
+                item["class_name"] = names.get(item["label"], f"class {item['label']}")
+                item["predicted_name"] = names.get(item["predicted"], f"class {item['predicted']}")
                 item["group"] = group
                 ranked.append(item)
         return ranked
@@ -326,7 +339,7 @@ def _as_shape(total, shape):
 def _class_entry(group, s, names, by_label, region_masks, size, with_masks, policy):
     entry = {
         "class": group,
-        "name": names.get(group, str(group)),
+        "name": names.get(group, f"class {group}"),
         "grouped_by": "label" if by_label else "predicted",
         "count": s.count,
         "accuracy": (s.correct / s.labelled) if s.labelled else None,

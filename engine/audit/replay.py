@@ -134,6 +134,16 @@ def load_run_model(manifest, *, unsafe=False):
                        unsafe=unsafe)
 
 
+def preprocess_images(images, preprocess):
+    """images [n,H,W,C] decoded and resized (preprocess "none") -> float32 [n,H,W,C] as the
+    job's pipeline hands them to the model (the same function, after resizing as there)."""
+    import tensorflow as tf
+
+    from sightline.data.pipeline import preprocess as apply
+
+    return apply(tf.convert_to_tensor(np.asarray(images, np.float32)), preprocess).numpy()
+
+
 def compiled_probabilities(adapter, image_shape, batch_size):
     """probabilities(images [n,H,W,C], n <= batch_size) -> float64 [n, classes], through
     ONE tf.function traced once for [batch_size,H,W,C] (short batches are padded)."""

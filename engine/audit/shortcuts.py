@@ -62,7 +62,8 @@ class ShortcutOptions:
     clusters: clusters per explained class (None: the eigengap chooses); thresholds /
     verify_thresholds: {name: value} overrides of THRESHOLDS / VERIFY_THRESHOLDS (None
     values keep the default); verify: check flagged clusters by ablation on the run's
-    model (unsafe: load it without Keras safe mode); export_virelay: a folder for the
+    model (unsafe: load it without Keras safe mode, for --verify and for the export, whose
+    class probabilities come from the model); export_virelay: a folder for the
     ViRelAy project; sample_size: maps per class the clusters are fitted on;
     clusters_file: where clusters.h5 goes (default OUT/clusters.h5); batch_size: images
     per call of the model in --verify."""
@@ -94,9 +95,9 @@ class ShortcutOptions:
         if not _whole(self.batch_size, 1):
             raise ValueError(f"the verify batch size must be a whole number >= 1; received "
                              f"{self.batch_size!r}")
-        if self.unsafe and not self.verify:
-            raise ValueError("--unsafe only matters for --verify (it loads the model); add "
-                             "--verify or leave --unsafe out")
+        if self.unsafe and not (self.verify or self.export_virelay):
+            raise ValueError("--unsafe only matters for --verify and --export-virelay (they "
+                             "load the model); add one of them or leave --unsafe out")
         folder = self.export_virelay
         if folder is not None and os.path.exists(folder) and not os.path.isdir(folder):
             raise ValueError(f"--export-virelay {folder!r} is a file; pass a folder (it is "
@@ -144,7 +145,8 @@ class ClusterAudit:
 
         if self.options.verify or self.options.export_virelay:
             self.source = open_run_source(manifest)
-        if self.options.verify:
+            # The export's /prediction holds every class's probability, which the run's
+            # shards do not keep (only the predicted class's): the model gives them again.
             self.adapter = load_run_model(manifest, unsafe=self.options.unsafe)
 
     def add(self, columns, maps, relevance=None):
@@ -194,6 +196,7 @@ class ClusterAudit:
             # The export shows the images as a person sees them: resized, not preprocessed.
             feed = ImageFeed(self.source, results.sample_indices, image_shape=image_shape,
                              preprocess="none", chunk=chunk)
+            predict = self._class_probabilities(image_shape, run["preprocess"])
         names_read = [heatmaps, "sample/index", "sample/key", "sample/label", "pred/class",
                       "pred/target", "pred/score"]
         if concepts is not None:
@@ -222,8 +225,9 @@ class ClusterAudit:
                     concept_parts.append(concept)
                 writer.append(indices, keys, targets, cluster, layout, concept=concept)
                 if export is not None:
-                    export.add(feed.take(len(indices)), maps, targets, cluster, layout,
-                               labels=columns["sample/label"])
+                    images = feed.take(len(indices))
+                    export.add(images, maps, targets, cluster, layout,
+                               labels=columns["sample/label"], predictions=predict(images))
                 index_parts.append(np.asarray(indices, np.int64))
                 cluster_parts.append(cluster)
             found = views["where"].describe_where(names, thresholds)
@@ -247,14 +251,31 @@ class ClusterAudit:
             entry.pop("ablation_channels", None)  # the verification records those it used
         return found
 
+    def _class_probabilities(self, image_shape, preprocess):
+        """predict(images [n,H,W,C] as read) -> float32 [n, classes], the images
+        preprocessed as the job did, batch_size at a time through one compiled call."""
+        from sightline.audit.replay import compiled_probabilities, preprocess_images
+
+        batch_size = self.options.batch_size
+        probabilities = compiled_probabilities(self.adapter, image_shape, batch_size)
+
+        def predict(images):
+            prepared = preprocess_images(images, preprocess)
+            return np.concatenate([probabilities(prepared[start:start + batch_size])
+                                   for start in range(0, len(prepared), batch_size)]
+                                  ).astype(np.float32)
+        return predict
+
     def _export(self, manifest, names):
-        classes = max(self.largest_class + 1, 1)
+        # Every class of the model (names covers them), not only those predicted.
+        classes = max(self.largest_class + 1, len(names), 1)
         if self.adapter is not None:
             classes = max(classes, self.adapter.num_classes)
         strategy = "true_label" if manifest["run"].get("target") == "label" else "predicted_label"
         return VirelayExport(self.options.export_virelay,
-                             class_names=[names.get(c, str(c)) for c in range(classes)],
+                             class_names=[names.get(c, f"class {c}") for c in range(classes)],
                              method=self.method, strategy=strategy,
+                             title=f"sightline {os.path.abspath(self.out)}",
                              model=os.path.basename(str(manifest.get("model") or "model")))
 
     def _verify(self, found, indices, members, results, image_shape, preprocess):

@@ -24,15 +24,18 @@ and, per cluster (written by ClustersWriter.describe, once the clusters are know
 ViRelAy export (ViRelAy's database specification and project file format, as its loader
 and its example meta-analysis read and write them), in DIR:
 
-    <name>.input.h5          /data float32 [N,C,H,W] (the images, channels first),
-                             /label uint32 [N] (the label; the explained class where the
-                             label is unknown, /label_known bool [N] says which)
+    <name>.input.h5          /data uint8 [N,3,H,W] (the images as a person sees them,
+                             channels first; grayscale repeated into three channels:
+                             ViRelAy's image server hands [H,W,1] to Pillow, which
+                             refuses it), /label bool [N,classes] (n-hot: the sample's
+                             label, no class at all where it is unknown; ViRelAy reads a
+                             bool label as a multi-label one), /label_known bool [N]
     <name>.attribution.h5    /index uint32 [N] (rows of the input file), /attribution
                              float32 [N,1,H,W] (the heatmaps at the input size, cells
                              repeated, not smoothed, so the picture shows the layer's
                              real cells), /label uint32 [N] (the explained class),
-                             /prediction float32 [N,classes] (class probabilities; zero
-                             where the run did not keep them)
+                             /prediction float32 [N,classes] (the model's class
+                             probabilities, from the run's model and images)
     <name>.analysis.h5       one group per explained class, named by the label map's
                              word_net_id (f"{class:08d}"), holding /index uint32 [m]
                              (attribution rows of its clustered samples),
@@ -40,7 +43,7 @@ and its example meta-analysis read and write them), in DIR:
                              float32 [2], and /cluster/sightline int [m] (local cluster
                              0..K-1, attributes embedding="spectral", k=K, index=[0,1]),
                              /cluster/flagged int [m] (1 in a flagged cluster)
-    label-map.json           [{"index", "word_net_id", "name"}] per class
+    label-map.json           [{"index", "word_net_id", "name"}] per class of the model
     project.yaml             the project file, written as JSON (YAML's flow style, which
                              ViRelAy's YAML loader reads): project.name, model, label_map,
                              dataset {name, type "hdf5", path, input_width, input_height,
@@ -218,6 +221,20 @@ def resize_cells(maps, size):
     return (rows @ maps.astype(np.float64) @ cols.T).astype(np.float32)
 
 
+def display_pixels(images):
+    """images [n,H,W,C] as read for a person (not preprocessed) -> uint8 [n,H,W,3]: 8-bit
+    values as they are, a float array in [0, 1] or [-1, 1] scaled to 0..255, anything
+    else clipped; one channel repeated into three."""
+    images = np.asarray(images, np.float32)
+    low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+    if low >= -1.0 and high <= 1.0:
+        images = (images + 1.0) * 127.5 if low < 0 else images * 255.0
+    pixels = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    return pixels[..., :3]  # an alpha channel is no colour
+
+
 def category_name(label):
     """The analysis group of a class, and its word_net_id in the label map."""
     return f"{int(label):08d}"
@@ -229,7 +246,7 @@ class VirelayExport:
     and the project file. Use as a context manager to leave nothing behind on error."""
 
     def __init__(self, directory, *, class_names, method, strategy="predicted_label",
-                 name="sightline", model="model"):
+                 name="sightline", model="model", title=None):
         if strategy not in STRATEGIES:
             raise ValueError(f"attribution strategy must be one of {STRATEGIES}; received "
                              f"{strategy!r}")
@@ -239,6 +256,9 @@ class VirelayExport:
         os.makedirs(directory, exist_ok=True)
         self.directory, self.class_names = directory, [str(n) for n in class_names]
         self.method, self.strategy, self.name, self.model = method, strategy, name, model
+        # ViRelAy finds a project by its name: two projects of one name in a workspace
+        # would show the first twice.
+        self.title = title or name
         self.files = {"input": f"{name}.input.h5", "attribution": f"{name}.attribution.h5",
                       "analysis": f"{name}.analysis.h5"}
         self._staged = _Staged()
@@ -253,8 +273,8 @@ class VirelayExport:
         classes = len(self.class_names)
         self._image_shape = image_shape
         self._rows = {
-            "data": _appendable(self._input, "data", (channels, height, width), np.float32),
-            "label": _appendable(self._input, "label", (), np.uint32),
+            "data": _appendable(self._input, "data", (3, height, width), np.uint8),
+            "label": _appendable(self._input, "label", (classes,), bool),
             "label_known": _appendable(self._input, "label_known", (), bool),
             "index": _appendable(self._attribution, "index", (), np.uint32),
             "attribution": _appendable(self._attribution, "attribution", (1, height, width),
@@ -265,10 +285,11 @@ class VirelayExport:
 
     def add(self, images, heatmaps, explained, cluster, layout, *, labels=None,
             predictions=None):
-        """images [n,H,W,C]; heatmaps [n,h,w]; explained int [n]; cluster int [n] and
-        layout [n,2] from ClusterModel.assign; labels int [n] (-1 unknown);
-        predictions [n, classes] probabilities."""
-        images = np.asarray(images, np.float32)
+        """images [n,H,W,C] as read (not preprocessed); heatmaps [n,h,w]; explained int
+        [n]; cluster int [n] and layout [n,2] from ClusterModel.assign; labels int [n]
+        (-1 unknown); predictions [n, classes] probabilities (None: zeros, for tests of
+        the layout alone)."""
+        images = np.asarray(images)
         count = len(images)
         if images.ndim != 4:
             raise ValueError(f"images must be [n, height, width, channels]; received shape "
@@ -289,14 +310,19 @@ class VirelayExport:
                              f"has {classes}); received {explained.min()}..{explained.max()}")
         labels = np.full(count, -1) if labels is None else np.asarray(labels, np.int64)
         known = labels >= 0
+        if labels.max(initial=-1) >= classes:
+            raise ValueError(f"labels must lie in 0..{classes - 1} (class_names has {classes}) "
+                             f"or be -1 (unknown); received up to {labels.max()}")
         probabilities = np.zeros((count, classes), np.float32) if predictions is None \
             else np.asarray(predictions, np.float32)
         if probabilities.shape != (count, classes):
             raise ValueError(f"predictions must be [n, classes] = [{count}, {classes}]; "
                              f"received {probabilities.shape}")
         start = self._rows["index"].shape[0]
-        _append(self._rows["data"], images.transpose(0, 3, 1, 2))
-        _append(self._rows["label"], np.where(known, labels, explained).astype(np.uint32))
+        _append(self._rows["data"], display_pixels(images).transpose(0, 3, 1, 2))
+        n_hot = np.zeros((count, classes), bool)
+        n_hot[np.nonzero(known)[0], labels[known]] = True
+        _append(self._rows["label"], n_hot)
         _append(self._rows["label_known"], known)
         _append(self._rows["index"], np.arange(start, start + count, dtype=np.uint32))
         _append(self._rows["attribution"], resize_cells(heatmaps, self._image_shape[:2])[:, None])
@@ -339,7 +365,7 @@ class VirelayExport:
             for index, name in enumerate(self.class_names)])
         height, width, _ = self._image_shape
         self._write_json(PROJECT_FILE, {"project": {
-            "name": self.name,
+            "name": self.title,
             "model": self.model,
             "label_map": LABEL_MAP_FILE,
             "dataset": {"name": self.name, "type": "hdf5", "path": self.files["input"],

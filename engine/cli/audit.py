@@ -43,7 +43,8 @@ def add_arguments(parser):
     parser.add_argument("--activations", help="include the output folder of "
                                               "`sightline activations` in the report")
     parser.add_argument("--fail-on-flag", action="store_true",
-                        help=f"exit with {EXIT_FLAGGED} when any class or cluster is flagged")
+                        help=f"exit with {EXIT_FLAGGED} when any class or cluster is flagged, "
+                             "or the predictions collapsed onto one class")
     shortcuts = parser.add_argument_group(
         "finding shortcuts without masks", "the maps of each explained class are clustered; "
         "a group is flagged when it is a separate group, matters, and its evidence sits "
@@ -78,11 +79,13 @@ def add_arguments(parser):
                                 f"{VERIFY_THRESHOLDS['min_drop']}) and by "
                                 f"{VERIFY_THRESHOLDS['min_ratio']}x a control region's")
     shortcuts.add_argument("--unsafe", action="store_true",
-                           help="--verify: load a model holding Python code (Lambda layers); "
+                           help="--verify, --export-virelay: load a model holding Python code "
+                                "(Lambda layers); "
                                 "only if you trust the file, as for `sightline explain --unsafe`")
     shortcuts.add_argument("--export-virelay", metavar="DIR",
                            help="also write a ViRelAy project (images, heatmaps, clusters) "
-                                "into DIR; the images are read again from the run's source")
+                                "into DIR; the images are read again from the run's source "
+                                "and the class probabilities from its model")
 
 
 def cluster_thresholds(items):
@@ -132,6 +135,6 @@ def run(args):
     print(f"wrote {audit['clusters_file']}")
     if args.export_virelay:
         print(f"ViRelAy project: {os.path.join(args.export_virelay, PROJECT_FILE)}")
-    flagged = audit["flagged"] or audit["flagged_clusters"]
+    flagged = audit["flagged"] or audit["flagged_clusters"] or audit.get("collapsed")
     return EXIT_FLAGGED if (args.fail_on_flag and flagged) else 0
 

@@ -18,6 +18,7 @@ model               str   a .keras or .h5 file, or a SavedModel directory
 data                str   a folder of images (class subfolders give labels), TFRecord files, a .npy array or file.h5:/dataset
 out                 str   the output folder
 labels              str   labels for array sources: a .npy file or file.h5:/labels
+class_names         str   the model's classes: names in class order (a,b,c), or a .json/.toml file of names or of class folder -> class index; without it class folders are groups, not labels
 methods             str   comma-separated: {', '.join(METHODS)} (default gradcam)
 layer               str   target layer name (default: the last 4-D layer)
 target              str   predicted (default), label, or a class index
@@ -78,6 +79,9 @@ def explain_options(args):
             raise ValueError(f"config file {args.config!r} has unknown option(s) "
                              f"{', '.join(unknown)}")
         for key, value in table.items():
+            if key == "class_names" and isinstance(value, (list, dict)):
+                options[key] = value  # names in class order, or a table folder -> index
+                continue
             if isinstance(value, list) and key in ("methods", "image_size"):
                 value = ",".join(str(v) for v in value)
             if EXPLAIN_OPTIONS[key] is str and not isinstance(value, str):
@@ -98,7 +102,10 @@ def explain_options(args):
 
 def config_from_options(options):
     from sightline.config import make_config
+    from sightline.data.labels import parse_class_names
     options = dict(options)
+    if options.get("class_names") is not None:
+        options["class_names"] = parse_class_names(options["class_names"])
     methods = tuple(m.strip() for m in options.pop("methods", "gradcam").split(",") if m.strip())
     if "target" in options:
         target = options["target"]

@@ -15,6 +15,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from sightline.data.labels import folder_labels
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr")
 
@@ -24,7 +26,9 @@ class Source:
     """A listed data source.
 
     kind: "folder", "tfrecord", "npy" or "h5"; description: what the manifest records;
-    keys[N] str; labels[N] int32 (-1 where unknown); class_names: folder classes.
+    keys[N] str; labels[N] int32, the model's class (-1 where unknown); group_names and
+    groups[N] int32 (-1 at the top): a folder source's class subfolders, which are
+    labels only when --class-names maps them (sightline.data.labels).
     encoded: samples are encoded image files (decode them); else arrays [N,H,W,C].
     """
 
@@ -32,7 +36,6 @@ class Source:
     description: str
     keys: tuple
     labels: np.ndarray
-    class_names: tuple
     encoded: bool
     array_shape: Optional[tuple] = None  # (H, W, C) of array sources
     paths: tuple = ()  # folder: one per sample; tfrecord: the files
@@ -45,6 +48,16 @@ class Source:
     record_numbers: Optional[np.ndarray] = None
     # folder: files in it that are not samples, as (key, reason): listed, never dropped.
     unread: tuple = ()
+    group_names: tuple = ()
+    groups: Optional[np.ndarray] = None
+
+    def group_of(self, index):
+        """groups[index] int32 of sample indices (-1 everywhere for a source without
+        class folders)."""
+        index = np.asarray(index, np.int64)
+        if self.groups is None:
+            return np.full(index.shape, -1, np.int32)
+        return self.groups[index]
 
     @property
     def num_samples(self):
@@ -190,12 +203,27 @@ def _array_rows(source, start, stop, chunk=256):
 # ----------------------------------------------------------------------------- opening
 
 
-def open_source(spec, *, labels=None, image_key="image/encoded", label_key="image/class/label"):
+def open_source(spec, *, labels=None, image_key="image/encoded", label_key="image/class/label",
+                class_names=None):
     """List a source. spec: a folder, a TFRecord file/glob/folder, `x.npy`, `x.h5:/images`.
 
     labels: for arrays, a `.npy` file or `file.h5:/dataset` of int labels [N].
+    class_names: a ClassNames (sightline.data.labels): how a folder's class subfolders map
+    to the model's classes; without it they are groups and every label is unknown.
     Raises ValueError with one line when the source is missing, empty or unreadable.
     """
+    source = _open(spec, labels, image_key, label_key)
+    if class_names is not None and class_names.folders is not None and source.kind != "folder":
+        raise ValueError(f"--class-names {class_names.given!r} maps folders to classes, but "
+                         f"{spec!r} is not a folder of class subfolders; give the names in "
+                         "class order instead")
+    if source.kind == "folder":
+        source = dataclasses.replace(source, labels=folder_labels(
+            class_names, source.group_names, source.groups))
+    return source
+
+
+def _open(spec, labels, image_key, label_key):
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"data source must be a path; got {type(spec).__name__}")
     spec = os.fspath(spec)
@@ -234,13 +262,13 @@ def _split_h5_spec(spec):
 
 def _open_folder(folder):
     entries = sorted(os.listdir(folder))
-    class_names = tuple(e for e in entries if os.path.isdir(os.path.join(folder, e)))
-    paths, labels, unread = [], [], []
+    group_names = tuple(e for e in entries if os.path.isdir(os.path.join(folder, e)))
+    paths, groups, unread = [], [], []
 
-    def take(path, label):
+    def take(path, group):
         if path.lower().endswith(IMAGE_EXTENSIONS):
             paths.append(path)
-            labels.append(label)
+            groups.append(group)
         else:
             extension = os.path.splitext(path)[1].lower() or "(none)"
             unread.append((os.path.relpath(path, folder), f"unsupported file type {extension}"))
@@ -249,18 +277,19 @@ def _open_folder(folder):
         full = os.path.join(folder, name)
         if os.path.isfile(full):
             take(full, -1)
-    for label, class_name in enumerate(class_names):
-        for root, dirs, files in os.walk(os.path.join(folder, class_name)):
+    for group, group_name in enumerate(group_names):
+        for root, dirs, files in os.walk(os.path.join(folder, group_name)):
             dirs.sort()
             for name in sorted(files):
-                take(os.path.join(root, name), label)
+                take(os.path.join(root, name), group)
     if not paths:
         raise ValueError(f"data folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), "
                          "directly or in class subfolders")
     keys = tuple(os.path.relpath(p, folder) for p in paths)
     return Source(kind="folder", description=f"folder {os.path.abspath(folder)}", keys=keys,
-                  labels=np.asarray(labels, np.int32), class_names=class_names, encoded=True,
-                  paths=tuple(paths), unread=tuple(unread))
+                  labels=np.full(len(paths), -1, np.int32), encoded=True,
+                  paths=tuple(paths), unread=tuple(unread), group_names=group_names,
+                  groups=np.asarray(groups, np.int32))
 
 
 def _open_tfrecords(files, spec, image_key, label_key):
@@ -284,7 +313,7 @@ def _open_tfrecords(files, spec, image_key, label_key):
     if not keys:
         raise ValueError(f"TFRecord source {spec!r} holds no records")
     return Source(kind="tfrecord", description=f"tfrecord {spec}", keys=tuple(keys),
-                  labels=np.asarray(labels, np.int32), class_names=(), encoded=True,
+                  labels=np.asarray(labels, np.int32), encoded=True,
                   paths=tuple(files), image_key=image_key, label_key=label_key,
                   record_files=np.asarray(record_files, np.int32),
                   record_numbers=np.asarray(record_numbers, np.int64))
@@ -308,7 +337,7 @@ def _open_npy(path, labels):
     _check_array(array.shape, f"array {path!r}")
     keys = tuple(f"{os.path.basename(path)}[{i}]" for i in range(array.shape[0]))
     return Source(kind="npy", description=f"npy {os.path.abspath(path)}", keys=keys,
-                  labels=_read_labels(labels, array.shape[0]), class_names=(), encoded=False,
+                  labels=_read_labels(labels, array.shape[0]), encoded=False,
                   array_shape=tuple(array.shape[1:]), array_file=path)
 
 
@@ -329,7 +358,7 @@ def _open_h5(path, dataset, spec, labels):
     _check_array(shape, f"dataset {spec!r}")
     keys = tuple(f"{os.path.basename(path)}:{dataset}[{i}]" for i in range(shape[0]))
     return Source(kind="h5", description=f"h5 {os.path.abspath(path)}:{dataset}", keys=keys,
-                  labels=_read_labels(labels, shape[0]), class_names=(), encoded=False,
+                  labels=_read_labels(labels, shape[0]), encoded=False,
                   array_shape=tuple(shape[1:]), array_file=path, array_dataset=dataset)
 
 

@@ -267,11 +267,14 @@ def _train_models(out, splits, seed, max_epochs, say):
 def _explain_split(model_path, name, data, split, run_out, say, target="predicted"):
     """`sightline explain` with Grad-CAM over one split's image folder, as a user runs it."""
     from sightline.config import make_config
+    from sightline.demo.scenes import CLASS_NAMES
     from sightline.jobs.runner import run_job
+    # The folders are named like the model's classes: saying so makes them labels.
     config = make_config(("gradcam",), model=model_path,
                          data=os.path.join(data, split, "images"), out=run_out,
                          preprocess="[0,1]", map_size="native", batch_size=64,
-                         shard_size=256, devices=1, quiet=True, overwrite=True, target=target)
+                         class_names=CLASS_NAMES, shard_size=256, devices=1, quiet=True,
+                         overwrite=True, target=target)
     summary = run_job(config)
     if summary.exit_code:
         raise RuntimeError(f"explaining with the {name} model stopped (exit "

@@ -33,13 +33,15 @@ def method_parameters(config):
     return {method: method_options(config, method) for method in config.methods}
 
 
-def run_fingerprint(config, adapter, source, image_shape, relevance=None):
+def run_fingerprint(config, adapter, source, image_shape, class_names=(), relevance=None):
     """What must match for an existing output folder to be resumed.
 
     The source is named by its path, and what it holds by a hash of its sample keys
     and of its labels (the --labels file, the TFRecord label key, class folders): one
     pass over N short strings, where hashing the images themselves would read the
-    whole dataset again. relevance: how the shards hold each channel's relevance
+    whole dataset again. What the labels mean is part of it: the model's number of
+    classes, their names (--class-names) and the source's class folders (groups).
+    relevance: how the shards hold each channel's relevance
     (sightline.compute.step.run_relevance), None when they do not.
     """
     keys_digest = hashlib.sha256("\0".join(source.keys).encode("utf-8")).hexdigest()
@@ -59,6 +61,11 @@ def run_fingerprint(config, adapter, source, image_shape, relevance=None):
         "num_samples": source.num_samples,
         "keys_sha256": keys_digest,
         "labels_sha256": labels_digest,
+        "num_classes": int(adapter.num_classes),
+        "class_names": list(class_names) or None,
+        "group_names": list(source.group_names) or None,
+        "labels_are": ("classes" if (source.labels >= 0).any()
+                       else "groups" if source.group_names else "none"),
         "tfrecord_keys": ({"image": source.image_key, "label": source.label_key}
                           if source.kind == "tfrecord" else None),
         "image_shape": list(image_shape),

@@ -20,13 +20,18 @@ from sightline.config import ExplainConfig
 from sightline.store.files import (OutOfSpace, check_writable_folder, is_out_of_space)
 from sightline.store.manifest import MANIFEST_FILE, ManifestWriter, fingerprint_hash
 from sightline.store.shards import (INDEX_FILE, SHARD_DIRECTORY, ShardWriter, build_index,
+                                    label_attributes, read_shard_columns,
                                     remove_stale_temporaries, resolve_compression, shard_name,
                                     verify_shard)
 from sightline.jobs.batches import distributed_batches, single_device_batches, targets_of
 from sightline.jobs.lock import lock_worker, unlock_worker
+from sightline.jobs.predictions import PredictionTally, collapse_message
 from sightline.jobs.provenance import method_parameters, run_fingerprint, run_provenance
 from sightline.jobs.signals import Interrupted, install_signal_handlers, restore_signal_handlers
 from sightline.jobs.workers import resolve_worker, shards_of
+
+# The --preprocess spelling a person types, by the pipeline's name for it.
+PREPROCESS_FLAGS = {"unit": "[0,1]", "symmetric": "[-1,1]"}
 
 # A finished shard rewrites manifest.json at most this often: the shard's own record is
 # what a resume trusts, and the file holds every shard, so writing it per shard would
@@ -103,6 +108,7 @@ class _ShardProgress:
             self._open(position)
         start = self.ranges[position][0]
         self.seen[arrays["sample/index"] - start] = True
+        arrays["sample/group"] = self.source.group_of(arrays["sample/index"])
         self.failures.update(failures)
         if len(arrays["sample/index"]):
             self.writer.append(arrays)
@@ -156,6 +162,8 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     manifest.write()
     progress = Progress(sum(plan.ranges[s][1] - plan.ranges[s][0] for s in plan.mine),
                         log_json=config.log_json, quiet=config.quiet, stream=progress_stream)
+    for warning in plan.provenance.get("warnings", []):  # found while planning
+        progress.event("warning", message=warning["message"])
     writer = ShardWriter(plan.out, plan.num_shards, plan.layout,
                          compression=plan.provenance["compression"],
                          on_finished=manifest.shard_finished, fingerprint=plan.fingerprint,
@@ -210,7 +218,14 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     # worker i finishing while another is still writing is normal.
     if exit_code == 0:
         manifest.reload()  # the other workers' shards too
-        if all(record is not None for record in manifest.records):
+        complete = all(record is not None for record in manifest.records)
+        warnings = _prediction_warnings(plan, range(plan.num_shards) if complete else plan.mine)
+        if warnings:  # one line; the manifest lists every set that collapsed
+            others = [w["set"] for w in warnings[1:]]
+            progress.event("warning", message=warnings[0]["message"] + (
+                f" (also in folder(s) {', '.join(others)})" if others else ""))
+            plan.provenance.setdefault("warnings", []).extend(warnings)
+        if complete:
             # This worker's shards were checksummed minutes ago, when written or when the
             # resume verified them: reading them all again cost the job 8% of its time
             # on a 100,000-image array (py-spy); the other workers' shards are read.
@@ -231,6 +246,24 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     return summary
 
 
+def _prediction_warnings(plan, shards):
+    """Warnings (dicts for the manifest's "warnings") about collapsed predictions over the
+    finished `shards`, read back from their files: a resumed run judges the shards it
+    kept as well as those it wrote, and the worker that completes the run judges all."""
+    tally = PredictionTally(plan.num_classes, plan.source.group_names)
+    for columns in read_shard_columns(plan.out, shards, plan.num_shards,
+                                      ("pred/class", "pred/score", "sample/label",
+                                       "sample/group")):
+        tally.add(columns["pred/class"], columns["pred/score"], labels=columns["sample/label"],
+                  groups=columns["sample/group"])
+    warnings = []
+    for entry in tally.collapsed():
+        name = plan.class_names[entry["class"]] if plan.class_names else f"class {entry['class']}"
+        warnings.append({"kind": "collapsed_predictions", **entry, "class_name": name,
+                         "message": collapse_message(entry, name, plan.preprocess_flag)})
+    return warnings
+
+
 def _write_manifest_if_room(manifest):
     """Write the manifest, unless the disk is full: the shard records are what a resume
     trusts, and the next run rewrites the manifest from them."""
@@ -247,8 +280,10 @@ def _plan(config):
 
     from sightline.compute.step import build_step, check_methods, run_relevance
     from sightline.compute.strategy import make_strategy
+    from sightline.data.labels import check_class_count, parse_class_names
     from sightline.data.sources import open_source
     from sightline.model.adapter import adapt_model
+    from sightline.model.input_range import input_rescaling, rescaling_warning
 
     for name in ("model", "data", "out"):
         if getattr(config, name) is None:
@@ -263,13 +298,18 @@ def _plan(config):
                          f"devices, each takes an equal part; try --batch-size "
                          f"{replicas * max(1, config.batch_size // replicas)}")
     auto = config.precision == AUTO
+    class_names = parse_class_names(config.class_names)
     source = open_source(config.data, labels=config.labels, image_key=config.tfrecord_image_key,
-                         label_key=config.tfrecord_label_key)
+                         label_key=config.tfrecord_label_key, class_names=class_names)
     with strategy.scope():
         adapter = adapt_model(config.model, layer=config.layer,
                               precision="float32" if auto else config.precision,
                               unsafe=config.unsafe)
     check_methods(adapter, config)
+    check_class_count(class_names, adapter.num_classes)
+    rescaling = rescaling_warning(input_rescaling(adapter.model),
+                                  PREPROCESS_FLAGS.get(config.preprocess, config.preprocess))
+    names = class_names.names_for(adapter.num_classes) if class_names is not None else ()
     image_shape = _image_shape(config, adapter, source)
     _check_finite_pixels(source)
     _check_targets(config, adapter, source)
@@ -277,10 +317,12 @@ def _plan(config):
     num_shards = math.ceil(source.num_samples / config.shard_size)
     mine = shards_of(worker, workers, num_shards)
     relevance = run_relevance(adapter, config.methods)
-    run = run_fingerprint(config, adapter, source, image_shape, relevance)
+    run = run_fingerprint(config, adapter, source, image_shape, names, relevance)
     map_shapes = _map_shapes(config, adapter, image_shape)
     encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
     provenance = run_provenance(config, adapter, replicas, workers)
+    if rescaling:
+        provenance["warnings"] = [{"kind": "input_rescaled_twice", "message": rescaling}]
     provenance["compression"] = resolve_compression(
         config.compression, on_accelerator=bool(tf.config.list_logical_devices("GPU")))
     if auto:
@@ -314,8 +356,11 @@ def _plan(config):
                 "relevance_channels": (int(adapter.activation_shape[-1]) if relevance
                                        else None),
                 "attributes": {**_shard_attributes(config, adapter, image_shape, map_shapes),
+                               **label_attributes(names, source.group_names,
+                                                  adapter.num_classes),
                                "relevance": relevance or ""}},
-        step=step)
+        step=step, class_names=names, num_classes=adapter.num_classes,
+        preprocess_flag=PREPROCESS_FLAGS.get(config.preprocess, config.preprocess))
 
 
 def _auto_precision(config, strategy, source, adapter, image_shape, out, run):
@@ -444,9 +489,15 @@ def _check_finite_pixels(source, chunk=256):
 def _check_targets(config, adapter, source):
     if config.target == "label":
         unknown = int(np.sum(source.labels < 0))
+        if unknown and source.group_names:
+            raise ValueError(f"--target label needs the model's class of every image, but the "
+                             f"class folders ({', '.join(source.group_names[:5])}) are only groups "
+                             "of images until --class-names says how they map to the model's "
+                             "classes (names in class order, or a JSON/TOML file folder -> index)")
         if unknown:
             raise ValueError(f"--target label needs a label for every image; {unknown} of "
-                             f"{source.num_samples} have none (use class subfolders or --labels)")
+                             f"{source.num_samples} have none (use class subfolders with "
+                             "--class-names, or --labels)")
         if source.labels.max() >= adapter.num_classes:
             raise ValueError(f"labels go up to {source.labels.max()} but the model has "
                              f"{adapter.num_classes} classes")

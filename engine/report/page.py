@@ -19,6 +19,7 @@ import numpy as np
 
 from sightline.audit.masks import open_masks
 from sightline.audit.metrics import resize_maps
+from sightline.audit.summary import checks, verdict
 from sightline.report import figures
 from sightline.store.results import open_results
 
@@ -34,7 +35,7 @@ th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th { background: #f3f3f3; } td.text, th.text { text-align: left; }
 .flagged { color: #b00020; font-weight: bold; } .ok { color: #2e7d32; font-weight: bold; }
 .verdict { font-size: 1.15em; padding: 8px 12px; border-left: 5px solid #999; background: #fafafa; }
-.verdict.flagged { border-color: #b00020; } ul.reasons { margin: 4px 0; } .verdict.ok { border-color: #2e7d32; }
+.verdict.flagged { border-color: #b00020; } .verdict.unchecked { border-color: #b26a00; } ul.reasons { margin: 4px 0; } .verdict.ok { border-color: #2e7d32; }
 img { max-width: 100%; border: 1px solid #eee; } .note { color: #555; font-size: 0.9em; }
 code { background: #f3f3f3; padding: 0 3px; }
 """
@@ -137,49 +138,35 @@ def _worst_items(audit):
 
 
 def _verdict(audit):
-    """(the verdict line of one audit, its CSS class)."""
-    flagged = audit["flagged"]
-    groups = [c for c in audit.get("clusters") or [] if c["flagged"]]
-    if groups:
-        names = ", ".join(f"cluster {c['id']} of class {c.get('class_name', c['class'])}"
-                          for c in groups)
-        masked = (f"class(es) {', '.join(map(str, flagged))} flagged by the masks; "
-                  if flagged and audit["masks"] is not None else "")
-        return (f"FLAGGED: {masked}{len(groups)} group(s) found without masks whose evidence "
-                f"sits elsewhere than the rest of their class: {names}"), "flagged"
-    if audit["masks"] is None and audit.get("clusters"):
-        return ("nothing flagged: no masks or boxes were given, and the clustering of each "
-                "class's heatmaps found no group whose evidence sits elsewhere"), "ok"
-    if audit["masks"] is None:
-        verdict = ("nothing flagged: no masks or boxes were given, so only the mask-free "
-                   "statistics are shown")
-        css = "ok"
-    elif flagged:
-        verdict = (f"FLAGGED: class(es) {', '.join(map(str, flagged))}: the evidence sits "
-                   "mostly off the object")
-        css = "flagged"
-    else:
-        diffuse = [c["name"] for c in audit["classes"] if c.get("status") == "diffuse"]
-        empty = [c["name"] for c in audit["classes"] if c.get("status") == "empty"]
-        exceptions = []
-        if diffuse:
-            exceptions.append(f"{', '.join(map(str, diffuse))} whose maps are flat (diffuse: no "
-                              "localised evidence, the class predicted when the other's "
-                              "evidence is absent)")
-        if empty:
-            exceptions.append(f"{', '.join(map(str, empty))} whose maps are all zero (no "
-                              "evidence to place)")
-        verdict = "not flagged: the evidence sits on the object" + (
-            " in every class" if not exceptions else ", except for " + "; and ".join(exceptions))
-        css = "ok"
-    return verdict, css
+    """(the verdict line of one audit, its CSS class): sightline.audit.summary's words."""
+    return verdict(audit)
+
+
+def _groups_table(audit):
+    """The class folders, which are groups of images unless --class-names mapped them."""
+    rows = [[html.escape(g["name"]), str(g["count"]),
+             html.escape(", ".join(f"{p['name']} {p['count']} ({p['share']:.0%}, mean score "
+                                   f"{p['mean_score']:.2f})" for p in g["predicted"]))]
+            for g in audit.get("groups") or []]
+    if not rows:
+        return ""
+    note = ("the folders are groups of images, not the model's classes (--class-names says how "
+            "they map)" if audit.get("labels_are") == "groups" else "the folders' labels")
+    return (f"<h3>Class folders</h3><p class=\"note\">{html.escape(note)}.</p>"
+            + _table(["group", "images", "predicted as (most often)"], rows, text_columns=(0, 2)))
+
+
+def _checked_list(audit):
+    items = "".join(f'<li>{"checked" if passed else "<b>not checked</b>"}: {html.escape(text)}</li>'
+                    for passed, text in checks(audit))
+    return f'<ul class="reasons">{items}</ul>'
 
 
 def _audit_section(folder, title, audit):
     slug = _slug(title)
     parts = [f'<h2 id="{slug}">{html.escape(title)}</h2>']
-    verdict, css = _verdict(audit)
-    parts.append(f'<p class="verdict {css}">{html.escape(verdict)}</p>')
+    verdict_text, css = _verdict(audit)
+    parts.append(f'<p class="verdict {css}">{html.escape(verdict_text)}</p>' + _checked_list(audit))
     parts.append(f'<p class="note">method <code>{html.escape(audit["method"])}</code>, '
                  f'{audit["num_images"]} images, maps stored at '
                  f'{"x".join(map(str, audit["stored_size"]))} (entropy, coverage and '
@@ -190,7 +177,8 @@ def _audit_section(folder, title, audit):
                  'object puts its area fraction on it: lift 1.</p>')
     classes = audit["classes"]
     regions = list(audit.get("regions") or {})
-    header = ["class", "images", "accuracy"]
+    by_prediction = any(c.get("grouped_by") == "predicted" for c in classes)
+    header = ["predicted class" if by_prediction else "class", "images", "accuracy"]
     with_masks = audit["masks"] is not None
     if with_masks:
         header += ["on-object share (mean)", "median", "object area", "lift",
@@ -212,6 +200,7 @@ def _audit_section(folder, title, audit):
                    else '<span class="ok">ok</span>' if with_masks else "n/a")
         rows.append(row)
     parts.append(_table(header, rows))
+    parts.append(_groups_table(audit))
     parts.append('<p class="note">Entropy: 1 = evidence spread evenly, 0 = on one pixel. '
                  'Coverage (median): the fraction of the image the evidence effectively spreads '
                  'over; a class at or above the diffuse limit has flat maps that point nowhere '

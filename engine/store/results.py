@@ -8,7 +8,7 @@ import numpy as np
 
 from sightline.store.manifest import MANIFEST_FILE, read_manifest, refresh_manifest
 from sightline.store.shards import (INDEX_FILE, PER_SHARD_ATTRIBUTES, RELEVANCE,
-                                    RELEVANCE_SCALE, build_index,
+                                    RELEVANCE_SCALE, build_index, label_names,
                                     remove_stale_temporaries, verify_shard, verify_shards)
 
 # What `sightline inspect` calls a shard, by the kind of its problem (see ShardProblem).
@@ -33,6 +33,12 @@ class Results:
 
     results.methods, len(results), results.sample_indices (int64 [N], source order)
     results.manifest, results.attrs (the run's shard attributes: input_size, store, ...)
+    results.class_names: the model's class names in class order ([num_classes] str, what
+        /pred/class, /pred/target and /sample/label index), None when the run had none
+    results.group_names: the source's class folders ([G] str, what /sample/group
+        indexes), None without folders; results.num_classes (None for older runs)
+    results.labels_are: "classes" when some /sample/label is known (a label is the
+        model's class), "groups" when the folders are only groups, else "none"
     results.map_shape(method) -> (h, w) as stored
     results.chunks(names, rows=256) -> dicts {name: array of at most `rows` rows}, in
         source order: the streaming read (memory flat in N)
@@ -69,6 +75,9 @@ class Results:
                                         for m in self.methods}
                     self.relevance_channels = (int(handle[RELEVANCE].shape[1])
                                                if RELEVANCE in handle else None)
+                    self._datasets = set()
+                    handle.visititems(lambda name, item: self._datasets.add(name)
+                                      if isinstance(item, h5py.Dataset) else None)
         self._offsets = np.cumsum([0, *counts])  # part p holds rows [offsets[p], offsets[p+1])
         self.sample_indices = np.concatenate(indices) if indices else np.zeros(0, np.int64)
         # Rows by sample index, found by bisection when the indices ascend (shards hold
@@ -78,6 +87,30 @@ class Results:
         self._row_of_index = None
         self._row_of_key = None
         self._open_part, self._open_handle = None, None
+        self.class_names, self.group_names, self.num_classes = label_names(self.attrs)
+        self._labels_are = None
+
+    def has(self, name):
+        """Whether the run stores dataset `name` (older runs have no /sample/group)."""
+        return name in self._datasets
+
+    @property
+    def labels_are(self):
+        if self._labels_are is None:
+            if (self.read("sample/label") >= 0).any():
+                self._labels_are = "classes"
+            elif self.group_names and self.has("sample/group"):
+                self._labels_are = "groups"
+            else:
+                self._labels_are = "none"
+        return self._labels_are
+
+    def class_name(self, index):
+        """The name of the model's class `index` ('class k' when the run has no names)."""
+        index = int(index)
+        if self.class_names and 0 <= index < len(self.class_names):
+            return self.class_names[index]
+        return f"class {index}"
 
     def _shard_paths(self, checksum):
         num_shards = self.manifest["num_shards"]
@@ -189,6 +222,7 @@ class Results:
             "index": int(self.sample_indices[row]),
             "key": handle["sample/key"][local].decode("utf-8"),
             "label": int(handle["sample/label"][local]),
+            "group": int(handle["sample/group"][local]) if self.has("sample/group") else -1,
             "target": int(handle["pred/target"][local]),
             "predicted": int(handle["pred/class"][local]),
             "score": float(handle["pred/score"][local]),
@@ -205,6 +239,21 @@ class Results:
 def open_results(out, *, checksum=True):
     """Open the output folder of a complete `sightline explain` run, indexed or not."""
     return Results(out, checksum=checksum)
+
+
+def _labels_line(run):
+    """What the run's labels mean, in a few words (older runs did not record it)."""
+    names = run.get("class_names")
+    shown = (f"; class names {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+             if names else "")
+    groups = run.get("group_names") or []
+    kind = run.get("labels_are")
+    if kind == "groups":
+        return (f"class folders {', '.join(groups[:8])} are groups, not the model's classes "
+                f"(no --class-names){shown}")
+    if kind == "classes":
+        return f"the model's classes{shown}"
+    return ("none" if kind == "none" else "not recorded") + shown
 
 
 def describe_output(out):
@@ -228,6 +277,7 @@ def describe_output(out):
         f"{run['precision']}, target {run['target']})",
         f"source:     {run['source']}, {run['num_samples']} samples, images "
         f"{'x'.join(map(str, run['image_shape']))}, preprocess {run['preprocess']}",
+        f"labels:     {_labels_line(run)}",
         f"shards:     {manifest['num_shards']} of {run['shard_size']} samples; "
         + ", ".join(f"{len(v)} {k}" for k, v in sorted(states.items())),
         f"skipped:    {manifest.get('num_skipped', len(manifest.get('skipped', [])))} unreadable "

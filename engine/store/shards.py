@@ -44,9 +44,40 @@ MANIFEST_FILE = "manifest.json"
 RELEVANCE = "relevance/channels"
 RELEVANCE_SCALE = "relevance/channels_scale"
 SCALAR_DATASETS = {
-    "sample/index": np.int64, "sample/label": np.int32, "pred/target": np.int32,
-    "pred/class": np.int32, "pred/score": np.float32,
+    "sample/index": np.int64, "sample/label": np.int32, "sample/group": np.int32,
+    "pred/target": np.int32, "pred/class": np.int32, "pred/score": np.float32,
 }
+# Per-sample values a writer may leave out, and what they then hold: /sample/group is
+# the sample's class folder (index into the group_names attribute), -1 for none.
+SCALAR_DEFAULTS = {"sample/group": -1}
+# What the labels mean, as file attributes of every shard and of index.h5 (arrays of
+# UTF-8 strings, so an h5py reader maps /pred/class and /sample/label to class names and
+# /sample/group to folder names): absent when unknown.
+CLASS_NAMES_ATTRIBUTE = "class_names"  # [num_classes], the model's classes in order
+GROUP_NAMES_ATTRIBUTE = "group_names"  # the source's class folders, in /sample/group order
+NUM_CLASSES_ATTRIBUTE = "num_classes"
+
+
+def label_attributes(class_names, group_names, num_classes):
+    """The shard attributes that say what /pred/class, /sample/label and /sample/group
+    mean; empty lists are left out (HDF5 cannot type an empty list of strings)."""
+    attributes = {NUM_CLASSES_ATTRIBUTE: int(num_classes)}
+    if class_names:
+        attributes[CLASS_NAMES_ATTRIBUTE] = [str(name) for name in class_names]
+    if group_names:
+        attributes[GROUP_NAMES_ATTRIBUTE] = [str(name) for name in group_names]
+    return attributes
+
+
+def label_names(attributes):
+    """(class names, group names, number of classes) from a shard's or index's
+    attributes: tuples, or None when the run did not record them."""
+    def names(key):
+        value = attributes.get(key)
+        return None if value is None else tuple(str(v) for v in np.atleast_1d(value))
+    count = attributes.get(NUM_CLASSES_ATTRIBUTE)
+    return (names(CLASS_NAMES_ATTRIBUTE), names(GROUP_NAMES_ATTRIBUTE),
+            None if count is None else int(count))
 
 
 def resolve_compression(compression, on_accelerator):
@@ -323,7 +354,9 @@ class _OpenShard:
         rows = len(arrays["sample/index"])
         if rows == 0:
             return
-        for name, values in arrays.items():
+        missing = {name: np.full(rows, value, SCALAR_DATASETS[name])
+                   for name, value in SCALAR_DEFAULTS.items() if name not in arrays}
+        for name, values in {**arrays, **missing}.items():
             self._write(name, self.pending[name].add(values))
         self.count += rows
 
@@ -370,6 +403,20 @@ class _OpenShard:
                 pass
             self.handle = None
         remove_quietly(self.temporary)
+
+
+def read_shard_columns(out, shards, num_shards, names):
+    """Yield {name: array} of per-sample datasets `names` of each finished shard in
+    `shards` (whole shards: these are the small vectors, never the heatmaps); a name the
+    shard does not hold (an older run's /sample/group) comes as its default."""
+    import h5py
+    for shard in shards:
+        path, _ = shard_paths(out, shard, num_shards)
+        with h5py.File(path, "r") as handle:
+            count = int(handle["sample/index"].shape[0])
+            yield {name: handle[name][()] if name in handle
+                   else np.full(count, SCALAR_DEFAULTS[name], SCALAR_DATASETS[name])
+                   for name in names}
 
 
 def remove_stale_temporaries(out, shards=(), num_shards=None):

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 
 from sightline.store.manifest import write_manifest
-from sightline.store.shards import ShardWriter, build_index
+from sightline.store.shards import ShardWriter, build_index, label_attributes
 
 SIZE = (32, 32)  # the images
 NATIVE = (8, 8)  # the stored CAM-family maps
@@ -46,15 +46,20 @@ def sky_maps(count, rng, noise=0.05):
 
 
 def write_run(out, maps, labels, predictions, keys, *, shard_size=10, method="gradcam",
-              source=None):
-    """A complete output folder holding `maps` [N,h,w] (values in [0,1])."""
+              source=None, class_names=CLASSES, group_names=(), groups=None, scores=None,
+              num_classes=None):
+    """A complete output folder holding `maps` [N,h,w] (values in [0,1]); class_names are
+    the model's (recorded as a job records them), groups [N] index group_names (the
+    class folders), scores [N] the predicted class's probability (default 0.9)."""
     os.makedirs(os.path.join(out, "shards"), exist_ok=True)
     count = len(maps)
     num_shards = -(-count // shard_size)
     layout = {
         "maps": {method: tuple(maps.shape[1:])},
         "key_length": max(len(k) for k in keys),
-        "attributes": {"input_size": list(SIZE), "methods": f'["{method}"]', "map_size": "native"},
+        "attributes": {"input_size": list(SIZE), "methods": f'["{method}"]', "map_size": "native",
+                       **label_attributes(class_names, group_names,
+                                          num_classes or max(len(class_names), 1))},
     }
     ranges = [(s * shard_size, min(count, (s + 1) * shard_size)) for s in range(num_shards)]
     run = {"model_sha256": "0" * 64, "layer": "last_conv", "logits_layer": "classifier",
@@ -77,7 +82,9 @@ def write_run(out, maps, labels, predictions, keys, *, shard_size=10, method="gr
             "sample/label": np.asarray(labels[rows], np.int32),
             "pred/target": np.asarray(predictions[rows], np.int32),
             "pred/class": np.asarray(predictions[rows], np.int32),
-            "pred/score": np.full(stop - start, 0.9, np.float32),
+            "pred/score": (np.full(stop - start, 0.9, np.float32) if scores is None
+                           else np.asarray(scores[rows], np.float32)),
+            **({} if groups is None else {"sample/group": np.asarray(groups[rows], np.int32)}),
         })
         writer.finish([])
     writer.close()

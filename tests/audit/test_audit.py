@@ -308,7 +308,7 @@ def test_cli_writes_audit_json_and_gates_on_flags(made, tmp_path, capsys):
     assert main(["audit", made["out"], "--masks", made["masks"], "--json", target,
                  "--fail-on-flag"]) == EXIT_FLAGGED
     printed = capsys.readouterr().out
-    assert "FLAGGED disc" in printed and "class cross" in printed
+    assert "FLAGGED: class(es) disc" in printed and "class cross" in printed
     saved = strict_json(target)
     assert saved["flagged"] == ["disc"] and saved["format"] == "sightline-audit/1"
     assert len(saved["classes"][0]["mean_heatmap"]) == 32

@@ -45,7 +45,7 @@ def planted_run(root, *, seed=0, corner=True, shard_size=25, count=240):
     planted[0::2] = truth
     keys = np.array([f"{('horse', 'zebra')[label]}/{i:04d}.png" for i, label in enumerate(labels)])
     out = write_run(os.path.join(root, f"run-{seed}-{corner}-{shard_size}"), maps, labels,
-                    labels.copy(), keys, shard_size=shard_size)
+                    labels.copy(), keys, shard_size=shard_size, class_names=("horse", "zebra"))
     return {"out": out, "maps": maps, "labels": labels, "planted": planted, "keys": keys}
 
 
@@ -83,7 +83,10 @@ def test_planted_corner_group_is_found_with_precision_and_recall_and_flagged(pla
     # The plain-words verdict names the cluster, its class and where it looks; the mask
     # verdict is the one it always was.
     lines = summary_lines(audit)
-    assert "verdict: nothing flagged" in lines
+    assert "  NOT checked: evidence on the object: no masks or boxes (pass --masks or --boxes)" \
+        in lines
+    assert [line for line in lines if line.startswith("verdict: FLAGGED: 1 group(s) found "
+                                                      "without masks")]
     (verdict,) = [line for line in lines if line.startswith("cluster verdict")]
     assert verdict.startswith(f"cluster verdict: FLAGGED cluster {group['id']} of class 'horse'")
     assert "bottom-right corner" in verdict
@@ -286,10 +289,12 @@ def test_cli_flags_end_to_end(real, tmp_path, capsys):
     assert "cluster verdict:" in printed and os.path.join(export, "project.yaml") in printed
     stored = read_clusters(os.path.join(real["whole"], "clusters.h5"))
     with h5py.File(os.path.join(export, "sightline.input.h5"), "r") as handle:
-        # The images as the run read them (preprocessing none), channels first.
-        np.testing.assert_allclose(handle["data"][()],
-                                   real["images"][stored["index"]].transpose(0, 3, 1, 2),
-                                   rtol=1e-6)
+        # The images as the run read them (preprocessing none), channels first, as the
+        # 8-bit RGB ViRelAy's image server takes (this array is in [0, 1]).
+        expected = np.rint(real["images"][stored["index"]] * 255.0).clip(0, 255)
+        expected = np.repeat(expected, 3, axis=-1) if expected.shape[-1] == 1 else expected
+        assert handle["data"].dtype == np.uint8
+        np.testing.assert_array_equal(handle["data"][()], expected.transpose(0, 3, 1, 2))
     with h5py.File(os.path.join(export, "sightline.analysis.h5"), "r") as handle:
         for entry in audit["clusters"]:
             group = handle[f"{entry['class']:08d}"]

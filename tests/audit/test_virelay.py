@@ -107,11 +107,16 @@ def test_input_and_attribution_files_follow_the_specification(project, audited):
     a = audited
     with h5py.File(os.path.join(directory, "demo.input.h5"), "r") as handle:
         data = handle["data"]
-        assert data.dtype == np.float32 and data.shape == (90, 3, 8, 8)  # samples x C x H x W
-        np.testing.assert_array_equal(data[()], a["images"].transpose(0, 3, 1, 2))
-        assert np.issubdtype(handle["label"].dtype, np.unsignedinteger)
-        np.testing.assert_array_equal(handle["label"][()],
-                                      np.where(a["labels"] >= 0, a["labels"], a["explained"]))
+        # samples x C x H x W, 8-bit: ViRelAy's image server hands it to Pillow as it is.
+        assert data.dtype == np.uint8 and data.shape == (90, 3, 8, 8)
+        expected = np.rint(a["images"] * 255.0).astype(np.uint8).transpose(0, 3, 1, 2)
+        np.testing.assert_array_equal(data[()], expected)
+        # n-hot labels: an unknown label is no class at all, never the explained one.
+        label = handle["label"][()]
+        assert label.dtype == bool and label.shape == (90, len(CLASS_NAMES))
+        np.testing.assert_array_equal(label.sum(axis=1), (a["labels"] >= 0).astype(int))
+        known = a["labels"] >= 0
+        np.testing.assert_array_equal(label[known].argmax(axis=1), a["labels"][known])
         np.testing.assert_array_equal(handle["label_known"][()], a["labels"] >= 0)
     with h5py.File(os.path.join(directory, "demo.attribution.h5"), "r") as handle:
         assert handle["index"].dtype == np.uint32

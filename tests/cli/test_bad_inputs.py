@@ -63,6 +63,8 @@ def root(tmp_path_factory):
     os.makedirs(root / "no-images")
     (root / "no-images" / "readme.txt").write_text("no images here\n")
     (root / "bad.toml").write_text("methods = [gradcam\nbatch_size = \n")
+    (root / "folders.json").write_text('{"faces": 0, "other": 1}\n')
+    (root / "bad-names.json").write_text('{"faces": "zero"}\n')
     os.makedirs(root / "not-a-run")
     (root / "not-a-run" / "notes.txt").write_text("hello\n")
     # Another run, whose folder a refused run must leave as it was.
@@ -111,6 +113,16 @@ def _cases(root):
         "HDF5 dataset missing": (explain(data=f"{root / 'arrays.h5'}:/nothing"),
                                  r"nothing"),
         "unknown method": (explain(methods="gradcam,lime"), r"unknown method\(s\) 'lime'"),
+        "class names file missing": (explain(class_names=root / "missing.json"),
+                                     r"--class-names file not found"),
+        "class name given twice": (explain(class_names="cat,dog,cat"),
+                                   r"--class-names names a class twice \(cat\)"),
+        "class folder mapped to a word": (explain(class_names=root / "bad-names.json"),
+                                          r"maps folder 'faces' to 'zero'"),
+        "class names of another count": (explain(class_names="cat,dog"),
+                                         r"--class-names gives 2 name\(s\) but the model has "),
+        "class folders mapped on an array": (explain(class_names=root / "folders.json"),
+                                             r"maps folders to classes, but .* is not a folder"),
         "negative batch size": (explain(batch_size=-4), r"batch_size must be an integer >= 1"),
         "non-integer batch size": (explain(batch_size="2.5"),
                                    r"--batch-size: invalid int value: '2\.5'"),
@@ -164,7 +176,8 @@ def test_bad_input_fails_with_one_line_and_leaves_nothing(root, name):
 
 
 @pytest.mark.parametrize("name", ["model missing", "data missing", "malformed TOML",
-                                  "unknown method", "worker out of range", "out is a file",
+                                  "unknown method", "class names file missing",
+                                  "class name given twice", "class folder mapped to a word", "worker out of range", "out is a file",
                                   "out not writable", "negative batch size"])
 def test_typos_fail_before_tensorflow_is_imported(root, name):
     """--verbose leaves descriptor 2 alone, so -X importtime shows every import."""

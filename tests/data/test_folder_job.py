@@ -94,7 +94,9 @@ def test_tiff_images_are_explained_with_the_others(run):
     data = read_index(str(out))
     keys = [key.decode() for key in data["sample/key"]]
     assert keys == ["cat/0.png", "cat/1.jpg", "cat/2.tif", "dog/0.tiff", "dog/1.png"]
-    assert list(data["sample/label"]) == [0, 0, 0, 1, 1]
+    # Class folders are groups (no --class-names): the folder in /sample/group, no label.
+    assert list(data["sample/group"]) == [0, 0, 0, 1, 1]
+    assert list(data["sample/label"]) == [-1] * 5
     assert np.all(np.isfinite(data["heatmaps/gradcam"].astype(np.float32)))
     skipped = {item["index"] for item in manifest["skipped"] if item["index"] is not None}
     assert skipped.isdisjoint(data["sample/index"])

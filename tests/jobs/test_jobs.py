@@ -108,10 +108,11 @@ def test_corrupt_image_is_skipped_and_recorded(folder_run):
     data = read_index(str(folder_run))
     assert len(data["sample/index"]) == 24
     assert manifest["skipped"][0]["index"] not in data["sample/index"]
-    # Class subfolders give the labels, in sorted order.
+    # Class subfolders give the groups, in sorted order; labels only with --class-names.
     keys = [k.decode() for k in data["sample/key"]]
-    labels = data["sample/label"]
-    assert all(label == (0 if key.startswith("cat/") else 1) for key, label in zip(keys, labels))
+    groups = data["sample/group"]
+    assert all(group == (0 if key.startswith("cat/") else 1) for key, group in zip(keys, groups))
+    assert (data["sample/label"] == -1).all()
 
 
 @pytest.fixture(scope="module")
@@ -334,6 +335,7 @@ def test_inspect_summarises(folder_run, capsys):
     text = capsys.readouterr().out
     assert "3 complete" in text and "25 samples" in text and "dog/zz-broken.png" in text
     assert "index:      present" in text
+    assert "labels:     class folders cat, dog are groups, not the model's classes" in text
 
 
 def test_array_of_another_size_is_resized_in_the_step_as_explain_would_see_it(workspace,
