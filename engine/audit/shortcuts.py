@@ -23,6 +23,7 @@ import numpy as np
 from sightline.audit.clusters import (MAX_OVERLAP, MAX_SHARE, MIN_DISTANCE, MIN_SEPARATION,
                                       MIN_SHARE, MIN_SILHOUETTE, MIN_SIZE, SAMPLE_SIZE,
                                       ClassSample, ClusterStatistics, fit_clusters)
+from sightline.audit.replay import run_resize
 from sightline.audit.verify import (BATCH_SIZE, MIN_DROP, MIN_RATIO, apply_verification,
                                     verify_cluster)
 from sightline.audit.virelay import CLUSTERS_FILE, ClustersWriter, VirelayExport
@@ -152,7 +153,7 @@ class ClusterAudit:
             from sightline.audit.replay import ImageFeed
             # The export shows the images as a person sees them: resized, not preprocessed.
             feed = ImageFeed(self.source, results.sample_indices, image_shape=image_shape,
-                             preprocess="none", chunk=chunk)
+                             preprocess="none", resize=run_resize(manifest), chunk=chunk)
         with contextlib.ExitStack() as stack:
             writer = stack.enter_context(ClustersWriter(self.path))
             if export is not None:  # an error leaves no half export behind
@@ -176,7 +177,7 @@ class ClusterAudit:
             if options.verify:
                 self._verify(found, np.concatenate(index_parts) if index_parts else [],
                              np.concatenate(cluster_parts) if cluster_parts else [],
-                             image_shape, run["preprocess"])
+                             image_shape, run["preprocess"], run_resize(manifest))
             shape = results.map_shape(self.method)
             writer.describe([c["id"] for c in found], [c["class"] for c in found],
                             [c["flagged"] for c in found],
@@ -198,7 +199,7 @@ class ClusterAudit:
                              method=self.method, strategy=strategy,
                              model=os.path.basename(str(manifest.get("model") or "model")))
 
-    def _verify(self, found, indices, cluster, image_shape, preprocess):
+    def _verify(self, found, indices, cluster, image_shape, preprocess, resize):
         """Ablation on every flagged cluster, its members' images read by sample index."""
         from sightline.audit.replay import compiled_probabilities, read_images
 
@@ -210,7 +211,7 @@ class ClusterAudit:
         for entry in flagged:
             members = np.sort(indices[cluster == entry["id"]])
             images = read_images(self.source, members, image_shape=image_shape,
-                                 preprocess=preprocess, chunk=batch_size)
+                                 preprocess=preprocess, resize=resize, chunk=batch_size)
             verification = verify_cluster(probabilities, images, entry, batch_size=batch_size,
                                           **self.verify_thresholds)
             apply_verification(entry, verification)

@@ -51,7 +51,8 @@ def single_device_batches(config, plan, ranges):
             return stored_dtypes(step(images, targets, index))
 
         dataset = pixel_batches(plan.source, ranges, batch_size=batch_size,
-                                image_size=(height, width), channels=channels)
+                                image_size=(height, width), channels=channels,
+                                resize=config.resize)
         for element in dataset.map(with_targets(config)):
             outputs = encoded_step(element["pixels"], element["float_images"],
                                    element["float_rows"], element["targets"],
@@ -72,7 +73,7 @@ def single_device_batches(config, plan, ranges):
         # Resizing (arrays of another size than the model's), cast and preprocessing run
         # in the compiled function, on the array's own dtype.
         if resize:
-            pixels = resize_images(pixels, height, width)
+            pixels = resize_images(pixels, height, width, config.resize)
         images = prepared_images(pixels, no_float_images, no_float_rows, name)
         return stored_dtypes(step(images, targets, index))
 
@@ -109,7 +110,7 @@ def distributed_batches(config, plan, ranges):
 
     dataset = shard_batches(plan.source, ranges, batch_size=config.batch_size,
                             image_size=plan.image_shape[:2], channels=plan.image_shape[2],
-                            preprocessing=config.preprocess)
+                            preprocessing=config.preprocess, resize=config.resize)
     dataset = dataset.map(with_targets(config))
     for element in strategy.experimental_distribute_dataset(dataset):
         outputs = distributed_step(element["images"], element["targets"], element["index"])

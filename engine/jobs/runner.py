@@ -343,7 +343,8 @@ def _auto_precision(config, strategy, source, adapter, image_shape, out, run):
     if figures is None or figures.get("choice") not in CANDIDATES:
         first = next(iter(batches(source, 0, min(per_replica, source.num_samples),
                                   batch_size=per_replica, image_size=image_shape[:2],
-                                  channels=image_shape[2], preprocessing=config.preprocess)))
+                                  channels=image_shape[2], preprocessing=config.preprocess,
+                                  resize=config.resize)))
         count = int(first["mask"].numpy().sum())
         targets = targets_of(config, first["labels"].numpy())
         figures = measure_precisions(steps, first["images"], targets, first["index"],
