@@ -202,7 +202,8 @@ def describe_output(out):
         f"methods:    {', '.join(run['methods'])} (map_size {run['map_size']}, precision "
         f"{run['precision']}, target {run['target']})",
         f"source:     {run['source']}, {run['num_samples']} samples, images "
-        f"{'x'.join(map(str, run['image_shape']))}, preprocess {run['preprocess']}",
+        f"{'x'.join(map(str, run['image_shape']))} (resize {run.get('resize', 'stretch')}), "
+        f"preprocess {run['preprocess']}",
         f"shards:     {_shard_sizes(manifest['shards'])}; "
         + ", ".join(f"{len(v)} {k}" for k, v in sorted(states.items())),
         f"skipped:    {len(unreadable)} unreadable image(s)",
