@@ -17,10 +17,11 @@ contracts in pyproject.toml are checked by import-linter):
     cli       the `sightline` command: parse arguments and call the rooms above
 
 Public names load lazily, so `sightline --version` and `--help` answer without
-importing TensorFlow.
+importing TensorFlow; `dir(sightline)` (and a notebook's tab completion) lists them and
+the rooms all the same.
 """
 
-import importlib
+import importlib as _importlib
 
 __version__ = "0.2.0"
 
@@ -34,12 +35,23 @@ _EXPORTS = {
     "load_model": "sightline.model.adapter",
     "open_results": "sightline.store.results",
     "run_job": "sightline.jobs.runner",
+    "run_audit": "sightline.audit.audit",
+    "overlay": "sightline.report.overlay",
+    "show": "sightline.report.overlay",
 }
+_ROOMS = ("kernels", "config", "model", "data", "compute", "store", "jobs", "audit", "report",
+          "bench", "demo", "cli")
 
 __all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        return getattr(_importlib.import_module(_EXPORTS[name]), name)
+    if name in _ROOMS:
+        return _importlib.import_module(f"sightline.{name}")
     raise AttributeError(f"module 'sightline' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*__all__, *_ROOMS})

@@ -18,6 +18,10 @@ MAP_SIZES = ("native", "input")
 # writer (sightline.store.shards.resolve_compression).
 COMPRESSIONS = ("auto", "gzip", "lzf", "none")
 TARGET_MODES = ("predicted", "label")
+# How an image of another aspect ratio than the model's input is resized to it
+# (sightline.data.decode.resize_images): stretched (the default), letterboxed on black,
+# or centre-cropped.
+RESIZE_MODES = ("stretch", "pad", "crop")
 
 # Preprocessing conventions by every name a user may give, to the one the pipeline applies.
 PREPROCESSING = {
@@ -54,6 +58,7 @@ class _RunSettings:
     target: Union[str, int] = "predicted"
     shard_size: int = 1024
     image_size: Optional[tuple] = None
+    resize: str = "stretch"
     preprocess: str = "none"
     devices: Union[str, int] = "all"
     compression: str = "auto"
@@ -91,6 +96,7 @@ class _RunSettings:
             option.check(getattr(self, option.name))
         _check_int("shard_size", self.shard_size, 1)
         _check_choice("compression", self.compression, COMPRESSIONS)
+        _check_choice("resize", self.resize, RESIZE_MODES)
         _check_bool("overwrite", self.overwrite)
         _check_bool("log_json", self.log_json)
         _check_bool("quiet", self.quiet)

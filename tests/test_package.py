@@ -18,6 +18,7 @@ import importlib.util, json, sys
 found = {name: importlib.util.find_spec(name) is not None
          for name in ("engine", "kernels", "sightline", "sightline.kernels")}
 import sightline, sightline.config, sightline.kernels.methods
+found["dir"] = dir(sightline)
 found["tensorflow_loaded_by_import"] = "tensorflow" in sys.modules
 from sightline import explain, open_results, __version__
 from importlib.metadata import version
@@ -51,6 +52,14 @@ def test_importing_the_package_and_its_table_loads_no_tensorflow(probe):
     # explain and open_results load lazily, so `sightline --help` and the option checks
     # answer before TensorFlow loads.
     assert probe["tensorflow_loaded_by_import"] is False
+
+
+def test_dir_lists_the_public_api_for_tab_completion(probe):
+    # dir() answered before TensorFlow loaded (the probe checks that after it).
+    public = {"explain", "open_results", "run_audit", "run_job", "overlay", "show",
+              "make_config", "load_model", "__version__", "kernels", "audit"}
+    assert public <= set(probe["dir"]), sorted(public - set(probe["dir"]))
+    assert "importlib" not in probe["dir"]
 
 
 def test_the_checkout_keeps_its_layout():

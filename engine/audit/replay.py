@@ -62,10 +62,10 @@ def sample_runs(indices, gap=_GAP):
     return [(int(a), int(b)) for a, b in zip(starts, stops)]
 
 
-def read_images(source, indices, *, image_shape, preprocess, chunk=256):
+def read_images(source, indices, *, image_shape, preprocess, resize="stretch", chunk=256):
     """Yield float32 [n,H,W,C] chunks of the images of `indices` (sorted ascending, no
-    repeats), in that order, decoded, resized and preprocessed as the job did; at most
-    `chunk` images at a time."""
+    repeats), in that order, decoded, resized (`resize`: the run's manifest's mode) and
+    preprocessed as the job did; at most `chunk` images at a time."""
     from sightline.data.pipeline import shard_batches
 
     indices = np.asarray(indices, np.int64)
@@ -75,7 +75,7 @@ def read_images(source, indices, *, image_shape, preprocess, chunk=256):
         return
     dataset = shard_batches(source, sample_runs(indices), batch_size=READ_BATCH,
                             image_size=tuple(image_shape[:2]), channels=int(image_shape[2]),
-                            preprocessing=preprocess)
+                            preprocessing=preprocess, resize=resize)
     found, parts, held, expected = [], [], 0, 0
     for batch in dataset:
         index = batch["index"].numpy()
@@ -109,9 +109,10 @@ class ImageFeed:
     returns float32 [n,H,W,C] for the next indices (ascending across calls), reading
     through one pipeline over all of them."""
 
-    def __init__(self, source, indices, *, image_shape, preprocess, chunk=256):
+    def __init__(self, source, indices, *, image_shape, preprocess, resize="stretch",
+                 chunk=256):
         self._chunks = read_images(source, indices, image_shape=image_shape,
-                                   preprocess=preprocess, chunk=chunk)
+                                   preprocess=preprocess, resize=resize, chunk=chunk)
         self._held = np.zeros((0, *image_shape), np.float32)
 
     def take(self, count):
@@ -119,6 +120,12 @@ class ImageFeed:
             self._held = np.concatenate([self._held, next(self._chunks)])
         images, self._held = self._held[:count], self._held[count:]
         return images
+
+
+def run_resize(manifest):
+    """The resize mode the run's images were resized with (runs written before the
+    option existed were stretched)."""
+    return manifest["run"].get("resize", "stretch")
 
 
 def load_run_model(manifest, *, unsafe=False):

@@ -29,6 +29,7 @@ from sightline.audit.concepts import (ABLATION_COVER, CONCEPT_MIN_SEPARATION,
                                       CONCEPT_MIN_SILHOUETTE,
                                       RARE_MIN_SHARE, describe_concepts, distinguishing_channels,
                                       embed_relevance, evidence_of, fit_concept_model)
+from sightline.audit.replay import run_resize
 from sightline.audit.verify import (BATCH_SIZE, MIN_DROP, MIN_RATIO, VERIFY_MEMBERS,
                                     apply_verification, depends, feature_drops,
                                     features_depend, log_odds, own_regions, own_spot_drops,
@@ -195,7 +196,7 @@ class ClusterAudit:
             from sightline.audit.replay import ImageFeed
             # The export shows the images as a person sees them: resized, not preprocessed.
             feed = ImageFeed(self.source, results.sample_indices, image_shape=image_shape,
-                             preprocess="none", chunk=chunk)
+                             preprocess="none", resize=run_resize(manifest), chunk=chunk)
             predict = self._class_probabilities(image_shape, run["preprocess"])
         names_read = [heatmaps, "sample/index", "sample/key", "sample/label", "pred/class",
                       "pred/target", "pred/score"]
@@ -238,7 +239,8 @@ class ClusterAudit:
                 members = {"where": np.concatenate(cluster_parts) if cluster_parts else [],
                            "what": np.concatenate(concept_parts) if concept_parts else []}
                 self._verify(found, np.concatenate(index_parts) if index_parts else [],
-                             members, results, image_shape, run["preprocess"])
+                             members, results, image_shape, run["preprocess"],
+                             run_resize(manifest))
             shape = results.map_shape(self.method)
             writer.describe([c["id"] for c in found], [c["class"] for c in found],
                             [c["flagged"] for c in found],
@@ -278,7 +280,7 @@ class ClusterAudit:
                              title=f"sightline {os.path.abspath(self.out)}",
                              model=os.path.basename(str(manifest.get("model") or "model")))
 
-    def _verify(self, found, indices, members, results, image_shape, preprocess):
+    def _verify(self, found, indices, members, results, image_shape, preprocess, resize):
         """Every flagged group asked by the model (verify.py): a place by hiding its hot
         region against a control region; a concept, a rare group or a diffuse one by
         hiding each member's own hot spot against a control spot in the same image, and
@@ -303,7 +305,8 @@ class ClusterAudit:
                                       VERIFY_MEMBERS)
             images = np.concatenate(list(read_images(self.source, chosen,
                                                      image_shape=image_shape,
-                                                     preprocess=preprocess, chunk=batch_size)))
+                                                     preprocess=preprocess, resize=resize,
+                                                     chunk=batch_size)))
             numbers = {}
             if entry["kind"] == "place":
                 numbers["region"] = verify_cluster(probabilities, images, entry,
@@ -325,7 +328,7 @@ class ClusterAudit:
                     activations, head, output_kind = feature_functions
                     rest_images = np.concatenate(list(read_images(
                         self.source, rest, image_shape=image_shape, preprocess=preprocess,
-                        chunk=batch_size)))
+                        resize=resize, chunk=batch_size)))
                     total, odds = 0.0, []
                     for start in range(0, len(rest), batch_size):
                         values = activations(rest_images[start:start + batch_size])
@@ -452,6 +455,8 @@ def _class_members(found, indices, members):
         if len(rows):
             result.setdefault(label, []).append(rows)
     return {label: np.concatenate(parts) for label, parts in result.items()}
+
+
 
 
 def _check_thresholds(given, known, what):

@@ -19,7 +19,8 @@ def provenance(manifest):
         "map_size": run.get("map_size"), "precision": run.get("precision"),
         "target": run.get("target"), "source": run.get("source"),
         "num_samples": run.get("num_samples"), "image_shape": run.get("image_shape"),
-        "preprocess": run.get("preprocess"), "batch_size": manifest.get("batch_size"),
+        "preprocess": run.get("preprocess"), "resize": run.get("resize", "stretch"),
+        "batch_size": manifest.get("batch_size"),
         "replicas": manifest.get("replicas"), "num_shards": manifest.get("num_shards"),
         "num_skipped": manifest.get("num_skipped"), "software": manifest.get("software"),
     }

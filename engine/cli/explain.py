@@ -25,6 +25,7 @@ target              str   predicted (default), label, or a class index
 batch_size          int   global batch size (default 64)
 shard_size          int   samples per shard (default 1024)
 image_size          str   H,W to resize to (default: the model's input)
+resize              str   how images of another aspect ratio reach that size: stretch (default: non-square images are stretched), pad (letterbox on black, aspect kept) or crop (centre crop to the aspect, then resize)
 preprocess          str   none (default), [0,1], [-1,1], caffe or torch
 precision           str   float32 (default), mixed_bfloat16, mixed_float16 or auto (mixed_bfloat16 where faster and its maps agree)
 devices             str   N or all (default all)

@@ -45,21 +45,67 @@ SKIP_REASONS = {
 _TAIL_BYTES = 4096
 
 
-def resize_images(images, height, width):
+# What --resize pad puts around a letterboxed image: black, pixel value 0 before the
+# preprocessing (so -1 after [-1,1], minus the mean after caffe).
+PAD_VALUE = 0.0
+
+
+def resize_images(images, height, width, mode="stretch"):
     """images[...,h,w,C] -> float32 [...,height,width,C]: every source's one resizing rule
-    (bilinear with antialiasing, so downsizing averages rather than skips pixels)."""
-    return tf.image.resize(tf.cast(images, tf.float32), (height, width), method="bilinear",
-                           antialias=True)
+    (bilinear with antialiasing, so downsizing averages rather than skips pixels).
+
+    mode (sightline.config.RESIZE_MODES), for an image of another aspect ratio:
+      stretch  each side scaled on its own, the aspect ratio lost (the default);
+      pad      scaled by s = min(height/h, width/w) to round(h*s) x round(w*s), placed at
+               ((height - round(h*s)) // 2, (width - round(w*s)) // 2) on PAD_VALUE;
+      crop     the centred window of the target's aspect ratio kept (round(h*width/height)
+               columns of a wider image from (w - that) // 2, or round(w*height/width)
+               rows of a taller one), then scaled to height x width.
+    """
+    images = tf.cast(images, tf.float32)
+    if mode == "stretch":
+        return _stretch(images, (height, width))
+    if mode not in ("pad", "crop"):
+        raise ValueError(f"resize mode must be stretch, pad or crop; got {mode!r}")
+    shape = tf.shape(images)
+    rank = images.shape.rank
+    h = tf.cast(shape[rank - 3], tf.float64)
+    w = tf.cast(shape[rank - 2], tf.float64)
+    if mode == "crop":
+        wider = w * height > h * width  # [] bool: columns to cut, else rows
+        keep_w = tf.where(wider, tf.round(h * width / height), w)
+        keep_h = tf.where(wider, h, tf.round(w * height / width))
+        top = tf.cast((h - keep_h) // 2, tf.int32)
+        left = tf.cast((w - keep_w) // 2, tf.int32)
+        window = images[..., top:top + tf.cast(keep_h, tf.int32),
+                        left:left + tf.cast(keep_w, tf.int32), :]
+        return tf.ensure_shape(_stretch(window, (height, width)),
+                               [*images.shape[:-3], height, width, images.shape[-1]])
+    scale = tf.minimum(height / h, width / w)
+    new_h = tf.cast(tf.maximum(tf.round(h * scale), 1), tf.int32)
+    new_w = tf.cast(tf.maximum(tf.round(w * scale), 1), tf.int32)
+    scaled = _stretch(images, tf.stack([new_h, new_w]))
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    paddings = tf.concat([tf.zeros([rank - 3, 2], tf.int32),
+                          [[top, height - new_h - top], [left, width - new_w - left]],
+                          tf.zeros([1, 2], tf.int32)], 0)
+    padded = tf.pad(scaled, paddings, constant_values=PAD_VALUE)
+    return tf.ensure_shape(padded, [*images.shape[:-3], height, width, images.shape[-1]])
 
 
-def decode_batch(contents, height, width, channels):
+def _stretch(images, size):
+    return tf.image.resize(images, size, method="bilinear", antialias=True)
+
+
+def decode_batch(contents, height, width, channels, resize="stretch"):
     """contents[b] string (encoded files) -> a dict of the batch, decoded:
 
     pixels[b,height,width,channels] uint8: the rows TensorFlow decoded at the model's
         size, zeros in every other row;
     float_images[F,height,width,channels] float32 in 0..255, and float_rows[F] int32
-        (which rows they replace): rows of another size (resized) and TIFF rows (16-bit
-        values scaled to 0..255 are not integers);
+        (which rows they replace): rows of another size (resized by `resize_images`
+        with mode `resize`) and TIFF rows (16-bit values scaled to 0..255 are not
+        integers);
     reasons[b] int32: OK, or a code of SKIP_REASONS (that row is zeros).
 
     One loop over the batch decodes every row at once; the batch stays uint8 in the
@@ -93,11 +139,11 @@ def decode_batch(contents, height, width, channels):
     return tf.cond(
         (tf.size(other_rows) > 0) | (tf.size(tiff_rows) > 0),
         lambda: _float_rows(contents, common, (height, width, channels), ragged, sizes,
-                            other_rows, tiff_rows),
+                            other_rows, tiff_rows, resize),
         lambda: common)
 
 
-def _float_rows(contents, decoded, image_shape, ragged, sizes, other_rows, tiff_rows):
+def _float_rows(contents, decoded, image_shape, ragged, sizes, other_rows, tiff_rows, resize):
     """decode_batch's result with its float rows: the rows TensorFlow decoded at another
     size (ragged[row], sizes[row]) resized, and the TIFF rows decoded by Pillow (their
     reason set: a TIFF that fails loses its row)."""
@@ -105,7 +151,7 @@ def _float_rows(contents, decoded, image_shape, ragged, sizes, other_rows, tiff_
 
     def resized(image):  # [h,w,C] float32 -> [height,width,C]
         # Antialiased resizing costs as much as decoding: only rows of another size.
-        return resize_images(image, height, width)
+        return resize_images(image, height, width, resize)
 
     other_images = tf.map_fn(
         lambda row: resized(tf.cast(tf.reshape(ragged[row], [sizes[row, 0], sizes[row, 1],

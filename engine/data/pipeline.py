@@ -60,7 +60,8 @@ def batches(source, start, stop, **options):
     return shard_batches(source, [(start, stop)], **options)
 
 
-def shard_batches(source, ranges, *, batch_size, image_size, channels, preprocessing="none"):
+def shard_batches(source, ranges, *, batch_size, image_size, channels, preprocessing="none",
+                  resize="stretch"):
     """Fixed-shape batches of the sample ranges `ranges` [(start, stop), ...], in order,
     ready for the model: `pixel_batches` prepared in the pipeline.
 
@@ -79,12 +80,13 @@ def shard_batches(source, ranges, *, batch_size, image_size, channels, preproces
         return prepared
 
     return pixel_batches(source, ranges, batch_size=batch_size, image_size=image_size,
-                         channels=channels).map(prepare)
+                         channels=channels, resize=resize).map(prepare)
 
 
-def pixel_batches(source, ranges, *, batch_size, image_size, channels):
+def pixel_batches(source, ranges, *, batch_size, image_size, channels, resize="stretch"):
     """Fixed-shape batches of the sample ranges `ranges` [(start, stop), ...], in order,
-    before casting and preprocessing (see `prepared_images`).
+    before casting and preprocessing (see `prepared_images`); images of another size
+    resized by decode.resize_images with mode `resize` (stretch, pad or crop).
 
     No batch holds samples of two ranges: each range's last batch is padded. Yields
     dicts: pixels[B,H,W,C] (uint8 for encoded images, the array's dtype for arrays at
@@ -105,12 +107,12 @@ def pixel_batches(source, ranges, *, batch_size, image_size, channels):
                 .map(lambda raw, labels, index: (raw, labels, index, position)))
 
     def decode(raw):
-        return decode_batch(source.read_contents(raw), height, width, channels)
+        return decode_batch(source.read_contents(raw), height, width, channels, resize)
 
     def decode_arrays(content, labels, index, position):
         pixels = content
         if tuple(source.array_shape[:2]) != (height, width):
-            pixels = resize_images(content, height, width)
+            pixels = resize_images(content, height, width, resize)
         decoded = {"pixels": pixels,
                    "float_images": tf.zeros([0, height, width, channels], tf.float32),
                    "float_rows": tf.zeros([0], tf.int32),

@@ -172,17 +172,19 @@ def array_batches(source, ranges, batch_size, batches_per_block=1):
     """NumPy blocks of an array source's sample ranges, read by slicing.
 
     Yields (position, images[n,H,W,C] in the array's dtype, labels[n] int32, index[n]
-    int64, count): up to `batches_per_block` batches' rows, n a multiple of batch_size;
+    int64, count): up to `batches_per_block` batches' rows (an int, or a function called
+    before each block that returns it), n a multiple of batch_size;
     the first `count` rows are samples, the rest padding (zeros, label and index -1),
     and no block holds samples of two ranges. Slices of a memory-mapped .npy or an HDF5
     dataset cost one copy per block, where a per-sample tf.data generator cost a Python
     call per image. Fresh arrays per block: TensorFlow may keep a view of them.
     """
-    block = batch_size * batches_per_block
+    blocks = batches_per_block if callable(batches_per_block) else lambda: batches_per_block
     with _open_array(source) as array:
         for position, (start, stop) in enumerate(ranges):
-            for begin in range(start, stop, block):
-                count = min(block, stop - begin)
+            begin = start
+            while begin < stop:
+                count = min(batch_size * blocks(), stop - begin)
                 rows = -(-count // batch_size) * batch_size  # padded to whole batches
                 images = np.zeros((rows, *source.array_shape), array.dtype)
                 images[:count] = array[begin:begin + count]
@@ -191,6 +193,7 @@ def array_batches(source, ranges, batch_size, batches_per_block=1):
                 index = np.full(rows, -1, np.int64)
                 index[:count] = np.arange(begin, begin + count)
                 yield position, images, labels, index, count
+                begin += count
 
 
 def _array_rows(source, start, stop, chunk=256):

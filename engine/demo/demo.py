@@ -279,7 +279,7 @@ def _explain_split(model_path, name, data, split, run_out, say, target="predicte
     if summary.exit_code:
         raise RuntimeError(f"explaining with the {name} model stopped (exit "
                            f"{summary.exit_code})")
-    rate = ("rate n/a" if summary.images_per_second is None
+    rate = (f"no rate: {summary.rate_note}" if summary.images_per_second is None
             else f"{summary.images_per_second:.0f} images/s")
     say(f"[3/7] explained {summary.images} '{split}' images with the {name} model "
         f"(Grad-CAM, {rate}) into {run_out}")

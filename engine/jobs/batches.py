@@ -6,9 +6,34 @@ its samples in the shard layout (float16 maps, cast inside the compiled function
 they reach the host once), and {sample index: reason} of its rows that could not be decoded.
 """
 
+import time
+
 import numpy as np
 
 from sightline.store.shards import RELEVANCE, RELEVANCE_SCALE
+# A compiled call of the array path takes about this long at most, so that the progress
+# bar moves while a slow model works through its batches (see CallPace).
+CALL_SECONDS = 1.0
+
+
+class CallPace:
+    """How many batches the array path's next compiled call takes: one for the first call
+    (the start-up, tracing included, alone) and the second (the first steady measure),
+    then as many as the measured speed fits in CALL_SECONDS, at most doubling from call
+    to call and at most `most` (batches_per_call's memory and speed rule)."""
+
+    def __init__(self, most, seconds=CALL_SECONDS):
+        self.most, self.seconds = most, seconds
+        self.calls, self.count = 0, 1
+
+    def next(self):
+        return self.count
+
+    def took(self, batches, seconds):
+        self.calls += 1
+        if self.calls > 1:
+            fit = int(self.seconds * batches / max(seconds, 1e-9))
+            self.count = max(1, min(self.most, 2 * batches, fit))
 
 
 def stored_dtypes(outputs):
@@ -61,7 +86,8 @@ def single_device_batches(config, plan, ranges):
             return stored_dtypes(step(images, targets, index))
 
         dataset = pixel_batches(plan.source, ranges, batch_size=batch_size,
-                                image_size=(height, width), channels=channels)
+                                image_size=(height, width), channels=channels,
+                                resize=config.resize)
         for element in dataset.map(with_targets(config)):
             outputs = encoded_step(element["pixels"], element["float_images"],
                                    element["float_rows"], element["targets"],
@@ -82,21 +108,24 @@ def single_device_batches(config, plan, ranges):
         # Resizing (arrays of another size than the model's), cast and preprocessing run
         # in the compiled function, on the array's own dtype.
         if resize:
-            pixels = resize_images(pixels, height, width)
+            pixels = resize_images(pixels, height, width, config.resize)
         images = prepared_images(pixels, no_float_images, no_float_rows, name)
         return stored_dtypes(step(images, targets, index))
 
     # Several batches per call, as explain() runs them: one call per batch cost the job
     # over a .npy 0.80 of explain()'s rate (py-spy: 88% of the loop in the step).
-    per_call = batches_per_call(batch_size, height * width * channels * 4)
+    # Calls of a few batches at first, so the bar moves after the start-up (CallPace).
+    pace = CallPace(batches_per_call(batch_size, height * width * channels * 4))
     run = build_batches_function(array_step, batch_size, plan.source.array_shape,
                                  plan.source.array_dtype())
     for position, raw, labels, index, count in array_batches(plan.source, ranges, batch_size,
-                                                             per_call):
+                                                             pace.next):
+        started = time.monotonic()
         outputs = run(tf.convert_to_tensor(raw), targets_of(config, labels), index)
         # Arrays have nothing to decode: the first `count` rows are the samples.
-        yield (position, batch_arrays(outputs, index, labels, slice(0, count), plan.encoded_keys),
-               {})
+        arrays = batch_arrays(outputs, index, labels, slice(0, count), plan.encoded_keys)
+        pace.took(len(raw) // batch_size, time.monotonic() - started)
+        yield position, arrays, {}
 
 
 def distributed_batches(config, plan, ranges):
@@ -119,7 +148,7 @@ def distributed_batches(config, plan, ranges):
 
     dataset = shard_batches(plan.source, ranges, batch_size=config.batch_size,
                             image_size=plan.image_shape[:2], channels=plan.image_shape[2],
-                            preprocessing=config.preprocess)
+                            preprocessing=config.preprocess, resize=config.resize)
     dataset = dataset.map(with_targets(config))
     for element in strategy.experimental_distribute_dataset(dataset):
         outputs = distributed_step(element["images"], element["targets"], element["index"])

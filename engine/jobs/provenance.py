@@ -69,6 +69,7 @@ def run_fingerprint(config, adapter, source, image_shape, class_names=(), releva
         "tfrecord_keys": ({"image": source.image_key, "label": source.label_key}
                           if source.kind == "tfrecord" else None),
         "image_shape": list(image_shape),
+        "resize": config.resize,
         "preprocess": config.preprocess,
         "shard_size": config.shard_size,
         # Whether (and how) shards hold each channel's relevance: another layout.

@@ -46,42 +46,17 @@ class JobSummary:
     shards_written: int
     shards_reused: int
     shards_total: int
-    startup_seconds: float  # until the first batch's maps: tracing, compiling, first reads
-    # After start-up, until the last shard is on disk; None when it cannot be measured
-    # (one batch, or every shard reused): a rate of 0.0 would read as a stalled run.
+    # From the job's start until the first batch's maps: loading, tracing, compiling,
+    # first reads; None when no batch ran.
+    startup_seconds: Optional[float]
+    # The job's one rate (sightline.jobs.progress.Progress.rate): steady state, after the
+    # first batch. None when it cannot be measured, rate_note says why (one batch, or
+    # every shard reused): a rate of 0.0 would read as a stalled run.
     images_per_second: Optional[float]
     wall_seconds: float
     index_built: bool
+    rate_note: Optional[str] = None
     exit_code: int = 0
-
-
-class _Timer:
-    """Start-up (until the first batch is done) apart from steady-state throughput."""
-
-    def __init__(self):
-        self.started = time.monotonic()
-        self.first_batch = None
-        self.stopped = None
-        self.steady_images = 0
-
-    def batch_done(self, images):
-        if self.first_batch is None:
-            self.first_batch = time.monotonic()
-        else:
-            self.steady_images += images
-
-    def stop(self):
-        self.stopped = time.monotonic()
-
-    @property
-    def startup(self):
-        return (self.first_batch or time.monotonic()) - self.started
-
-    def steady_rate(self):
-        if self.first_batch is None or not self.steady_images:
-            return None
-        return self.steady_images / max((self.stopped or time.monotonic()) - self.first_batch,
-                                        1e-9)
 
 
 class _ShardProgress:
@@ -153,15 +128,19 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
     from sightline.jobs.progress import Progress
 
     started = time.monotonic()
-    plan = _plan(config)
+    progress = Progress(log_json=config.log_json, quiet=config.quiet, stream=progress_stream)
+    try:
+        plan = _plan(config, progress)
+    except BaseException:
+        progress.close()  # a refusal is the one line on the terminal: no status before it
+        raise
     unread = [{"index": None, "key": key, "reason": reason} for key, reason in plan.source.unread]
     manifest = ManifestWriter(plan.out, plan.run, plan.provenance, plan.ranges,
                               fingerprint=plan.fingerprint, interval=MANIFEST_SECONDS,
                               unread=unread)
     manifest.reload()
     manifest.write()
-    progress = Progress(sum(plan.ranges[s][1] - plan.ranges[s][0] for s in plan.mine),
-                        log_json=config.log_json, quiet=config.quiet, stream=progress_stream)
+    progress.begin(sum(plan.ranges[s][1] - plan.ranges[s][0] for s in plan.mine))
     for warning in plan.provenance.get("warnings", []):  # found while planning
         progress.event("warning", message=warning["message"])
     writer = ShardWriter(plan.out, plan.num_shards, plan.layout,
@@ -175,7 +154,6 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
                                           "manifest")
     stop_signal = []
     job, reused = None, 0
-    timer = _Timer()
     exit_code = 0
     previous_handlers = install_signal_handlers(stop_signal)
     try:
@@ -185,9 +163,9 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
         if stop_signal:
             raise Interrupted(stop_signal[0])
         if pending:
-            _explain_shards(config, plan, pending, job, stop_signal, timer)
+            progress.stage("tracing and compiling the step", "(the first batch)")
+            _explain_shards(config, plan, pending, job, stop_signal)
         writer.close()
-        timer.stop()
     except Interrupted as interrupted:
         writer.abort()
         writer.close()
@@ -210,6 +188,8 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
         raise
     finally:
         restore_signal_handlers(previous_handlers)
+        progress.close()  # the bar's line ends before any error or summary line
+        manifest.provenance["timing"] = progress.timing()
         _write_manifest_if_room(manifest)
         unlock_worker(plan.lock)
 
@@ -233,15 +213,15 @@ def run_job(config: ExplainConfig, *, progress_stream=None) -> JobSummary:
                         verified=plan.mine)
             index_built = True
         manifest.write()
+    timing = progress.timing()
     summary = JobSummary(
         images=job.images if job else 0, skipped=job.skipped if job else 0,
         shards_written=job.written if job else 0,
         shards_reused=reused, shards_total=plan.num_shards,
-        startup_seconds=round(timer.startup, 2),
-        images_per_second=(None if timer.steady_rate() is None
-                           else round(timer.steady_rate(), 2)),
+        startup_seconds=timing["startup_seconds"],
+        images_per_second=timing["images_per_second"],
         wall_seconds=round(time.monotonic() - started, 2), index_built=index_built,
-        exit_code=exit_code)
+        rate_note=timing.get("rate_note"), exit_code=exit_code)
     progress.summary(**{k: v for k, v in dataclasses.asdict(summary).items() if k != "exit_code"})
     return summary
 
@@ -274,8 +254,10 @@ def _write_manifest_if_room(manifest):
             raise
 
 
-def _plan(config):
-    """Validate everything and plan the shards, before any work: the job's fixed parts."""
+def _plan(config, progress):
+    """Validate everything and plan the shards, before any work: the job's fixed parts.
+    progress.stage names each slow part before it starts."""
+    progress.stage("loading TensorFlow")
     import tensorflow as tf
 
     from sightline.compute.step import build_step, check_methods, run_relevance
@@ -298,9 +280,11 @@ def _plan(config):
                          f"devices, each takes an equal part; try --batch-size "
                          f"{replicas * max(1, config.batch_size // replicas)}")
     auto = config.precision == AUTO
+    progress.stage("listing the data", config.data)
     class_names = parse_class_names(config.class_names)
     source = open_source(config.data, labels=config.labels, image_key=config.tfrecord_image_key,
                          label_key=config.tfrecord_label_key, class_names=class_names)
+    progress.stage("loading model", config.model)
     with strategy.scope():
         adapter = adapt_model(config.model, layer=config.layer,
                               precision="float32" if auto else config.precision,
@@ -392,7 +376,8 @@ def _auto_precision(config, strategy, source, adapter, image_shape, out, run):
     if figures is None or figures.get("choice") not in CANDIDATES:
         first = next(iter(batches(source, 0, min(per_replica, source.num_samples),
                                   batch_size=per_replica, image_size=image_shape[:2],
-                                  channels=image_shape[2], preprocessing=config.preprocess)))
+                                  channels=image_shape[2], preprocessing=config.preprocess,
+                                  resize=config.resize)))
         count = int(first["mask"].numpy().sum())
         targets = targets_of(config, first["labels"].numpy())
         figures = measure_precisions(steps, first["images"], targets, first["index"],
@@ -414,11 +399,11 @@ def _pending_shards(plan, stop_signal, progress):
             pending.append(shard)
         else:
             reused += 1
-            progress.advance(plan.ranges[shard][1] - plan.ranges[shard][0])
+            progress.skip_ahead(plan.ranges[shard][1] - plan.ranges[shard][0])
     return pending, reused
 
 
-def _explain_shards(config, plan, pending, job, stop_signal, timer):
+def _explain_shards(config, plan, pending, job, stop_signal):
     """Stream the pending shards' batches through the step on every device, into `job`."""
     ranges = [plan.ranges[s] for s in pending]
     if plan.strategy.num_replicas_in_sync == 1:
@@ -429,7 +414,6 @@ def _explain_shards(config, plan, pending, job, stop_signal, timer):
         if stop_signal:
             raise Interrupted(stop_signal[0])
         job.add(position, arrays, failures)
-        timer.batch_done(len(arrays["sample/index"]))
     if stop_signal:
         raise Interrupted(stop_signal[0])
     job.close_all()

@@ -1,6 +1,9 @@
-"""Turning heatmaps into pictures: a colormap, overlays, tile grids and PNG files.
+"""Turning heatmaps into pictures: a colormap, overlays, tile grids and PNG files; and
+the notebook helpers the package exports, `sightline.overlay` and `sightline.show`.
 
-Pure NumPy + TensorFlow (for resizing and PNG encoding); no plotting library needed.
+NumPy, TensorFlow (resizing, PNG encoding) and matplotlib (its colormaps, and `show`'s
+figure). The report and the public helpers draw through
+the same `overlay`.
 """
 
 import os
@@ -8,26 +11,33 @@ import os
 import numpy as np
 import tensorflow as tf
 
-# Matplotlib's 'inferno' sampled at 0, 0.1, ..., 1. Its lightness rises monotonically,
-# so a brighter colour always means a larger value, also in greyscale print.
-_INFERNO_ANCHORS = np.array([
-    [0, 0, 4], [22, 11, 57], [66, 10, 104], [106, 23, 110], [147, 38, 103],
-    [188, 55, 84], [221, 81, 58], [243, 120, 25], [252, 165, 10], [246, 215, 70],
-    [252, 255, 164],
-], np.float64)
-
 LUT_SIZE = 256
 
 
-def _build_lut(anchors, size=LUT_SIZE):
-    """uint8 [size,3]: linear interpolation between evenly spaced anchor colours."""
-    positions = np.linspace(0.0, 1.0, len(anchors))
-    samples = np.linspace(0.0, 1.0, size)
-    channels = [np.interp(samples, positions, anchors[:, c]) for c in range(3)]
-    return np.round(np.stack(channels, axis=-1)).clip(0, 255).astype(np.uint8)
+def colormap_table(colormap="inferno", size=LUT_SIZE):
+    """uint8 [size,3] colours of a colormap: a matplotlib name ("inferno", "jet",
+    "viridis", ...), a matplotlib Colormap, or a uint8 table [K,3] itself."""
+    if isinstance(colormap, np.ndarray):
+        if colormap.ndim != 2 or colormap.shape[1] != 3 or len(colormap) < 2:
+            raise ValueError(f"a colour table must be [K,3] with K >= 2; got shape "
+                             f"{colormap.shape}")
+        return colormap.astype(np.uint8)
+    import matplotlib
+    if isinstance(colormap, str):
+        try:
+            colormap = matplotlib.colormaps[colormap]
+        except KeyError:
+            raise ValueError(f"unknown colormap {colormap!r}; pass a matplotlib colormap name "
+                             "such as 'inferno', 'jet' or 'viridis'") from None
+    if not callable(colormap):
+        raise TypeError(f"colormap must be a matplotlib colormap or its name; got {colormap!r}")
+    rgba = np.asarray(colormap(np.linspace(0.0, 1.0, size)), np.float64)  # [size,4]
+    return np.round(rgba[:, :3] * 255).clip(0, 255).astype(np.uint8)
 
 
-INFERNO = _build_lut(_INFERNO_ANCHORS)
+# The report's colormap: matplotlib's 'inferno', whose lightness rises monotonically, so
+# a brighter colour always means a larger value, also in greyscale print.
+INFERNO = colormap_table("inferno")
 
 
 def colorize(heatmap, lut=INFERNO):
@@ -69,45 +79,111 @@ def upscale(image, factor):
 
 
 def to_display_rgb(image):
-    """Min-max scale an image to uint8 RGB for display.
+    """An image as uint8 RGB for display.
 
-    image: [H,W], [H,W,1] or [H,W,3], any numeric range. A constant image becomes black.
+    image: [H,W], [H,W,1], [H,W,3] or [H,W,4] (alpha dropped). uint8 images are shown
+    as they are, float images with every value in [0, 1] as that fraction of 255; any
+    other range (preprocessed inputs, 0..255 floats with NaN) is min-max scaled; a
+    constant image out of [0, 1] becomes black.
     Returns uint8 [H,W,3].
     """
-    image = np.asarray(image, np.float64)
+    image = np.asarray(image)
     if image.ndim == 2:
         image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3):
-        raise ValueError(f"image must be [H,W], [H,W,1] or [H,W,3]; got shape {image.shape}")
-    image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = image.min(), image.max()
-    scaled = (image - low) / (high - low) if high > low else np.zeros_like(image)
-    if scaled.shape[-1] == 1:
-        scaled = np.repeat(scaled, 3, axis=-1)
-    return np.round(scaled * 255).astype(np.uint8)
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image must be [H,W], [H,W,1], [H,W,3] or [H,W,4]; got shape "
+                         f"{image.shape}")
+    image = image[..., :3]
+    if image.dtype == np.uint8:
+        shown = image
+    else:
+        values = np.nan_to_num(image.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = values.min(), values.max()
+        if low < 0.0 or high > 1.0:
+            values = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        shown = np.round(values * 255).astype(np.uint8)
+    if shown.shape[-1] == 1:
+        shown = np.repeat(shown, 3, axis=-1)
+    return shown
 
 
-def overlay(image, heatmap, alpha=0.5, lut=INFERNO):
-    """Blend a colorized heatmap over an image.
+def overlay(image, heatmap, *, alpha=0.5, colormap="inferno"):
+    """A heatmap coloured and blended over its image: uint8 RGB [H,W,3].
 
-    image: [H,W], [H,W,1] or [H,W,3], any range (min-max scaled for display).
-    heatmap: [h,w] in [0, 1]; resized bilinearly to [H,W] when its size differs
-        (e.g. CAM maps at the layer's native resolution).
-    alpha: weight of the heatmap colour, in [0, 1].
-    Returns uint8 [H,W,3] = (1 - alpha) * image + alpha * colour(heatmap).
+    image: [H,W] (grayscale), [H,W,1], [H,W,3] or [H,W,4]; uint8 shown as is, floats in
+        [0, 1] as fractions of 255, any other range min-max scaled (see to_display_rgb).
+    heatmap: [h,w], values in [0, 1] (explain()'s and the shards' maps are), clipped
+        there; upsampled bilinearly (half-pixel centres, as tf.image.resize) to [H,W]
+        when its size differs, e.g. a 7x7 CAM over a 224x224 image.
+    alpha: weight of the heatmap's colour, in [0, 1].
+    colormap: a matplotlib colormap or its name, or a uint8 table [K,3].
+    Returns round((1 - alpha) * image + alpha * colour(heatmap)).
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1]; got {alpha!r}")
-    base = to_display_rgb(image).astype(np.float64)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) \
+            or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1]; got {alpha!r}")
     heatmap = np.asarray(heatmap, np.float32)
+    image_shape = np.shape(image)
     if heatmap.ndim != 2:
-        raise ValueError(f"heatmap must be [H,W]; got shape {heatmap.shape}")
+        raise ValueError(f"heatmap must be [h,w] for an image [H,W] or [H,W,C]; got heatmap "
+                         f"shape {heatmap.shape} and image shape {image_shape}")
+    try:
+        base = to_display_rgb(image).astype(np.float64)
+    except ValueError:
+        raise ValueError(f"image must be [H,W], [H,W,1], [H,W,3] or [H,W,4]; got image shape "
+                         f"{image_shape} (heatmap shape {heatmap.shape})") from None
+    table = colormap_table(colormap)
     height, width = base.shape[:2]
     if heatmap.shape != (height, width):
         heatmap = tf.image.resize(heatmap[..., None], (height, width), method="bilinear")
         heatmap = heatmap.numpy()[..., 0]
-    colours = colorize(heatmap, lut).astype(np.float64)
+    colours = colorize(heatmap, table).astype(np.float64)
     return np.round((1.0 - alpha) * base + alpha * colours).clip(0, 255).astype(np.uint8)
+
+
+def show(images, heatmaps, *, titles=None, columns=4, colorbar=True, alpha=0.5,
+         colormap="inferno"):
+    """A grid of overlays for a notebook: a matplotlib Figure (Jupyter draws it; save it
+    with figure.savefig).
+
+    images: [N,H,W], [N,H,W,C] or a list of N images (each as `overlay` takes it);
+    heatmaps: [N,h,w] or a list of N maps in [0, 1], e.g. explain(...).heatmaps["gradcam"];
+    titles: N strings or None; columns: images per row; colorbar: one colour bar for the
+    grid, the heatmap's 0..1 scale; alpha, colormap: as `overlay`.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
+    from matplotlib.figure import Figure
+
+    images, heatmaps = list(images), list(heatmaps)
+    if not images or len(images) != len(heatmaps):
+        raise ValueError(f"show needs as many heatmaps as images, at least one; got "
+                         f"{len(images)} image(s) and {len(heatmaps)} heatmap(s)")
+    if titles is not None:
+        titles = list(titles)
+        if len(titles) != len(images):
+            raise ValueError(f"titles must give one title per image; got {len(titles)} for "
+                             f"{len(images)} image(s)")
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be an integer >= 1; got {columns!r}")
+    table = colormap_table(colormap)
+    tiles = [overlay(image, heatmap, alpha=alpha, colormap=table)
+             for image, heatmap in zip(images, heatmaps)]
+    columns = min(columns, len(tiles))
+    rows = -(-len(tiles) // columns)
+    figure = Figure(figsize=(2.6 * columns + (0.6 if colorbar else 0.0), 2.6 * rows),
+                    layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for position, axis in enumerate(axes.flat):
+        axis.set_axis_off()
+        if position < len(tiles):
+            axis.imshow(tiles[position], interpolation="nearest")
+            if titles is not None:
+                axis.set_title(str(titles[position]), fontsize=9)
+    if colorbar:
+        mappable = ScalarMappable(Normalize(0.0, 1.0), ListedColormap(table / 255.0))
+        figure.colorbar(mappable, ax=axes, shrink=0.8, label="heatmap (scaled to [0, 1])")
+    return figure
 
 
 def grid(tiles, pad=2, fill=255):

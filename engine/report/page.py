@@ -80,9 +80,11 @@ def _table(header, rows, text_columns=(0,)):
 
 
 def _load_display_images(audit, items):
-    """The source images of the worst items, resized to the compared size; None where the
-    source cannot be read back (TFRecord, moved files)."""
+    """The source images of the worst items, resized to the compared size by the run's
+    rule (stretch, pad or crop); None where the source cannot be read back (TFRecord,
+    moved files)."""
     source = (audit.get("provenance") or {}).get("source") or ""
+    resize = (audit.get("provenance") or {}).get("resize") or "stretch"
     size = tuple(audit["compared_at"])
     kind, _, location = source.partition(" ")
     images = []
@@ -90,6 +92,8 @@ def _load_display_images(audit, items):
         image = None
         try:
             import tensorflow as tf
+
+            from sightline.data.decode import resize_images
             if kind == "folder":
                 data = tf.io.read_file(os.path.join(location, item["key"]))
                 image = tf.io.decode_image(data, channels=3, expand_animations=False)
@@ -101,7 +105,7 @@ def _load_display_images(audit, items):
                 with h5py.File(path, "r") as handle:
                     image = handle[dataset][item["index"]]
             if image is not None:
-                image = tf.image.resize(tf.cast(image, tf.float32), size).numpy()
+                image = resize_images(image, *size, resize).numpy()
         except Exception:  # noqa: BLE001 - the report shows the heatmap alone
             image = None
         images.append(image)

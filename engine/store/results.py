@@ -263,6 +263,11 @@ def describe_output(out):
     damage, which is what a person runs inspect to find."""
     manifest = read_manifest(out)
     run = manifest["run"]
+    skipped = manifest.get("skipped", [])
+    # Entries without a sample index are files of the data folder that are no image
+    # (README.txt): listed in the manifest, but no input was lost.
+    unreadable = [item for item in skipped if item.get("index") is not None]
+    ignored = [item for item in skipped if item.get("index") is None]
     states = {}
     for entry in manifest["shards"]:
         _, problem = verify_shard(out, entry["shard"], manifest["num_shards"],
@@ -276,12 +281,14 @@ def describe_output(out):
         f"methods:    {', '.join(run['methods'])} (map_size {run['map_size']}, precision "
         f"{run['precision']}, target {run['target']})",
         f"source:     {run['source']}, {run['num_samples']} samples, images "
-        f"{'x'.join(map(str, run['image_shape']))}, preprocess {run['preprocess']}",
+        f"{'x'.join(map(str, run['image_shape']))} (resize {run.get('resize', 'stretch')}), "
+        f"preprocess {run['preprocess']}",
         f"labels:     {_labels_line(run)}",
-        f"shards:     {manifest['num_shards']} of {run['shard_size']} samples; "
+        f"shards:     {_shard_sizes(manifest['shards'])}; "
         + ", ".join(f"{len(v)} {k}" for k, v in sorted(states.items())),
-        f"skipped:    {manifest.get('num_skipped', len(manifest.get('skipped', [])))} unreadable "
-        "input(s)",
+        f"skipped:    {len(unreadable)} unreadable image(s)",
+        f"ignored:    {len(ignored)} other file(s) in the data folder, not images",
+        f"timing:     {_timing(manifest.get('timing'))}",
         f"index:      {'present' if os.path.exists(os.path.join(out, INDEX_FILE)) else 'not built'}",
     ]
     for state in sorted(set(INSPECT_STATES.values())):
@@ -289,9 +296,33 @@ def describe_output(out):
             shown = ", ".join(str(s) for s in states[state][:20])
             lines.append(f"{state + ':':<11} shards {shown}"
                          f"{' ...' if len(states[state]) > 20 else ''}")
-    for item in manifest.get("skipped", [])[:10]:
+    for item in unreadable[:10]:
         lines.append(f"  skipped {item['key']}: {item['reason']}")
+    for item in ignored[:10]:
+        lines.append(f"  ignored {item['key']}: {item['reason']}")
     return "\n".join(lines)
+
+
+def _shard_sizes(shards):
+    """'1 shard of 64 samples', '16 shards of 1024 samples', '3 shards of 10 samples,
+    the last of 5': from the shard table's sample ranges."""
+    sizes = [entry["sample_stop"] - entry["sample_start"] for entry in shards]
+    if not sizes:
+        return "no shards"
+    text = f"{len(sizes)} shard{'s' if len(sizes) > 1 else ''} of {sizes[0]} samples"
+    return text + (f", the last of {sizes[-1]}" if sizes[-1] != sizes[0] else "")
+
+
+def _timing(timing):
+    """The manifest's start-up and rate (see sightline.jobs.progress) in words."""
+    if not timing:
+        return "not recorded"
+    startup = timing.get("startup_seconds")
+    text = "no batch computed" if startup is None else f"start-up {startup} s"
+    if timing.get("images_per_second") is None:
+        return text + f", no rate ({timing.get('rate_note') or 'not measured'})"
+    return (text + f", then {timing['images_per_second']} images/s "
+            f"({timing['steady_images']} images in {timing['steady_seconds']} s)")
 
 
 # The datasets a reader asks chunks() for to get relevance_of(chunk).

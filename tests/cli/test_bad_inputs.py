@@ -127,6 +127,8 @@ def _cases(root):
         "non-integer batch size": (explain(batch_size="2.5"),
                                    r"--batch-size: invalid int value: '2\.5'"),
         "unknown precision": (explain(precision="float8"), r"precision must be one of"),
+        "unknown resize mode": (explain(resize="squash"),
+                                r"resize must be one of 'stretch', 'pad', 'crop'; got 'squash'"),
         "worker out of range": (explain("--worker", "3", "--workers", "2"),
                                 r"worker index 3 .*out of range for 2 worker"),
         "target class the model lacks": (explain(target=7),
@@ -177,8 +179,10 @@ def test_bad_input_fails_with_one_line_and_leaves_nothing(root, name):
 
 @pytest.mark.parametrize("name", ["model missing", "data missing", "malformed TOML",
                                   "unknown method", "class names file missing",
-                                  "class name given twice", "class folder mapped to a word", "worker out of range", "out is a file",
-                                  "out not writable", "negative batch size"])
+                                  "class name given twice", "class folder mapped to a word",
+                                  "worker out of range", "out is a file",
+                                  "out not writable", "negative batch size",
+                                  "unknown resize mode"])
 def test_typos_fail_before_tensorflow_is_imported(root, name):
     """--verbose leaves descriptor 2 alone, so -X importtime shows every import."""
     args, message = _cases(root)[name]

@@ -88,13 +88,16 @@ def test_devices_parse():
 def test_progress_without_terminal_prints_periodic_plain_lines():
     stream = io.StringIO()
     progress = Progress(100, stream=stream, every_seconds=0.0)
-    progress.advance(40)
+    progress.advance(20)
+    progress.advance(20)
     progress.event("skipped", message="a.png: broken")
     progress.summary(images=40, skipped=1)
     lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("sightline: 40/100 images, ") and "img/s, eta" in lines[0]
-    assert lines[1] == "sightline: skipped: a.png: broken"
-    assert lines[2] == "sightline: done: images 40, skipped 1"
+    assert lines[0].startswith("sightline: first batch done after ")
+    assert lines[1].startswith("sightline: 20/100 images, start-up ")
+    assert lines[2].startswith("sightline: 40/100 images, ") and "img/s, eta" in lines[2]
+    assert lines[3] == "sightline: skipped: a.png: broken"
+    assert lines[4] == "sightline: done: images 40, skipped 1"
 
 
 def test_progress_json_lines_and_quiet():

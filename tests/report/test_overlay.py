@@ -160,3 +160,88 @@ def test_write_png_refuses_float_images(tmp_path):
     with pytest.raises(TypeError, match="uint8"):
         write_png(tmp_path / "x.png", np.zeros((4, 4, 3), np.float32))
     assert not os.listdir(tmp_path)
+
+
+# --- the public helpers: sightline.overlay and sightline.show -------------------------
+
+def reference_bilinear(heatmap, size):
+    """float64 [H,W]: bilinear upsampling with half-pixel centres, one pixel at a time,
+    coordinates clamped at the borders (the definition tf.image.resize follows)."""
+    h, w = heatmap.shape
+    height, width = size
+    out = np.zeros(size)
+    for i in range(height):
+        y = min(max((i + 0.5) * h / height - 0.5, 0.0), h - 1.0)
+        y0 = int(np.floor(y))
+        y1, wy = min(y0 + 1, h - 1), y - np.floor(y)
+        for j in range(width):
+            x = min(max((j + 0.5) * w / width - 0.5, 0.0), w - 1.0)
+            x0 = int(np.floor(x))
+            x1, wx = min(x0 + 1, w - 1), x - np.floor(x)
+            top = (1 - wx) * heatmap[y0, x0] + wx * heatmap[y0, x1]
+            bottom = (1 - wx) * heatmap[y1, x0] + wx * heatmap[y1, x1]
+            out[i, j] = (1 - wy) * top + wy * bottom
+    return out
+
+
+def reference_overlay(image_rgb_0_255, heatmap, alpha, colormap):
+    """(1 - alpha) * image + alpha * matplotlib's own colour of the upsampled map."""
+    import matplotlib
+    values = np.clip(reference_bilinear(np.asarray(heatmap, np.float64),
+                                        image_rgb_0_255.shape[:2]), 0, 1)
+    colours = matplotlib.colormaps[colormap](values)[..., :3] * 255
+    return (1 - alpha) * image_rgb_0_255 + alpha * colours
+
+
+@pytest.mark.parametrize("kind", ["float_rgb", "uint8_gray", "float_gray_channel"])
+def test_public_overlay_matches_an_upsample_colormap_blend_reference(rng, kind):
+    import sightline
+    heatmap = rng.uniform(0, 1, (3, 4))
+    if kind == "float_rgb":  # floats in [0, 1] are fractions of 255, not rescaled
+        image = rng.uniform(0.1, 0.7, (12, 16, 3))
+        shown = image * 255
+    elif kind == "uint8_gray":  # uint8 shown as is, grey to RGB
+        image = rng.integers(20, 200, (12, 16)).astype(np.uint8)
+        shown = np.repeat(image[..., None].astype(np.float64), 3, axis=-1)
+    else:
+        image = rng.uniform(0.0, 1.0, (12, 16, 1)).astype(np.float32)
+        shown = np.repeat(image.astype(np.float64) * 255, 3, axis=-1)
+    out = sightline.overlay(image, heatmap, alpha=0.4, colormap="viridis")
+    assert out.shape == (12, 16, 3) and out.dtype == np.uint8
+    expected = reference_overlay(shown, heatmap, 0.4, "viridis")
+    # The colour table has 256 entries, matplotlib's continuous lookup its own 256:
+    # neighbouring entries of viridis differ by at most 2 levels.
+    difference = np.abs(out.astype(np.float64) - expected)
+    assert difference.max() <= 2.0 and difference.mean() < 0.75
+
+
+def test_public_overlay_names_both_shapes_when_they_do_not_fit():
+    import sightline
+    with pytest.raises(ValueError, match=r"\(12, 16, 2\).*\(3, 4\)"):
+        sightline.overlay(np.zeros((12, 16, 2)), np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"\(1, 3, 4\).*\(12, 16\)"):
+        sightline.overlay(np.zeros((12, 16)), np.zeros((1, 3, 4)))
+    with pytest.raises(ValueError, match="colormap"):
+        sightline.overlay(np.zeros((12, 16)), np.zeros((3, 4)), colormap="no-such-map")
+
+
+def test_show_draws_a_grid_of_the_overlays_with_titles_and_a_colour_bar(rng):
+    import sightline
+    images = rng.uniform(0, 1, (5, 12, 16, 3))
+    heatmaps = rng.uniform(0, 1, (5, 3, 4))
+    titles = [f"image {i}" for i in range(5)]
+    figure = sightline.show(images, heatmaps, titles=titles, columns=2, colormap="viridis",
+                            alpha=0.3)
+    drawn = [axis for axis in figure.axes if axis.images]
+    assert len(drawn) == 5  # 3 rows of 2, the sixth cell empty
+    for i, axis in enumerate(drawn):
+        np.testing.assert_array_equal(
+            np.asarray(axis.images[0].get_array()),
+            sightline.overlay(images[i], heatmaps[i], alpha=0.3, colormap="viridis"))
+        assert axis.get_title() == titles[i]
+    bars = [axis for axis in figure.axes if "heatmap" in axis.get_ylabel()]
+    assert len(bars) == 1 and bars[0].get_ylim() == (0.0, 1.0)
+    assert not any("heatmap" in axis.get_ylabel()
+                   for axis in sightline.show(images[:1], heatmaps[:1], colorbar=False).axes)
+    with pytest.raises(ValueError, match="2 image.*3 heatmap"):
+        sightline.show(images[:2], heatmaps[:3])
