@@ -12,15 +12,8 @@ each image's original map against the original map of another image of the sampl
 seeded derangement). Random logit: the map of the explained class against that of a
 seeded random other class, on the trained model.
 
-The rule (`PASS_THRESHOLD`): on a 0-to-1 scale where 0 is the floor and 1 is the
-original map itself, a method **fails** when its mean Spearman after the last step (the
-whole network down to the target layer random) is still above PASS_THRESHOLD, that is
-more than halfway from unrelated maps to the original ones. A map that does not depend
-on the model (the edge map, a control) stays at 1 and fails.
-
-A pair where either map is constant (a Grad-CAM map that the ReLU emptied on the random
-model) has no defined rank correlation; it counts as 0, no shared order, in the means,
-and the summary says how many there were.
+The pass rule and the summary of the numbers are in `sanity_scores`, which needs no
+TensorFlow.
 """
 
 import dataclasses
@@ -31,74 +24,20 @@ import tensorflow as tf
 
 from sightline import kernels
 from sightline.compute.explain import explain
+from sightline.evaluate.sanity_scores import PASS_THRESHOLD, RULE, Similarity
 from sightline.kernels.methods import METHODS
 from sightline.model.loading import load_model
 from sightline.model.precision import copy_weights
 
-# A method fails when (final mean Spearman - floor) / (1 - floor) is above this.
-PASS_THRESHOLD = 0.5
-RULE = (f"fails when, after the whole network down to the target layer is randomised, "
-        f"its mean Spearman correlation with the original maps is more than "
-        f"{PASS_THRESHOLD:g} of the way from the floor (unrelated maps) to 1")
+# The verdict's names, where callers of the checks look for them.
+__all__ = ["PASS_THRESHOLD", "RULE", "SanityChecks", "Similarity", "cascade", "copy_model",
+           "reinitialize", "sanity_checks"]
+
 # Images per call of the similarity measures: Spearman sorts every map, and a call over
 # thousands of 224x224 maps would hold gigabytes of sorted copies.
 _SIMILARITY_CHUNK = 256
 # Explain options the checks set themselves.
 _OWN_OPTIONS = ("targets", "normalize", "layer")
-
-
-@dataclasses.dataclass(frozen=True)
-class Similarity:
-    """One method's (or control's) maps against its original maps, image by image.
-
-    spearman, ssim: [S, N], after each of the S randomisation steps.
-    floor_spearman, floor_ssim: [N], the original map against another image's.
-    random_logit_spearman, random_logit_ssim: [N], the explained class against a random
-        other class, on the trained model.
-    strip: [S + 1, h, w], one image's maps scaled to [0, 1]: the original, then after
-        each step.
-    """
-
-    spearman: np.ndarray
-    ssim: np.ndarray
-    floor_spearman: np.ndarray
-    floor_ssim: np.ndarray
-    random_logit_spearman: np.ndarray
-    random_logit_ssim: np.ndarray
-    strip: np.ndarray
-
-    @property
-    def relative_similarity(self):
-        """The final step's mean Spearman on the scale floor = 0, original = 1 (NaN when
-        unrelated maps already agree as much as identical ones)."""
-        floor = _mean(self.floor_spearman)
-        if 1.0 - floor <= 1e-6:
-            return float("nan")
-        return (_mean(self.spearman[-1]) - floor) / (1.0 - floor)
-
-    @property
-    def passes(self):
-        """The rule of the module's docstring; False when the floor leaves no room."""
-        relative = self.relative_similarity
-        return bool(np.isfinite(relative) and relative <= PASS_THRESHOLD)
-
-    def summary(self, layers):
-        """The JSON entry: passes, the rule, the floor, the means per randomised layer
-        (top-down, as randomised) and the random-logit check."""
-        return {
-            "passes": self.passes,
-            "rule": RULE,
-            "threshold": PASS_THRESHOLD,
-            "relative_similarity": _finite_or_none(self.relative_similarity),
-            "floor": {"spearman": _mean(self.floor_spearman), "ssim": _mean(self.floor_ssim)},
-            "spearman_by_layer": [{"layer": layer, "mean": _mean(values)}
-                                  for layer, values in zip(layers, self.spearman)],
-            "ssim_by_layer": [{"layer": layer, "mean": _mean(values)}
-                              for layer, values in zip(layers, self.ssim)],
-            "random_logit": {"spearman": _mean(self.random_logit_spearman),
-                             "ssim": _mean(self.random_logit_ssim)},
-            "constant_pairs": int(np.isnan(self.spearman).sum()),
-        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,13 +339,3 @@ def _similarity(maps_a, maps_b):
 def _unit_maps(maps):
     """|maps| [n,h,w] divided by their largest magnitude, float32."""
     return kernels.scale_heatmaps(tf.abs(tf.constant(maps, tf.float32)))[0].numpy()
-
-
-def _mean(values):
-    """The mean with undefined correlations (a constant map) counted as 0."""
-    values = np.asarray(values, np.float64)
-    return float(np.mean(np.where(np.isnan(values), 0.0, values)))
-
-
-def _finite_or_none(value):
-    return float(value) if np.isfinite(value) else None
