@@ -298,7 +298,11 @@ def write_report(folder, audits, *, activations=None, title="sightline audit", i
             f'<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>'
             f'<h1>{html.escape(title)}</h1>{intro or ""}<ul>{toc}</ul>'
             + "\n".join(sections) + "</body></html>\n")
-    path = os.path.join(folder, REPORT_FILE)
+    return write_page(os.path.join(folder, REPORT_FILE), page)
+
+
+def write_page(path, page):
+    """Write an HTML page under a temporary name and rename it: never half a page."""
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
         handle.write(page)
