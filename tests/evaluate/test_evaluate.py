@@ -171,3 +171,14 @@ def test_bad_input_is_one_line_and_exit_2(runs, capsys, arguments, message):
     assert code == 2
     assert message in error and len(error.splitlines()) == 1, error
     assert sorted(os.listdir(runs["whole"])) == before
+
+
+def test_audit_names_the_recommended_method_and_reports_the_evaluation(runs, tmp_path, capsys):
+    report = str(tmp_path / "audit-report")
+    main(["audit", runs["whole"], "--report", report])
+    printed = capsys.readouterr().out
+    with open(os.path.join(runs["whole"], "evaluation.json")) as handle:
+        method = json.load(handle)["recommended"]["method"]
+    assert f"trust: For this model use {method}" in printed
+    page = open(os.path.join(report, "report.html")).read()
+    assert "Which method to trust" in page and f"For this model use {method}" in page
