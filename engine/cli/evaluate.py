@@ -4,7 +4,8 @@ curves, one-pass scores, controls), then (--report) draw it."""
 import os
 
 from sightline.cli.checks import check_run_folder
-from sightline.evaluate.settings import DEFAULT_STEPS, FILLS, EvaluationSettings
+from sightline.evaluate.settings import (DEFAULT_SANITY_SAMPLE, DEFAULT_STEPS, FILLS,
+                                        EvaluationSettings)
 
 
 def add_arguments(parser):
@@ -19,6 +20,11 @@ def add_arguments(parser):
     parser.add_argument("--sample", type=int, metavar="N",
                         help="evaluate N images per explained class, chosen by a hash of the "
                              "sample index (default: every image)")
+    parser.add_argument("--sanity-sample", type=int, default=DEFAULT_SANITY_SAMPLE,
+                        metavar="N",
+                        help="images per explained class for the sanity checks (cascading "
+                             "randomisation of a copy of the model, random logit; default "
+                             f"{DEFAULT_SANITY_SAMPLE}); 0 skips them")
     parser.add_argument("--methods", help="comma-separated stored methods to evaluate "
                                           "(default: every method the run stored)")
     parser.add_argument("--seed", type=int, default=0,
@@ -45,7 +51,7 @@ def _settings(args):
     return EvaluationSettings(steps=args.steps, fill=args.fill, sample=args.sample,
                               seed=args.seed, batch_size=args.batch_size,
                               memory_budget_mb=args.memory_budget_mb, unsafe=args.unsafe,
-                              methods=methods).checked()
+                              methods=methods, sanity_sample=args.sanity_sample).checked()
 
 
 def check(args):
@@ -75,10 +81,20 @@ def run(args):
         kind = "control" if name in evaluation["controls"] else "method"
         print(f"{kind} {name}: SRG {entry['srg']:.3f} [{low:.3f}, {high:.3f}], deletion "
               f"{entry['deletion_auc']:.3f}, insertion {entry['insertion_auc']:.3f}, "
-              f"average drop {entry['average_drop']:.1f}%")
+              f"average drop {entry['average_drop']:.1f}%{_sanity_words(entry['sanity'])}")
     print(f"recommendation: {card_text(evaluation)}")
     print(f"wrote {os.path.join(args.out, EVALUATION_FILE)} and {os.path.join(args.out, H5_FILE)}")
     if args.report:
         from sightline.report.evaluation import write_evaluation_report
         print(f"report: {write_evaluation_report(args.report, args.out, evaluation)}")
     return 0
+
+
+def _sanity_words(sanity):
+    if sanity is None:
+        return ""
+    final = sanity["spearman_by_layer"][-1]["mean"]
+    verdict = "passes" if sanity["passes"] else "FAILS"
+    return (f", sanity check {verdict} (Spearman {final:.2f} with every layer down to "
+            f"{sanity['spearman_by_layer'][-1]['layer']} random; unrelated maps "
+            f"{sanity['floor']['spearman']:.2f})")

@@ -11,6 +11,14 @@ the same as an uninterrupted run's. The parts folder records the settings it was
 with; other settings start it afresh. After the merge the parts are removed.
 
 Memory: one part of maps and images at a time, and per chosen sample its scores.
+
+Sanity checks (sightline.evaluate.sanity): after the parts, `sanity_sample` images per
+explained class (chosen as `--sample` chooses, at most SANITY_MAX_IMAGES in all) are
+explained again by the run's model, layer, precision and method parameters while a copy
+of the model is randomised, beside the three controls; the result is written to
+OUT/evaluation.parts/sanity.h5 (so a resume keeps it) and merged into evaluation.h5
+under /sanity. They explain in batches of SANITY_BATCH_SIZE whatever --batch-size is,
+so their numbers do not depend on it.
 """
 
 import json
@@ -19,7 +27,7 @@ import shutil
 
 import numpy as np
 
-from sightline.audit.replay import ImageFeed, load_run_model, open_run_source
+from sightline.audit.replay import ImageFeed, load_run_model, open_run_source, read_images
 from sightline.evaluate.settings import EvaluationSettings, choose_samples, ranking_grid
 from sightline.evaluate.summary import (CONTROLS, EVALUATION_FILE, FORMAT, H5_FILE, summarise)
 from sightline.kernels.methods import LAYER, METHODS
@@ -29,6 +37,11 @@ from sightline.store.results import open_results
 
 PARTS_FOLDER = "evaluation.parts"
 SETTINGS_FILE = "settings.json"
+SANITY_FILE = "sanity.h5"
+# The sanity sample is held in memory (images and every method's maps): at most this
+# many images, fewer per class when the classes are many.
+SANITY_MAX_IMAGES = 2048
+SANITY_BATCH_SIZE = 32
 # Per sample and map kind, what each part (and evaluation.h5) holds.
 PER_SAMPLE = ("probabilities", "logits", "fractions", "auc", "one_pass", "original",
               "tie_fraction")
@@ -70,10 +83,13 @@ def evaluate_run(out, settings=None, *, progress=None):
                 _write_part(_part_path(parts_folder, p), parts[p], values)
                 if progress is not None:
                     progress(len(parts) - len(pending) + pending.index(p) + 1, len(parts))
+        sanity_path = os.path.join(parts_folder, SANITY_FILE)
+        if settings.sanity_sample and not os.path.exists(sanity_path):
+            _write_sanity(sanity_path, results, methods, grid, settings, unsafe)
         rows = _rows(results, chosen)
         names = run.get("class_names") or {}
         h5_path = _merge(out, parts_folder, len(parts), chosen, targets[rows], labels[rows],
-                         methods, settings, grid)
+                         methods, settings, grid, sanity_path)
         evaluation = summarise(h5_path, methods, settings, grid, names)
         evaluation["settings"]["unsafe"] = bool(unsafe)
         write_json_atomic(os.path.join(out, EVALUATION_FILE), evaluation)
@@ -192,7 +208,59 @@ def _write_part(path, indices, values):
     fsync_directory(os.path.dirname(path))
 
 
-def _merge(out, folder, num_parts, chosen, targets, labels, methods, settings, grid):
+def _write_sanity(path, results, methods, grid, settings, unsafe):
+    """The sanity checks of the run's methods and the controls, written to `path`
+    atomically (sightline.evaluate.sanity_scores.write_sanity's layout)."""
+    import h5py
+
+    from sightline.evaluate.curves import build_controls
+    from sightline.evaluate.sanity import sanity_checks
+    from sightline.evaluate.sanity_scores import write_sanity
+
+    manifest = results.manifest
+    run = manifest["run"]
+    model = manifest.get("model")
+    if not model or not os.path.exists(model):
+        raise ValueError(f"the run's model {model!r} is not there any more; the sanity checks "
+                         "randomise a copy of it (--sanity-sample 0 evaluates without them)")
+    if os.path.isdir(model):
+        raise ValueError(f"the run's model {model!r} is a SavedModel, whose layers the sanity "
+                         "checks cannot re-initialise; pass --sanity-sample 0 to evaluate "
+                         "without them, or explain a .keras or .h5 file")
+    targets = results.read("pred/target")
+    per_class = min(settings.sanity_sample,
+                    max(1, SANITY_MAX_IMAGES // max(1, len(np.unique(targets)))))
+    chosen = choose_samples(results.sample_indices, targets, per_class, settings.seed)
+    if len(chosen) < 2:
+        return  # the floor needs two images: the entries say "sanity": null
+    image_shape = tuple(int(v) for v in run["image_shape"])
+    images = np.concatenate(list(read_images(open_run_source(manifest), chosen,
+                                             image_shape=image_shape,
+                                             preprocess=run.get("preprocess", "none"))))
+    controls_of = build_controls(grid, settings.seed)
+    controls = {name: (lambda batch, name=name: controls_of(batch, chosen)[name].numpy())
+                for name in CONTROLS}
+    # The options that shaped the stored maps, so the checks explain as the run did.
+    options = {option: value for method in methods
+               for option, value in (run.get("parameters") or {}).get(method, {}).items()}
+    checks = sanity_checks(model, images, targets[_rows(results, chosen)],
+                           methods, controls=controls, seed=settings.seed,
+                           layer=run.get("layer"), precision=run.get("precision", "float32"),
+                           map_size=run.get("map_size", "native"),
+                           batch_size=SANITY_BATCH_SIZE, unsafe=unsafe, **options)
+    temporary = temporary_path(path)
+    try:
+        with h5py.File(temporary, "w") as handle:
+            write_sanity(handle, checks, chosen)
+        os.replace(temporary, path)
+    except BaseException:
+        remove_quietly(temporary)
+        raise
+    fsync_directory(os.path.dirname(path))
+
+
+def _merge(out, folder, num_parts, chosen, targets, labels, methods, settings, grid,
+           sanity_path=None):
     """OUT/evaluation.h5 from the parts, written under a temporary name and renamed."""
     import h5py
     path = os.path.join(out, H5_FILE)
@@ -216,6 +284,9 @@ def _merge(out, folder, num_parts, chosen, targets, labels, methods, settings, g
                     for key in PER_SAMPLE:
                         handle[f"{group}/{name}/{key}"] = np.concatenate(
                             [h[f"{name}/{key}"][:] for h in handles])
+                if sanity_path is not None and os.path.exists(sanity_path):
+                    with h5py.File(sanity_path, "r") as sanity:
+                        sanity.copy(sanity["sanity"], handle, "sanity")
         finally:
             for h in handles:
                 h.close()

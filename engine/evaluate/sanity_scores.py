@@ -18,6 +18,7 @@ and the summary says how many there were.
 """
 
 import dataclasses
+import json
 
 import numpy as np
 
@@ -90,3 +91,38 @@ def _mean(values):
 
 def _finite_or_none(value):
     return float(value) if np.isfinite(value) else None
+
+
+# What evaluation.h5 holds per method and control under /sanity/<methods|controls>/<name>/.
+FIELDS = tuple(field.name for field in dataclasses.fields(Similarity))
+SANITY_GROUP = "sanity"
+
+
+def write_sanity(handle, checks, sample_index):
+    """Write the checks (`sanity.SanityChecks`) into an open h5py file or group:
+    /sanity/sample/index [N] (the images checked), the attributes layers (JSON, top-down)
+    and target_layer, and per method or control its `Similarity` arrays."""
+    group = handle.create_group(SANITY_GROUP)
+    group["sample/index"] = np.asarray(sample_index, np.int64)
+    group.attrs["layers"] = json.dumps(list(checks.layers))
+    group.attrs["target_layer"] = checks.target_layer or ""
+    for name, result in checks.results.items():
+        kind = "controls" if name in checks.controls else "methods"
+        for field in FIELDS:
+            group[f"{kind}/{name}/{field}"] = np.asarray(getattr(result, field))
+
+
+def read_sanity(handle):
+    """What `write_sanity` wrote, or None: {"layers", "target_layer", "count",
+    "methods": {name: Similarity}, "controls": {name: Similarity}}."""
+    if SANITY_GROUP not in handle:
+        return None
+    group = handle[SANITY_GROUP]
+    read = {"layers": json.loads(group.attrs["layers"]),
+            "target_layer": str(group.attrs["target_layer"]) or None,
+            "count": int(len(group["sample/index"]))}
+    for kind in ("methods", "controls"):
+        read[kind] = {name: Similarity(**{field: group[f"{kind}/{name}/{field}"][:]
+                                          for field in FIELDS})
+                      for name in (group[kind] if kind in group else ())}
+    return read

@@ -11,6 +11,8 @@ from sightline.kernels.methods import METHODS
 
 FILLS = ("mean", "blur", "road")  # the same tuple as sightline.evaluate.curves.FILLS
 DEFAULT_STEPS = 20
+# Images per explained class the sanity checks explain again at every randomisation step.
+DEFAULT_SANITY_SAMPLE = 256
 # Cells of the ranking grid when the run holds no CAM-family map (whose own grid is
 # used otherwise): 8 x 8, at most the input's size.
 DEFAULT_GRID = (8, 8)
@@ -20,8 +22,9 @@ MAX_STEPS = 1000
 @dataclasses.dataclass(frozen=True)
 class EvaluationSettings:
     """steps S per curve, the deletion fill, `sample` images per explained class (None:
-    every image), the seed (ties, random control, ROAD's noise, bootstrap), images per
-    batch, the memory one model call may hold, samples per resumable part."""
+    every image), the seed (ties, random control, ROAD's noise, bootstrap, sanity checks),
+    images per batch, the memory one model call may hold, samples per resumable part,
+    images per class for the sanity checks (0: none)."""
 
     steps: int = DEFAULT_STEPS
     fill: str = "mean"
@@ -32,6 +35,7 @@ class EvaluationSettings:
     part_size: int = 256
     unsafe: bool = False
     methods: Optional[tuple] = None  # None: every method the run stored
+    sanity_sample: int = DEFAULT_SANITY_SAMPLE
 
     def checked(self):
         """self, or a ValueError/TypeError of one line naming the bad setting."""
@@ -46,6 +50,10 @@ class EvaluationSettings:
         if not _whole(self.seed, 0) or self.seed >= 2 ** 31:
             raise ValueError(f"--seed must be a whole number from 0 to 2**31 - 1; received "
                              f"{self.seed!r}")
+        if not _whole(self.sanity_sample, 0):
+            raise ValueError(f"--sanity-sample must be a whole number of images per class >= 0 "
+                             f"(0 skips the sanity checks); received {self.sanity_sample!r} "
+                             f"(default {DEFAULT_SANITY_SAMPLE})")
         for name in ("batch_size", "memory_budget_mb", "part_size"):
             if not _whole(getattr(self, name), 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1; "
@@ -70,7 +78,8 @@ class EvaluationSettings:
 
     def recorded(self):
         """What evaluation.json records under "settings" (and what a resume must match)."""
-        return {"steps": self.steps, "fill": self.fill, "sample": self.sample, "seed": self.seed}
+        return {"steps": self.steps, "fill": self.fill, "sample": self.sample, "seed": self.seed,
+                "sanity_sample": self.sanity_sample}
 
 
 def _whole(value, lowest):

@@ -11,6 +11,10 @@ the image, O of the image times its min-max scaled map.
 Intervals: the 2.5 and 97.5 percentiles of BOOTSTRAP means of the per-image values
 resampled with replacement, seeded by the evaluation's seed.
 
+Sanity: each method's and control's `"sanity"` entry is the summary of its checks
+(sightline.evaluate.sanity_scores: passes, the rule, the floor, the mean Spearman and SSIM
+per randomised layer, the random-logit check), read from evaluation.h5's /sanity.
+
 Recommendation: among the methods (never a control) that pass the sanity checks, the one
 with the best mean SRG, its margin over the next, and whether the metrics agree: Kendall
 tau between the methods' rankings by SRG, by insertion AUC and by Average Drop (lower is
@@ -23,6 +27,8 @@ method whose SRG interval does not lie above the random control's mean SRG is ca
 import json
 
 import numpy as np
+
+from sightline.evaluate.sanity_scores import read_sanity
 
 FORMAT = "sightline-evaluation/1"
 EVALUATION_FILE = "evaluation.json"
@@ -134,10 +140,11 @@ def summarise(h5_path, methods, settings, grid, names=None):
         controls = {name: describe(per_image_scores(handle[f"controls/{name}"]), targets,
                                    settings.seed, names) for name in CONTROLS}
         entries = {}
+        sanity = read_sanity(handle)
         for method in methods:
             entry = describe(per_image_scores(handle[f"methods/{method}"]), targets,
                              settings.seed, names)
-            entry["sanity"] = None
+            entry["sanity"] = _sanity_entry(sanity, "methods", method)
             entries[method] = entry
         count = int(len(targets))
     random_srg = controls["random"]["srg"]
@@ -145,11 +152,23 @@ def summarise(h5_path, methods, settings, grid, names=None):
         low = entry["srg_ci95"][0]
         entry["beats_random"] = bool(low is not None and low > random_srg)
     for name in CONTROLS:
-        controls[name]["sanity"] = None
+        controls[name]["sanity"] = _sanity_entry(sanity, "controls", name)
+    checked = {} if sanity is None else {"sanity_layers": sanity["layers"],
+                                         "sanity_target_layer": sanity["target_layer"],
+                                         "sanity_count": sanity["count"]}
     return {"format": FORMAT,
-            "settings": {**settings.recorded(), "grid": list(grid), "bootstrap": BOOTSTRAP},
+            "settings": {**settings.recorded(), "grid": list(grid), "bootstrap": BOOTSTRAP,
+                         **checked},
             "count": count, "methods": entries, "controls": controls,
             "recommended": recommend(entries, random_srg)}
+
+
+def _sanity_entry(sanity, kind, name):
+    """The JSON summary of one method's or control's sanity checks; None when they did
+    not run."""
+    if sanity is None or name not in sanity[kind]:
+        return None
+    return sanity[kind][name].summary(sanity["layers"])
 
 
 def read_evaluation(path):

@@ -8,6 +8,10 @@ the table's intervals are the bootstrap's). "Hiding changes nothing": for the
 recommended method, the images whose explained-class probability drops least when the
 first fifth of the steps (the most relevant cells) is hidden, as a share of the
 original probability.
+
+The sanity panel: the mean Spearman correlation and SSIM of each method's and control's
+maps with its original maps as the layers are randomised from the top down, its floor
+(unrelated maps) dotted, and one image's maps after each step.
 """
 
 import html
@@ -33,7 +37,7 @@ def _interval(entry):
 
 
 def _metrics_table(evaluation):
-    header = ["map", "kind"] + [label for _, label in METRICS] + ["beats random"]
+    header = ["map", "kind"] + [label for _, label in METRICS] + ["beats random", "sanity check"]
     rows = []
     for kind, group in (("method", evaluation["methods"]), ("control", evaluation["controls"])):
         for name, entry in group.items():
@@ -41,6 +45,9 @@ def _metrics_table(evaluation):
             cells += [_fmt(entry[key], 1 if "%" in label else 3) for key, label in METRICS[1:]]
             cells.append("yes" if entry.get("beats_random") else
                          '<span class="flagged">no</span>')
+            sanity = entry.get("sanity")
+            cells.append("not run" if sanity is None else "passes" if sanity["passes"] else
+                         '<span class="flagged">fails</span>')
             rows.append(cells)
     return _table(header, rows, text_columns=(0, 1))
 
@@ -134,6 +141,91 @@ def _unchanged_figure(out, method, samples, path):
                                                      "changes (almost) nothing")
 
 
+def _sanity_entries(evaluation):
+    """[(name, is a control, sanity entry)] of every map the sanity checks ran on."""
+    return [(name, group == "controls", entry["sanity"])
+            for group in ("methods", "controls") for name, entry in evaluation[group].items()
+            if entry.get("sanity") is not None]
+
+
+def sanity_curves(evaluation, path):
+    """Two panels, Spearman and SSIM against randomised depth: one line per method
+    (controls dashed) from the original maps (1) through each randomised layer, the floor
+    of unrelated maps dotted in the same colour."""
+    entries = _sanity_entries(evaluation)
+    layers = [step["layer"] for step in entries[0][2]["spearman_by_layer"]]
+    positions = np.arange(len(layers) + 1)
+    figure = figures._figure(11, 3.6)
+    axes = figure.subplots(1, 2, squeeze=False)[0]
+    for axis, key, floor_key, label in zip(axes, ("spearman_by_layer", "ssim_by_layer"),
+                                           ("spearman", "ssim"),
+                                           ("Spearman rank correlation of |map|", "SSIM")):
+        for name, control, sanity in entries:
+            values = [1.0] + [step["mean"] for step in sanity[key]]
+            line, = axis.plot(positions, values, "--" if control else "-", marker="o",
+                              markersize=3, linewidth=1.2, label=name)
+            axis.axhline(sanity["floor"][floor_key], color=line.get_color(), linestyle=":",
+                         linewidth=0.8)
+        axis.set_xticks(positions)
+        axis.set_xticklabels(["original"] + [f"+ {layer}" for layer in layers], rotation=30,
+                             ha="right", fontsize=7)
+        axis.set_xlabel("layers randomised, from the top down", fontsize=8)
+        axis.set_ylabel(label, fontsize=8)
+        axis.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    return figures._save(figure, path)
+
+
+def sanity_strips(h5_path, path):
+    """One row per method and control: one image's map (|map| scaled to [0, 1]) as
+    the original, then after each randomisation step."""
+    import h5py
+
+    from sightline.evaluate.sanity_scores import read_sanity
+    with h5py.File(h5_path, "r") as handle:
+        sanity = read_sanity(handle)
+    rows = [(name, result.strip) for kind in ("methods", "controls")
+            for name, result in sanity[kind].items()]
+    columns = len(sanity["layers"]) + 1
+    figure = figures._figure(1.3 * columns + 1, 1.3 * len(rows))
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    titles = ["original"] + [f"+ {layer}" for layer in sanity["layers"]]
+    for row, (name, strip) in enumerate(rows):
+        for column in range(columns):
+            axis = axes[row][column]
+            axis.imshow(strip[column], cmap=figures.CMAP, vmin=0, vmax=1)
+            figures._blank(axis)
+            if row == 0:
+                axis.set_title(titles[column], fontsize=7)
+        axes[row][0].set_ylabel(name, fontsize=7)
+    figure.tight_layout()
+    return figures._save(figure, path)
+
+
+def _sanity_section(folder, slug, h5_path, evaluation):
+    entries = _sanity_entries(evaluation)
+    if not entries:
+        return ""
+    settings = evaluation["settings"]
+    failing = [name for name, control, sanity in entries if not control and not sanity["passes"]]
+    verdict = (f"Fail the sanity check: {', '.join(failing)}." if failing else
+               "Every method passes the sanity check.")
+    parts = ["<h3>Sanity checks: do the maps depend on the model?</h3>",
+             f'<p class="note">{settings.get("sanity_count")} images; the layers of a copy of '
+             f"the model re-initialised one by one from the top down to the target layer "
+             f"{html.escape(str(settings.get('sanity_target_layer')))}, each image explained "
+             f"again after each step. A map {html.escape(entries[0][2]['rule'])}. "
+             f"{html.escape(verdict)}</p>"]
+    curves = sanity_curves(evaluation, os.path.join(folder, f"{slug}-sanity.png"))
+    parts.append(embed_png(curves, "correlation with the original maps against randomised "
+                                   "depth; dotted: unrelated maps"))
+    if os.path.exists(h5_path):
+        strips = sanity_strips(h5_path, os.path.join(folder, f"{slug}-sanity-strip.png"))
+        parts.append(embed_png(strips, "one image's maps as the layers are randomised"))
+    return "\n".join(parts)
+
+
 def evaluation_section(folder, title, out, evaluation):
     """The HTML of one evaluation, its PNGs written into `folder`."""
     slug = _slug("evaluation " + title)
@@ -151,6 +243,7 @@ def evaluation_section(folder, title, out, evaluation):
     if os.path.exists(h5_path):
         curves = mean_curves(h5_path, names, os.path.join(folder, f"{slug}-curves.png"))
         parts.append(embed_png(curves, "mean curves per method and control, 95% bands"))
+    parts.append(_sanity_section(folder, slug, h5_path, evaluation))
     parts.append("<h3>Per class</h3>" + _class_table(evaluation))
     method = (evaluation.get("recommended") or {}).get("method")
     if method and os.path.exists(h5_path):

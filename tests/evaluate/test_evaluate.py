@@ -12,12 +12,14 @@ import pytest
 
 from sightline.audit.clusters import sample_priority
 from sightline.cli.main import main
-from sightline.evaluate.run import PARTS_FOLDER, evaluate_run
+from sightline.evaluate.run import PARTS_FOLDER, SANITY_BATCH_SIZE, evaluate_run
+from sightline.evaluate.sanity import sanity_checks
 from sightline.evaluate.settings import EvaluationSettings
 from sightline.evaluate.summary import CONTROLS, FORMAT
-from tests.jobs.jobs import write_arrays, write_model
+from tests.jobs.jobs import read_index, write_arrays, write_model
 
 STEPS = 4
+SANITY_KEYS = {"passes", "spearman_by_layer", "ssim_by_layer", "random_logit"}
 METHOD_KEYS = {"srg", "srg_ci95", "deletion_auc", "insertion_auc", "lerf_auc", "average_drop",
                "increase_in_confidence", "average_gain", "sanity", "per_class"}
 
@@ -90,7 +92,7 @@ def test_an_interrupted_evaluation_resumes_to_the_same_files(runs, tmp_path):
 
 
 def test_sample_per_class_is_the_same_whatever_the_layout(runs):
-    settings = EvaluationSettings(steps=2, sample=2, seed=3)
+    settings = EvaluationSettings(steps=2, sample=2, seed=3, sanity_sample=0)
     first = evaluate_run(runs["split"], settings)
     indices = read_h5(runs["split"])["sample/index"]
     second = evaluate_run(runs["whole"], settings)
@@ -117,19 +119,34 @@ def test_output_contract(runs):
     assert set(evaluation["controls"]) == set(CONTROLS)
     for entry in list(evaluation["methods"].values()) + list(evaluation["controls"].values()):
         assert METHOD_KEYS <= set(entry)
-        assert entry["sanity"] is None
+        assert SANITY_KEYS <= set(entry["sanity"])
+        layers = [step["layer"] for step in entry["sanity"]["spearman_by_layer"]]
+        assert layers == evaluation["settings"]["sanity_layers"] == ["logits", "conv_c"]
         low, high = entry["srg_ci95"]
         assert low <= entry["srg"] <= high
         assert entry["srg"] == pytest.approx(entry["lerf_auc"] - entry["deletion_auc"])
         counts = sum(c["count"] for c in entry["per_class"].values())
         assert counts == evaluation["count"] == 24
+    # Maps that know nothing about the model fail the sanity check.
+    assert not any(entry["sanity"]["passes"] for entry in evaluation["controls"].values())
     recommended = evaluation["recommended"]
-    assert recommended["method"] in evaluation["methods"]
-    assert recommended["sanity_checked"] is False and "not run" in recommended["note"]
-    best = max(evaluation["methods"], key=lambda m: evaluation["methods"][m]["srg"])
+    assert recommended["sanity_checked"] is True and recommended["note"] is None
+    passing = [m for m, entry in evaluation["methods"].items() if entry["sanity"]["passes"]]
+    assert passing, "the random model's Grad-CAM changes when its layers are re-initialised"
+    best = max(passing, key=lambda m: evaluation["methods"][m]["srg"])
     assert recommended["method"] == best
     h5 = runs["reference_h5"]
     count = len(h5["sample/index"])
+    # The stored sanity numbers are the checks' own, called directly on the run's model,
+    # images and explained classes (every image: 24 < 256 per class).
+    np.testing.assert_array_equal(h5["sanity/sample/index"], np.arange(24))
+    direct = sanity_checks(str(runs["root"] / "model.keras"),
+                           np.load(runs["root"] / "images.npy"), read_index(runs["whole"])["pred/target"],
+                           ["gradcam", "saliency"], seed=0, batch_size=SANITY_BATCH_SIZE)
+    for method in ("gradcam", "saliency"):
+        for field in ("spearman", "ssim", "floor_spearman", "random_logit_ssim", "strip"):
+            np.testing.assert_allclose(h5[f"sanity/methods/{method}/{field}"],
+                                       getattr(direct.results[method], field), atol=1e-6)
     assert h5["methods/gradcam/probabilities"].shape == (count, 3, STEPS + 1)
     # The per-image areas average to the JSON's means.
     auc = h5["methods/saliency/auc"].astype(np.float64)
@@ -143,10 +160,13 @@ def test_cli_prints_the_numbers_and_writes_the_report(runs, tmp_path, capsys):
                  "--methods", "saliency", "--report", report]) == 0
     printed = capsys.readouterr().out
     assert "method saliency: SRG" in printed and "control edge: SRG" in printed
+    assert "sanity check FAILS (Spearman 1.00 with every layer down to conv_c" in printed
     assert "recommendation: For this model use saliency" in printed
     page = open(os.path.join(report, "evaluation.html")).read()
     assert "For this model use saliency" in page and "data:image/png;base64" in page
-    assert {"evaluation-whole-curves.png", "evaluation-whole-unchanged.png"} <= set(os.listdir(report))
+    assert {"evaluation-whole-curves.png", "evaluation-whole-unchanged.png",
+            "evaluation-whole-sanity.png", "evaluation-whole-sanity-strip.png"} <= set(os.listdir(report))
+    assert "Sanity checks: do the maps depend on the model?" in page
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -158,6 +178,7 @@ def test_cli_prints_the_numbers_and_writes_the_report(runs, tmp_path, capsys):
     (["{whole}", "--steps", "many"], "invalid int value: 'many'"),
     (["{whole}", "--fill", "zeros"], "--fill must be one of mean, blur, road"),
     (["{whole}", "--sample", "0"], "--sample must be a whole number of images per class"),
+    (["{whole}", "--sanity-sample", "-1"], "--sanity-sample must be a whole number of images"),
 ])
 def test_bad_input_is_one_line_and_exit_2(runs, capsys, arguments, message):
     names = {"missing": str(runs["root"] / "nowhere"), "root": str(runs["root"]),

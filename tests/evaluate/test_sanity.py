@@ -256,3 +256,4 @@ def test_bad_arguments_stop_with_one_clear_line(arguments, message):
     with pytest.raises((ValueError, TypeError), match=message):
         sanity_checks(model, images, arguments.pop("targets"), arguments.pop("methods"),
                       **arguments)
+
