@@ -240,12 +240,15 @@ def _write_sanity(path, results, methods, grid, settings, unsafe):
     controls_of = build_controls(grid, settings.seed)
     controls = {name: (lambda batch, name=name: controls_of(batch, chosen)[name].numpy())
                 for name in CONTROLS}
+    precision = run.get("precision", "float32")
+    if precision == "auto":  # the run's choice, recorded beside its figures
+        precision = (manifest.get("precision_auto") or {}).get("choice", "float32")
     # The options that shaped the stored maps, so the checks explain as the run did.
     options = {option: value for method in methods
                for option, value in (run.get("parameters") or {}).get(method, {}).items()}
     checks = sanity_checks(model, images, targets[_rows(results, chosen)],
                            methods, controls=controls, seed=settings.seed,
-                           layer=run.get("layer"), precision=run.get("precision", "float32"),
+                           layer=run.get("layer"), precision=precision,
                            map_size=run.get("map_size", "native"),
                            batch_size=SANITY_BATCH_SIZE, unsafe=unsafe, **options)
     temporary = temporary_path(path)
