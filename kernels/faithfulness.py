@@ -164,6 +164,17 @@ def _solve_level(values, hidden, iterations):
                          lambda i, v: (i + 1, sweep(i, v)), (0, values))[1]
 
 
+def _halve(values):
+    """values[N,H,W,C] -> [N,ceil(H/2),ceil(W/2),C]: the mean of each 2x2 block, an odd
+    side padded with zeros (a reshape and a sum, which XLA compiles, unlike an area
+    resize)."""
+    height, width, channels = (int(v) for v in values.shape[1:])
+    padded = tf.pad(values, [[0, 0], [0, height % 2], [0, width % 2], [0, 0]])
+    half_height, half_width = (height + 1) // 2, (width + 1) // 2
+    blocks = tf.reshape(padded, [-1, half_height, 2, half_width, 2, channels])  # [N,h,2,w,2,C]
+    return tf.reduce_mean(blocks, axis=(2, 4))
+
+
 def road_impute(images, hidden, iterations=16, coarsest=4):
     """ROAD's linear imputation (Rong et al. 2022), without its noise.
 
@@ -188,10 +199,8 @@ def road_impute(images, hidden, iterations=16, coarsest=4):
                                                         keepdims=True), known_count),
                     tf.reduce_mean(images, axis=(1, 2), keepdims=True))  # [N,1,1,C]
     if min(height, width) > coarsest:
-        coarse_size = ((height + 1) // 2, (width + 1) // 2)
-        weight = tf.image.resize(known, coarse_size, method="area")  # [N,h,w,1]
-        coarse_values = tf.math.divide_no_nan(
-            tf.image.resize(images * known, coarse_size, method="area"), weight)
+        weight = _halve(known)  # [N,h,w,1]
+        coarse_values = tf.math.divide_no_nan(_halve(images * known), weight)
         # A coarse pixel is known when at least half of what it covers is (the mean of
         # those); counting any known pixel gave a worse start on 16-64 px images.
         coarse_hidden = tf.cast(weight < COARSE_KNOWN, tf.float32)[..., 0]
