@@ -50,7 +50,8 @@ OVERVIEW_METHODS = method_names()
 PIXEL_METHODS = method_names(INPUT)
 OVERVIEW_IMAGES = 4
 # `sightline evaluate` on each masked model's held-out run: 16 scenes per class, 10 steps,
-# about 10 s per model on two shared cores (a full evaluation of 400 scenes is 12x more).
+# about 10 s per model on two shared cores (a full evaluation of 400 scenes is 12x more);
+# the sanity checks on the same 16 scenes per class.
 DEMO_EVALUATION_STEPS, DEMO_EVALUATION_SAMPLE = 10, 16
 TILE_ZOOM = 2
 # What the demo replaces in OUT on every run, and the file that says OUT is the demo's:
@@ -305,7 +306,8 @@ def _masked_audits(out, data, results, say):
         for line in summary_lines(audit)[1:]:
             say("    " + line)
         results[name]["evaluation"] = evaluate_run(run_out, EvaluationSettings(
-            steps=DEMO_EVALUATION_STEPS, sample=DEMO_EVALUATION_SAMPLE))
+            steps=DEMO_EVALUATION_STEPS, sample=DEMO_EVALUATION_SAMPLE,
+            sanity_sample=DEMO_EVALUATION_SAMPLE))
         say(f"    trust: {card_text(results[name]['evaluation'])}")
 
 
