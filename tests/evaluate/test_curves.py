@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import scipy.ndimage
+import tensorflow as tf
 
 from sightline.evaluate.curves import CurveSettings, build_controls, build_curves, build_prepare
 from sightline.kernels import faithfulness as F
@@ -132,6 +133,7 @@ def left_half():
     for fill in ("mean", "road"):
         functions[fill] = build_curves(adapter, (SIDE, SIDE, 1), BATCH,
                                        CurveSettings(steps=8, fill=fill, grid=GRID, seed=0))
+    functions["adapter"] = adapter
     return functions
 
 
@@ -165,3 +167,25 @@ def test_a_map_on_what_the_model_reads_scores_a_high_srg(left_half, fill):
     # first, so the SRG is the left map's with its sign turned.
     assert srg["right"].max() < -0.15, srg
     assert abs(srg["random"].mean()) < 0.1, srg
+
+
+def test_road_noise_and_ties_follow_the_sample_not_its_place_in_the_batch(left_half):
+    """ROAD's noise and the tie jitter are seeded by the sample index: the same sample
+    scores the same wherever it sits in the batch."""
+    images = left_half_images(seed=4)
+    index = np.array([10, 11, 12, 13], np.int64)
+    targets = np.zeros(BATCH, np.int32)
+    rng = np.random.default_rng(5)
+    heatmaps = rng.integers(0, 3, (BATCH, *GRID)).astype(np.float32)  # ties to break
+    cells, pixel = build_prepare(GRID, (SIDE, SIDE))(heatmaps)
+    first = left_half["road"](images, cells, pixel, targets, index)
+    order = np.array([2, 0, 3, 1])
+    second = left_half["road"](images[order], tf.gather(cells, order), tf.gather(pixel, order),
+                               targets[order], index[order])
+    for key in ("probabilities", "auc", "tie_fraction"):
+        np.testing.assert_allclose(second[key].numpy(), first[key].numpy()[order], atol=1e-6)
+    # Another seed moves the noise and the tie order: the numbers are not blind to it.
+    other = build_curves(left_half["adapter"], (SIDE, SIDE, 1), BATCH,
+                         CurveSettings(steps=8, fill="road", grid=GRID, seed=1))
+    moved = other(images, cells, pixel, targets, index)["probabilities"].numpy()
+    assert np.abs(moved - first["probabilities"].numpy()).max() > 1e-4

@@ -91,25 +91,6 @@ def test_an_interrupted_evaluation_resumes_to_the_same_files(runs, tmp_path):
     assert_same(read_h5(out), runs["reference_h5"])
 
 
-def test_sample_per_class_is_the_same_whatever_the_layout(runs):
-    settings = EvaluationSettings(steps=2, sample=2, seed=3, sanity_sample=0)
-    first = evaluate_run(runs["split"], settings)
-    indices = read_h5(runs["split"])["sample/index"]
-    second = evaluate_run(runs["whole"], settings)
-    np.testing.assert_array_equal(read_h5(runs["whole"])["sample/index"], indices)
-    assert first["count"] == second["count"] == len(indices)
-    # Per explained class, the 2 of lowest hash priority.
-    with h5py.File(os.path.join(runs["whole"], "index.h5"), "r") as handle:
-        all_indices, targets = handle["sample/index"][:], handle["pred/target"][:]
-    expected = []
-    for label in np.unique(targets):
-        members = all_indices[targets == label]
-        expected += list(members[np.argsort(sample_priority(members, 3), kind="stable")[:2]])
-    np.testing.assert_array_equal(indices, np.sort(expected))
-    # Put the full evaluation back for the other tests.
-    evaluate_run(runs["whole"], EvaluationSettings(steps=STEPS, batch_size=8))
-
-
 def test_output_contract(runs):
     with open(os.path.join(runs["whole"], "evaluation.json")) as handle:
         evaluation = json.load(handle)
@@ -203,3 +184,21 @@ def test_audit_names_the_recommended_method_and_reports_the_evaluation(runs, tmp
     assert f"trust: For this model use {method}" in printed
     page = open(os.path.join(report, "report.html")).read()
     assert "Which method to trust" in page and f"For this model use {method}" in page
+
+
+# Last: it replaces the runs' evaluations with sampled ones.
+def test_sample_per_class_is_the_same_whatever_the_layout(runs):
+    settings = EvaluationSettings(steps=2, sample=2, seed=3, sanity_sample=0)
+    first = evaluate_run(runs["split"], settings)
+    indices = read_h5(runs["split"])["sample/index"]
+    second = evaluate_run(runs["whole"], settings)
+    np.testing.assert_array_equal(read_h5(runs["whole"])["sample/index"], indices)
+    assert first["count"] == second["count"] == len(indices)
+    # Per explained class, the 2 of lowest hash priority.
+    with h5py.File(os.path.join(runs["whole"], "index.h5"), "r") as handle:
+        all_indices, targets = handle["sample/index"][:], handle["pred/target"][:]
+    expected = []
+    for label in np.unique(targets):
+        members = all_indices[targets == label]
+        expected += list(members[np.argsort(sample_priority(members, 3), kind="stable")[:2]])
+    np.testing.assert_array_equal(indices, np.sort(expected))
