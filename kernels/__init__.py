@@ -17,7 +17,7 @@ _LAZY = {function: module
 _LAZY.update({
     "mean_gradient_over_copies": "gradient_maps", "CHANNEL_REDUCTIONS": "gradient_maps",
     "resize_heatmaps": "postprocess", "scale_heatmaps": "postprocess",
-    "scale_to_unit_range": "postprocess",
+    "scale_to_unit_range": "postprocess", "spearman": "similarity", "ssim": "similarity",
     "channel_relevance": "activation_maps", "cam_channel_relevance": "activation_maps",
 })
 

@@ -56,7 +56,11 @@ def write_report(results, folder):
         results = [results]
     parts = []
     for result in results:
-        parts += [f"## {result['model']}", "", format_table(result), "", format_targets(result), ""]
+        parts += [f"## {result['model']}", "", format_table(result), ""]
+        if result.get("curves"):
+            from sightline.bench.faithfulness import format_curves
+            parts += [format_curves(result["curves"]), ""]
+        parts += [format_targets(result), ""]
         memory = result.get("memory")
         auto = result.get("precision_auto")
         if auto:

@@ -8,6 +8,7 @@ import tempfile
 import time
 
 from sightline.bench.end_to_end import end_to_end, peak_memory
+from sightline.bench.faithfulness import curve_targets, measure_curves
 from sightline.bench.guards import bf16_capability, guard, probability_guard
 from sightline.bench.timing import measure
 from sightline.bench.zoo import BUILTIN_MODELS, METHOD_OPTIONS, METHODS, MODES, Context
@@ -34,8 +35,9 @@ def has_bf16_units():
     return bf16_capability()[0] != "none"
 
 
-def run_benchmark(context, methods=METHODS, modes=MODES, log=None):
-    """Measure every (method, mode) and the inference ceiling; returns a list of rows."""
+def run_benchmark(context, methods=METHODS, modes=MODES, log=None, curves=False):
+    """Measure every (method, mode) and the inference ceiling; returns a list of rows.
+    curves: also the evaluation's curves per fill, into context.curve_rows."""
     rows = _Rows(log)
     ceiling_call = _measure_inference(context, modes, rows)
     for method in methods:
@@ -45,6 +47,8 @@ def run_benchmark(context, methods=METHODS, modes=MODES, log=None):
         _measure_method(context, method, modes, rows, ceiling_call)
     _measure_explain(context, [m for m in EXPLAIN_METHODS if m in methods
                                and m in context.methods_supported], rows, ceiling_call)
+    if curves:
+        context.curve_rows = measure_curves(context, ceiling_call, log=rows.say)
     return rows.rows
 
 
@@ -271,6 +275,8 @@ def evaluate_targets(result):
         add(f"array source: job >= {TARGET_END_TO_END_ARRAY}x kernel alone "
             f"({','.join(e2e_array['methods'])}, .npy, no decoding)", e2e_array["ratio"],
             TARGET_END_TO_END_ARRAY, ">=")
+    if result.get("curves"):
+        curve_targets(result["curves"], lambda *target: add(*target))
     memory = result.get("memory")
     if memory:
         add(f"peak memory {memory['large']} vs {memory['small']} images within 10%",
@@ -279,9 +285,10 @@ def evaluate_targets(result):
 
 
 def run_suite(model, *, methods=METHODS, modes=MODES, batch_size=None, precision=None,
-              devices=1, size="full", with_end_to_end=True, log=None):
+              devices=1, size="full", with_end_to_end=True, log=None, with_curves=True):
     """The whole benchmark of one model: rows, ratios, end to end and peak memory (unless
-    with_end_to_end is False) and targets; returns the result dict `--json` holds."""
+    with_end_to_end is False), the evaluation's curves (unless with_curves is False) and
+    targets; returns the result dict `--json` holds."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -315,7 +322,7 @@ def run_suite(model, *, methods=METHODS, modes=MODES, batch_size=None, precision
     methods = tuple(m for m in methods if m in context.methods_supported) or methods
     say(f"sightline bench: {context.name}, batch {context.batch}, input {context.image_shape}, "
         f"{devices} device(s), TensorFlow {tf.__version__}")
-    rows = run_benchmark(context, methods, modes, log=say)
+    rows = run_benchmark(context, methods, modes, log=say, curves=with_curves)
     auto_xla = resolve_xla("auto")
     bf16_units, cpu_model = bf16_capability()
     context.ceiling = add_ratios(rows, auto_xla)
@@ -327,6 +334,7 @@ def run_suite(model, *, methods=METHODS, modes=MODES, batch_size=None, precision
         "cpu_bf16_units": bf16_units, "cpu_model": cpu_model, "auto_xla": auto_xla,
         "tensorflow": tf.__version__, "method_options": METHOD_OPTIONS[size],
         "ceiling": context.ceiling, "eager_loop_images": context.eager_images, "rows": rows,
+        "curves": getattr(context, "curve_rows", None),
     }
     if "bf16" in modes:
         result["precision_auto"] = precision_auto(context, methods)

@@ -10,6 +10,7 @@ from sightline.audit.shortcuts import THRESHOLDS, VERIFY_THRESHOLDS, ShortcutOpt
 from sightline.audit.virelay import PROJECT_FILE
 from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
 from sightline.cli.checks import check_run_folder
+from sightline.evaluate.summary import EVALUATION_FILE, card_text, read_evaluation
 from sightline.report.page import write_report
 
 
@@ -104,6 +105,12 @@ def cluster_thresholds(items):
     return thresholds
 
 
+def _evaluation(out):
+    """The run's evaluation (`sightline evaluate`), when one was written."""
+    path = os.path.join(out, EVALUATION_FILE)
+    return read_evaluation(path) if os.path.exists(path) else None
+
+
 def check(args):
     check_run_folder(args.out)
     cluster_thresholds(args.cluster_threshold)
@@ -125,12 +132,16 @@ def run(args):
     path = write_audit(audit, args.json or os.path.join(args.out, AUDIT_FILE))
     for line in summary_lines(audit):
         print(line)
+    evaluation = _evaluation(args.out)
+    if evaluation is not None:
+        print(f"trust: {card_text(evaluation)}")
     print(f"wrote {path}")
     if args.report:
         activations = None
         if args.activations:
             activations = [("model", read_activations(args.activations))]
-        report = write_report(args.report, [("run", audit)], activations=activations)
+        report = write_report(args.report, [("run", audit)], activations=activations,
+                              evaluations=evaluation and [("run", args.out, evaluation)])
         print(f"report: {report}")
     print(f"wrote {audit['clusters_file']}")
     if args.export_virelay:

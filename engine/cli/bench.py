@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+from sightline.bench.faithfulness import format_curves
 from sightline.bench.report import format_table, format_targets, write_report
 from sightline.bench.suite import failed_guards, run_suite
 from sightline.bench.zoo import METHODS, MODES
@@ -26,6 +27,8 @@ def add_arguments(parser):
                         help="full (default) or tiny (quick check: small inputs and batches)")
     parser.add_argument("--no-end-to-end", action="store_true",
                         help="skip the end-to-end job and peak-memory measurements")
+    parser.add_argument("--no-curves", action="store_true",
+                        help="skip the evaluation's faithfulness curves (sightline evaluate)")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--report", help="write bench.md and bench.png into this folder")
 
@@ -38,11 +41,14 @@ def run(args):
     result = run_suite(args.model, methods=_names(args.methods, METHODS),
                        modes=_names(args.modes, MODES), batch_size=args.batch_size,
                        precision=args.precision, devices=args.devices, size=args.size,
-                       with_end_to_end=not args.no_end_to_end,
+                       with_end_to_end=not args.no_end_to_end, with_curves=not args.no_curves,
                        log=lambda text: print(text, flush=True))
     print()
     print(format_table(result))
     print()
+    if result.get("curves"):
+        print(format_curves(result["curves"]))
+        print()
     print(format_targets(result))
     if args.json:
         with open(args.json, "w") as handle:

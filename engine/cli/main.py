@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from sightline.cli import activations, audit, bench, demo, explain, index, inspect
+from sightline.cli import activations, audit, bench, demo, evaluate, explain, index, inspect
 from sightline.cli.quiet import native_log_captured, python_chatter_captured, write_crash_report
 from sightline.kernels.methods import METHODS
 from sightline.store.files import OutOfSpace
@@ -34,6 +34,8 @@ COMMANDS = {
                      "loop", None),
     "audit": (audit, "audit a finished run for shortcuts: where the evidence sits, per class, "
                      "against object masks or boxes", None),
+    "evaluate": (evaluate, "which method to trust: deletion and insertion curves (SRG), "
+                           "one-pass scores and controls for a finished run's maps", None),
     "demo": (demo, "generate scenes with a planted shortcut, train two models, explain, audit "
                    "and report: find the cloudy-sky detector", None),
     "activations": (activations, "per-layer activation statistics over a dataset (dead and "

@@ -12,7 +12,8 @@
    on `train-clean`, `tagged` on `train-tagged`;
 3. explain with Grad-CAM (sightline.jobs.runner.run_job: the path of `sightline explain`):
    shortcut and clean on `held-out`, tagged and clean on `held-out-tagged`;
-4. audit the shortcut and clean models against the object masks;
+4. audit the shortcut and clean models against the object masks, and evaluate their
+   Grad-CAM maps (sightline.evaluate: 16 scenes per class, 10 steps);
 5. audit the tagged and clean models without masks (clusters of each class's maps, the
    flagged ones verified by ablation; mask_free_audit) and score the tag group against
    the ground truth (tag_group: precision, recall, ablation drop vs control);
@@ -48,6 +49,10 @@ OVERVIEW_METHODS = method_names()
 # 1% clipped (display only), or they look black but for a handful of pixels.
 PIXEL_METHODS = method_names(INPUT)
 OVERVIEW_IMAGES = 4
+# `sightline evaluate` on each masked model's held-out run: 16 scenes per class, 10 steps,
+# about 10 s per model on two shared cores (a full evaluation of 400 scenes is 12x more);
+# the sanity checks on the same 16 scenes per class.
+DEMO_EVALUATION_STEPS, DEMO_EVALUATION_SAMPLE = 10, 16
 TILE_ZOOM = 2
 # What the demo replaces in OUT on every run, and the file that says OUT is the demo's:
 # without it, `--out .` in a project would wipe the project's own data/ and models/.
@@ -289,6 +294,9 @@ def _masked_audits(out, data, results, say):
     """Explain the held-out scenes and audit them against the object masks."""
     from sightline.audit.audit import run_audit
     from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
+    from sightline.evaluate.run import evaluate_run
+    from sightline.evaluate.settings import EvaluationSettings
+    from sightline.evaluate.summary import card_text
     held_masks = os.path.join(data, "held-out", "masks.h5")
     for name in MASKED_MODELS:
         run_out = os.path.join(out, "runs", name)
@@ -300,6 +308,10 @@ def _masked_audits(out, data, results, say):
         say(f"[4/7] audit of the {name} model against the object masks:")
         for line in summary_lines(audit)[1:]:
             say("    " + line)
+        results[name]["evaluation"] = evaluate_run(run_out, EvaluationSettings(
+            steps=DEMO_EVALUATION_STEPS, sample=DEMO_EVALUATION_SAMPLE,
+            sanity_sample=DEMO_EVALUATION_SAMPLE))
+        say(f"    trust: {card_text(results[name]['evaluation'])}")
 
 
 def _mask_free_audits(out, data, results, tagged_scenes, say):
@@ -460,9 +472,11 @@ def _write_demo_report(out, results, splits, activation_results, lines):
     sections = [(f"{name} model", results[name]["audit"]) for name in MASKED_MODELS]
     sections += [(f"{name} model on the tagged scenes, without masks",
                   results[name]["mask_free_audit"]) for name in MASK_FREE_MODELS]
+    evaluations = [(f"{name} model", results[name]["run"], results[name]["evaluation"])
+                   for name in MASKED_MODELS]
     return write_report(folder, sections, activations=activation_results,
                         title="sightline demo: find the cloudy-sky detector and the tag reader",
-                        intro=intro)
+                        intro=intro, evaluations=evaluations)
 
 
 def _mean_over_images(audit, summary_of):

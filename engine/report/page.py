@@ -274,16 +274,21 @@ def _activations_section(folder, title, result):
     return "\n".join(parts)
 
 
-def write_report(folder, audits, *, activations=None, title="sightline audit", intro=None):
+def write_report(folder, audits, *, activations=None, title="sightline audit", intro=None,
+                 evaluations=None):
     """Write report.html (and its PNGs) into `folder`.
 
     audits: [(section title, audit dict from sightline.audit.audit.run_audit)]
     activations: [(section title, dict from sightline.audit.activations.read_activations)] or None
     intro: optional HTML put under the title (the demo's summary).
+    evaluations: [(section title, run folder, dict from sightline.evaluate.run.evaluate_run)]
     Returns the report's path.
     """
     os.makedirs(folder, exist_ok=True)
     sections = [_audit_section(folder, t, a) for t, a in audits]
+    if evaluations:
+        from sightline.report.evaluation import evaluation_section
+        sections += [evaluation_section(folder, t, out, e) for t, out, e in evaluations]
     sections += [_activations_section(folder, t, r) for t, r in (activations or [])]
     toc = "".join(f'<li><a href="#{_slug(t)}">{html.escape(t)}</a></li>' for t, _ in audits)
     toc += "".join(f'<li><a href="#{_slug("activations " + t)}">Activations: '
@@ -292,7 +297,11 @@ def write_report(folder, audits, *, activations=None, title="sightline audit", i
             f'<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>'
             f'<h1>{html.escape(title)}</h1>{intro or ""}<ul>{toc}</ul>'
             + "\n".join(sections) + "</body></html>\n")
-    path = os.path.join(folder, REPORT_FILE)
+    return write_page(os.path.join(folder, REPORT_FILE), page)
+
+
+def write_page(path, page):
+    """Write an HTML page under a temporary name and rename it: never half a page."""
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
         handle.write(page)

@@ -177,3 +177,22 @@ def test_end_to_end_on_jpegs_stores_explain_maps_of_the_decoded_jpegs(tmp_path):
     assert entry["guard"]["passed"], entry["guard"]
     with pytest.raises(ValueError, match="png, jpeg or npy"):
         end_to_end(context, workdir=str(tmp_path), source="gif")
+
+
+def test_bench_measures_the_evaluation_curves_per_fill(bench_run):
+    _, result, _ = bench_run
+    curves = {entry["fill"]: entry for entry in result["curves"]}
+    assert set(curves) == {"mean", "blur", "road"}
+    for entry in curves.values():
+        assert entry["forward_passes"] == 3 * (entry["steps"] + 1) + 1
+        assert entry["x_ceiling"] == pytest.approx(
+            entry["images_per_second"] / entry["ceiling_alongside"], rel=1e-3)
+        assert entry["x_per_pass"] == pytest.approx(entry["x_ceiling"] * entry["forward_passes"],
+                                                    rel=1e-3)
+    quoted = {t["target"]: t["ratio"] for t in result["targets"] if "curves" in t["target"]}
+    for fill, entry in curves.items():
+        (ratio,) = [r for name, r in quoted.items() if f"fill {fill}," in name]
+        assert ratio == pytest.approx(entry["x_per_pass"], abs=1e-3)
+    (road,) = [r for name, r in quoted.items() if "road within 2x" in name]
+    assert road == pytest.approx(curves["road"]["x_ceiling"] / curves["mean"]["x_ceiling"],
+                                 rel=1e-3, abs=1e-3)

@@ -82,7 +82,16 @@ def test_the_demo_writes_its_files_and_a_report_of_valid_pictures(demo):
     mask_free = [models["tagged"]["mask_free_audit"], models["clean"]["mask_free_audit"]]
     cluster_pictures = sum(len({c["class"] for c in a.get("clusters") or []})
                            + len(a.get("clusters") or []) for a in audits + mask_free)
-    assert len(page.sources) == 2 + 2 * 3 + 2 * 1 + cluster_pictures + 2 * (1 + 4)
+    # ... and each masked model's evaluation: its mean curves, its sanity panel and strip,
+    # and its unmoved images.
+    assert len(page.sources) == 2 + 2 * 3 + 2 * 1 + cluster_pictures + 2 * (1 + 4) + 2 * 4
+    assert text.count("Which method to trust") == 2
+    assert text.count("For this model use gradcam") >= 2
+    assert text.count("(it passes the sanity checks)") >= 2
+    for name in ("shortcut", "clean"):
+        evaluation = models[name]["evaluation"]
+        assert evaluation["methods"]["gradcam"]["sanity"]["passes"], name
+        assert not evaluation["controls"]["edge"]["sanity"]["passes"], name
     for src in page.sources:
         assert_png(base64.b64decode(src.split(",", 1)[1]))
     folder = os.path.dirname(demo["report"])

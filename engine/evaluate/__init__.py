@@ -1,0 +1,1 @@
+"""Trust: faithfulness curves, one-pass scores, controls and sanity checks for a finished run's heatmaps."""

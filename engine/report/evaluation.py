@@ -1,0 +1,266 @@
+"""The evaluation's part of a report (`sightline evaluate OUT --report DIR`, and `audit
+--report` when OUT/evaluation.json exists): the recommendation card in plain words, the
+methods x metrics table with intervals and the control rows, the mean curves with their
+bands, the per-class table, and the images where hiding the hot region changes nothing.
+
+Bands: the mean curve over images +- 1.96 standard errors per step (a normal 95% band;
+the table's intervals are the bootstrap's). "Hiding changes nothing": for the
+recommended method, the images whose explained-class probability drops least when the
+first fifth of the steps (the most relevant cells) is hidden, as a share of the
+original probability.
+
+The sanity panel: the mean Spearman correlation and SSIM of each method's and control's
+maps with its original maps as the layers are randomised from the top down, its floor
+(unrelated maps) dotted, and one image's maps after each step.
+"""
+
+import html
+import os
+
+import numpy as np
+
+from sightline.evaluate.summary import CONTROLS, H5_FILE, card_text
+from sightline.report import figures
+from sightline.report.page import _STYLE, _fmt, _slug, _table, embed_png, write_page
+
+EVALUATION_REPORT = "evaluation.html"
+UNCHANGED_IMAGES = 8
+METRICS = (("srg", "SRG"), ("deletion_auc", "deletion AUC (MoRF)"), ("lerf_auc", "LeRF AUC"),
+           ("insertion_auc", "insertion AUC"), ("average_drop", "Average Drop %"),
+           ("increase_in_confidence", "Increase in Confidence %"),
+           ("average_gain", "Average Gain %"), ("tie_fraction", "tied cells"))
+
+
+def _interval(entry):
+    low, high = entry["srg_ci95"]
+    return f"{_fmt(entry['srg'])} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def _metrics_table(evaluation):
+    header = ["map", "kind"] + [label for _, label in METRICS] + ["beats random", "sanity check"]
+    rows = []
+    for kind, group in (("method", evaluation["methods"]), ("control", evaluation["controls"])):
+        for name, entry in group.items():
+            cells = [html.escape(name), kind, _interval(entry)]
+            cells += [_fmt(entry[key], 1 if "%" in label else 3) for key, label in METRICS[1:]]
+            cells.append("yes" if entry.get("beats_random") else
+                         '<span class="flagged">no</span>')
+            sanity = entry.get("sanity")
+            cells.append("not run" if sanity is None else "passes" if sanity["passes"] else
+                         '<span class="flagged">fails</span>')
+            rows.append(cells)
+    return _table(header, rows, text_columns=(0, 1))
+
+
+def _class_table(evaluation):
+    methods = list(evaluation["methods"]) + list(evaluation["controls"])
+    entries = {**evaluation["methods"], **evaluation["controls"]}
+    classes = sorted({c for e in entries.values() for c in e["per_class"]},
+                     key=lambda c: (len(c), c))
+    rows = []
+    for label in classes:
+        row = [html.escape(label)]
+        for name in methods:
+            entry = entries[name]["per_class"].get(label)
+            row.append(_interval(entry) if entry else "n/a")
+        rows.append(row)
+    return _table(["class (SRG)"] + methods, rows)
+
+
+def mean_curves(h5_path, names, path):
+    """One panel per curve (MoRF, LeRF, insertion): the mean probability per step of each
+    method and control over the fraction hidden (shown), with its band."""
+    import h5py
+    figure = figures._figure(12, 3.4)
+    axes = figure.subplots(1, 3, squeeze=False)[0]
+    with h5py.File(h5_path, "r") as handle:
+        for group, name in names:
+            data = handle[f"{group}/{name}"]
+            probabilities = data["probabilities"][:].astype(np.float64)  # [n,3,S+1]
+            fractions = data["fractions"][:].astype(np.float64).mean(axis=0)  # [3,S+1]
+            mean = probabilities.mean(axis=0)
+            band = 1.96 * probabilities.std(axis=0) / np.sqrt(max(1, len(probabilities)))
+            style = "--" if group == "controls" else "-"
+            for curve, axis in enumerate(axes):
+                axis.plot(fractions[curve], mean[curve], style, label=name, linewidth=1.2)
+                axis.fill_between(fractions[curve], mean[curve] - band[curve],
+                                  mean[curve] + band[curve], alpha=0.2)
+    for axis, title, xlabel in zip(axes, ("deletion, most relevant first (MoRF)",
+                                          "deletion, least relevant first (LeRF)",
+                                          "insertion, most relevant first"),
+                                   ("fraction hidden", "fraction hidden", "fraction shown")):
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel(xlabel, fontsize=8)
+        axis.set_ylabel("probability of the explained class", fontsize=8)
+        axis.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    return figures._save(figure, path)
+
+
+def unchanged_samples(h5_path, method, count=UNCHANGED_IMAGES):
+    """[(sample index, relative drop)] of the `count` images whose probability drops
+    least (relative to the original) after the first fifth of the MoRF steps."""
+    import h5py
+    with h5py.File(h5_path, "r") as handle:
+        indices = handle["sample/index"][:]
+        probabilities = handle[f"methods/{method}/probabilities"][:].astype(np.float64)
+    step = max(1, (probabilities.shape[2] - 1) // 5)
+    original = probabilities[:, 0, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drop = np.where(original > 0, (original - probabilities[:, 0, step]) / original, 0.0)
+    order = np.lexsort((indices, drop))[:count]
+    return [(int(indices[i]), float(drop[i])) for i in order]
+
+
+def _unchanged_figure(out, method, samples, path):
+    """The images with their maps over them; the images are read again from the run's
+    source (shown as a person sees them: resized, not preprocessed)."""
+    from sightline.audit.replay import open_run_source, read_images
+    from sightline.store.results import open_results
+
+    with open_results(out) as results:
+        shape = tuple(int(v) for v in results.manifest["run"]["image_shape"])
+        indices = np.sort([index for index, _ in samples])
+        try:
+            source = open_run_source(results.manifest)
+            images = np.concatenate(list(read_images(source, indices, image_shape=shape,
+                                                     preprocess="none")))
+        except ValueError:
+            images = [None] * len(indices)
+        image_of = dict(zip(indices.tolist(), images))
+        items = []
+        for index, drop in samples:
+            heatmap = results.heatmap(method, index=index)
+            if heatmap.shape != shape[:2]:
+                from sightline.audit.metrics import resize_maps
+                heatmap = resize_maps(heatmap[None], shape[:2])[0]
+            items.append({"image": image_of[index], "heatmap": heatmap, "mask": None,
+                          "caption": f"#{index}: -{100 * drop:.0f}% after the top fifth"})
+    return figures.worst_overlays(items, path, title=f"{method}: hiding its hot region "
+                                                     "changes (almost) nothing")
+
+
+def _sanity_entries(evaluation):
+    """[(name, is a control, sanity entry)] of every map the sanity checks ran on."""
+    return [(name, group == "controls", entry["sanity"])
+            for group in ("methods", "controls") for name, entry in evaluation[group].items()
+            if entry.get("sanity") is not None]
+
+
+def sanity_curves(evaluation, path):
+    """Two panels, Spearman and SSIM against randomised depth: one line per method
+    (controls dashed) from the original maps (1) through each randomised layer, the floor
+    of unrelated maps dotted in the same colour."""
+    entries = _sanity_entries(evaluation)
+    layers = [step["layer"] for step in entries[0][2]["spearman_by_layer"]]
+    positions = np.arange(len(layers) + 1)
+    figure = figures._figure(11, 3.6)
+    axes = figure.subplots(1, 2, squeeze=False)[0]
+    for axis, key, floor_key, label in zip(axes, ("spearman_by_layer", "ssim_by_layer"),
+                                           ("spearman", "ssim"),
+                                           ("Spearman rank correlation of |map|", "SSIM")):
+        for name, control, sanity in entries:
+            values = [1.0] + [step["mean"] for step in sanity[key]]
+            line, = axis.plot(positions, values, "--" if control else "-", marker="o",
+                              markersize=3, linewidth=1.2, label=name)
+            axis.axhline(sanity["floor"][floor_key], color=line.get_color(), linestyle=":",
+                         linewidth=0.8)
+        axis.set_xticks(positions)
+        axis.set_xticklabels(["original"] + [f"+ {layer}" for layer in layers], rotation=30,
+                             ha="right", fontsize=7)
+        axis.set_xlabel("layers randomised, from the top down", fontsize=8)
+        axis.set_ylabel(label, fontsize=8)
+        axis.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    return figures._save(figure, path)
+
+
+def sanity_strips(h5_path, path):
+    """One row per method and control: one image's map (|map| scaled to [0, 1]) as
+    the original, then after each randomisation step."""
+    import h5py
+
+    from sightline.evaluate.sanity_scores import read_sanity
+    with h5py.File(h5_path, "r") as handle:
+        sanity = read_sanity(handle)
+    rows = [(name, result.strip) for kind in ("methods", "controls")
+            for name, result in sanity[kind].items()]
+    columns = len(sanity["layers"]) + 1
+    figure = figures._figure(1.3 * columns + 1, 1.3 * len(rows))
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    titles = ["original"] + [f"+ {layer}" for layer in sanity["layers"]]
+    for row, (name, strip) in enumerate(rows):
+        for column in range(columns):
+            axis = axes[row][column]
+            axis.imshow(strip[column], cmap=figures.CMAP, vmin=0, vmax=1)
+            figures._blank(axis)
+            if row == 0:
+                axis.set_title(titles[column], fontsize=7)
+        axes[row][0].set_ylabel(name, fontsize=7)
+    figure.tight_layout()
+    return figures._save(figure, path)
+
+
+def _sanity_section(folder, slug, h5_path, evaluation):
+    entries = _sanity_entries(evaluation)
+    if not entries:
+        return ""
+    settings = evaluation["settings"]
+    failing = [name for name, control, sanity in entries if not control and not sanity["passes"]]
+    verdict = (f"Fail the sanity check: {', '.join(failing)}." if failing else
+               "Every method passes the sanity check.")
+    parts = ["<h3>Sanity checks: do the maps depend on the model?</h3>",
+             f'<p class="note">{settings.get("sanity_count")} images; the layers of a copy of '
+             f"the model re-initialised one by one from the top down to the target layer "
+             f"{html.escape(str(settings.get('sanity_target_layer')))}, each image explained "
+             f"again after each step. A map {html.escape(entries[0][2]['rule'])}. "
+             f"{html.escape(verdict)}</p>"]
+    curves = sanity_curves(evaluation, os.path.join(folder, f"{slug}-sanity.png"))
+    parts.append(embed_png(curves, "correlation with the original maps against randomised "
+                                   "depth; dotted: unrelated maps"))
+    if os.path.exists(h5_path):
+        strips = sanity_strips(h5_path, os.path.join(folder, f"{slug}-sanity-strip.png"))
+        parts.append(embed_png(strips, "one image's maps as the layers are randomised"))
+    return "\n".join(parts)
+
+
+def evaluation_section(folder, title, out, evaluation):
+    """The HTML of one evaluation, its PNGs written into `folder`."""
+    slug = _slug("evaluation " + title)
+    h5_path = os.path.join(out, H5_FILE)
+    parts = [f'<h2 id="{slug}">Which method to trust: {html.escape(title)}</h2>',
+             f'<p class="verdict ok">{html.escape(card_text(evaluation))}</p>']
+    settings = evaluation["settings"]
+    parts.append(f'<p class="note">{evaluation["count"]} images; {settings["steps"]} steps, '
+                 f'fill {html.escape(str(settings["fill"]))}, grid '
+                 f'{"x".join(map(str, settings["grid"]))}, seed {settings["seed"]}. SRG = '
+                 "AUC(LeRF) - AUC(MoRF), higher is better; intervals are 95% bootstrap "
+                 "intervals. Controls (dashed) know nothing about the model.</p>")
+    parts.append(_metrics_table(evaluation))
+    names = [("methods", m) for m in evaluation["methods"]] + [("controls", c) for c in CONTROLS]
+    if os.path.exists(h5_path):
+        curves = mean_curves(h5_path, names, os.path.join(folder, f"{slug}-curves.png"))
+        parts.append(embed_png(curves, "mean curves per method and control, 95% bands"))
+    parts.append(_sanity_section(folder, slug, h5_path, evaluation))
+    parts.append("<h3>Per class</h3>" + _class_table(evaluation))
+    method = (evaluation.get("recommended") or {}).get("method")
+    if method and os.path.exists(h5_path):
+        samples = unchanged_samples(h5_path, method)
+        picture = _unchanged_figure(out, method, samples,
+                                    os.path.join(folder, f"{slug}-unchanged.png"))
+        parts.append("<h3>Where hiding the hot region changes nothing</h3>"
+                     + embed_png(picture, f"{method}: the images least moved by hiding their "
+                                          "most relevant cells"))
+    return "\n".join(parts)
+
+
+def write_evaluation_report(folder, out, evaluation, title="sightline evaluation"):
+    """evaluation.html (and its PNGs) in `folder`; returns its path."""
+    os.makedirs(folder, exist_ok=True)
+    body = evaluation_section(folder, os.path.basename(os.path.abspath(out)), out, evaluation)
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>'
+            f'<h1>{html.escape(title)}</h1>{body}</body></html>\n')
+    return write_page(os.path.join(folder, EVALUATION_REPORT), page)
