@@ -124,7 +124,8 @@ def recommend(methods, random_srg=None):
         "next": ranked[1] if len(ranked) > 1 else None,
         "margin": best["srg"] - passing[ranked[1]]["srg"] if len(ranked) > 1 else None,
         "kendall_tau": taus,
-        "metrics_agree": bool(defined) and all(t >= AGREEMENT_TAU for t in defined),
+        # None with a single method: there is no ranking to agree on.
+        "metrics_agree": (all(t >= AGREEMENT_TAU for t in defined) if defined else None),
         "beats_random": best.get("beats_random"),
         "sanity_checked": sanity_run,
         "note": None if sanity_run else "the sanity checks were not run: the recommendation "
@@ -194,8 +195,11 @@ def card_text(evaluation):
     if recommended.get("sanity_checked"):
         words.insert(1, " (it passes the sanity checks)")
     agree = recommended.get("metrics_agree")
-    words.append("; the three metrics agree" if agree else
-                 "; the metrics do not agree on the ranking (see the table)")
+    if agree is None:
+        words.append(" (the only method evaluated: the controls are its comparison)")
+    else:
+        words.append("; the three metrics agree" if agree else
+                     "; the metrics do not agree on the ranking (see the table)")
     text = "".join(words) + "."
     if recommended.get("beats_random") is False:
         text += " Careful: it is no better than a random map."

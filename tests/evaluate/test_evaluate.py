@@ -202,3 +202,30 @@ def test_sample_per_class_is_the_same_whatever_the_layout(runs):
         members = all_indices[targets == label]
         expected += list(members[np.argsort(sample_priority(members, 3), kind="stable")[:2]])
     np.testing.assert_array_equal(indices, np.sort(expected))
+
+
+def test_the_card_in_plain_words():
+    from sightline.evaluate.summary import card_text, recommend
+
+    def entry(srg, insertion, drop, low=None):
+        return {"srg": srg, "srg_ci95": [low if low is not None else srg - 0.02, srg + 0.02],
+                "insertion_auc": insertion, "average_drop": drop, "sanity": None,
+                "beats_random": True}
+
+    methods = {"gradcam": entry(0.41, 0.6, 10.0), "saliency": entry(0.29, 0.5, 20.0),
+               "eigencam": entry(0.10, 0.4, 30.0)}
+    recommended = recommend(methods)
+    assert recommended["method"] == "gradcam" and recommended["next"] == "saliency"
+    assert recommended["margin"] == pytest.approx(0.12)
+    assert recommended["metrics_agree"] is True  # the same order by all three metrics
+    text = card_text({"methods": methods, "recommended": recommended})
+    assert text.startswith("For this model use gradcam: its SRG is 0.41 [0.39, 0.43], 0.12 "
+                           "above saliency's; the three metrics agree.")
+    assert "sanity checks were not run" in text
+    methods["saliency"]["insertion_auc"] = 0.9  # insertion now prefers saliency
+    methods["eigencam"]["average_drop"] = 1.0  # and Average Drop eigencam
+    assert recommend(methods)["metrics_agree"] is False
+    alone = {"gradcam": entry(0.41, 0.6, 10.0)}
+    single = recommend(alone)
+    assert single["metrics_agree"] is None and single["next"] is None
+    assert "the only method evaluated" in card_text({"methods": alone, "recommended": single})
