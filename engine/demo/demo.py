@@ -314,23 +314,31 @@ def _masked_audits(out, data, results, say):
         say(f"    trust: {card_text(results[name]['evaluation'])}")
 
 
+def _mask_free_audit_of(name, results, data, split, run_out, say, *, target="predicted"):
+    """Explain one split with one model, audit it without masks (verified), write its
+    audit.json and say what was flagged. Returns the audit."""
+    from sightline.audit.summary import AUDIT_FILE, write_audit
+    _explain_split(results[name]["model"], name, data, split, run_out, say, target=target)
+    audit = mask_free_audit(run_out)
+    write_audit(audit, os.path.join(run_out, AUDIT_FILE))
+    flagged = [c for c in audit["clusters"] if c["flagged"]]
+    say(f"[5/7] mask-free audit of the {name} model on '{split}' ({target} classes "
+        f"explained): {len(audit['clusters'])} clusters and groups, {len(flagged)} flagged")
+    for entry in flagged:
+        say(f"    {entry['view']}-view group {entry['id']} of class "
+            f"{entry.get('class_name', entry['class'])} ({entry['size']} maps, "
+            f"{entry['kind']}): " + "; ".join(entry["reasons"]))
+    return audit
+
+
 def _mask_free_audits(out, data, results, tagged_scenes, say):
     """Explain the tagged held-out scenes, audit them without masks; {name: tag group}."""
-    from sightline.audit.summary import AUDIT_FILE, write_audit
     groups = {}
     for name in MASK_FREE_MODELS:
-        run_out = os.path.join(out, "runs", f"{name}-on-tagged")
-        _explain_split(results[name]["model"], name, data, "held-out-tagged", run_out, say)
-        audit = mask_free_audit(run_out)
-        write_audit(audit, os.path.join(run_out, AUDIT_FILE))
+        audit = _mask_free_audit_of(name, results, data, "held-out-tagged",
+                                    os.path.join(out, "runs", f"{name}-on-tagged"), say)
         results[name]["mask_free_audit"] = audit
         groups[name] = tag_group(audit, tagged_scenes)
-        flagged = [c for c in audit["clusters"] if c["flagged"]]
-        say(f"[5/7] mask-free audit of the {name} model on the tagged scenes: "
-            f"{len(audit['clusters'])} clusters, {len(flagged)} flagged")
-        for entry in flagged:
-            say(f"    cluster {entry['id']} of class {entry.get('class_name', entry['class'])} "
-                f"({entry['size']} maps): " + "; ".join(entry["reasons"]))
     return groups
 
 
@@ -338,23 +346,13 @@ def _sky_without_masks(out, data, results, held_out, say):
     """The tank story without masks: explain the held-out scenes' labels (which crosses
     does the model see as crosses, and why?) and audit them without masks; per masked
     model the sky group (sky_group), and the audit in results[name]["sky_audit"]."""
-    from sightline.audit.summary import AUDIT_FILE, write_audit
     groups = {}
     for name in MASKED_MODELS:
-        run_out = os.path.join(out, "runs", f"{name}-labels")
-        _explain_split(results[name]["model"], name, data, "held-out", run_out, say,
-                       target="label")
-        audit = mask_free_audit(run_out)
-        write_audit(audit, os.path.join(run_out, AUDIT_FILE))
+        audit = _mask_free_audit_of(name, results, data, "held-out",
+                                    os.path.join(out, "runs", f"{name}-labels"), say,
+                                    target="label")
         results[name]["sky_audit"] = audit
         groups[name] = sky_group(audit, held_out)
-        flagged = [c for c in audit["clusters"] if c["flagged"]]
-        say(f"[5/7] mask-free audit of the {name} model's labels on the held-out scenes: "
-            f"{len(flagged)} group(s) flagged")
-        for entry in flagged:
-            say(f"    {entry['view']}-view group {entry['id']} of class "
-                f"{entry.get('class_name', entry['class'])} ({entry['size']} maps, "
-                f"{entry['kind']}): " + "; ".join(entry["reasons"]))
     return groups
 
 
@@ -411,18 +409,6 @@ def _verdict_lines(results, groups, flagged, flagged_groups, sky):
     """The demo's verdict, one line per finding."""
     lines = []
     for name in MASKED_MODELS:
-        group = sky[name]
-        if group is None:
-            lines.append(f"verdict: {name} model not flagged without masks: no group of a "
-                         "class stands apart in what or where the model looks")
-            continue
-        lines.append(f"verdict: {name} model FLAGGED without masks: group(s) "
-                     f"{', '.join(map(str, group['groups']))} ({group['size']} maps) hold the "
-                     f"scenes whose sky agrees with their class with precision "
-                     f"{group['precision']:.2f} and recall {group['recall']:.2f}"
-                     f"{', verified by the model' if group['verified'] else ''}: "
-                     f"{group['reasons'][0]}")
-    for name in MASKED_MODELS:
         audit = results[name]["audit"]
         shares = ", ".join(
             f"{c['name']} {c['on_object_share']['mean']:.3f} (lift {c['lift']:.2f})"
@@ -448,6 +434,18 @@ def _verdict_lines(results, groups, flagged, flagged_groups, sky):
                  + (f" (clusters {flagged_groups['clean']})" if flagged_groups["clean"] else
                     f" ({len(results['clean']['mask_free_audit']['clusters'])} clusters, none "
                     "apart)"))
+    for name in MASKED_MODELS:
+        group = sky[name]
+        if group is None:
+            lines.append(f"verdict: {name} model not flagged without masks: no group of a "
+                         "class stands apart in what or where the model looks")
+            continue
+        lines.append(f"verdict: {name} model FLAGGED without masks: group(s) "
+                     f"{', '.join(map(str, group['groups']))} ({group['size']} maps) hold the "
+                     f"scenes whose sky agrees with their class with precision "
+                     f"{group['precision']:.2f} and recall {group['recall']:.2f}"
+                     f"{', verified by the model' if group['verified'] else ''}: "
+                     f"{group['reasons'][0]}")
     return lines
 
 

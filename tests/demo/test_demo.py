@@ -125,9 +125,20 @@ def test_the_tag_group_is_flagged_without_masks_and_the_clean_model_is_not(demo)
     assert demo["flagged_groups"] == {"tagged": group["clusters"], "clean": []}
 
 
+def test_the_sky_is_found_without_masks_and_the_clean_model_is_not(demo):
+    """The tank story without masks: the shortcut model's labels explained, the scenes it
+    sees its class in (the sky agrees) stand apart, and the model depends on them."""
+    group = demo["sky_groups"]["shortcut"]
+    assert group is not None, "the shortcut model's sky was not flagged without masks"
+    assert group["precision"] >= 0.9 and group["verified"], group
+    flagged = [c for c in demo["models"]["shortcut"]["sky_audit"]["clusters"] if c["flagged"]]
+    assert {c["kind"] for c in flagged} <= {"diffuse", "concept"}
+    assert demo["sky_groups"]["clean"] is None
+
+
 def test_the_verdict_names_each_finding_with_its_numbers(demo):
     lines = demo["verdict"]
-    assert len(lines) == 4
+    assert len(lines) == 6
     assert lines[0].startswith("verdict: shortcut model FLAGGED by the masks")
     assert lines[1].startswith("verdict: clean model not flagged by the masks")
     group = demo["tag_group"]
@@ -136,6 +147,8 @@ def test_the_verdict_names_each_finding_with_its_numbers(demo):
                    f"{group['hot_drop'][0]:.3f} vs {group['control_drop'][0]:.3f} for a control"):
         assert number in lines[2]
     assert lines[3].startswith("verdict: clean model not flagged without masks on the tagged")
+    assert lines[4].startswith("verdict: shortcut model FLAGGED without masks")
+    assert lines[5].startswith("verdict: clean model not flagged without masks: no group")
     page = " ".join(" ".join(parse(demo["report"]).text).split())
     for line in lines:
         assert line in page
