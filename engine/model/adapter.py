@@ -374,6 +374,8 @@ def _target(graph, logits, layer, whole_reason=None):
     """(the target or None, why CAM-family methods cannot run or None)."""
     named = _named_tensors(graph)
     candidates = [t for t in named if _rank(t.tensor) == 4]
+    if layer is not None and whole_reason and not candidates:
+        raise ValueError(f"layer={layer!r} cannot be used: {whole_reason}")
     if layer is not None:
         return _named_target(layer, named, candidates), None
     if not candidates:

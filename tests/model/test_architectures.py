@@ -74,6 +74,16 @@ def test_mobilenet_v3_default_is_the_map_the_head_pools_not_the_squeeze_excite(m
     assert adapter.activation_shape == tuple(head_map.shape[1:])
     assert adapter.activation_shape == (2, 2, 576)
     assert adapter.layer_name == head_map._keras_history[0].name
+    if flavor == "tf_keras":
+        # The same walk as Keras 3's (checked against the tape there), through tf_keras's
+        # own hard-swish (a Multiply of TensorFlow ops): its activations are the head's.
+        images = _images(SIDE)
+        activations, _ = adapter.forward(tf.constant(images))
+        expected = keras_module(flavor).Model(model.inputs[0], head_map)(images).numpy()
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(activations.numpy() / scale, expected / scale,
+                                   atol=MODEL_RELATIVE_ATOL)
+        return
     _check_gradcam(flavor, model, head_map)
 
 

@@ -218,6 +218,9 @@ def test_untraceable_subclassed_model_gets_gradient_methods_and_says_so():
     with pytest.raises(ValueError, match=r"method 'gradcam' cannot run: the subclassed model "
                                          r".* is explained as a whole"):
         explain(model, images, methods=("gradcam",))
+    with pytest.raises(ValueError, match=r"layer='first' cannot be used: the subclassed model"), \
+            pytest.warns(UserWarning, match="explained as a whole"):
+        adapt_model(model, layer="first")
 
 
 def test_unbuilt_subclassed_model_without_images_says_how_to_build_it():
