@@ -110,7 +110,12 @@ def _walk(model, layer):
 
     # The target layer: the last 4-D output before the first global pooling.
     if layer is not None:
-        target = model.get_layer(layer)
+        try:
+            target = model.get_layer(layer)
+        except ValueError as error:
+            # A Keras 3 operation or a layer inside a nested model, which the adapter
+            # names ("add_17", "base/layer") but get_layer cannot find.
+            raise _NotWalkable(str(error)) from None
     else:
         before_pooling = []
         for candidate in layers:

@@ -71,7 +71,7 @@ def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, no
     num_images = images.shape[0]
     auto = config.precision == AUTO
     adapter, steps = _adapter_for(model, dataclasses.replace(config, precision="float32")
-                                  if auto else config)
+                                  if auto else config, images.shape[1:])
     check_methods(adapter, config)
     _check_image_shape(images, adapter.input_shape)
     targets = _as_targets(targets, num_images, adapter.num_classes)
@@ -125,7 +125,7 @@ def _auto_precision(model, config, images, targets, batch, image_shape):
     candidates, steps_of = {}, {}
     for precision in CANDIDATES:
         settled = dataclasses.replace(config, precision=precision)
-        adapter, steps = _adapter_for(model, settled)
+        adapter, steps = _adapter_for(model, settled, image_shape)
         key = (settled, batch, image_shape)
         if key not in steps:
             steps[key] = build_step(adapter, settled, batch, image_shape)
@@ -171,11 +171,12 @@ class _Staging:
             return tf.convert_to_tensor(staged)
 
 
-def _adapter_for(model, config):
-    """(adapter, cache of compiled steps); in-memory models keep theirs between calls."""
+def _adapter_for(model, config, image_shape):
+    """(adapter, cache of compiled steps); in-memory models keep theirs between calls.
+    image_shape (H, W, C) builds a subclassed model that was never built or called."""
     def build():
         return adapt_model(model, layer=config.layer, precision=config.precision,
-                           unsafe=config.unsafe)
+                           unsafe=config.unsafe, input_shape=tuple(image_shape))
 
     if model_flavor(model) is None:
         return build(), {}

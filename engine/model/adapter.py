@@ -5,6 +5,19 @@ mixed precision: `precision.py`).
 `.h5` or a SavedModel directory) into a `ModelAdapter` whose `forward(images)`
 returns `(activations[B,h,w,K], logits[B,classes])`, built once.
 
+The default target layer (`DEFAULT_LAYER_RULE`) is the last feature map that the head
+reads, through nested models, squeeze-excite blocks and residual adds; never a pooling
+that only shrinks it. Found by walking back from the logits through the head (dense,
+dropout, flatten, activations, global pooling, the 1x1 maps after a pooling with
+keepdims) to the first 4-D tensor with more than one position, or to what a global
+pooling reads; a squeeze-excite branch's 4-D tensors are 1x1 and sit before that map, a
+residual written `x + y` (a Keras 3 operation, not a layer) is a tensor like any other,
+and a window pooling (VGG's block5_pool before its Flatten) is stepped back to the map
+it reads. Any tensor of the graph can be named instead: a layer, an operation
+(`add_17`), a layer inside a nested model (`base/layer`). A subclassed model is traced
+through its `call` into a graph of its layers when that runs on symbolic tensors, and
+explained as a whole (gradient methods only) when it does not.
+
 Where the layers after the target layer form a sub-graph of their own, the adapter also
 exposes `backbone(images) -> activations` and `head(activations) -> logits`, so that
 CAM-family methods differentiate only the head: recording the whole forward pass on a
@@ -12,6 +25,7 @@ gradient tape halved Grad-CAM throughput on MobileNetV2.
 """
 
 import dataclasses
+import difflib
 import os
 import sys
 import warnings
@@ -21,6 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from sightline.model.folding import fold_batch_normalization
+from sightline.model.graph import (Graph, built_input_shape, flatten, functional_inputs,
+                                   is_nested_model, open_nested, trace_subclassed)
 from sightline.model.loading import load_model, model_flavor
 from sightline.model.precision import copy_weights, with_precision
 
@@ -88,13 +104,19 @@ class ModelAdapter:
 
 
 
-def adapt_model(source, *, layer=None, precision="float32", unsafe=False):
-    """Load (when given a path) and adapt a model; see `ModelAdapter`."""
+def adapt_model(source, *, layer=None, precision="float32", unsafe=False, input_shape=None):
+    """Load (when given a path) and adapt a model; see `ModelAdapter`.
+
+    layer: the name of any tensor of the model's graph with a 4-D output: a layer, a
+    Keras 3 operation (`add_17` for a residual written `x + y`), or a layer inside a
+    nested model as `base/layer`; None picks the default, `DEFAULT_LAYER_RULE`.
+    input_shape: (H, W, C) of the images, for a subclassed model never built or called.
+    """
     model, flavor = load_model(source, unsafe=unsafe)
     model = with_precision(model, flavor, precision)
     if flavor == "saved_model":
         return _adapt_saved_model(model, layer)
-    return _adapt_keras(model, flavor, layer, precision)
+    return _adapt_keras(model, flavor, layer, precision, input_shape)
 
 
 def _adapt_saved_model(loaded, layer):
@@ -119,6 +141,11 @@ def _adapt_saved_model(loaded, layer):
               "use saliency, smoothgrad or integrated_gradients")
     if layer is not None:
         raise ValueError(f"layer={layer!r} cannot be used with a SavedModel: {reason}")
+    if _serves_probabilities(serve, argument, output_name, input_specs[0]):
+        _warn_at_caller(
+            "the SavedModel serves probabilities (its outputs are non-negative and sum to 1), "
+            "so the explained score is a probability, not the logit feeding the softmax: "
+            "export the logits, or pass the .keras/.h5 model")
 
     def forward(images):
         outputs = serve(**{argument: tf.cast(images, input_dtype)})
@@ -136,49 +163,20 @@ def _adapt_saved_model(loaded, layer):
         model=loaded)
 
 
-def _flatten(value):
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-class _Graph:
-    """The model's own graph: for each layer, the tensor it produces and the tensors it
-    reads in this model, found by walking back from the output.
-
-    `layer.output` will not do: for a nested model it is the inner graph's output, and
-    building a sub-model from an intermediate tensor adds nodes to the layers, so "the
-    last inbound node" changes with every sub-model built.
-    """
-
-    def __init__(self, model):
-        self.outputs = {}  # id(layer) -> tensor
-        self.inputs = {}  # id(layer) -> [tensor]
-        pending = list(_flatten(model.outputs))
-        while pending:
-            tensor = pending.pop()
-            layer, node_index, _ = tensor._keras_history
-            if id(layer) in self.outputs:
-                continue
-            node = layer._inbound_nodes[node_index]
-            outputs = _flatten(node.output_tensors)
-            if len(outputs) != 1:
-                raise ValueError(f"layer {layer.name!r} has {len(outputs)} outputs; sightline "
-                                 "explains models whose layers each produce one tensor")
-            self.outputs[id(layer)] = outputs[0]
-            self.inputs[id(layer)] = _flatten(node.input_tensors)
-            pending.extend(self.inputs[id(layer)])
-
-    def output_of(self, layer):
-        return self.outputs.get(id(layer))
-
-    def input_of(self, layer):
-        inputs = self.inputs[id(layer)]
-        if len(inputs) != 1:
-            raise ValueError(f"layer {layer.name!r} reads {len(inputs)} tensors, expected one")
-        return inputs[0]
-
-    @staticmethod
-    def producer(tensor):
-        return tensor._keras_history[0]
+def _serves_probabilities(serve, argument, output_name, spec):
+    """Whether the served outputs of two probe images (zeros and uniform noise in
+    [0, 1]) look like probabilities: rows that sum to 1, no negative value."""
+    shape = [2] + [d if d is not None else 32 for d in spec.shape[1:]]
+    images = np.stack([np.zeros(shape[1:]), np.random.default_rng(0).uniform(0, 1, shape[1:])])
+    if spec.dtype.is_integer:
+        images = images * 255
+    try:
+        outputs = serve(**{argument: tf.cast(images, spec.dtype)})[output_name].numpy()
+    except (ValueError, TypeError, tf.errors.OpError):
+        return False  # a probe the model cannot take says nothing
+    outputs = outputs.astype(np.float64)
+    return bool(outputs.ndim == 2 and outputs.shape[-1] > 1 and outputs.min() >= 0
+                and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
 
 
 def _activation_name(layer):
@@ -194,24 +192,37 @@ def _rank(tensor):
     return len(tensor.shape)
 
 
-def _adapt_keras(model, flavor, layer, precision):
+def _adapt_keras(model, flavor, layer, precision, input_shape=None):
     K = _keras_module(flavor)
+    whole_reason = None
+    user_model = model
+    if functional_inputs(model) is None:
+        model, whole_reason = _traced(K, model, input_shape)
     _image_input_and_scores(model)
-    graph = _Graph(model)
-    target, _ = _target_layer(model, graph, layer)
+    graph = Graph(model)
+    logits = _Logits.find(graph, model.outputs[0])
+    target, activations_unsupported = _target(graph, logits, layer, whole_reason)
+    if target is not None and target.path:
+        # A layer inside a nested model: the nested model is opened into the outer
+        # graph, so that the layer's output is a tensor the sub-models can start from.
+        model, tensor = open_nested(K, graph, target.path, target.tensor)
+        graph = Graph(model)
+        target = dataclasses.replace(target, tensor=tensor, path=())
     # The explanation runs a twin with batch normalisations folded into their
-    # convolutions (the user's layers, shared); the target layer keeps its output.
-    explained, folded = fold_batch_normalization(K, model, _Graph, keep=target)
+    # convolutions (the user's layers, shared); the target keeps its output.
+    keep = None if target is None else graph.producer(target.tensor)
+    explained, folded = fold_batch_normalization(K, model, Graph, keep=keep)
     if folded:
-        graph = _Graph(explained)
-        layer = None if target is None else target.name
+        graph = Graph(explained)
+        if target is not None:
+            twin = {producer.name: producer for producer in graph.order}[keep.name]
+            target = dataclasses.replace(target, tensor=graph.output_of(twin))
     inputs, output = _image_input_and_scores(explained)
     logits = _Logits.find(graph, output)
-    target, activations_unsupported = _target_layer(explained, graph, layer)
     common = dict(input_shape=tuple(inputs.shape[1:]), num_classes=logits.num_classes,
                   logits_layer=logits.layer_name, output_kind=logits.output_kind,
                   flavor=flavor, precision=precision,
-                  values_per_image=_values_per_image(model), model=model,
+                  values_per_image=_values_per_image(model), model=user_model,
                   folded_normalizations=folded)
     if target is None:
         whole = K.Model(inputs, logits.tensor)
@@ -224,23 +235,47 @@ def _adapt_keras(model, flavor, layer, precision):
             activation_shape=None, cam_kernel=None, cam_unsupported=activations_unsupported,
             activations_unsupported=activations_unsupported, **common)
 
-    activations_tensor = graph.output_of(target)
+    activations_tensor = target.tensor
     # Read the graph before building sub-models: building them adds nodes to the layers.
     cam_kernel, cam_map_tensor, cam_unsupported = _cam_head(
         graph, activations_tensor, logits.tensor, logits.dense_with_activation,
         logits.output_kind, logits.num_classes)
     cam_source = None
     if cam_kernel is not None and cam_map_tensor is not activations_tensor:
-        cam_source, cam_unsupported = _class_map_source(K, graph, target, activations_tensor,
-                                                        cam_map_tensor)
+        cam_source, cam_unsupported = _class_map_source(K, graph, target.name,
+                                                        activations_tensor, cam_map_tensor)
         if cam_source is None:
             cam_kernel = None
-    forward, backbone, head = _forward_functions(K, target, inputs, activations_tensor, logits)
+    forward, backbone, head = _forward_functions(K, target.name, inputs, activations_tensor,
+                                                 logits)
     return ModelAdapter(
         forward=forward, backbone=backbone, head=head, layer_name=target.name,
         activation_shape=tuple(activations_tensor.shape[1:]), cam_kernel=cam_kernel,
         cam_unsupported=cam_unsupported, activations_unsupported=None,
         cam_source=cam_source, **common)
+
+
+def _traced(K, model, input_shape):
+    """A subclassed model (or one never given an input) as a functional model: (the
+    model, None) traced through its layers, or (a wrapper of it as one layer, why no
+    feature map can be reached), said once at the caller."""
+    shape = built_input_shape(model)
+    if shape is None and input_shape is not None:
+        shape = (None, *input_shape)
+    if shape is None:
+        raise ValueError("the model has no defined input and was never built or called: call "
+                         "it once on a batch of images (model(images[:1])) before explaining "
+                         "it, or pass it to explain(), which builds it from the images")
+    if not model.built:
+        model(np.zeros((1, *shape[1:]), np.float32))  # creates the weights, as Keras would
+    traced, reason = trace_subclassed(K, model, shape[1:])
+    if reason is None:
+        return traced, None
+    reason = (f"the subclassed model {model.name!r} is explained as a whole: {reason}, so no "
+              "feature map can be reached and CAM-family methods cannot run on it; saliency, "
+              "smoothgrad and integrated_gradients can (or build it as a functional model)")
+    _warn_at_caller(reason)
+    return traced, reason
 
 
 def _keras_module(flavor):
@@ -317,35 +352,184 @@ class _Logits:
         return values
 
 
-def _target_layer(model, graph, layer):
-    """(the target layer or None, why CAM-family methods cannot run or None)."""
-    candidates = [l for l in model.layers
-                  if type(l).__name__ != "InputLayer" and graph.output_of(l) is not None
-                  and _rank(graph.output_of(l)) == 4]
-    if layer is None:
-        # A head that pools with keepdims (MobileNetV3, MobileNet v1) leaves 4-D layers of
-        # 1x1 after the last feature map, which say nothing about where: the default is
-        # the last 4-D output before a global pooling. (A feature map that is 1x1 only
-        # because the input is small stays the default: its CAM head is still there.)
-        first_pool = next((i for i, l in enumerate(candidates)
-                           if type(l).__name__.startswith("Global")), len(candidates))
-        default_candidates = candidates[:first_pool] or candidates
-        if default_candidates:
-            return default_candidates[-1], None
-        return None, ("the model has no layer with a 4-D output (no convolutional feature "
-                      "maps), so CAM-family methods cannot run on it; use saliency, smoothgrad "
-                      "or integrated_gradients")
-    if layer not in [l.name for l in model.layers]:
-        raise ValueError(f"layer {layer!r} is not in the model; layers with 4-D outputs: "
-                         f"{', '.join(l.name for l in candidates) or 'none'}")
-    target = model.get_layer(layer)
-    if target not in candidates:
-        shape = graph.output_of(target)
-        shape = "unknown" if shape is None else tuple(shape.shape)
-        raise ValueError(f"layer {layer!r} has output shape {shape}, "
-                         "not a 4-D feature map [B,h,w,K]; layers with 4-D outputs: "
-                         f"{', '.join(l.name for l in candidates) or 'none'}")
+DEFAULT_LAYER_RULE = (
+    "the last feature map that the head reads, through nested models, squeeze-excite "
+    "blocks and residual adds; never a pooling that only shrinks it")
+
+# Poolings over a window: a map they read is the same evidence at a finer resolution.
+_WINDOW_POOLINGS = ("MaxPooling2D", "AveragePooling2D")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """A tensor of the graph with a 4-D output, as the user names it."""
+
+    tensor: object
+    name: str  # "conv", "add_17" (a Keras 3 operation), "base/block_13_expand_relu"
+    path: tuple = ()  # the nested models holding it, outermost first
+    positions: tuple = ()  # its producer's position in each graph's order: later is deeper
+
+
+def _target(graph, logits, layer, whole_reason=None):
+    """(the target or None, why CAM-family methods cannot run or None)."""
+    named = _named_tensors(graph)
+    candidates = [t for t in named if _rank(t.tensor) == 4]
+    if layer is not None and whole_reason and not candidates:
+        raise ValueError(f"layer={layer!r} cannot be used: {whole_reason}")
+    if layer is not None:
+        return _named_target(layer, named, candidates), None
+    if not candidates:
+        return None, whole_reason or (
+            "the model has no layer with a 4-D output (no convolutional feature maps), so "
+            "CAM-family methods cannot run on it; use saliency, smoothgrad or "
+            "integrated_gradients")
+    read, through_sequences = _head_reads(graph, logits.tensor)
+    if read:
+        # Several maps read (a head that concatenates two poolings): the deepest.
+        target = max(read, key=lambda t: t.positions)
+    else:
+        # No map reached from the logits: the last 4-D output before a global pooling.
+        first_pool = next((i for i, t in enumerate(candidates)
+                           if type(graph.producer(t.tensor)).__name__.startswith("Global")
+                           and not t.path), len(candidates))
+        target = [t for t in (candidates[:first_pool] or candidates) if not t.path][-1]
+    target = _before_window_pooling(graph, target)
+    if (through_sequences or not read) and _is_first_feature_map(graph, target):
+        _warn_at_caller(
+            f"the default target layer {target.name!r} is the model's first feature map "
+            "(a patch embedding?): no later 4-D feature map reaches the head, so "
+            "CAM-family maps there show the input's patches, not what the later layers "
+            "look at; use saliency, or name a layer with layer=...")
     return target, None
+
+
+def _named_tensors(graph, prefix="", path=(), positions=()):
+    """Every producer's single output in the graph, nested models' included (after
+    their model, named `model/layer`), as `_Target`s in order."""
+    found = []
+    for position, producer in enumerate(graph.order):
+        tensor = graph.output_of(producer)
+        if tensor is None or graph.is_input(tensor) or type(producer).__name__ == "InputLayer":
+            continue
+        where = (*positions, position)
+        found.append(_Target(tensor, prefix + producer.name, path, where))
+        if is_nested_model(producer):
+            found.extend(_named_tensors(Graph(producer), f"{prefix}{producer.name}/",
+                                        (*path, producer), where))
+    return found
+
+
+def _named_target(layer, named, candidates):
+    by_name = {t.name: t for t in named}
+    if layer not in by_name:
+        inside = [t for t in named if t.name.endswith("/" + layer)]
+        if len(inside) == 1:  # a nested layer named without its model: unambiguous
+            layer = inside[0].name
+    if layer not in by_name:
+        names = [t.name for t in candidates]
+        if len(names) <= 12:
+            listed = f"layers with 4-D outputs: {', '.join(names) or 'none'}"
+        else:
+            near = [name for name in names if name.split("/")[-1] == layer.split("/")[-1]]
+            near += [name for name in difflib.get_close_matches(layer, names, n=6, cutoff=0.5)
+                     if name not in near]
+            listed = (f"nearest layers with 4-D outputs: {', '.join(near[:6]) or 'none'} "
+                      f"(of {len(names)}; layers inside a nested model are named "
+                      "model/layer)")
+        raise ValueError(f"layer {layer!r} is not in the model; {listed}")
+    target = by_name[layer]
+    if _rank(target.tensor) != 4:
+        raise ValueError(f"layer {layer!r} has output shape {tuple(target.tensor.shape)}, not a "
+                         "4-D feature map [B,h,w,K]; layers with 4-D outputs: "
+                         f"{', '.join(t.name for t in candidates[-12:]) or 'none'}")
+    return target
+
+
+def _is_spatial_map(tensor):
+    if _rank(tensor) != 4:
+        return False
+    height, width = tensor.shape[1], tensor.shape[2]
+    return height is None or width is None or height * width > 1
+
+
+def _head_reads(graph, logits_tensor):
+    """([the feature maps the head reads], whether the walk crossed sequences [B,n,d]).
+
+    Walks back from the logits through every tensor that is not a feature map: dense
+    layers, dropout, flatten, activations, the 1x1 maps after a pooling with keepdims
+    (MobileNetV3's head), into a nested model whose output is pooled. It stops at the
+    first 4-D tensor with more than one position on each path, and at what a global
+    pooling reads (a map that is 1x1 only because the input is small is still the map
+    the head pools). Squeeze-excite branches are never entered: they sit before the map
+    the head reads.
+    """
+    read, seen, through_sequences = {}, set(), False
+    pending = [(logits_tensor, graph, (), ())]
+    while pending:
+        tensor, current, path, outer_positions = pending.pop()
+        if id(tensor) in seen or current.is_input(tensor):
+            continue
+        seen.add(id(tensor))
+        producer = current.producer(tensor)
+        if type(producer).__name__ == "InputLayer":
+            continue
+        position = (*outer_positions, current.order.index(producer))
+        if _is_spatial_map(tensor):
+            read[id(tensor)] = _target_in(current, tensor, path, position)
+            continue
+        through_sequences = through_sequences or _rank(tensor) == 3
+        if is_nested_model(producer) and len(flatten(producer.outputs)) == 1:
+            pending.append((flatten(producer.outputs)[0], Graph(producer), (*path, producer),
+                            position))
+            continue
+        reads = current.inputs[id(producer)]
+        if (type(producer).__name__.startswith("Global") and len(reads) == 1
+                and _rank(reads[0]) == 4 and not current.is_input(reads[0])):
+            before = current.producer(reads[0])
+            read[id(reads[0])] = _target_in(current, reads[0], path,
+                                            (*outer_positions, current.order.index(before)))
+            continue
+        pending.extend((tensor, current, path, outer_positions) for tensor in reads)
+    return list(read.values()), through_sequences
+
+
+def _target_in(graph, tensor, path, positions):
+    prefix = "".join(f"{model.name}/" for model in path)
+    return _Target(tensor, prefix + graph.producer(tensor).name, path, positions)
+
+
+def _before_window_pooling(graph, target):
+    """A map a window pooling only shrinks: the map it reads (VGG's block5_pool before
+    a Flatten head: block5_conv3, at twice the resolution)."""
+    if target.path:
+        return target
+    tensor = target.tensor
+    while (type(graph.producer(tensor)).__name__ in _WINDOW_POOLINGS
+           and len(graph.inputs[id(graph.producer(tensor))]) == 1):
+        before = graph.input_of(graph.producer(tensor))
+        if _rank(before) != 4 or graph.is_input(before):
+            break
+        tensor = before
+    if tensor is target.tensor:
+        return target
+    return _Target(tensor, graph.producer(tensor).name)
+
+
+def _is_first_feature_map(graph, target):
+    """Whether no 4-D tensor computed by a layer with weights comes before the target."""
+    if target.path:
+        return False
+    pending, seen = list(graph.inputs.get(id(graph.producer(target.tensor)), ())), set()
+    while pending:
+        tensor = pending.pop()
+        if id(tensor) in seen or graph.is_input(tensor):
+            continue
+        seen.add(id(tensor))
+        producer = graph.producer(tensor)
+        if _rank(tensor) == 4 and getattr(producer, "trainable_weights", None):
+            return False
+        pending.extend(graph.inputs.get(id(producer), ()))
+    return True
 
 
 def _class_map_source(K, graph, target, activations_tensor, cam_map_tensor):
@@ -357,7 +541,7 @@ def _class_map_source(K, graph, target, activations_tensor, cam_map_tensor):
     cam_model = _sub_model(K, activations_tensor, cam_map_tensor) if same_size else None
     if cam_model is None:
         return None, (f"CAM reads the class convolution {source_name!r}, which cannot "
-                      f"be computed at the resolution of target layer {target.name!r}; "
+                      f"be computed at the resolution of target layer {target!r}; "
                       f"use layer={source_name!r} or gradcam")
 
     def cam_source(activations):
@@ -373,7 +557,7 @@ def _forward_functions(K, target, inputs, activations_tensor, logits):
     head_model = _sub_model(K, activations_tensor, logits.tensor)
     if head_model is None:
         _warn_at_caller(
-            f"the layers after target layer {target.name!r} also read tensors from before "
+            f"the layers after target layer {target!r} also read tensors from before "
             "it (a skip connection), so its gradient comes from recording the whole forward "
             "pass, which is slower; a layer after the connection joins gets the fast path")
         whole = K.Model(inputs, [activations_tensor, logits.tensor])
@@ -432,7 +616,7 @@ def _values_per_image(model):
             total += _values_per_image(layer)
             continue
         try:
-            shape = _flatten(layer._inbound_nodes[0].output_tensors)[0].shape[1:]
+            shape = flatten(layer._inbound_nodes[0].output_tensors)[0].shape[1:]
         except (AttributeError, IndexError, ValueError):
             continue
         total += int(np.prod([d if d is not None else 224 for d in shape]))

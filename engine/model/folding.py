@@ -26,8 +26,8 @@ def fold_batch_normalization(K, model, graph_of, keep=None):
     """(the model or a twin of it with its foldable normalisations folded, the names of the
     folded normalisations, a nested model's prefixed with its name and a slash).
 
-    K: the Keras module of the model (keras or tf_keras); graph_of(model) -> its `_Graph`
-    (the adapter's walk of a model's own tensors); keep: a layer whose output must stay
+    K: the Keras module of the model (keras or tf_keras); graph_of(model) -> its `Graph`
+    (graph.py: the walk of a model's own tensors); keep: a layer whose output must stay
     as it is (the target layer: its activations are the convolution's output before
     the normalisation). Models nested in the model (a pretrained base) are folded too.
     A model Keras cannot clone is returned as it is: folding is a speed-up, never a

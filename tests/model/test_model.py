@@ -233,9 +233,11 @@ def test_saved_model_supports_gradient_methods_only(flavor, tmp_path):
         tf.saved_model.save(model, path)
     images = _images((16, 16, 3), n=2)
     with pytest.raises(ValueError, match=r"method 'gradcam' cannot run: a SavedModel exposes no "
-                                         r"layers.*save the model as .keras or .h5"):
+                                         r"layers.*save the model as .keras or .h5"), \
+            pytest.warns(UserWarning, match="serves probabilities"):
         explain(path, images, methods=("gradcam",))
-    result = explain(path, images, methods=("saliency",), normalize=False, targets=2)
+    with pytest.warns(UserWarning, match="serves probabilities"):
+        result = explain(path, images, methods=("saliency",), normalize=False, targets=2)
     # A SavedModel serves probabilities: the explained score is the served output.
     for i in range(2):
         x = tf.constant(images[i:i + 1])
