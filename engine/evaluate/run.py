@@ -87,7 +87,8 @@ def evaluate_run(out, settings=None, *, progress=None):
         if settings.sanity_sample and not os.path.exists(sanity_path):
             _write_sanity(sanity_path, results, methods, grid, settings, unsafe)
         rows = _rows(results, chosen)
-        names = run.get("class_names") or {}
+        # The manifest lists the model's class names in class order (--class-names).
+        names = dict(enumerate(run.get("class_names") or ()))
         h5_path = _merge(out, parts_folder, len(parts), chosen, targets[rows], labels[rows],
                          methods, settings, grid, sanity_path)
         evaluation = summarise(h5_path, methods, settings, grid, names)
