@@ -17,6 +17,7 @@ if [ "$#" -eq 0 ]; then
     # The whole suite: the tests, and every benchmark once at the tiny size so that none
     # can rot (timings at that size mean nothing; speed is measured by `sightline bench`).
     export SIGHTLINE_BENCH_SIZE="${SIGHTLINE_BENCH_SIZE:-tiny}"
-    set -- tests benchmarks
+    # Two processes, one test file each at a time (pyproject.toml says why).
+    set -- -n 2 --dist loadfile tests benchmarks
 fi
 exec .venv/bin/python -m pytest "$@"
