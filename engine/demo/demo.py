@@ -221,7 +221,8 @@ def run_demo(out="demo-out", seed=0, *, num_train=1600, num_held_out=400, max_ep
     for line in lines:
         say(line)
     seconds = time.monotonic() - started
-    say("the audit found both planted shortcuts: the shortcut model looks at the sky, the "
+    say("the audit found both planted shortcuts: the shortcut model looks at the sky (with "
+        "and without masks), the "
         "tagged model's tagged crosses at the tag, the clean model at the object" if as_expected
         else "UNEXPECTED verdict: the shortcut model should be flagged with and without "
              "masks, the tag group without masks, and the clean model by neither")

@@ -151,3 +151,14 @@ def test_own_spot_drops_hide_each_members_own_region():
     assert numbers["mean_drop"] == pytest.approx(15 / 16)
     assert numbers["control_drop"] == pytest.approx(0.0)
     assert numbers["count"] == 3
+
+
+def test_cluster_threshold_items_are_parsed_or_refused_in_one_line():
+    from sightline.cli.audit import cluster_thresholds
+    assert cluster_thresholds(["concept_min_silhouette=0.5", "rare_min_share=0.01"]) == {
+        "concept_min_silhouette": 0.5, "rare_min_share": 0.01}
+    assert cluster_thresholds(None) == {}
+    with pytest.raises(ValueError, match="unknown threshold 'bogus'; known: min_silhouette"):
+        cluster_thresholds(["bogus=1"])
+    with pytest.raises(ValueError, match="must be a number, as in min_size=10"):
+        cluster_thresholds(["min_size=abc"])
