@@ -35,6 +35,7 @@ from sightline.audit.verify import (BATCH_SIZE, MIN_DROP, MIN_RATIO, VERIFY_MEMB
                                     features_depend, log_odds, own_regions, own_spot_drops,
                                     verify_cluster)
 from sightline.audit.virelay import CLUSTERS_FILE, ClustersWriter, VirelayExport
+from sightline.store.results import RELEVANCE_COLUMNS
 
 # The flag rules' thresholds, by keyword: the documented defaults. The "where" view
 # (clusters.describe_clusters: place and diffuse) reads the first ones, the "what" view
@@ -169,7 +170,6 @@ class ClusterAudit:
     def finish(self, results, manifest, names, chunk):
         """Fit both views, pass 2, verify, write clusters.h5 (and the export). Returns the
         cluster dicts of both views (mean heatmaps moved to clusters.h5)."""
-        from sightline.store.results import RELEVANCE_COLUMNS
         options, thresholds = self.options, self.thresholds
         model = fit_clusters(self.sample, clusters=options.clusters, seed=options.seed,
                              min_distance=thresholds["min_distance"],
@@ -182,9 +182,9 @@ class ClusterAudit:
                 min_silhouette=thresholds["concept_min_silhouette"],
                 min_separation=thresholds["concept_min_separation"], seed=options.seed,
                 set_apart=manifest["run"].get("target") != "label")
-        views = {"where": _ViewTally(model, concepts)}
+        views = {"where": _ViewTally(model, concepts, coverage=True)}
         if concepts is not None:
-            views["what"] = _ViewTally(concepts, concepts)
+            views["what"] = _ViewTally(concepts, concepts, coverage=False)
         crossed = np.zeros((model.count, concepts.count if concepts else 0), np.int64)
         run = manifest["run"]
         image_shape = tuple(int(v) for v in run["image_shape"])
@@ -351,10 +351,11 @@ class _ViewTally:
     per cluster, the sums the flag rules and the verification read: each map's hot
     coverage, its evidence and its relevance (when the run stored relevance)."""
 
-    def __init__(self, model, concepts):
+    def __init__(self, model, concepts, *, coverage):
         self.model = model
         self.statistics = ClusterStatistics(model)
-        self.coverage = np.zeros(model.count)
+        # Only the where view's rules read the maps' hot coverage.
+        self.coverage = np.zeros(model.count) if coverage else None
         self.evidence = np.zeros(model.count)
         channels = concepts.channels if concepts is not None else 0
         self.relevance = np.zeros((model.count, channels)) if channels else None
@@ -365,9 +366,9 @@ class _ViewTally:
                             scores=columns["pred/score"], keys=keys)
         rows = cluster >= 0
         ids = cluster[rows]
-        coverage = hot_coverage(maps[rows])
-        self.coverage += np.bincount(ids, weights=np.nan_to_num(coverage),
-                                     minlength=self.model.count)
+        if self.coverage is not None:
+            self.coverage += np.bincount(ids, weights=np.nan_to_num(hot_coverage(maps[rows])),
+                                         minlength=self.model.count)
         if relevance is not None:
             self.evidence += np.bincount(ids, weights=evidence_of(relevance[rows]),
                                          minlength=self.model.count)
@@ -376,7 +377,7 @@ class _ViewTally:
     def _means(self):
         size = np.maximum(self.statistics.size, 1)
         evidence = self.evidence / size if self.relevance is not None else None
-        return self.coverage / size, evidence
+        return None if self.coverage is None else self.coverage / size, evidence
 
     def describe_where(self, names, thresholds):
         coverage, evidence = self._means()

@@ -21,7 +21,7 @@ from sightline.cli.main import main
 from tests.audit.audit_runs import shortcut_run, stored_maps, write_run
 from tests.audit.test_clusters import blob_maps, planted_corner
 from tests.audit.test_verify import eager_drops
-from tests.jobs.jobs import write_arrays, write_model
+from tests.jobs.jobs import split_and_whole_runs
 
 CONTRACT = {"id", "class", "size", "share", "flagged", "reasons", "hot_region", "accuracy",
             "mean_score", "verification", "examples"}
@@ -205,18 +205,7 @@ def test_same_clusters_whatever_the_shard_size_chunking_and_index(tmp_path, plan
 def real(tmp_path_factory):
     """Two real runs of one tiny model on 60 images: 2 workers, shard 4, batch 4; and
     one worker, shard 7, batch 8."""
-    root = tmp_path_factory.mktemp("real")
-    images, labels = write_arrays(str(root), count=60, seed=5)
-    model = write_model(str(root / "model.keras"), seed=3)
-    common = ["--model", model, "--data", str(root / "images.npy"), "--labels",
-              str(root / "labels.npy"), "--methods", "gradcam", "--quiet"]
-    split = str(root / "split")
-    for worker in ("0", "1"):
-        assert main(["explain", *common, "--out", split, "--shard-size", "4", "--batch-size", "4",
-                     "--workers", "2", "--worker", worker]) == 0
-    whole = str(root / "whole")
-    assert main(["explain", *common, "--out", whole, "--shard-size", "7", "--batch-size", "8"]) == 0
-    return {"root": root, "images": images, "model": model, "split": split, "whole": whole}
+    return split_and_whole_runs(tmp_path_factory.mktemp("real"), count=60, methods="gradcam")
 
 
 def test_same_clusters_across_batch_size_shard_size_and_workers(real):

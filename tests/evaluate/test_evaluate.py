@@ -16,7 +16,7 @@ from sightline.evaluate.run import PARTS_FOLDER, SANITY_BATCH_SIZE, evaluate_run
 from sightline.evaluate.sanity import sanity_checks
 from sightline.evaluate.settings import EvaluationSettings
 from sightline.evaluate.summary import CONTROLS, FORMAT
-from tests.jobs.jobs import read_index, write_arrays, write_model
+from tests.jobs.jobs import read_index, split_and_whole_runs
 
 STEPS = 4
 SANITY_KEYS = {"passes", "spearman_by_layer", "ssim_by_layer", "random_logit"}
@@ -29,17 +29,8 @@ def runs(tmp_path_factory):
     """One tiny model on 24 images, explained twice: 2 workers, shard 4, batch 4; and one
     worker, shard 7, batch 8."""
     root = tmp_path_factory.mktemp("evaluate")
-    images, labels = write_arrays(str(root), count=24, seed=5)
-    model = write_model(str(root / "model.keras"), seed=3)
-    common = ["--model", model, "--data", str(root / "images.npy"), "--labels",
-              str(root / "labels.npy"), "--methods", "gradcam,saliency", "--quiet"]
-    split = str(root / "split")
-    for worker in ("0", "1"):
-        assert main(["explain", *common, "--out", split, "--shard-size", "4", "--batch-size", "4",
-                     "--workers", "2", "--worker", worker]) == 0
-    assert main(["index", split]) == 0
-    whole = str(root / "whole")
-    assert main(["explain", *common, "--out", whole, "--shard-size", "7", "--batch-size", "8"]) == 0
+    made = split_and_whole_runs(root, count=24, methods="gradcam,saliency", index_split=True)
+    split, whole = made["split"], made["whole"]
     reference = evaluate_run(whole, EvaluationSettings(steps=STEPS, batch_size=8))
     return {"root": root, "split": split, "whole": whole, "reference": reference,
             "reference_h5": read_h5(whole)}

@@ -47,6 +47,26 @@ def write_model(path, flavor="keras3", seed=0, **kwargs):
     return path
 
 
+def split_and_whole_runs(root, *, count, methods, index_split=False):
+    """One tiny model on `count` generated arrays, explained twice in-process: by 2
+    workers with shard 4 and batch 4 into root/split (indexed when asked), and by one
+    worker with shard 7 and batch 8 into root/whole. Returns the paths and the data."""
+    from sightline.cli.main import main
+    images, labels = write_arrays(str(root), count=count, seed=5)
+    model = write_model(str(root / "model.keras"), seed=3)
+    common = ["--model", model, "--data", str(root / "images.npy"), "--labels",
+              str(root / "labels.npy"), "--methods", methods, "--quiet"]
+    split, whole = str(root / "split"), str(root / "whole")
+    for worker in ("0", "1"):
+        assert main(["explain", *common, "--out", split, "--shard-size", "4", "--batch-size", "4",
+                     "--workers", "2", "--worker", worker]) == 0
+    if index_split:
+        assert main(["index", split]) == 0
+    assert main(["explain", *common, "--out", whole, "--shard-size", "7", "--batch-size", "8"]) == 0
+    return {"root": root, "images": images, "labels": labels, "model": model, "split": split,
+            "whole": whole}
+
+
 def run_cli(*args, env=None, wait=True):
     """The CLI in a fresh process (for signals, kill -9 and concurrent workers)."""
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO, **(env or {}))
