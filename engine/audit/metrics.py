@@ -36,8 +36,6 @@ import math
 
 import numpy as np
 
-UNIFORM_PEAK_SPREAD = math.sqrt(2.0 / 12.0)  # RMS distance of uniform points in a unit square
-
 
 def bilinear_matrix(size_out, size_in):
     """[size_out, size_in] weights of 1-D bilinear resizing with half-pixel centres

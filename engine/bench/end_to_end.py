@@ -17,6 +17,9 @@ from sightline.store.results import open_results
 
 # Rounds of the end-to-end measurement; the median round is reported.
 END_TO_END_ROUNDS = 3
+# The job's stored maps against explain()'s: float16 storage of maps in [0, 1] (half a
+# step near 1 is 2**-11) plus the different batch shapes of the two runs.
+STORED_MAPS_ATOL = 2e-3
 
 
 def _write_image_folder(folder, images, start=0, format="png"):
@@ -141,8 +144,8 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
              "ratio": round(ratio, 4),
              "round_ratios": [round(r[0], 4) for r in rounds],
              "guard": {"reference": "explain() on arrays", "metric": "max abs difference",
-                       "value": float(f"{error:.3g}"), "threshold": 2e-3,
-                       "passed": bool(error <= 2e-3)}}
+                       "value": float(f"{error:.3g}"), "threshold": STORED_MAPS_ATOL,
+                       "passed": bool(error <= STORED_MAPS_ATOL)}}
     say(f"  end to end ({source}, compression {compression}): job {job_rate:.2f} img/s, "
         f"kernel alone {kernel_rate:.2f} img/s, ratio {entry['ratio']:.3f}")
     del tf

@@ -31,10 +31,6 @@ EXPLAIN_BATCHES = 8
 EXPLAIN_MODE = "explain()"
 
 
-def has_bf16_units():
-    return bf16_capability()[0] != "none"
-
-
 def run_benchmark(context, methods=METHODS, modes=MODES, log=None, curves=False):
     """Measure every (method, mode) and the inference ceiling; returns a list of rows.
     curves: also the evaluation's curves per fill, into context.curve_rows."""

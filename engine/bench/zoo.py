@@ -110,7 +110,7 @@ class Context:
     """One model, its adapter, one fixed batch of images and targets."""
 
     def __init__(self, model, size="full", batch_size=None, seed=0, layer=None):
-        from sightline.model.adapter import adapt_model, load_model
+        from sightline.model.adapter import UNKNOWN_DIMENSION, adapt_model, load_model
         self.name = model if model in BUILTIN_MODELS else os.path.basename(str(model))
         preset = dict(PRESETS[size]["path" if model not in BUILTIN_MODELS else model])
         if model in BUILTIN_MODELS:
@@ -120,7 +120,7 @@ class Context:
         self.source = model
         self.layer = layer
         self.adapter = adapt_model(self.model, layer=layer)
-        shape = tuple(d if d is not None else 224 for d in self.adapter.input_shape)
+        shape = tuple(d if d is not None else UNKNOWN_DIMENSION for d in self.adapter.input_shape)
         self.image_shape = shape
         self.batch = int(batch_size or preset["batch"])
         self.eager_images = min(int(preset["eager_images"]), self.batch)

@@ -49,6 +49,7 @@ OVERVIEW_METHODS = method_names()
 # 1% clipped (display only), or they look black but for a handful of pixels.
 PIXEL_METHODS = method_names(INPUT)
 OVERVIEW_IMAGES = 4
+LEARNING_RATE = 2e-3  # Adam's, for the demo's small CNN: learns the scenes in a few epochs
 # `sightline evaluate` on each masked model's held-out run: 16 scenes per class, 10 steps,
 # about 10 s per model on two shared cores (a full evaluation of 400 scenes is 12x more);
 # the sanity checks on the same 16 scenes per class.
@@ -104,7 +105,7 @@ def train_model(images, labels, *, seed=0, max_epochs=8, min_delta=0.01, batch_s
     started_learning = 1.0 / 2 + 0.1
     import keras
     model = build_model(seed)
-    model.compile(optimizer=keras.optimizers.Adam(2e-3),
+    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     class StopWhenFlat(keras.callbacks.Callback):

@@ -38,7 +38,6 @@ import numpy as np
 
 IMAGE_SIZE = 64
 CLASS_NAMES = ("cross", "disc")  # sorted, so folder labels are 0 = cross, 1 = disc
-SKY_OF_CLASS = ("cloudy", "sunny")  # the sky each class gets when the sky "agrees"
 SKY_ROWS = 20  # rows 0..19 are sky
 OBJECT_RADIUS = 5.5  # disc radius; the cross has the same area
 OBJECT_SHADE = (0.11, 0.13, 0.07)  # dark olive, well below the ground

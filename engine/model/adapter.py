@@ -41,10 +41,15 @@ from sightline.model.loading import load_model, model_flavor
 from sightline.model.precision import copy_weights, with_precision
 
 __all__ = ["ModelAdapter", "adapt_model", "load_model", "model_flavor", "copy_weights",
-           "with_precision", "OUTPUT_KINDS"]
+           "with_precision"]
 
-# How the model turns its logits into its output.
-OUTPUT_KINDS = ("logits", "softmax", "sigmoid", "binary_sigmoid", "served")
+# Memory estimates (values_per_image) count an unknown spatial or channel dimension as
+# this, the usual ImageNet side, so that a model built on [None, None, 3] is not
+# estimated at one pixel.
+UNKNOWN_DIMENSION = 224
+# A served model has no layers to count: its activations are estimated as this many
+# copies of its input, the order of a typical convolutional network's depth.
+SERVED_ACTIVATION_COPIES = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +163,9 @@ def _adapt_saved_model(loaded, layer):
         activation_shape=None,
         cam_kernel=None, cam_unsupported=reason, activations_unsupported=reason,
         output_kind="served", flavor="saved_model", precision="float32",
-        # No layers to count: assume a network of typical depth for its input size.
-        values_per_image=int(np.prod([d or 224 for d in input_specs[0].shape[1:]])) * 64,
+        values_per_image=int(np.prod([d or UNKNOWN_DIMENSION
+                                      for d in input_specs[0].shape[1:]]))
+        * SERVED_ACTIVATION_COPIES,
         model=loaded)
 
 
@@ -619,7 +625,7 @@ def _values_per_image(model):
             shape = flatten(layer._inbound_nodes[0].output_tensors)[0].shape[1:]
         except (AttributeError, IndexError, ValueError):
             continue
-        total += int(np.prod([d if d is not None else 224 for d in shape]))
+        total += int(np.prod([d if d is not None else UNKNOWN_DIMENSION for d in shape]))
     return total
 
 
