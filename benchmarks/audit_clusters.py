@@ -107,7 +107,7 @@ def run_core(total, side):
         sys.exit(f"{total} maps: the clustering missed the planted groups (purity "
                  f"{purity:.3f}, {len(flagged)} flagged): timings not reported")
     print(f"{total:>8} maps {side}x{side}: sample {sampled - started:6.2f} s, "
-          f"fit {fitted - sampled:6.2f} s ({model.fits[0].clusters} clusters), "
+          f"fit {fitted - sampled:6.2f} s ({model.fits[0].cluster_count} clusters), "
           f"assign+statistics {done - fitted:6.2f} s, total {done - started:6.2f} s "
           f"({total / (done - started):,.0f} maps/s), peak memory "
           f"{peak_megabytes():.0f} MB (after imports {baseline:.0f} MB), purity "

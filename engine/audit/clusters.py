@@ -15,13 +15,13 @@ in and writes what comes out. Three steps, each streaming, so memory stays flat 
    - number of clusters K: the eigengap of the normalised graph Laplacian
      L = I - D^-1/2 A D^-1/2, K = argmax_k (lambda_k - lambda_{k-1}) for k = 1..MAX_CLUSTERS
      (eigenvalues ascending, lambda_0 = 0; K separate groups give K near-zero eigenvalues
-     and then a jump); `clusters=` overrides it;
+     and then a jump); `cluster_count=` overrides it;
    - clusters: k-means on the rows of the first K eigenvectors, each row scaled to unit
      length (Ng, Jordan and Weiss 2002), seeded;
    - joining: k-means may cut one group apart into pieces that look at the same place
      (a K larger than needed, two variants of one tag). Two clusters are joined when
-     their mean maps look at the same place (hot centres less than MIN_DISTANCE apart,
-     more than MAX_OVERLAP of the smaller hot region inside the other) and, joined, they
+     their mean maps look at the same place (hot centres less than min_distance apart,
+     more than max_overlap of the smaller hot region inside the other) and, joined, they
      look somewhere else than the rest of the class (the flag's last two checks pass):
      closest pair first, repeated on the recomputed mean maps (_join_same_place). Slices
      of a continuum stay apart (the slices next to them look nearby), and so does a class
@@ -38,9 +38,9 @@ in and writes what comes out. Three steps, each streaming, so memory stays flat 
    ClusterStatistics.add(...) accumulates per cluster over the assigned chunks and
    finish() returns the cluster dicts, flagged as follows.
 
-A cluster is FLAGGED when all three hold (thresholds are arguments, defaults below):
+A cluster is FLAGGED when all three hold (thresholds are arguments, defaults in ClusterRule):
 - it is a separate group, not a slice of a continuum: the mean silhouette of its sample
-  members is at least MIN_SILHOUETTE and its separation is at least MIN_SEPARATION.
+  members is at least min_silhouette and its separation is at least min_separation.
   Separation = the 10th percentile over its members of the distance to the nearest map
   of another cluster, over the median distance of its members to their k-th nearest
   fellow member: a slice of a continuum touches its neighbours (about 1), a separate group
@@ -48,18 +48,21 @@ A cluster is FLAGGED when all three hold (thresholds are arguments, defaults bel
   reported but is not a condition: when the rest of a class is a continuum (objects
   anywhere) its spectrum rises smoothly and shows no clear gap even though a group is cut
   off cleanly (a component of its own), which the planted-corner tests show;
-- it matters: at least MIN_SHARE of its class and MIN_SIZE maps, and at most MAX_SHARE
+- it matters: at least min_share of its class and min_size maps, and at most max_share
   (evidence that most of a class uses is the class's own, for the audit with masks);
-- its evidence sits elsewhere: the hot centre of its mean map is at least MIN_DISTANCE
+- its evidence sits elsewhere: the hot centre of its mean map is at least min_distance
   (fractions of the image side) from the nearest hot cell of the mean map of the rest of
   its class (the nearest place the rest looks at: a rest that looks at two places has a
-  centre between them where it never looks), and at most MAX_OVERLAP of the smaller of
+  centre between them where it never looks), and at most max_overlap of the smaller of
   the two hot regions lies inside the other.
 
 Hot region: the bounding box [y0, y1, x0, x1] (fractions of the side, half-open) of the
 cells of the mean map at or above HOT_FRACTION of its maximum; the hot centre is the
 mass-weighted centre of those cells.
 """
+
+import dataclasses
+from typing import ClassVar
 
 import numpy as np
 
@@ -74,16 +77,47 @@ SAMPLE_SIZE = 2000
 MIN_FIT_SIZE = 20  # fewer maps than this in a class: one cluster, no graph
 HOT_FRACTION = 0.5
 EXAMPLES = 8
-MIN_SILHOUETTE = 0.2
-MIN_SEPARATION = 1.5
-MIN_SHARE = 0.05
-MIN_SIZE = 10
-MAX_SHARE = 0.5
-MIN_DISTANCE = 0.25
-MAX_OVERLAP = 0.3
-DIFFUSE_MIN_COVERAGE = 0.5
-MIN_EVIDENCE_RATIO = 0.5
 _EXACT = 1e-9  # a map this close to a sample map is that map
+
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterRule:
+    """The flag rules' thresholds, in one place: the documented defaults of both views.
+    The "where" view (describe_clusters: place and diffuse, module docstring) reads the
+    shared and the where fields; the "what" view (concepts.describe_concepts: concept and
+    rare) the concept_ ones and the shared ones. Overrides are keywords of the same names
+    (--cluster-threshold NAME=VALUE); audit.json's rule records every field in force."""
+
+    # where view: a separate group, not a slice of a continuum
+    min_silhouette: float = 0.2  # mean silhouette of its sample members, in [-1, 1]
+    min_separation: float = 1.5  # gap around it over its own spread (about 1: a slice)
+    # both views: a group that matters
+    min_share: float = 0.05  # of its class
+    min_size: int = 10  # maps
+    max_share: float = 0.5  # of its class: most of a class is the class's own evidence
+    # where view: its evidence sits elsewhere (fractions of the image side)
+    min_distance: float = 0.25  # from its hot centre to the rest's nearest hot cell
+    max_overlap: float = 0.3  # of the smaller hot region inside the other
+    diffuse_min_coverage: float = 0.5  # share of the image hot for a "diffuse" group
+    # both views: evidence of its own, against the rest of its class's mean
+    min_evidence_ratio: float = 0.5
+    # what view: separate in channel space, and the "rare" floor below min_share
+    concept_min_silhouette: float = 0.7
+    concept_min_separation: float = 2.0
+    rare_min_share: float = 0.02
+
+    # Shares of a class or of the image side, within [0, 1].
+    FRACTIONS: ClassVar[tuple] = ("min_share", "max_share", "min_distance", "max_overlap",
+                                  "diffuse_min_coverage", "rare_min_share")
+    # Silhouettes, within [-1, 1]; every other threshold is a size, share or ratio >= 0.
+    SIGNED: ClassVar[tuple] = ("min_silhouette", "concept_min_silhouette")
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+DEFAULT_RULE = ClusterRule()
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -201,23 +235,23 @@ def _check_rows(indices, classes, maps):
 class ClassClusters:
     """The fitted clustering of one explained class (see fit_clusters)."""
 
-    def __init__(self, label, indices, features, assignment, layout, eigenvalues, clusters):
+    def __init__(self, label, indices, features, assignment, layout, eigenvalues, cluster_count):
         self.label = label
         self.indices = indices  # int64 [m] sample indices
         self.features = features = np.asarray(features, np.float64)  # [m, D], float32 values
         self.assignment = assignment  # int [m] local cluster 0..K-1
         self.layout = layout  # float64 [m, 2]
         self.eigenvalues = eigenvalues  # ascending, of the normalised Laplacian
-        self.clusters = clusters  # K
+        self.cluster_count = cluster_count  # K
         self.centroids = np.stack([features[assignment == c].mean(axis=0)
                                    if (assignment == c).any() else np.zeros(features.shape[1])
-                                   for c in range(clusters)])
-        self.eigengap = _eigengap(eigenvalues, clusters)
-        self.silhouette, self.separation = _separateness(features, assignment, clusters)
+                                   for c in range(cluster_count)])
+        self.eigengap = _eigengap(eigenvalues, cluster_count)
+        self.silhouette, self.separation = _separateness(features, assignment, cluster_count)
         self.compactness = [float(np.linalg.norm(features[assignment == c] - self.centroids[c],
                                                  axis=1).mean())
                             if (assignment == c).any() else float("nan")
-                            for c in range(clusters)]
+                            for c in range(cluster_count)]
         self._squares = (features ** 2).sum(axis=1)
         self._largest_square = float(self._squares.max(initial=0.0))
         self._rough = None  # (projection or None, sample float32, squares float32): nearest
@@ -303,7 +337,7 @@ class ClassClusters:
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         distance, nearest = self.nearest(features)
         count, neighbours = nearest.shape
-        votes = np.zeros((count, self.clusters))
+        votes = np.zeros((count, self.cluster_count))
         # One vote per neighbour; a hair more for nearer ones, so ties go to them.
         weight = 1.0 + 1e-6 * (neighbours - np.arange(neighbours))
         np.add.at(votes, (np.repeat(np.arange(count), neighbours),
@@ -316,24 +350,24 @@ class ClassClusters:
         return assignment, layout
 
 
-def _eigengap(eigenvalues, clusters):
-    if clusters < 2 or len(eigenvalues) <= clusters:
+def _eigengap(eigenvalues, cluster_count):
+    if cluster_count < 2 or len(eigenvalues) <= cluster_count:
         return float("nan")
-    return float(eigenvalues[clusters] - eigenvalues[clusters - 1])
+    return float(eigenvalues[cluster_count] - eigenvalues[cluster_count - 1])
 
 
-def _separateness(features, assignment, clusters, distance=None):
+def _separateness(features, assignment, cluster_count, distance=None):
     """Per cluster: mean silhouette and separation (module docstring); NaN with one cluster.
     distance: the [m, m] distances of `features`, when the caller has them already."""
     present = np.unique(assignment)
-    if clusters < 2 or len(present) < 2:
-        return [float("nan")] * max(clusters, 1), [float("nan")] * max(clusters, 1)
+    if cluster_count < 2 or len(present) < 2:
+        return [float("nan")] * max(cluster_count, 1), [float("nan")] * max(cluster_count, 1)
     from sklearn.metrics import pairwise_distances, silhouette_samples
     if distance is None:
         distance = pairwise_distances(features)  # [m, m]
     silhouette = silhouette_samples(distance, assignment, metric="precomputed")
     silhouettes, separations = [], []
-    for c in range(clusters):
+    for c in range(cluster_count):
         members = assignment == c
         if not members.any():  # a "what" view class whose every image has no evidence
             silhouettes.append(float("nan"))
@@ -349,7 +383,10 @@ def _separateness(features, assignment, clusters, distance=None):
 
 
 def _spectrum(features, count):
-    """Normalised Laplacian eigenvalues (ascending) and eigenvectors of the kNN graph."""
+    """Normalised Laplacian eigenvalues (ascending) and eigenvectors of the kNN graph.
+    A dense [m, m] eigen-decomposition (scipy.linalg.eigh), not a sparse solver: m is at
+    most the sample size, and K separate groups give K eigenvalues at 1 that a Lanczos
+    solver (concepts.py's bisection, which needs one vector only) can miss."""
     size = len(features)
     import scipy.linalg
     from sklearn.neighbors import kneighbors_graph
@@ -363,8 +400,8 @@ def _spectrum(features, count):
     return 1.0 - values[::-1], vectors[:, ::-1]
 
 
-def fit_class(label, indices, features, *, clusters=None, seed=0, min_distance=MIN_DISTANCE,
-              max_overlap=MAX_OVERLAP):
+def fit_class(label, indices, features, *, cluster_count=None, seed=0,
+              min_distance=DEFAULT_RULE.min_distance, max_overlap=DEFAULT_RULE.max_overlap):
     """Cluster one class's sample: indices int64 [m], features [m, D] from embed_maps;
     k-means clusters that look at the same place are then joined (_join_same_place)."""
     features = np.asarray(features, np.float64)
@@ -375,31 +412,32 @@ def fit_class(label, indices, features, *, clusters=None, seed=0, min_distance=M
                              np.zeros(0), 1)
     count = min(MAX_CLUSTERS + 1, size - 1)
     eigenvalues, vectors = _spectrum(features, count)
-    if clusters is None:
-        clusters = int(np.argmax(np.diff(eigenvalues)[:MAX_CLUSTERS])) + 1
-    clusters = int(min(clusters, count))
-    if clusters == 1:
+    if cluster_count is None:
+        cluster_count = int(np.argmax(np.diff(eigenvalues)[:MAX_CLUSTERS])) + 1
+    cluster_count = int(min(cluster_count, count))
+    if cluster_count == 1:
         assignment = np.zeros(size, int)
     else:
-        rows = vectors[:, :clusters]
+        rows = vectors[:, :cluster_count]
         rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         from sklearn.cluster import KMeans
-        assignment = KMeans(clusters, n_init=10, random_state=seed).fit_predict(rows)
-        assignment, clusters = _join_same_place(features, _by_size(assignment, clusters),
-                                                clusters, min_distance, max_overlap)
+        assignment = KMeans(cluster_count, n_init=10, random_state=seed).fit_predict(rows)
+        assignment, cluster_count = _join_same_place(
+            features, _by_size(assignment, cluster_count), cluster_count, min_distance,
+            max_overlap)
     layout = vectors[:, 1:3] * np.sqrt(size)
     # Eigenvectors have no sign: make each one's largest entry positive, so the picture
     # is the same on every run.
     signs = np.sign(layout[np.abs(layout).argmax(axis=0), np.arange(layout.shape[1])])
     layout = layout * np.where(signs == 0, 1.0, signs)
-    return ClassClusters(label, indices, features, assignment, layout, eigenvalues, clusters)
+    return ClassClusters(label, indices, features, assignment, layout, eigenvalues, cluster_count)
 
 
-def _join_same_place(features, assignment, clusters, min_distance, max_overlap):
+def _join_same_place(features, assignment, cluster_count, min_distance, max_overlap):
     """Join k-means clusters that are pieces of one group apart, then number by size.
 
-    features [m, grid*grid] (Hellinger), assignment int [m] in 0..clusters-1 ->
-    (assignment, clusters). On the mean unit-mass maps (features squared), two clusters
+    features [m, grid*grid] (Hellinger), assignment int [m] in 0..cluster_count-1 ->
+    (assignment, cluster_count). On the mean unit-mass maps (features squared), two clusters
     are pieces of one group apart when
     - they look at the same place: their hot centres are less than `min_distance` apart
       and more than `max_overlap` of the smaller hot region lies inside the other (each
@@ -412,7 +450,7 @@ def _join_same_place(features, assignment, clusters, min_distance, max_overlap):
     order, which depends only on the sample and the seed."""
     grid = int(round(np.sqrt(features.shape[1])))
     unit = (features ** 2).reshape(len(features), grid, grid)  # [m, grid, grid], mass 1
-    groups = [assignment == c for c in range(clusters)]  # bool [m] per cluster
+    groups = [assignment == c for c in range(cluster_count)]  # bool [m] per cluster
     while len(groups) > 2:
         best = None
         for first in range(len(groups)):
@@ -446,13 +484,13 @@ def _pieces_apart(unit, groups, first, second, min_distance, max_overlap):
     return None
 
 
-def _by_size(assignment, clusters):
+def _by_size(assignment, cluster_count):
     """Renumber clusters by size, largest first; ties by first member (sample index order)."""
-    sizes = np.bincount(assignment, minlength=clusters)
-    first = np.array([np.argmax(assignment == c) for c in range(clusters)])
+    sizes = np.bincount(assignment, minlength=cluster_count)
+    first = np.array([np.argmax(assignment == c) for c in range(cluster_count)])
     order = np.lexsort((first, -sizes))
-    rename = np.empty(clusters, int)
-    rename[order] = np.arange(clusters)
+    rename = np.empty(cluster_count, int)
+    rename[order] = np.arange(cluster_count)
     return rename[assignment]
 
 
@@ -466,7 +504,7 @@ class ClusterModel:
         self.offsets, start = {}, 0
         for label in sorted(fits):
             self.offsets[label] = start
-            start += fits[label].clusters
+            start += fits[label].cluster_count
         self.count = start
         self.centroids = np.concatenate([fits[label].centroids for label in sorted(fits)]) \
             if fits else np.zeros((0, grid * grid))  # [clusters, D], global ids
@@ -494,24 +532,24 @@ class ClusterModel:
         """Global cluster id -> (ClassClusters, local id)."""
         for label, offset in self.offsets.items():
             fit = self.fits[label]
-            if offset <= cluster < offset + fit.clusters:
+            if offset <= cluster < offset + fit.cluster_count:
                 return fit, cluster - offset
         raise ValueError(f"cluster id {cluster} is not one of this model's 0..{self.count - 1}")
 
 
-def fit_clusters(sample, *, clusters=None, seed=0, min_distance=MIN_DISTANCE,
-                 max_overlap=MAX_OVERLAP):
-    """ClassSample -> ClusterModel. `clusters` overrides the eigengap's K for every class
+def fit_clusters(sample, *, cluster_count=None, seed=0, min_distance=DEFAULT_RULE.min_distance,
+                 max_overlap=DEFAULT_RULE.max_overlap):
+    """ClassSample -> ClusterModel. `cluster_count` overrides the eigengap's K for every class
     (an int) or per class ({class: K}); k-means clusters closer than `min_distance` that
     overlap more than `max_overlap` are joined (the flag's thresholds)."""
     fits = {}
     for label in sample.classes():
         indices, features = sample.members(label)
-        wanted = clusters.get(label) if isinstance(clusters, dict) else clusters
+        wanted = cluster_count.get(label) if isinstance(cluster_count, dict) else cluster_count
         if wanted is not None and int(wanted) < 1:
             raise ValueError(f"the number of clusters must be at least 1; received {wanted!r} "
                              f"for class {label}")
-        fits[label] = fit_class(label, indices, features, clusters=wanted, seed=seed,
+        fits[label] = fit_class(label, indices, features, cluster_count=wanted, seed=seed,
                                 min_distance=min_distance, max_overlap=max_overlap)
     return ClusterModel(fits, sample.grid)
 
@@ -659,11 +697,15 @@ def _rest_mean(values, sizes, ids, cluster):
     return sum(values[i] * sizes[i] for i in others) / weight if weight else float("nan")
 
 
-def describe_clusters(statistics, class_names=None, *, min_silhouette=MIN_SILHOUETTE, min_separation=MIN_SEPARATION,
-                      min_share=MIN_SHARE, min_size=MIN_SIZE, max_share=MAX_SHARE,
-                      min_distance=MIN_DISTANCE, max_overlap=MAX_OVERLAP,
-                      diffuse_min_coverage=DIFFUSE_MIN_COVERAGE,
-                      min_evidence_ratio=MIN_EVIDENCE_RATIO, coverage=None, evidence=None,
+def describe_clusters(statistics, class_names=None, *,
+                      min_silhouette=DEFAULT_RULE.min_silhouette,
+                      min_separation=DEFAULT_RULE.min_separation,
+                      min_share=DEFAULT_RULE.min_share, min_size=DEFAULT_RULE.min_size,
+                      max_share=DEFAULT_RULE.max_share, min_distance=DEFAULT_RULE.min_distance,
+                      max_overlap=DEFAULT_RULE.max_overlap,
+                      diffuse_min_coverage=DEFAULT_RULE.diffuse_min_coverage,
+                      min_evidence_ratio=DEFAULT_RULE.min_evidence_ratio, coverage=None,
+                      evidence=None,
                       **other_thresholds):
     """The cluster dicts: id, view ("where"), kind ("place", "diffuse" or None when not
     flagged), class, size, share, flagged, reasons, hot_region, accuracy (None without
@@ -689,7 +731,7 @@ def describe_clusters(statistics, class_names=None, *, min_silhouette=MIN_SILHOU
     for label, fit in sorted(model.fits.items()):
         name = _class_name(class_names, label)
         offset = model.offsets[label]
-        ids = range(offset, offset + fit.clusters)
+        ids = range(offset, offset + fit.cluster_count)
         class_sum = sum(statistics.map_sum[i] for i in ids) if statistics.map_sum is not None else None
         class_clustered = int(sum(statistics.size[i] for i in ids))
         for local, cluster in enumerate(ids):
@@ -709,7 +751,7 @@ def describe_clusters(statistics, class_names=None, *, min_silhouette=MIN_SILHOU
             ratio = (evidence[cluster] / rest_evidence if np.isfinite(evidence[cluster])
                      and np.isfinite(rest_evidence) and rest_evidence > 0 else float("nan"))
             checks = [
-                (fit.clusters > 1, "the class forms a single group"),
+                (fit.cluster_count > 1, "the class forms a single group"),
                 (fit.silhouette[local] >= min_silhouette,
                  f"not a separate group (silhouette {fit.silhouette[local]:.2f} < {min_silhouette})"),
                 (fit.separation[local] >= min_separation,
@@ -749,7 +791,7 @@ def describe_clusters(statistics, class_names=None, *, min_silhouette=MIN_SILHOU
                     failed.append(f"not diffuse either (hot over {coverage[cluster]:.0%} of the "
                                   f"image, the rest {rest_coverage:.0%}; needs "
                                   f">= {diffuse_min_coverage:.0%} and the rest below)")
-                reasons = failed[:1] if fit.clusters == 1 else failed
+                reasons = failed[:1] if fit.cluster_count == 1 else failed
             examples = statistics.typical[cluster]
             labelled = int(statistics.labelled[cluster])
             result.append({
@@ -781,8 +823,8 @@ def _class_name(class_names, label):
 
 
 def cluster_maps(indices, classes, maps, *, labels=None, predictions=None, scores=None,
-                 keys=None, class_names=None, clusters=None, sample_size=SAMPLE_SIZE, seed=0,
-                 chunk=4096):
+                 keys=None, class_names=None, cluster_count=None, sample_size=SAMPLE_SIZE,
+                 seed=0, chunk=4096):
     """Everything at once for maps that fit in memory (tests, small runs): returns
     (cluster dicts, cluster int32 [n], layout float32 [n,2], model). The audit streams the
     same steps (ClassSample, fit_clusters, ClusterModel.assign, ClusterStatistics)."""
@@ -791,7 +833,7 @@ def cluster_maps(indices, classes, maps, *, labels=None, predictions=None, score
     for start in range(0, len(maps), chunk):
         part = slice(start, start + chunk)
         sample.add(indices[part], classes[part], maps[part])
-    model = fit_clusters(sample, clusters=clusters, seed=seed)
+    model = fit_clusters(sample, cluster_count=cluster_count, seed=seed)
     statistics = ClusterStatistics(model)
     cluster = np.full(len(maps), -1, np.int32)
     layout = np.full((len(maps), 2), np.nan, np.float32)

@@ -28,10 +28,11 @@ place. Pure NumPy / scikit-learn / SciPy, no TensorFlow, no file IO.
   rest) is found whole, a group inside a side that also holds a few other maps is found
   one level down, and a rare group that k-means with a global K would merge away is cut
   off where it stands apart.
-- The flag rule (describe in shortcuts.py): separate (silhouette >= MIN_SILHOUETTE,
-  separation >= MIN_SEPARATION), large enough (min_size maps and min_share of the class;
-  "rare" between RARE_MIN_SHARE and min_share), at most max_share, and with evidence of
-  its own: its mean evidence at least MIN_EVIDENCE_RATIO of the rest's, so a group the
+- The flag rule (describe_concepts; thresholds in clusters.ClusterRule): separate
+  (silhouette >= concept_min_silhouette, separation >= concept_min_separation), large
+  enough (min_size maps and min_share of the class; "rare" between rare_min_share and
+  min_share), at most max_share, and with evidence of its own: its mean evidence at
+  least min_evidence_ratio of the rest's, so a group the
   model calls by default is not taken for one it sees something in.
 - Distinguishing channels: those whose mean relevance in the group exceeds the rest's,
   largest first, up to half of the positive difference (at most MAX_CHANNELS). Raw
@@ -41,11 +42,10 @@ place. Pure NumPy / scikit-learn / SciPy, no TensorFlow, no file IO.
 
 import numpy as np
 
-from sightline.audit.clusters import NEIGHBOURS, ClassClusters, ClusterModel, _separateness
+from sightline.audit.clusters import (DEFAULT_RULE, NEIGHBOURS, ClassClusters, ClusterModel,
+                                      _separateness)
 
 NO_EVIDENCE = 0.1
-MIN_EVIDENCE_RATIO = 0.5
-RARE_MIN_SHARE = 0.02
 MAX_DEPTH = 4
 MAX_CHANNELS = 8
 # The channels --verify replaces: those covering this share of the group's extra relevance
@@ -188,15 +188,15 @@ def fit_concepts(label, indices, features, evidence, limit, *, min_size, max_sha
     assignment = np.zeros(len(features), int)
     for number, members in enumerate(groups, start=1):
         assignment[rows[members]] = number
-    clusters = len(groups) + 1
+    cluster_count = len(groups) + 1
     no_evidence = None
     if not seen.all():
-        no_evidence = clusters
+        no_evidence = cluster_count
         assignment[~seen] = no_evidence
-        clusters += 1
+        cluster_count += 1
     layout = np.zeros((len(features), 2))
     layout[rows] = layout_seen
-    fit = ClassClusters(label, indices, features, assignment, layout, np.zeros(0), clusters)
+    fit = ClassClusters(label, indices, features, assignment, layout, np.zeros(0), cluster_count)
     # Each group's numbers against the rest of its class, as find_groups judged it.
     fit.silhouette = [float("nan"), *silhouettes] + ([float("nan")] if no_evidence else [])
     fit.separation = [float("nan"), *separations] + ([float("nan")] if no_evidence else [])
@@ -257,15 +257,13 @@ def distinguishing_channels(group_mean, rest_mean, limit=MAX_CHANNELS, cover=0.5
     return [int(c) for c in chosen], [float(difference[c]) for c in chosen]
 
 
-CONCEPT_MIN_SILHOUETTE = 0.7
-CONCEPT_MIN_SEPARATION = 2.0
-
-
 def describe_concepts(statistics, class_names=None, *, relevance_sums=None, evidence=None,
-                      id_offset=0, concept_min_silhouette=CONCEPT_MIN_SILHOUETTE,
-                      concept_min_separation=CONCEPT_MIN_SEPARATION, min_share=0.05,
-                      rare_min_share=RARE_MIN_SHARE, min_size=10, max_share=0.5,
-                      min_evidence_ratio=MIN_EVIDENCE_RATIO, **other_thresholds):
+                      id_offset=0, concept_min_silhouette=DEFAULT_RULE.concept_min_silhouette,
+                      concept_min_separation=DEFAULT_RULE.concept_min_separation,
+                      min_share=DEFAULT_RULE.min_share,
+                      rare_min_share=DEFAULT_RULE.rare_min_share, min_size=DEFAULT_RULE.min_size,
+                      max_share=DEFAULT_RULE.max_share,
+                      min_evidence_ratio=DEFAULT_RULE.min_evidence_ratio, **other_thresholds):
     """The "what" view's cluster dicts, in the shape of clusters.describe_clusters's (id
     offset by `id_offset` so that the two views' ids never meet): view "what", kind
     "concept", "rare" or None, plus channels (the distinguishing channels, most
@@ -284,7 +282,7 @@ def describe_concepts(statistics, class_names=None, *, relevance_sums=None, evid
     for label, fit in sorted(model.fits.items()):
         name = _class_name(class_names, label)
         offset = model.offsets[label]
-        ids = list(range(offset, offset + fit.clusters))
+        ids = list(range(offset, offset + fit.cluster_count))
         seen = [i for i in ids if i - offset != fit.no_evidence]
         class_size = statistics.class_size.get(label, 0)
         for cluster in ids:

@@ -20,14 +20,10 @@ from typing import Optional
 
 import numpy as np
 
-from sightline.audit.clusters import (DIFFUSE_MIN_COVERAGE, MAX_OVERLAP, MAX_SHARE,
-                                      MIN_DISTANCE, MIN_EVIDENCE_RATIO, MIN_SEPARATION,
-                                      MIN_SHARE, MIN_SILHOUETTE, MIN_SIZE, SAMPLE_SIZE,
-                                      ClassSample, ClusterStatistics, fit_clusters, hot_coverage,
+from sightline.audit.clusters import (DEFAULT_RULE, SAMPLE_SIZE, ClassSample, ClusterRule,
+                                      ClusterStatistics, fit_clusters, hot_coverage,
                                       sample_priority)
-from sightline.audit.concepts import (ABLATION_COVER, CONCEPT_MIN_SEPARATION,
-                                      CONCEPT_MIN_SILHOUETTE,
-                                      RARE_MIN_SHARE, describe_concepts, distinguishing_channels,
+from sightline.audit.concepts import (ABLATION_COVER, describe_concepts, distinguishing_channels,
                                       embed_relevance, evidence_of, fit_concept_model)
 from sightline.audit.replay import run_resize
 from sightline.audit.verify import (BATCH_SIZE, MIN_DROP, MIN_RATIO, VERIFY_MEMBERS,
@@ -37,21 +33,7 @@ from sightline.audit.verify import (BATCH_SIZE, MIN_DROP, MIN_RATIO, VERIFY_MEMB
 from sightline.audit.virelay import CLUSTERS_FILE, ClustersWriter, VirelayExport
 from sightline.store.results import RELEVANCE_COLUMNS
 
-# The flag rules' thresholds, by keyword: the documented defaults. The "where" view
-# (clusters.describe_clusters: place and diffuse) reads the first ones, the "what" view
-# (concepts.describe_concepts: concept and rare) the concept_ ones and the shared sizes.
-THRESHOLDS = {"min_silhouette": MIN_SILHOUETTE, "min_separation": MIN_SEPARATION,
-              "min_share": MIN_SHARE, "min_size": MIN_SIZE, "max_share": MAX_SHARE,
-              "min_distance": MIN_DISTANCE, "max_overlap": MAX_OVERLAP,
-              "diffuse_min_coverage": DIFFUSE_MIN_COVERAGE,
-              "min_evidence_ratio": MIN_EVIDENCE_RATIO,
-              "concept_min_silhouette": CONCEPT_MIN_SILHOUETTE,
-              "concept_min_separation": CONCEPT_MIN_SEPARATION,
-              "rare_min_share": RARE_MIN_SHARE}
 VERIFY_THRESHOLDS = {"min_drop": MIN_DROP, "min_ratio": MIN_RATIO}
-_FRACTIONS = ("min_share", "max_share", "min_distance", "max_overlap", "diffuse_min_coverage",
-              "rare_min_share")
-_SIGNED = ("min_silhouette", "concept_min_silhouette")
 # A what-view group that shares at least this much of its members with a flagged
 # where-view cluster is that cluster, found in both views: reported once.
 SAME_GROUP = 0.5
@@ -61,8 +43,8 @@ SAME_GROUP = 0.5
 class ShortcutOptions:
     """How the audit looks for shortcuts without masks (the CLI's cluster flags).
 
-    clusters: clusters per explained class (None: the eigengap chooses); thresholds /
-    verify_thresholds: {name: value} overrides of THRESHOLDS / VERIFY_THRESHOLDS (None
+    cluster_count: clusters per explained class (None: the eigengap chooses); thresholds /
+    verify_thresholds: {name: value} overrides of ClusterRule / VERIFY_THRESHOLDS (None
     values keep the default); verify: check flagged clusters by ablation on the run's
     model (unsafe: load it without Keras safe mode, for --verify and for the export, whose
     class probabilities come from the model); export_virelay: a folder for the
@@ -70,7 +52,7 @@ class ShortcutOptions:
     clusters_file: where clusters.h5 goes (default OUT/clusters.h5); batch_size: images
     per call of the model in --verify."""
 
-    clusters: Optional[int] = None
+    cluster_count: Optional[int] = None
     thresholds: dict = dataclasses.field(default_factory=dict)
     verify: bool = False
     verify_thresholds: dict = dataclasses.field(default_factory=dict)
@@ -84,12 +66,13 @@ class ShortcutOptions:
     def checked(self):
         """(thresholds, verify thresholds) with the defaults filled in; a ValueError with
         one line for anything out of range."""
-        thresholds = _check_thresholds(self.thresholds, THRESHOLDS, "cluster threshold")
+        thresholds = _check_thresholds(self.thresholds, DEFAULT_RULE.as_dict(),
+                                       "cluster threshold")
         verify_thresholds = _check_thresholds(self.verify_thresholds, VERIFY_THRESHOLDS,
                                               "verify threshold")
-        if self.clusters is not None and not _whole(self.clusters, 1):
+        if self.cluster_count is not None and not _whole(self.cluster_count, 1):
             raise ValueError(f"--clusters must be a whole number of clusters >= 1 per class; "
-                             f"received {self.clusters!r} (leave it out to let the eigengap "
+                             f"received {self.cluster_count!r} (leave it out to let the eigengap "
                              "choose)")
         if not _whole(self.sample_size, 2):
             raise ValueError(f"--cluster-sample-size must be a whole number of maps >= 2 per "
@@ -134,8 +117,8 @@ class ClusterAudit:
     def rule(self):
         """What audit.json records of the rule: every threshold in force."""
         options = self.options
-        rule = {**self.thresholds, "clusters": options.clusters, "sample_size": options.sample_size,
-                "verify": bool(options.verify)}
+        rule = {**self.thresholds, "clusters": options.cluster_count,
+                "sample_size": options.sample_size, "verify": bool(options.verify)}
         if options.verify:
             rule.update({f"verify_{name}": value for name, value in self.verify_thresholds.items()})
         return rule
@@ -171,7 +154,7 @@ class ClusterAudit:
         """Fit both views, pass 2, verify, write clusters.h5 (and the export). Returns the
         cluster dicts of both views (mean heatmaps moved to clusters.h5)."""
         options, thresholds = self.options, self.thresholds
-        model = fit_clusters(self.sample, clusters=options.clusters, seed=options.seed,
+        model = fit_clusters(self.sample, cluster_count=options.cluster_count, seed=options.seed,
                              min_distance=thresholds["min_distance"],
                              max_overlap=thresholds["max_overlap"])
         concepts = None
@@ -468,12 +451,11 @@ def _check_thresholds(given, known, what):
             raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
         if value is None:
             continue
-        # A silhouette lies in [-1, 1]; every other threshold is a size, share or ratio.
-        lowest = -1.0 if name in _SIGNED else 0.0
+        lowest = -1.0 if name in ClusterRule.SIGNED else 0.0
         number = not isinstance(value, bool) and isinstance(value, (int, float))
         if not number or not np.isfinite(value) or value < lowest:
             raise ValueError(f"{what} {name} must be a number >= {lowest:g}; received {value!r}")
-        if name in _FRACTIONS and value > 1:
+        if name in ClusterRule.FRACTIONS and value > 1:
             raise ValueError(f"{what} {name} is a fraction (of the class or of the image side) "
                              f"in [0, 1]; received {value!r}")
         checked[name] = value

@@ -353,7 +353,7 @@ class VirelayExport:
             partitions = group.create_group("cluster")
             local = partitions.create_dataset("sightline", data=cluster[rows] - model.offsets[label])
             local.attrs["embedding"] = "spectral"
-            local.attrs["k"] = fit.clusters
+            local.attrs["k"] = fit.cluster_count
             local.attrs["index"] = np.arange(2, dtype=np.uint32)
             marked = partitions.create_dataset(
                 "flagged", data=np.isin(cluster[rows], list(flagged)).astype(np.int64))

@@ -5,8 +5,8 @@ import os
 from sightline.audit.activations import read_activations
 from sightline.audit.audit import (DEFAULT_DIFFUSE, DEFAULT_THRESHOLD, DEFAULT_WORST, EXIT_FLAGGED,
                                    run_audit)
-from sightline.audit.clusters import SAMPLE_SIZE
-from sightline.audit.shortcuts import THRESHOLDS, VERIFY_THRESHOLDS, ShortcutOptions
+from sightline.audit.clusters import DEFAULT_RULE, SAMPLE_SIZE
+from sightline.audit.shortcuts import VERIFY_THRESHOLDS, ShortcutOptions
 from sightline.audit.virelay import PROJECT_FILE
 from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
 from sightline.cli.checks import check_run_folder
@@ -54,18 +54,19 @@ def add_arguments(parser):
                            help="clusters per explained class (default: the eigengap chooses)")
     shortcuts.add_argument("--cluster-min-share", type=float, metavar="FRACTION",
                            help="flag only groups holding at least this share of their class "
-                                f"(default {THRESHOLDS['min_share']})")
+                                f"(default {DEFAULT_RULE.min_share})")
     shortcuts.add_argument("--cluster-min-size", type=int, metavar="MAPS",
                            help="... and at least this many maps (default "
-                                f"{THRESHOLDS['min_size']})")
+                                f"{DEFAULT_RULE.min_size})")
     shortcuts.add_argument("--cluster-min-distance", type=float, metavar="FRACTION",
                            help="... whose evidence sits at least this far (fraction of the "
                                 "image side) from where the rest of the class looks (default "
-                                f"{THRESHOLDS['min_distance']})")
+                                f"{DEFAULT_RULE.min_distance})")
     shortcuts.add_argument("--cluster-threshold", action="append", default=None,
                            metavar="NAME=VALUE",
                            help="any threshold of the flag rules, repeatable: "
-                                + ", ".join(f"{name} ({value})" for name, value in THRESHOLDS.items()))
+                                + ", ".join(f"{name} ({value})"
+                                            for name, value in DEFAULT_RULE.as_dict().items()))
     shortcuts.add_argument("--cluster-sample-size", type=int, default=SAMPLE_SIZE, metavar="MAPS",
                            help="fit the clusters on this many maps per class, chosen by a hash "
                                 "of the sample index, and assign the rest (default "
@@ -91,17 +92,17 @@ def add_arguments(parser):
 
 def cluster_thresholds(items):
     """--cluster-threshold NAME=VALUE items -> {name: float}; one line for a bad item."""
-    thresholds = {}
+    thresholds, known = {}, DEFAULT_RULE.as_dict()
     for item in items or ():
         name, _, value = item.partition("=")
-        if name not in THRESHOLDS:
+        if name not in known:
             raise ValueError(f"--cluster-threshold {item!r}: unknown threshold {name!r}; known: "
-                             f"{', '.join(THRESHOLDS)}")
+                             f"{', '.join(known)}")
         try:
             thresholds[name] = float(value)
         except ValueError:
             raise ValueError(f"--cluster-threshold {item!r}: the value must be a number, as in "
-                             f"{name}={THRESHOLDS[name]}") from None
+                             f"{name}={known[name]}") from None
     return thresholds
 
 
@@ -121,7 +122,7 @@ def run(args):
                       regions=args.regions or (), threshold=args.threshold, diffuse=args.diffuse,
                       flag_diffuse=args.flag_diffuse, worst=args.worst,
                       shortcuts=ShortcutOptions(
-                          clusters=args.clusters,
+                          cluster_count=args.clusters,
                           thresholds={**cluster_thresholds(args.cluster_threshold),
                                       "min_share": args.cluster_min_share,
                                       "min_size": args.cluster_min_size,

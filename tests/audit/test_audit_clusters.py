@@ -209,8 +209,8 @@ def real(tmp_path_factory):
 
 
 def test_same_clusters_across_batch_size_shard_size_and_workers(real):
-    first = run_audit(real["split"], shortcuts=ShortcutOptions(clusters=2))
-    second = run_audit(real["whole"], shortcuts=ShortcutOptions(clusters=2))
+    first = run_audit(real["split"], shortcuts=ShortcutOptions(cluster_count=2))
+    second = run_audit(real["whole"], shortcuts=ShortcutOptions(cluster_count=2))
     one, two = read_clusters(first["clusters_file"]), read_clusters(second["clusters_file"])
     np.testing.assert_array_equal(one["cluster"], two["cluster"])
     np.testing.assert_allclose(one["embedding"], two["embedding"], rtol=1e-5, atol=1e-6)
@@ -224,7 +224,7 @@ def test_same_clusters_across_batch_size_shard_size_and_workers(real):
 
 def test_verify_numbers_match_an_eager_per_image_reference(real):
     audit = run_audit(real["whole"], shortcuts=ShortcutOptions(
-        clusters=2, thresholds=PERMISSIVE, verify=True))
+        cluster_count=2, thresholds=PERMISSIVE, verify=True))
     stored = read_clusters(audit["clusters_file"])
     verified = [c for c in audit["clusters"] if c["verification"] is not None]
     assert verified, [c["reasons"] for c in audit["clusters"]]

@@ -84,7 +84,7 @@ def test_three_groups_at_distinct_places_are_recovered():
     places = [(0.5, 0.5), (0.2, 0.8), (0.8, 0.2)]
     maps = blob_maps([places[t] for t in truth], rng, jitter=0.6)
     clusters, cluster, _, model = one_class(maps)
-    assert model.fits[0].clusters == 3  # chosen by the eigengap, not told
+    assert model.fits[0].cluster_count == 3  # chosen by the eigengap, not told
     assert adjusted_rand_score(truth, cluster) > 0.99
     # Clusters are numbered by size: 100, 80, 60 maps.
     assert [c["size"] for c in clusters] == [100, 80, 60]
@@ -98,7 +98,7 @@ def test_three_groups_at_distinct_places_are_recovered():
 def test_a_blob_sliding_across_the_image_is_one_continuum_not_groups(seed, clusters):
     rng = np.random.default_rng(seed)
     maps = blob_maps([(0.5, x) for x in rng.uniform(0.05, 0.95, 300)], rng)
-    found, _, _, _ = one_class(maps, clusters=clusters)
+    found, _, _, _ = one_class(maps, cluster_count=clusters)
     assert not any(c["flagged"] for c in found), [c["reasons"] for c in found]
     # It was cut into slices (the eigengap of a chain picks many; or we asked for two
     # halves, whose evidence sits a quarter of the image apart), and every slice was
@@ -138,9 +138,9 @@ def split_corner(seed, count=400, share=0.15):
 @pytest.mark.parametrize("seed, clusters", [(0, 4), (2, 3), (3, 6)])
 def test_a_tag_group_cut_in_two_at_the_same_corner_is_flagged_as_one(seed, clusters):
     maps, corner = split_corner(seed)
-    found_clusters, cluster, _, model = one_class(maps, clusters=clusters)
+    found_clusters, cluster, _, model = one_class(maps, cluster_count=clusters)
     # The two halves of the tag group were joined, so fewer clusters are left than asked.
-    assert model.fits[0].clusters < clusters
+    assert model.fits[0].cluster_count < clusters
     flagged = [c for c in found_clusters if c["flagged"]]
     assert len(flagged) == 1, [c["reasons"] for c in found_clusters]
     found = cluster == flagged[0]["id"]
@@ -160,7 +160,7 @@ def test_two_tags_in_two_corners_stay_two_groups(clusters):
     corners = {1: (0.12, 0.88), 2: (0.88, 0.88)}
     maps = blob_maps([corners[p] if p else (rng.uniform(0.4, 0.6), rng.uniform(0.2, 0.4))
                       for p in place], rng, jitter=0.3)
-    found, cluster, _, _ = one_class(maps, clusters=clusters)
+    found, cluster, _, _ = one_class(maps, cluster_count=clusters)
     flagged = [c for c in found if c["flagged"]]
     assert len(flagged) == 2, [c["reasons"] for c in found]
     for corner in (1, 2):
@@ -176,10 +176,10 @@ def test_slices_of_a_continuum_at_different_places_are_not_joined_into_a_flag(se
     # neighbouring slices look at neighbouring places, none is a group apart.
     along = rng.uniform(0, 1, 300)
     maps = blob_maps([(0.3 + 0.6 * t, 0.3 + 0.6 * t) for t in along], rng)
-    found, _, _, model = one_class(maps, clusters=clusters)
+    found, _, _, model = one_class(maps, cluster_count=clusters)
     assert not any(c["flagged"] for c in found), [c["reasons"] for c in found]
     # Not chained end to end into one cluster: the slices far apart stay apart.
-    assert model.fits[0].clusters >= 3
+    assert model.fits[0].cluster_count >= 3
     centres = sorted(c["hot_centre"][0] for c in found)
     assert centres[-1] - centres[0] > 0.4
     for entry in found:
@@ -211,12 +211,12 @@ def test_fitting_on_a_sample_assigns_the_rest_to_the_planted_group():
 
 def test_cluster_count_override():
     maps, _ = planted_corner(6)
-    clusters, cluster, _, model = one_class(maps, clusters=2)
-    assert model.fits[0].clusters == 2 and set(cluster) == {0, 1}
+    clusters, cluster, _, model = one_class(maps, cluster_count=2)
+    assert model.fits[0].cluster_count == 2 and set(cluster) == {0, 1}
     # Without labels, predictions or scores there is no accuracy or mean score to give.
     assert all(c["accuracy"] is None and c["mean_score"] is None for c in clusters)
     with pytest.raises(ValueError, match="at least 1"):
-        one_class(maps, clusters=0)
+        one_class(maps, cluster_count=0)
 
 
 # ----------------------------------------------------------------------------- determinism

@@ -156,10 +156,10 @@ def test_analysis_file_reads_as_virelay_reads_it(project, audited):
             clustering = group["cluster"]["sightline"]
             assert clustering.attrs["embedding"] == "spectral"
             fit = a["model"].fits[label]
-            assert clustering.attrs["k"] == fit.clusters
+            assert clustering.attrs["k"] == fit.cluster_count
             np.testing.assert_array_equal(clustering[()],
                                           a["cluster"][index] - a["model"].offsets[label])
-            sizes = np.bincount(clustering[()], minlength=fit.clusters)
+            sizes = np.bincount(clustering[()], minlength=fit.cluster_count)
             expected = [c["size"] for c in a["clusters"] if c["class"] == label]
             assert list(sizes) == expected
             flagged = {c["id"] for c in a["clusters"] if c["flagged"]}
