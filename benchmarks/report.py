@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sightline.bench.bench import write_report  # noqa: E402
+from sightline.bench.bench import write_bench_report  # noqa: E402
 
 
 def main(argv=None):
@@ -22,7 +22,7 @@ def main(argv=None):
     for path in args.results:
         with open(path) as handle:
             results.append(json.load(handle))
-    markdown, chart = write_report(results, args.out)
+    markdown, chart = write_bench_report(results, args.out)
     print(f"{markdown}\n{chart}")
     return 0
 

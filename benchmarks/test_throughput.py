@@ -68,7 +68,7 @@ def _method_cases():
     graph mode (guarded by the eager loop), which keeps their builders and adapters from
     rotting without tracing their 50+ layers two dozen times."""
     for model in MODELS:
-        for method in bench.METHODS:
+        for method in bench.BENCH_METHODS:
             for mode in bench.MODES:
                 if SIZE == "tiny" and model != "fashion" and mode != "graph":
                     continue

@@ -29,7 +29,7 @@ from sightline.bench.guards import probability_guard
 from sightline.bench.guards import relative_error
 from sightline.bench.report import format_table
 from sightline.bench.report import format_targets
-from sightline.bench.report import write_report
+from sightline.bench.report import write_bench_report
 from sightline.bench.suite import TARGET_CAM_FAMILY
 from sightline.bench.suite import TARGET_EAGER_SPEEDUP
 from sightline.bench.suite import TARGET_END_TO_END
@@ -41,19 +41,20 @@ from sightline.bench.suite import run_benchmark
 from sightline.bench.suite import run_suite
 from sightline.bench.timing import MAX_REPS
 from sightline.bench.timing import measure
+from sightline.bench.zoo import BENCH_METHOD_OPTIONS
+from sightline.bench.zoo import BENCH_METHODS
 from sightline.bench.zoo import BUILTIN_MODELS
-from sightline.bench.zoo import METHOD_OPTIONS
-from sightline.bench.zoo import METHODS
 from sightline.bench.zoo import MODES
 from sightline.bench.zoo import PRESETS
 from sightline.bench.zoo import Context
 from sightline.bench.zoo import build_model
 
 __all__ = [
-    "BUILTIN_MODELS", "Context", "MAX_REPS", "METHODS", "METHOD_OPTIONS", "MODES", "PRESETS",
+    "BENCH_METHODS", "BENCH_METHOD_OPTIONS", "BUILTIN_MODELS", "Context", "MAX_REPS", "MODES",
+    "PRESETS",
     "TARGET_CAM_FAMILY", "TARGET_EAGER_SPEEDUP", "TARGET_END_TO_END", "TARGET_MEMORY_GROWTH",
     "TARGET_SALIENCY", "add_ratios", "build_model", "correlation", "end_to_end",
     "evaluate_targets", "format_table", "format_targets", "guard", "job_config", "measure",
     "peak_memory", "probability_guard", "relative_error", "run_benchmark", "run_suite",
-    "write_report",
+    "write_bench_report",
 ]

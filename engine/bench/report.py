@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from sightline.bench.suite import find_row
-from sightline.bench.zoo import METHODS, MODES
+from sightline.bench.zoo import BENCH_METHODS, MODES
 
 
 def format_table(result):
@@ -46,7 +46,7 @@ def _num(value, digits):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def write_report(results, folder):
+def write_bench_report(results, folder):
     """Markdown tables and a PNG chart (images/s per method and mode) from bench results."""
     import matplotlib
     matplotlib.use("Agg")
@@ -86,7 +86,7 @@ def write_report(results, folder):
     figure, axes = plt.subplots(len(results), 1, figsize=(10, 4 * len(results)), squeeze=False)
     for axis, result in zip(axes[:, 0], results):
         modes = [m for m in MODES if any(r["mode"] == m for r in result["rows"])]
-        methods = ["inference"] + [m for m in METHODS if any(r["method"] == m for r in result["rows"])]
+        methods = ["inference"] + [m for m in BENCH_METHODS if any(r["method"] == m for r in result["rows"])]
         width = 0.8 / max(1, len(modes))
         for k, mode in enumerate(modes):
             values = [(find_row(result["rows"], m, mode) or {}).get("images_per_second", 0)

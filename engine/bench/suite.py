@@ -11,7 +11,8 @@ from sightline.bench.end_to_end import end_to_end, peak_memory
 from sightline.bench.faithfulness import curve_targets, measure_curves
 from sightline.bench.guards import bf16_capability, guard, probability_guard
 from sightline.bench.timing import measure
-from sightline.bench.zoo import BUILTIN_MODELS, METHOD_OPTIONS, METHODS, MODES, Context
+from sightline.bench.zoo import (BENCH_METHOD_OPTIONS, BENCH_METHODS, BUILTIN_MODELS, MODES,
+                                 Context)
 
 # The issue's targets.
 TARGET_CAM_FAMILY = 0.8  # cam and gradcam against the inference ceiling
@@ -31,7 +32,7 @@ EXPLAIN_BATCHES = 8
 EXPLAIN_MODE = "explain()"
 
 
-def run_benchmark(context, methods=METHODS, modes=MODES, log=None, curves=False):
+def run_benchmark(context, methods=BENCH_METHODS, modes=MODES, log=None, curves=False):
     """Measure every (method, mode) and the inference ceiling; returns a list of rows.
     curves: also the evaluation's curves per fill, into context.curve_rows."""
     rows = _Rows(log)
@@ -230,14 +231,14 @@ def evaluate_targets(result):
         entry = find_row(rows, method, auto)
         add(f"{method} >= {threshold}x compiled inference ({auto} mode, xla=auto)",
             entry["x_ceiling"] if guarded(entry) else None, threshold, ">=")
-    for method in METHODS:
+    for method in BENCH_METHODS:
         entry = find_row(rows, method, auto)
         ratio = entry["x_eager_loop"] if guarded(entry) else None
         note = "" if result["model"] == "fashion" else "the issue's target is for the fashion CNN"
         add(f"{method} >= {TARGET_EAGER_SPEEDUP:g}x the naive eager loop", ratio,
             TARGET_EAGER_SPEEDUP, ">=", note)
     bf16_units = result["cpu_bf16"]
-    for method in ("inference",) + METHODS:
+    for method in ("inference",) + BENCH_METHODS:
         bf16 = find_row(rows, method, "bf16")
         float32 = [r for r in rows if r["method"] == method and r["precision"] == "float32"
                    and r["mode"] in ("graph", "xla")]
@@ -280,14 +281,15 @@ def evaluate_targets(result):
     return targets
 
 
-def run_suite(model, *, methods=METHODS, modes=MODES, batch_size=None, precision=None,
+def run_suite(model, *, methods=BENCH_METHODS, modes=MODES, batch_size=None, precision=None,
               devices=1, size="full", with_end_to_end=True, log=None, with_curves=True):
     """The whole benchmark of one model: rows, ratios, end to end and peak memory (unless
     with_end_to_end is False), the evaluation's curves (unless with_curves is False) and
     targets; returns the result dict `--json` holds."""
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in BENCH_METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(BENCH_METHODS)}")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
@@ -328,7 +330,7 @@ def run_suite(model, *, methods=METHODS, modes=MODES, batch_size=None, precision
         "device_kind": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
         "cpu_count": os.cpu_count(), "cpu_bf16": bf16_units != "none",
         "cpu_bf16_units": bf16_units, "cpu_model": cpu_model, "auto_xla": auto_xla,
-        "tensorflow": tf.__version__, "method_options": METHOD_OPTIONS[size],
+        "tensorflow": tf.__version__, "method_options": BENCH_METHOD_OPTIONS[size],
         "ceiling": context.ceiling, "eager_loop_images": context.eager_images, "rows": rows,
         "curves": getattr(context, "curve_rows", None),
     }

@@ -14,12 +14,12 @@ from sightline.kernels.methods import CLASS_WEIGHTS, LAYER
 from sightline.kernels.methods import METHODS as METHOD_TABLE
 
 # Every method of the table with an eager loop to measure it against, in table order.
-METHODS = tuple(name for name in METHOD_TABLE if name in EAGER_FUNCTIONS)
+BENCH_METHODS = tuple(name for name in METHOD_TABLE if name in EAGER_FUNCTIONS)
 MODES = ("eager_loop", "eager_batched", "graph", "xla", "bf16")
 BUILTIN_MODELS = ("fashion", "mobilenet_v2", "resnet50", "small_cnn")
 # The issue's settings; the tiny size (CI: every benchmark once, so none can rot) keeps
 # the code paths and cuts the work per image.
-METHOD_OPTIONS = {
+BENCH_METHOD_OPTIONS = {
     "full": {"smoothgrad": {"num_copies": 8}, "integrated_gradients": {"num_steps": 16}},
     "tiny": {"smoothgrad": {"num_copies": 2}, "integrated_gradients": {"num_steps": 2}},
 }
@@ -131,7 +131,7 @@ class Context:
         self.targets = (np.arange(self.batch) % self.adapter.num_classes).astype(np.int32)
         self.sample_index = np.arange(self.batch, dtype=np.int64)
         self.methods_supported = [
-            m for m in METHODS
+            m for m in BENCH_METHODS
             if not (CLASS_WEIGHTS in METHOD_TABLE[m].arguments and self.adapter.cam_unsupported)
             and not (METHOD_TABLE[m].resolution == LAYER and self.adapter.activations_unsupported)]
         self._adapters = {"float32": self.adapter}
@@ -139,7 +139,7 @@ class Context:
 
     def options(self, *methods):
         """The method options (num_copies, num_steps) of this size, for these methods."""
-        return {k: v for m in methods for k, v in METHOD_OPTIONS[self.size].get(m, {}).items()}
+        return {k: v for m in methods for k, v in BENCH_METHOD_OPTIONS[self.size].get(m, {}).items()}
 
     def adapter_for(self, precision):
         from sightline.model.adapter import adapt_model

@@ -6,16 +6,16 @@ import os
 import sys
 
 from sightline.bench.faithfulness import format_curves
-from sightline.bench.report import format_table, format_targets, write_report
+from sightline.bench.report import format_table, format_targets, write_bench_report
 from sightline.bench.suite import failed_guards, run_suite
-from sightline.bench.zoo import METHODS, MODES
+from sightline.bench.zoo import BENCH_METHODS, MODES
 
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True,
                         help="a .keras/.h5 file, a SavedModel directory, or a built-in model: "
                              "fashion, mobilenet_v2, resnet50 (random weights)")
-    parser.add_argument("--methods", help=f"comma-separated (default: all of {', '.join(METHODS)})")
+    parser.add_argument("--methods", help=f"comma-separated (default: all of {', '.join(BENCH_METHODS)})")
     parser.add_argument("--modes", help=f"comma-separated (default: all of {', '.join(MODES)})")
     parser.add_argument("--batch-size", type=int, help="images per call (default per model)")
     parser.add_argument("--precision", help="float32 (skip the bf16 mode) or mixed_bfloat16 "
@@ -38,7 +38,7 @@ def _names(text, default):
 
 
 def run(args):
-    result = run_suite(args.model, methods=_names(args.methods, METHODS),
+    result = run_suite(args.model, methods=_names(args.methods, BENCH_METHODS),
                        modes=_names(args.modes, MODES), batch_size=args.batch_size,
                        precision=args.precision, devices=args.devices, size=args.size,
                        with_end_to_end=not args.no_end_to_end, with_curves=not args.no_curves,
@@ -54,7 +54,7 @@ def run(args):
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)
     if args.report:
-        markdown, chart = write_report(result, args.report)
+        markdown, chart = write_bench_report(result, args.report)
         print(f"\nreport: {markdown}, {chart}")
     failed = failed_guards(result)
     if failed:

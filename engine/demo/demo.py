@@ -76,7 +76,7 @@ def check_demo_folder(out):
                          "it; pass a new or empty folder, or the output of an earlier demo")
 
 
-def build_model(seed=0, size=IMAGE_SIZE, num_classes=2):
+def build_demo_model(seed=0, size=IMAGE_SIZE, num_classes=2):
     """The course's CNN: conv/pool blocks, a last conv, global average pooling, softmax."""
     import keras
     keras.utils.set_random_seed(seed)
@@ -104,7 +104,7 @@ def train_model(images, labels, *, seed=0, max_epochs=8, min_delta=0.01, batch_s
     """
     started_learning = 1.0 / 2 + 0.1
     import keras
-    model = build_model(seed)
+    model = build_demo_model(seed)
     model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 

@@ -110,7 +110,7 @@ def make_scenes(n, kind="none", *, share=0.4, num_classes=2, cue_class=0, seed=0
             "cued": cued, "faint": faint, "masks": masks}
 
 
-def build_model(num_classes, seed=0, size=SIZE):
+def build_scene_model(num_classes, seed=0, size=SIZE):
     """conv/pool blocks, a last convolution (8x8 at 32 pixels), GAP, dense, softmax."""
     import keras
     keras.utils.set_random_seed(seed)
@@ -129,7 +129,7 @@ def build_model(num_classes, seed=0, size=SIZE):
 def train(scenes, *, seed=0, epochs=8):
     """A model fitted to the scenes (Adam, a fixed number of epochs: repeatable)."""
     import keras
-    model = build_model(int(scenes["labels"].max()) + 1, seed)
+    model = build_scene_model(int(scenes["labels"].max()) + 1, seed)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     model.fit(scenes["images"], scenes["labels"], batch_size=32, epochs=epochs, verbose=0,

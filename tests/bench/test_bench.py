@@ -43,7 +43,7 @@ def test_bench_measures_every_method_and_mode(bench_run):
     _, result, _ = bench_run
     measured = {(r["method"], r["mode"]) for r in result["rows"]}
     assert {("inference", "graph"), ("inference", "xla"), ("inference", "bf16")} <= measured
-    for method in bench.METHODS:
+    for method in bench.BENCH_METHODS:
         for mode in bench.MODES:
             assert (method, mode) in measured
     for method in ("cam", "gradcam"):  # explain() as users call it, with its defaults
@@ -108,7 +108,7 @@ def test_bench_targets_quote_the_measured_rows(bench_run):
                        / _row(result, method, "eager_loop")["images_per_second"])
             assert target["ratio"] == pytest.approx(speedup, rel=1e-3, abs=0.01), target
             quoted += 1
-    assert quoted == len(expected) + len(bench.METHODS)
+    assert quoted == len(expected) + len(bench.BENCH_METHODS)
 
 
 def test_bench_reports_what_precision_auto_chooses_and_why(bench_run):
