@@ -28,9 +28,9 @@ and each audit line then says its rate over the job's, measured in the same run.
 --core: the clustering core alone (sample, fit, assign) on one class of maps made in
 memory, the same planted groups; no store, no shards.
 
-Earlier figures (the README has the current ones). Before the audit measured its maps as
-stored (every map resized to 224x224 first, masks or not), on two shared cores of an
-Intel Xeon, 7x7 maps, gzip shards: 10,000 maps per class audited in 53 s (376 maps/s,
+Earlier figures (benchmarks/README.md has the current ones). Before the audit measured its
+maps as stored (every map resized to 224x224 first, masks or not), on two shared cores of
+an Intel Xeon, 7x7 maps, gzip shards: 10,000 maps per class audited in 53 s (376 maps/s,
 peak RSS 674 MB), 100,000 per class in 407 s (491 maps/s, 702 MB); 28x28 maps: 53 s and
 351 s (680 and 706 MB); the clustering core alone, 100,000 maps of one class: 14 s, 248
 MB. The issue that followed measured a 1,000,000-map Fashion run (28x28 images) explained
