@@ -19,7 +19,7 @@ from sightline.audit.summary import summary_lines
 from sightline.cli.main import build_parser, main
 from tests.audit import audit_runs
 from tests.audit.audit_runs import CLASSES, SIZE, shortcut_run, stored_maps, write_run
-from tests.report.test_report import assert_png
+from tests.report.pages import assert_png
 
 
 # --- references ------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from sightline.audit.verify import MIN_DROP, MIN_RATIO
 from sightline.audit.virelay import read_clusters
 from sightline.cli.main import main
 from tests.audit.audit_runs import shortcut_run, stored_maps, write_run
-from tests.audit.test_clusters import blob_maps, planted_corner
-from tests.audit.test_verify import eager_drops
+from tests.audit.planted_maps import blob_maps, planted_corner
+from tests.references import eager_drops
 from tests.jobs.jobs import split_and_whole_runs
 
 CONTRACT = {"id", "class", "size", "share", "flagged", "reasons", "hot_region", "accuracy",

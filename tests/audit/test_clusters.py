@@ -8,36 +8,11 @@ from sklearn.metrics import adjusted_rand_score
 from sightline.audit.clusters import (ClassSample, ClusterModel, ClusterStatistics,
                                       cluster_maps, embed_maps, fit_clusters, hot_region,
                                       place_name)
-
-SIDE = 16
-
-
-def blob_maps(centres, rng, *, noise=0.15, sigma=1.5, jitter=0.0, side=SIDE):
-    """One Gaussian blob per map at centres [(y, x)] (fractions of the side), plus a
-    uniform noise floor: float64 [n, side, side]."""
-    rows, cols = np.mgrid[0:side, 0:side] + 0.5
-    maps = []
-    for y, x in centres:
-        y = y * side + rng.normal(0, jitter)
-        x = x * side + rng.normal(0, jitter)
-        blob = np.exp(-((rows - y) ** 2 + (cols - x) ** 2) / (2 * sigma ** 2))
-        maps.append(blob + rng.uniform(0, noise, (side, side)))
-    return np.array(maps)
-
+from tests.audit.planted_maps import SIDE, blob_maps, planted_corner
 
 def one_class(maps, **options):
     count = len(maps)
     return cluster_maps(np.arange(count), np.zeros(count, int), maps, **options)
-
-
-def planted_corner(seed, count=400, share=0.12):
-    """A class whose maps look at an object near the centre, except a `share` whose maps
-    look at the bottom-right corner. Returns (maps, truth bool [n])."""
-    rng = np.random.default_rng(seed)
-    corner = rng.random(count) < share
-    centres = [(0.88, 0.88) if hit else (rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65))
-               for hit in corner]
-    return blob_maps(centres, rng, jitter=0.3), corner
 
 
 def assert_precision_and_recall(found, truth, least=0.9):

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from sightline.audit.verify import (ablate, ablation_drops, apply_verification, control_region,
                                     region_pixels, verify_cluster)
+from tests.references import eager_drops
 
 SIDE = 8
 CORNER = [0.0, 3 / 8, 0.0, 3 / 8]  # rows 0..2, cols 0..2
@@ -33,28 +34,6 @@ def corner_images(count, seed=0):
     images = rng.uniform(0.0, 0.3, (count, SIDE, SIDE, 2)).astype(np.float32)
     images[:, :3, :3, 0] += rng.uniform(0.6, 1.0, (count, 3, 3)).astype(np.float32)
     return images
-
-
-def eager_drops(model, images, region, target):
-    """Reference: one image at a time, the box filled pixel by pixel with the image's mean
-    colour summed by hand, the model called eagerly."""
-    height, width = images.shape[1:3]
-    top, bottom = int(round(region[0] * height)), int(round(region[1] * height))
-    left, right = int(round(region[2] * width)), int(round(region[3] * width))
-    drops, changed = [], []
-    for image in images.astype(np.float64):
-        ablated = image.copy()
-        for channel in range(image.shape[2]):
-            colour = sum(image[y, x, channel] for y in range(height) for x in range(width))
-            colour /= height * width
-            for y in range(top, bottom):
-                for x in range(left, right):
-                    ablated[y, x, channel] = colour
-        before = model(image[None].astype(np.float32)).numpy()[0]
-        after = model(ablated[None].astype(np.float32)).numpy()[0]
-        drops.append(before[target] - after[target])
-        changed.append(before.argmax() != after.argmax())
-    return float(np.mean(drops)), float(np.mean(changed))
 
 
 def cluster_looking_at(region, mean_heatmap, flagged=True):

@@ -12,7 +12,7 @@ from sightline.audit.clusters import cluster_maps
 from sightline.audit.virelay import (ClustersWriter, VirelayExport, read_clusters,
                                      write_clusters)
 
-from tests.audit.test_clusters import blob_maps
+from tests.audit.planted_maps import blob_maps
 
 CLASS_NAMES = ["cross", "disc", "unused"]
 

@@ -94,7 +94,7 @@ def test_raw_maps_match_eager_per_image_reference(model, images, fixed_targets, 
 def test_scorecam_matches_eager_masked_inputs(model, images, fixed_targets):
     """Per image and channel: mask the input with the channel's upsampled, [0, 1]-scaled
     map, take the model's probability of the target, weigh the channel by it."""
-    from tests.kernels.test_postprocess import reference_bilinear
+    from tests.references import reference_bilinear
     K = keras_module("keras3")
     features = K.Model(model.inputs[0], model.get_layer("conv_c").output)
     count = 3

@@ -18,7 +18,7 @@ from sightline.cli.main import build_parser, main
 from sightline.demo.demo import (IMAGE_SIZE, MARKER_FILE, OVERVIEW_IMAGES, OVERVIEW_METHODS, TILE_ZOOM,
                          _mean_over_images, check_demo_folder, run_demo)
 from sightline.demo.scenes import TAG_CLASS
-from tests.report.test_report import assert_png, parse
+from tests.report.pages import assert_png, parse
 
 
 @pytest.fixture(scope="module")

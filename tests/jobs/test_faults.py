@@ -8,10 +8,10 @@ import subprocess
 import pytest
 
 from sightline.cli.main import main
-# The same job, data and uninterrupted reference as the kill -9 and signal tests.
-from tests.jobs.test_jobs_processes import (_args, _assert_same_as_reference,  # noqa: F401
-                                            _wait_for_a_record, workspace)
 from tests.jobs.jobs import run_cli
+# The same job, data and uninterrupted reference as the kill -9 and signal tests.
+from tests.jobs.processes import (assert_same_as_reference, job_args,  # noqa: F401
+                                  wait_for_a_record, workspace)
 
 
 def _leftovers(out):
@@ -31,7 +31,7 @@ def test_full_disk_stops_with_one_line_and_a_resume_completes(workspace, monkeyp
 
     monkeypatch.setattr(shards._OpenShard, "append", append_until_the_disk_is_full)
     out = workspace / "full-disk"
-    assert main(_args(workspace, out) + ["--quiet"]) == 1
+    assert main(job_args(workspace, out) + ["--quiet"]) == 1
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1, lines
     assert str(out) in lines[0] and "the disk is full" in lines[0], lines[0]
@@ -42,18 +42,18 @@ def test_full_disk_stops_with_one_line_and_a_resume_completes(workspace, monkeyp
     assert not os.path.exists(out / "index.h5")
 
     monkeypatch.setattr(shards._OpenShard, "append", real_append)  # space freed
-    assert main(_args(workspace, out) + ["--quiet"]) == 0
-    _assert_same_as_reference(workspace, out)
+    assert main(job_args(workspace, out) + ["--quiet"]) == 0
+    assert_same_as_reference(workspace, out)
 
 
 def test_second_process_on_the_same_worker_is_refused_and_kill_9_frees_the_lock(workspace):
     out = workspace / "race"
-    first = run_cli(*_args(workspace, out), wait=False)
-    _wait_for_a_record(first, str(out))
+    first = run_cli(*job_args(workspace, out), wait=False)
+    wait_for_a_record(first, str(out))
     # Frozen mid-run, it holds the lock for as long as the test needs (no timing race).
     first.send_signal(signal.SIGSTOP)
     try:
-        second = run_cli(*_args(workspace, out))
+        second = run_cli(*job_args(workspace, out))
     finally:
         first.send_signal(signal.SIGKILL)  # a stopped process dies at once
         first.wait(timeout=60)
@@ -63,10 +63,10 @@ def test_second_process_on_the_same_worker_is_refused_and_kill_9_frees_the_lock(
     assert f"being written by another process (worker 0, pid {first.pid} " in lines[0], lines[0]
     assert first.returncode == -signal.SIGKILL
     assert not os.path.exists(out / "index.h5")
-    resumed = run_cli(*_args(workspace, out), "--quiet")
+    resumed = run_cli(*job_args(workspace, out), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert not _leftovers(out)
-    _assert_same_as_reference(workspace, out)
+    assert_same_as_reference(workspace, out)
 
 
 @pytest.fixture
@@ -94,13 +94,13 @@ def test_real_full_disk_stops_with_one_line_and_a_resume_completes(workspace, sm
         pytest.skip("mounting a tmpfs needs root and mount(8); the injected full disk above "
                     "covers the same path")
     out = folder / "run"
-    stopped = run_cli(*_args(workspace, out), "--quiet")
+    stopped = run_cli(*job_args(workspace, out), "--quiet")
     lines = stopped.stderr.splitlines()
     assert stopped.returncode == 1, stopped.stderr[-3000:]
     assert len(lines) == 1 and "the disk is full" in lines[0], stopped.stderr[-3000:]
     assert "shard(s) are finished and kept" in lines[0] and str(out) in lines[0]
     assert not _leftovers(out)
     assert mount("64m", remount=True)
-    resumed = run_cli(*_args(workspace, out), "--quiet")
+    resumed = run_cli(*job_args(workspace, out), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
-    _assert_same_as_reference(workspace, out)
+    assert_same_as_reference(workspace, out)

@@ -3,112 +3,65 @@
 import json
 import os
 import signal
-import time
 
 import h5py
-import numpy as np
 import pytest
 
-from sightline.cli.main import main
-from tests.jobs.jobs import read_index, run_cli, write_image_folder, write_model
-
-JOB = ["--methods", "gradcam,smoothgrad", "--num-copies", "8", "--shard-size", "6",
-       "--batch-size", "3", "--preprocess", "[0,1]", "--devices", "1"]
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("processes")
-    write_image_folder(str(root / "images"), per_class=18, corrupt=("cat/broken.jpg",))
-    write_model(str(root / "model.keras"))
-    reference = root / "reference"
-    assert main(["explain", "--model", str(root / "model.keras"), "--data",
-                 str(root / "images"), "--out", str(reference), "--quiet", *JOB]) == 0
-    return root
-
-
-def _args(root, out):
-    return ["explain", "--model", str(root / "model.keras"), "--data", str(root / "images"),
-            "--out", str(out), *JOB]
-
-
-def _records(out):
-    folder = os.path.join(out, "shards")
-    if not os.path.isdir(folder):
-        return []
-    return [f for f in os.listdir(folder) if f.endswith(".json")]
-
-
-def _wait_for_a_record(process, out):
-    """Until the running job has finished (and recorded) its first shard."""
-    deadline = time.monotonic() + 240
-    while not _records(out):
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended before a shard finished: {process.stderr.read()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("no shard finished in time")
-        time.sleep(0.02)
-
+from tests.jobs.jobs import run_cli
+from tests.jobs.processes import (assert_same_as_reference, job_args,  # noqa: F401
+                                  shard_records, wait_for_a_record, workspace)
 
 def _stop_after_first_shard(process, out, signum):
-    _wait_for_a_record(process, out)
+    wait_for_a_record(process, out)
     process.send_signal(signum)
     process.wait(timeout=120)
-    done = len(_records(out))
+    done = len(shard_records(out))
     assert done < 7, "the run finished before it could be stopped: make the job longer"
     return done
 
 
-def _assert_same_as_reference(root, out):
-    reference, result = read_index(str(root / "reference")), read_index(str(out))
-    assert set(reference) == set(result)
-    for name in reference:
-        np.testing.assert_array_equal(result[name], reference[name], err_msg=name)
-
-
 def test_kill_9_then_resume_gives_the_uninterrupted_output(workspace):
     out = workspace / "killed"
-    process = run_cli(*_args(workspace, out), wait=False)
+    process = run_cli(*job_args(workspace, out), wait=False)
     done = _stop_after_first_shard(process, str(out), signal.SIGKILL)
     assert process.returncode == -signal.SIGKILL
     assert not os.path.exists(out / "index.h5")
-    resumed = run_cli(*_args(workspace, out), "--log-json")
+    resumed = run_cli(*job_args(workspace, out), "--log-json")
     assert resumed.returncode == 0, resumed.stderr
     summary = [json.loads(line) for line in resumed.stderr.splitlines()
                if line.startswith('{"event": "summary"')][-1]
     assert summary["shards_reused"] >= done and summary["shards_total"] == 7
     assert not [f for f in os.listdir(out / "shards") + os.listdir(out) if ".tmp" in f]
-    _assert_same_as_reference(workspace, out)
+    assert_same_as_reference(workspace, out)
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_stop_signal_exits_cleanly_and_the_next_run_continues(workspace, signum, code):
     out = workspace / f"stopped-{code}"
-    process = run_cli(*_args(workspace, out), wait=False)
+    process = run_cli(*job_args(workspace, out), wait=False)
     _stop_after_first_shard(process, str(out), signum)
     assert process.returncode == code, process.stderr.read()
     assert not [f for f in os.listdir(out / "shards") if ".tmp" in f]
     manifest = json.load(open(out / "manifest.json"))
     states = {entry["state"] for entry in manifest["shards"]}
     assert states == {"complete", "pending"}
-    assert manifest["shards_complete"] == len(_records(str(out)))
-    resumed = run_cli(*_args(workspace, out), "--quiet")
+    assert manifest["shards_complete"] == len(shard_records(str(out)))
+    resumed = run_cli(*job_args(workspace, out), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
-    _assert_same_as_reference(workspace, out)
+    assert_same_as_reference(workspace, out)
 
 
 @pytest.mark.parametrize("workers", [2, 3])
 def test_concurrent_workers_give_the_single_worker_output(workspace, workers):
     out = workspace / f"workers-{workers}"
-    processes = [run_cli(*_args(workspace, out), "--quiet", "--worker", str(i), "--workers",
+    processes = [run_cli(*job_args(workspace, out), "--quiet", "--worker", str(i), "--workers",
                          str(workers), wait=False) for i in range(workers)]
     for process in processes:
         process.wait(timeout=300)
         assert process.returncode == 0, process.stderr.read()
     # Each worker wrote only its own shards, s mod W, as each record and shard file says.
     writers = {}
-    for name in _records(str(out)):
+    for name in shard_records(str(out)):
         record = json.load(open(out / "shards" / name))
         assert record["workers"] == workers, name
         with h5py.File(out / record["file"], "r") as shard:
@@ -118,7 +71,7 @@ def test_concurrent_workers_give_the_single_worker_output(workspace, workers):
     indexed = run_cli("index", str(out))
     assert indexed.returncode == 0, indexed.stderr
     assert "7 shard(s) verified" in indexed.stdout
-    _assert_same_as_reference(workspace, out)
+    assert_same_as_reference(workspace, out)
     manifest = json.load(open(out / "manifest.json"))
     assert manifest["shards_complete"] == 7 and manifest["index"] == "index.h5"
     assert [s["key"] for s in manifest["skipped"]] == ["cat/broken.jpg"]
@@ -128,6 +81,6 @@ def test_slurm_array_environment_places_the_worker(workspace):
     out = workspace / "slurm"
     environment = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5",
                    "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "2"}
-    result = run_cli(*_args(workspace, out), "--quiet", env=environment)
+    result = run_cli(*job_args(workspace, out), "--quiet", env=environment)
     assert result.returncode == 0, result.stderr
-    assert sorted(int(n.split("-")[1]) for n in _records(str(out))) == [1, 3, 5]
+    assert sorted(int(n.split("-")[1]) for n in shard_records(str(out))) == [1, 3, 5]

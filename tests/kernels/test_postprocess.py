@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from sightline.kernels import resize_heatmaps, scale_heatmaps
+from tests.references import reference_bilinear
 from tests.tolerances import KERNEL_ATOL, KERNEL_RTOL
 
 B, h, w = 5, 5, 6
@@ -82,31 +83,6 @@ def test_scale_other_dtypes_give_float32(rng, dtype):
 
 
 # --- resize_heatmaps -------------------------------------------------------------------
-
-def reference_bilinear(maps, size):
-    """Bilinear with half-pixel centres: output pixel i samples the input at
-    (i + 0.5) * in / out - 0.5, clamped to the edge pixels."""
-    maps = np.asarray(maps, np.float64)
-    out_h, out_w = size
-    in_h, in_w = maps.shape[1:]
-    out = np.zeros((len(maps), out_h, out_w))
-
-    def source(i, n_in, n_out):
-        position = min(max((i + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1.0)
-        low = int(np.floor(position))
-        high = min(low + 1, n_in - 1)
-        return low, high, position - low
-
-    for b in range(len(maps)):
-        for i in range(out_h):
-            y0, y1, fy = source(i, in_h, out_h)
-            for j in range(out_w):
-                x0, x1, fx = source(j, in_w, out_w)
-                top = maps[b, y0, x0] * (1 - fx) + maps[b, y0, x1] * fx
-                bottom = maps[b, y1, x0] * (1 - fx) + maps[b, y1, x1] * fx
-                out[b, i, j] = top * (1 - fy) + bottom * fy
-    return out
-
 
 def test_resize_matches_half_pixel_bilinear_reference(rng):
     maps = rng.normal(size=(2, 3, 3)).astype(np.float32)

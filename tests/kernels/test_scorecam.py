@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from sightline.kernels import scorecam
-from tests.kernels.test_postprocess import reference_bilinear
+from tests.references import reference_bilinear
 from tests.tolerances import KERNEL_ATOL, KERNEL_RTOL
 
 B, H, W, C = 3, 9, 7, 2

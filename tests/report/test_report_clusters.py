@@ -20,7 +20,7 @@ from sightline.report.clusters import cluster_colours
 from sightline.report.figures import PALETTE
 from sightline.report.page import write_report
 from tests.audit import audit_runs
-from tests.report.test_report import Collector, assert_png
+from tests.report.pages import Collector, assert_png
 
 COUNT = 160
 SIDE = 16  # stored map side
