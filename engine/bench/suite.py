@@ -11,7 +11,9 @@ from sightline.bench.end_to_end import end_to_end, peak_memory
 from sightline.bench.faithfulness import curve_targets, measure_curves
 from sightline.bench.guards import bf16_capability, guard, probability_guard
 from sightline.bench.timing import measure
-from sightline.bench.zoo import BUILTIN_MODELS, METHOD_OPTIONS, METHODS, MODES, Context
+from sightline.bench.zoo import BUILTIN_MODELS, METHODS, METHOD_OPTIONS, MODES, Context
+from sightline.compute.auto_precision import CANDIDATES, measure_precisions
+from sightline.config import make_config
 
 # The issue's targets.
 TARGET_CAM_FAMILY = 0.8  # cam and gradcam against the inference ceiling
@@ -353,9 +355,7 @@ def precision_auto(context, methods):
     Grad-CAM and saliency, or whichever of them the model supports."""
     import tensorflow as tf
 
-    from sightline.compute.auto_precision import CANDIDATES, measure_precisions
     from sightline.compute.step import build_step
-    from sightline.config import make_config
     chosen = tuple(m for m in ("gradcam", "saliency") if m in context.methods_supported
                    and m in methods) or tuple(methods[:1])
     run_of = {}

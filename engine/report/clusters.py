@@ -13,9 +13,10 @@ import os
 
 import numpy as np
 
-from sightline.audit.virelay import CLUSTERS_FILE, read_clusters
+from sightline.audit.virelay import read_clusters
 from sightline.report import figures
 from sightline.report.overlay import colorize, grid, overlay, upscale, write_png
+from sightline.store.layout import CLUSTERS_FILE, SAMPLE_INDEX, heatmap
 from sightline.store.results import open_results
 
 TILE_SIDE = 96  # least display pixels a side per tile of a member grid
@@ -49,9 +50,9 @@ def mean_maps(out, method, table):
     cluster_of = dict(zip(table["index"].tolist(), table["cluster"].tolist()))
     sums, counts = {}, {}
     with open_results(out) as results:
-        for chunk in results.chunks([f"heatmaps/{method}", "sample/index"], rows=1024):
-            maps = chunk[f"heatmaps/{method}"].astype(np.float64)  # [n,h,w]
-            for row, index in enumerate(chunk["sample/index"].tolist()):
+        for chunk in results.chunks([heatmap(method), SAMPLE_INDEX], rows=1024):
+            maps = chunk[heatmap(method)].astype(np.float64)  # [n,h,w]
+            for row, index in enumerate(chunk[SAMPLE_INDEX].tolist()):
                 cluster = cluster_of.get(index, -1)
                 if cluster < 0:
                     continue

@@ -19,9 +19,14 @@ import os
 
 import numpy as np
 
+from sightline.audit.metrics import resize_maps
+from sightline.audit.replay import open_run_source, read_images
+from sightline.evaluate.sanity_scores import read_sanity
 from sightline.evaluate.summary import CONTROLS, H5_FILE, card_text
 from sightline.report import figures
 from sightline.report.page import _STYLE, _fmt, _slug, _table, embed_png, write_page
+from sightline.store.layout import SAMPLE_INDEX
+from sightline.store.results import open_results
 
 EVALUATION_REPORT = "evaluation.html"
 UNCHANGED_IMAGES = 8
@@ -103,7 +108,7 @@ def unchanged_samples(h5_path, method, count=UNCHANGED_IMAGES):
     least (relative to the original) after the first fifth of the MoRF steps."""
     import h5py
     with h5py.File(h5_path, "r") as handle:
-        indices = handle["sample/index"][:]
+        indices = handle[SAMPLE_INDEX][:]
         probabilities = handle[f"methods/{method}/probabilities"][:].astype(np.float64)
     step = max(1, (probabilities.shape[2] - 1) // 5)
     original = probabilities[:, 0, 0]
@@ -116,8 +121,6 @@ def unchanged_samples(h5_path, method, count=UNCHANGED_IMAGES):
 def _unchanged_figure(out, method, samples, path):
     """The images with their maps over them; the images are read again from the run's
     source (shown as a person sees them: resized, not preprocessed)."""
-    from sightline.audit.replay import open_run_source, read_images
-    from sightline.store.results import open_results
 
     with open_results(out) as results:
         shape = tuple(int(v) for v in results.manifest["run"]["image_shape"])
@@ -133,7 +136,6 @@ def _unchanged_figure(out, method, samples, path):
         for index, drop in samples:
             heatmap = results.heatmap(method, index=index)
             if heatmap.shape != shape[:2]:
-                from sightline.audit.metrics import resize_maps
                 heatmap = resize_maps(heatmap[None], shape[:2])[0]
             items.append({"image": image_of[index], "heatmap": heatmap, "mask": None,
                           "caption": f"#{index}: -{100 * drop:.0f}% after the top fifth"})
@@ -182,7 +184,6 @@ def sanity_strips(h5_path, path):
     the original, then after each randomisation step."""
     import h5py
 
-    from sightline.evaluate.sanity_scores import read_sanity
     with h5py.File(h5_path, "r") as handle:
         sanity = read_sanity(handle)
     rows = [(name, result.strip) for kind in ("methods", "controls")

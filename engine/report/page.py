@@ -83,10 +83,9 @@ def _load_display_images(audit, items):
     """The source images of the worst items, resized to the compared size by the run's
     rule (stretch, pad or crop); None where the source cannot be read back (TFRecord,
     moved files)."""
-    source = (audit.get("provenance") or {}).get("source") or ""
+    kind, location = (audit.get("provenance") or {}).get("source_spec") or ("", "")
     resize = (audit.get("provenance") or {}).get("resize") or "stretch"
     size = tuple(audit["compared_at"])
-    kind, _, location = source.partition(" ")
     images = []
     for item in items:
         image = None
