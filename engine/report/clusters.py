@@ -15,6 +15,7 @@ import numpy as np
 
 from sightline.audit.virelay import read_clusters
 from sightline.report import figures
+from sightline.report.markup import embed_png
 from sightline.report.overlay import colorize, grid, overlay, upscale, write_png
 from sightline.store.layout import CLUSTERS_FILE, SAMPLE_INDEX, heatmap
 from sightline.store.results import open_results
@@ -174,16 +175,11 @@ def clusters_section(folder, slug, audit, table_of, load_images):
                                               "coordinates, coloured by cluster",
                                   flagged={c["id"] for c in mine if c["flagged"]})
         parts.append(f"<h4>Class {html.escape(name)}: layout of its maps</h4>"
-                     + _embed(path, f"{name}: the 2-D layout of the maps, one colour per cluster"))
+                     + embed_png(path, f"{name}: the 2-D layout of the maps, one colour per cluster"))
     for c in clusters:
         parts.append(_cluster_card(folder, slug, audit, c, means.get(c["id"]), table_of,
                                    load_images))
     return "\n".join(parts)
-
-
-def _embed(path, alt):
-    from sightline.report.page import embed_png
-    return embed_png(path, alt)
 
 
 def _cluster_card(folder, slug, audit, cluster, mean_map, table_of, load_images):
@@ -213,6 +209,6 @@ def _cluster_card(folder, slug, audit, cluster, mean_map, table_of, load_images)
         path = os.path.join(folder, f"{slug}-cluster-{cluster['id']}.png")
         path, members = member_grid(audit, cluster, mean_map, path, load_images)
         keys = ", ".join(str(m["key"]) for m in members)
-        parts.append(_embed(path, f"cluster {cluster['id']}: its mean heatmap, then its "
+        parts.append(embed_png(path, f"cluster {cluster['id']}: its mean heatmap, then its "
                                   f"most typical members ({keys})"))
     return "\n".join(parts)

@@ -131,3 +131,14 @@ def test_the_check_tells_a_lazy_tensorflow_import_from_a_crossing(tmp_path):
         "    import sightline.cli\n"
         "    import tensorflow\n")
     assert crossings(root) == ["engine/cli/main.py:2: sightline.store.light"]
+
+
+def test_the_command_line_still_starts_without_tensorflow():
+    # The imports moved to the tops of modules are of rooms that do not load TensorFlow:
+    # the command line (which imports every subcommand) must still start without it.
+    import subprocess
+    import sys
+    probe = "import sys, sightline.cli.main; print('tensorflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"
