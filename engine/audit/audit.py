@@ -57,7 +57,10 @@ from sightline.audit.metrics import (concentration, lift, object_metrics, peak_m
 from sightline.audit.shortcuts import ClusterAudit
 from sightline.audit.summary import group_entries, provenance
 from sightline.jobs.predictions import PredictionTally
-from sightline.store.results import RELEVANCE_COLUMNS, open_results
+from sightline.store.layout import (PRED_CLASS, PRED_SCORE, PRED_TARGET, RELEVANCE_COLUMNS,
+                                    SAMPLE_GROUP, SAMPLE_INDEX, SAMPLE_KEY, SAMPLE_LABEL,
+                                    heatmap)
+from sightline.store.results import open_results
 
 DEFAULT_THRESHOLD = 2.0
 DEFAULT_DIFFUSE = 0.85
@@ -92,12 +95,12 @@ def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold
             tally = _Tally(size, {name: region_weights(region, stored)
                                   for name, region in region_masks.items()}, worst)
             relevance = list(RELEVANCE_COLUMNS) if results.relevance else []
-            for columns in results.chunks([f"heatmaps/{method}", "sample/key", "sample/label",
-                                           "pred/class", "pred/target", "sample/index",
+            for columns in results.chunks([heatmap(method), SAMPLE_KEY, SAMPLE_LABEL,
+                                           PRED_CLASS, PRED_TARGET, SAMPLE_INDEX,
                                            *relevance], rows=rows):
                 # float16 -> float64 once: both consumers compute in float64, and numpy
                 # widens float16 to float64 faster than to float32.
-                maps = columns[f"heatmaps/{method}"].astype(np.float64)
+                maps = columns[heatmap(method)].astype(np.float64)
                 tally.add(columns, maps, mask_source, by_label)
                 cluster_audit.add(columns, maps,
                                   results.relevance_of(columns) if relevance else None)
@@ -182,22 +185,22 @@ def _check_samples(results, mask_source, size, chunk):
     Returns (the model's class names by index, whether to group by label, the
     PredictionTally of every image and of each class folder)."""
     missing, num_samples, num_missing, by_label, largest = [], 0, 0, True, -1
-    has_group = results.has("sample/group")
-    columns_read = ["sample/key", "sample/label", "pred/class", "pred/score", "pred/target"]
+    has_group = results.has(SAMPLE_GROUP)
+    columns_read = [SAMPLE_KEY, SAMPLE_LABEL, PRED_CLASS, PRED_SCORE, PRED_TARGET]
     parts = []
-    for columns in results.chunks(columns_read + (["sample/group"] if has_group else []),
+    for columns in results.chunks(columns_read + ([SAMPLE_GROUP] if has_group else []),
                                   rows=max(chunk, 1024)):
-        keys = [k.decode("utf-8") for k in columns["sample/key"]]
-        labels = columns["sample/label"]
+        keys = [k.decode("utf-8") for k in columns[SAMPLE_KEY]]
+        labels = columns[SAMPLE_LABEL]
         if mask_source is not None and keys and num_samples == 0:
             check_mask_size(mask_source, keys[0], size)
         num_samples += len(keys)
         by_label = by_label and bool((labels >= 0).all())
         largest = max(largest, *(int(columns[n].max(initial=-1)) for n in
-                                 ("sample/label", "pred/class", "pred/target")))
+                                 (SAMPLE_LABEL, PRED_CLASS, PRED_TARGET)))
         # Predictions are small vectors: kept for the tally, made once the classes are known.
-        parts.append({n: columns[n] for n in ("pred/class", "pred/score", "sample/label")}
-                     | {"sample/group": columns["sample/group"] if has_group else None})
+        parts.append({n: columns[n] for n in (PRED_CLASS, PRED_SCORE, SAMPLE_LABEL)}
+                     | {SAMPLE_GROUP: columns[SAMPLE_GROUP] if has_group else None})
         if mask_source is not None:
             absent = missing_masks(mask_source, keys)
             missing.extend(absent[:5 - len(missing)] if len(missing) < 5 else [])
@@ -210,8 +213,8 @@ def _check_samples(results, mask_source, size, chunk):
     names = {c: results.class_name(c) for c in range(max(num_classes, largest + 1))}
     predictions = PredictionTally(num_classes, results.group_names if has_group else None)
     for part in parts:
-        predictions.add(part["pred/class"], part["pred/score"], labels=part["sample/label"],
-                        groups=part["sample/group"])
+        predictions.add(part[PRED_CLASS], part[PRED_SCORE], labels=part[SAMPLE_LABEL],
+                        groups=part[SAMPLE_GROUP])
     return names, by_label and num_samples > 0, predictions
 
 
@@ -241,11 +244,11 @@ class _Tally:
 
     def add(self, columns, maps, mask_source, by_label):
         """One chunk: maps float64 [n,h,w] as stored."""
-        labels, predictions = columns["sample/label"], columns["pred/class"]
+        labels, predictions = columns[SAMPLE_LABEL], columns[PRED_CLASS]
         metrics = concentration(maps)
         keys = object_masks = None
         if mask_source is not None:
-            keys = [k.decode("utf-8") for k in columns["sample/key"]]
+            keys = [k.decode("utf-8") for k in columns[SAMPLE_KEY]]
             object_masks = mask_source.read(keys)
             metrics.update(object_metrics(resize_maps(np.maximum(maps, 0.0), self.size),
                                           object_masks))
@@ -260,7 +263,7 @@ class _Tally:
                 self.values.setdefault(name, []).append(values.astype(np.float32))
         self._sum(groups, maps, object_masks, labels, predictions)
         if object_masks is not None:
-            self._rank(metrics, groups, keys, columns["sample/index"], labels, predictions)
+            self._rank(metrics, groups, keys, columns[SAMPLE_INDEX], labels, predictions)
 
     def _sum(self, groups, maps, object_masks, labels, predictions):
         # The chunk sorted by class: each class's rows are one slice, summed by reduceat.

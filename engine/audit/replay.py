@@ -14,19 +14,22 @@ import os
 
 import numpy as np
 
+from sightline.store.results import run_source
+
 READ_BATCH = 16  # images per pipeline batch when reading scattered samples
 _GAP = 16  # members closer than this are read as one range and the gap dropped
 
 
-def source_spec(description):
-    """The manifest's source description ("npy /abs/x.npy", "folder /abs/dir",
-    "h5 /abs/x.h5:images", "tfrecord spec") -> the spec open_source takes."""
-    kind, _, spec = str(description).partition(" ")
-    if kind not in ("npy", "folder", "h5", "tfrecord") or not spec:
-        raise ValueError(f"the run's manifest names its source as {description!r}, which is "
+def source_spec(manifest):
+    """The spec open_source takes to open the run's source again (the store reads it from
+    the manifest, old runs' description too)."""
+    found = run_source(manifest)
+    if found is None:
+        described = manifest["run"].get("source")
+        raise ValueError(f"the run's manifest names its source as {described!r}, which is "
                          "not a source sightline can open again; audit without --verify "
                          "and --export-virelay")
-    return spec
+    return found[1]
 
 
 def open_run_source(manifest):
@@ -36,7 +39,7 @@ def open_run_source(manifest):
     run = manifest["run"]
     tfrecord = run.get("tfrecord_keys") or {}
     options = {"image_key": tfrecord["image"], "label_key": tfrecord["label"]} if tfrecord else {}
-    spec = source_spec(run["source"])
+    spec = source_spec(manifest)
     try:
         source = open_source(spec, **options)
     except ValueError as error:

@@ -30,8 +30,10 @@ from sightline.audit.verify import (BATCH_SIZE, MIN_DROP, MIN_RATIO, VERIFY_MEMB
                                     apply_verification, depends, feature_drops,
                                     features_depend, log_odds, own_regions, own_spot_drops,
                                     verify_cluster)
-from sightline.audit.virelay import CLUSTERS_FILE, ClustersWriter, VirelayExport
-from sightline.store.results import RELEVANCE_COLUMNS
+from sightline.audit.virelay import ClustersWriter, VirelayExport
+from sightline.store.layout import (CLUSTERS_FILE, PRED_CLASS, PRED_SCORE, PRED_TARGET,
+                                    RELEVANCE_COLUMNS, SAMPLE_INDEX, SAMPLE_KEY, SAMPLE_LABEL,
+                                    heatmap)
 
 VERIFY_THRESHOLDS = {"min_drop": MIN_DROP, "min_ratio": MIN_RATIO}
 # A what-view group that shares at least this much of its members with a flagged
@@ -137,17 +139,17 @@ class ClusterAudit:
     def add(self, columns, maps, relevance=None):
         """Pass 1: one chunk of the stream; maps [n,h,w] as stored; relevance [n,K] (the
         store's relevance_of the chunk), None for a run that stored none."""
-        targets = np.asarray(columns["pred/target"], np.int64)
-        self.sample.add(columns["sample/index"], targets, maps)
+        targets = np.asarray(columns[PRED_TARGET], np.int64)
+        self.sample.add(columns[SAMPLE_INDEX], targets, maps)
         if relevance is not None:
             self.has_relevance = True
-            self.concept_sample.add(columns["sample/index"], targets, relevance,
+            self.concept_sample.add(columns[SAMPLE_INDEX], targets, relevance,
                                     scalars=evidence_of(relevance))
         labels = [targets]
-        if "sample/label" in columns:
-            labels.append(np.asarray(columns["sample/label"], np.int64))
-        if "pred/class" in columns:
-            labels.append(np.asarray(columns["pred/class"], np.int64))
+        if SAMPLE_LABEL in columns:
+            labels.append(np.asarray(columns[SAMPLE_LABEL], np.int64))
+        if PRED_CLASS in columns:
+            labels.append(np.asarray(columns[PRED_CLASS], np.int64))
         self.largest_class = max([self.largest_class, *(int(v.max(initial=-1)) for v in labels)])
 
     def finish(self, results, manifest, names, chunk):
@@ -171,7 +173,7 @@ class ClusterAudit:
         crossed = np.zeros((model.count, concepts.count if concepts else 0), np.int64)
         run = manifest["run"]
         image_shape = tuple(int(v) for v in run["image_shape"])
-        heatmaps = f"heatmaps/{self.method}"
+        heatmaps = heatmap(self.method)
         index_parts, cluster_parts, concept_parts = [], [], []
         export = self._export(manifest, names) if options.export_virelay else None
         feed = None
@@ -181,8 +183,8 @@ class ClusterAudit:
             feed = ImageFeed(self.source, results.sample_indices, image_shape=image_shape,
                              preprocess="none", resize=run_resize(manifest), chunk=chunk)
             predict = self._class_probabilities(image_shape, run["preprocess"])
-        names_read = [heatmaps, "sample/index", "sample/key", "sample/label", "pred/class",
-                      "pred/target", "pred/score"]
+        names_read = [heatmaps, SAMPLE_INDEX, SAMPLE_KEY, SAMPLE_LABEL, PRED_CLASS,
+                      PRED_TARGET, PRED_SCORE]
         if concepts is not None:
             names_read += list(RELEVANCE_COLUMNS)
         with contextlib.ExitStack() as stack:
@@ -191,8 +193,8 @@ class ClusterAudit:
                 stack.enter_context(export)
             for columns in results.chunks(names_read, rows=chunk):
                 maps = columns[heatmaps].astype(np.float32)
-                indices, targets = columns["sample/index"], columns["pred/target"]
-                keys = [k.decode("utf-8") for k in columns["sample/key"]]
+                indices, targets = columns[SAMPLE_INDEX], columns[PRED_TARGET]
+                keys = [k.decode("utf-8") for k in columns[SAMPLE_KEY]]
                 relevance = results.relevance_of(columns) if concepts is not None else None
                 cluster, layout, features = model.assign(targets, maps)
                 views["where"].add(indices, targets, maps, cluster, features, columns, keys,
@@ -211,7 +213,7 @@ class ClusterAudit:
                 if export is not None:
                     images = feed.take(len(indices))
                     export.add(images, maps, targets, cluster, layout,
-                               labels=columns["sample/label"], predictions=predict(images))
+                               labels=columns[SAMPLE_LABEL], predictions=predict(images))
                 index_parts.append(np.asarray(indices, np.int64))
                 cluster_parts.append(cluster)
             found = views["where"].describe_where(names, thresholds)
@@ -345,8 +347,8 @@ class _ViewTally:
 
     def add(self, indices, targets, maps, cluster, features, columns, keys, relevance):
         self.statistics.add(indices, targets, maps, cluster, features,
-                            labels=columns["sample/label"], predictions=columns["pred/class"],
-                            scores=columns["pred/score"], keys=keys)
+                            labels=columns[SAMPLE_LABEL], predictions=columns[PRED_CLASS],
+                            scores=columns[PRED_SCORE], keys=keys)
         rows = cluster >= 0
         ids = cluster[rows]
         if self.coverage is not None:

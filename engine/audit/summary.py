@@ -6,18 +6,22 @@ import math
 import numpy as np
 
 from sightline.store.files import write_json_atomic
+from sightline.store.results import run_source
 
 AUDIT_FILE = "audit.json"
 
 
 def provenance(manifest):
     run = manifest["run"]
+    reopen = run_source(manifest)
     return {
         "model": manifest.get("model"), "model_sha256": run.get("model_sha256"),
         "layer": run.get("layer"), "logits_layer": run.get("logits_layer"),
         "methods": run.get("methods"), "parameters": run.get("parameters"),
         "map_size": run.get("map_size"), "precision": run.get("precision"),
         "target": run.get("target"), "source": run.get("source"),
+        # [kind, spec] that open_source takes, or None: what the report reads images by.
+        "source_spec": list(reopen) if reopen else None,
         "num_samples": run.get("num_samples"), "image_shape": run.get("image_shape"),
         "preprocess": run.get("preprocess"), "resize": run.get("resize", "stretch"),
         "batch_size": manifest.get("batch_size"),

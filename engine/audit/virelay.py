@@ -59,8 +59,8 @@ import h5py
 import numpy as np
 
 from sightline.audit.clusters import area_matrix
+from sightline.store.layout import CLUSTERS_FILE, SAMPLE_INDEX, SAMPLE_KEY  # noqa: F401
 
-CLUSTERS_FILE = "clusters.h5"
 PROJECT_FILE = "project.yaml"
 LABEL_MAP_FILE = "label-map.json"
 STRATEGIES = ("predicted_label", "true_label")
@@ -195,9 +195,9 @@ def read_clusters(path):
     the file has the per-cluster table."""
     with h5py.File(path, "r") as handle:
         return {
-            "index": handle["sample/index"][()],
+            "index": handle[SAMPLE_INDEX][()],
             "key": [k.decode("utf-8") if isinstance(k, bytes) else k
-                    for k in handle["sample/key"][()]],
+                    for k in handle[SAMPLE_KEY][()]],
             "class": handle["class"][()],
             "cluster": handle["cluster"][()],
             "embedding": handle["embedding"][()],

@@ -12,6 +12,9 @@ import time
 
 import numpy as np
 
+from sightline.config import make_config
+from sightline.jobs.runner import run_job
+from sightline.store.layout import heatmap
 from sightline.store.results import open_results
 
 
@@ -44,7 +47,6 @@ def _decoded_folder(folder):
 
 def job_config(model_path, data, out, methods, batch, options=None):
     """The job as a user runs it: default shard size and compression."""
-    from sightline.config import make_config
     return make_config(tuple(methods), model=model_path, data=data, out=out,
                        batch_size=batch, preprocess="[0,1]", devices=1,
                        map_size="native", quiet=True, overwrite=True, **(options or {}))
@@ -76,7 +78,6 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
     import tensorflow as tf
 
     from sightline import explain
-    from sightline.jobs.runner import run_job
     say = log or (lambda *_: None)
     batch = context.batch
     small, large = batches[0] * batch, batches[1] * batch
@@ -132,8 +133,8 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
     ratio, job_rate, kernel_rate, wall = rounds[len(rounds) // 2]
     # Guard: the job's stored maps are the kernel's maps (float16 storage).
     with open_results(os.path.join(workdir, f"out-{source}-{compression}-{large}")) as stored_run:
-        chunks = list(stored_run.chunks([f"heatmaps/{m}" for m in methods]))
-    stored = {m: np.concatenate([c[f"heatmaps/{m}"] for c in chunks]).astype(np.float32)
+        chunks = list(stored_run.chunks([heatmap(m) for m in methods]))
+    stored = {m: np.concatenate([c[heatmap(m)] for c in chunks]).astype(np.float32)
               for m in methods}
     error = max(float(np.abs(stored[m] - result.heatmaps[m]).max()) for m in methods)
     entry = {"methods": list(methods), "source": source, "compression": compression,

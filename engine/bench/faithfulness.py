@@ -8,6 +8,7 @@ inference rate over that; `x_per_pass` = x_ceiling x passes says how close it co
 """
 
 from sightline.bench.timing import measure
+from sightline.evaluate.settings import DEFAULT_GRID
 
 CURVE_FILLS = ("mean", "blur", "road")
 CURVE_STEPS = {"full": 20, "tiny": 4}
@@ -26,7 +27,6 @@ def measure_curves(context, ceiling_call, log=None):
     import tensorflow as tf
 
     from sightline.evaluate.curves import CurveSettings, build_curves, build_prepare
-    from sightline.evaluate.settings import DEFAULT_GRID
 
     say = log or (lambda *_: None)
     steps = CURVE_STEPS.get(context.size, CURVE_STEPS["full"])

@@ -13,6 +13,8 @@ from sightline.bench.guards import bf16_capability, guard, probability_guard
 from sightline.bench.timing import measure
 from sightline.bench.zoo import (BENCH_METHOD_OPTIONS, BENCH_METHODS, BUILTIN_MODELS, MODES,
                                  Context)
+from sightline.compute.auto_precision import CANDIDATES, measure_precisions
+from sightline.config import make_config
 
 # The issue's targets.
 TARGET_CAM_FAMILY = 0.8  # cam and gradcam against the inference ceiling
@@ -351,9 +353,7 @@ def precision_auto(context, methods):
     Grad-CAM and saliency, or whichever of them the model supports."""
     import tensorflow as tf
 
-    from sightline.compute.auto_precision import CANDIDATES, measure_precisions
     from sightline.compute.step import build_step
-    from sightline.config import make_config
     chosen = tuple(m for m in ("gradcam", "saliency") if m in context.methods_supported
                    and m in methods) or tuple(methods[:1])
     run_of = {}

@@ -10,8 +10,10 @@ import os
 import numpy as np
 
 from sightline.bench.eager_baseline import EAGER_FUNCTIONS
+from sightline.config import make_config
 from sightline.kernels.methods import CLASS_WEIGHTS, LAYER
 from sightline.kernels.methods import METHODS as METHOD_TABLE
+from sightline.store.layout import heatmap
 
 # Every method of the table with an eager loop to measure it against, in table order.
 BENCH_METHODS = tuple(name for name in METHOD_TABLE if name in EAGER_FUNCTIONS)
@@ -149,7 +151,6 @@ class Context:
         return self._adapters[precision]
 
     def config(self, method, precision="float32", xla=False):
-        from sightline.config import make_config
         return make_config((method,), layer=self.layer, normalize=False, map_size="native",
                            precision=precision, batch_size=self.batch, xla=xla,
                            **self.options(method))
@@ -167,7 +168,7 @@ class Context:
         images = tf.constant(self.images)
         targets = tf.constant(self.targets)
         index = tf.constant(self.sample_index)
-        key = f"heatmaps/{method}"
+        key = heatmap(method)  # the step names its maps as the shards do
         if eager:
             function = step.python_function
             return lambda: function(images, targets, index)[key].numpy()

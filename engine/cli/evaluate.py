@@ -4,8 +4,12 @@ curves, one-pass scores, controls), then (--report) draw it."""
 import os
 
 from sightline.cli.checks import check_run_folder
+from sightline.evaluate.run import evaluate_run
 from sightline.evaluate.settings import (DEFAULT_SANITY_SAMPLE, DEFAULT_STEPS, FILLS,
-                                        EvaluationSettings)
+                                         EvaluationSettings)
+from sightline.evaluate.summary import EVALUATION_FILE, H5_FILE, card_text
+from sightline.report.evaluation import write_evaluation_report
+from sightline.store.layout import MANIFEST_FILE
 
 
 def add_arguments(parser):
@@ -56,8 +60,8 @@ def _settings(args):
 
 def check(args):
     check_run_folder(args.out)
-    if not os.path.isfile(os.path.join(args.out, "manifest.json")):
-        raise ValueError(f"run folder {args.out!r} holds no manifest.json; pass the --out "
+    if not os.path.isfile(os.path.join(args.out, MANIFEST_FILE)):
+        raise ValueError(f"run folder {args.out!r} holds no {MANIFEST_FILE}; pass the --out "
                          "folder of a finished `sightline explain` run")
     _settings(args)
     if args.report is not None and os.path.isfile(args.report):
@@ -68,8 +72,6 @@ def check(args):
 def run(args):
     import sys
 
-    from sightline.evaluate.run import evaluate_run
-    from sightline.evaluate.summary import EVALUATION_FILE, H5_FILE, card_text
 
     def progress(done, total):
         if not args.quiet:
@@ -85,7 +87,6 @@ def run(args):
     print(f"recommendation: {card_text(evaluation)}")
     print(f"wrote {os.path.join(args.out, EVALUATION_FILE)} and {os.path.join(args.out, H5_FILE)}")
     if args.report:
-        from sightline.report.evaluation import write_evaluation_report
         print(f"report: {write_evaluation_report(args.report, args.out, evaluation)}")
     return 0
 

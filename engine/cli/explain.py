@@ -5,8 +5,10 @@ The engine is imported when the command runs, not when the parser is built: `sig
 """
 
 from sightline.cli.checks import check_model_path, check_out_path, check_source_path
-from sightline.config import add_method_arguments
+from sightline.config import add_method_arguments, make_config
+from sightline.data.labels import parse_class_names
 from sightline.jobs.lock import check_not_locked
+from sightline.jobs.runner import run_job
 from sightline.jobs.workers import resolve_worker
 from sightline.kernels.methods import METHODS, OPTIONS
 
@@ -102,8 +104,6 @@ def explain_options(args):
 
 
 def config_from_options(options):
-    from sightline.config import make_config
-    from sightline.data.labels import parse_class_names
     options = dict(options)
     if options.get("class_names") is not None:
         options["class_names"] = parse_class_names(options["class_names"])
@@ -139,6 +139,5 @@ def check(args):
 
 def run(args):
     config = getattr(args, "checked_config", None) or config_from_options(explain_options(args))
-    from sightline.jobs.runner import run_job
     summary = run_job(config)
     return summary.exit_code

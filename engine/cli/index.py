@@ -3,6 +3,8 @@
 import os
 
 from sightline.cli.checks import check_run_folder
+from sightline.store.layout import INDEX_FILE
+from sightline.store.results import index_output
 
 
 def add_arguments(parser):
@@ -14,9 +16,8 @@ def check(args):
 
 
 def run(args):
-    from sightline.store.results import index_output
     records = index_output(args.out)
     print(f"sightline index: {len(records)} shard(s) verified, "
           f"{sum(r['num_samples'] for r in records)} samples in "
-          f"{os.path.join(args.out, 'index.h5')}")
+          f"{os.path.join(args.out, INDEX_FILE)}")
     return 0

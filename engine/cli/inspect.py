@@ -1,6 +1,7 @@
 """`sightline inspect OUT`: what ran, on what, and the state of every shard."""
 
 from sightline.cli.checks import check_run_folder
+from sightline.store.results import describe_output
 
 
 def add_arguments(parser):
@@ -12,6 +13,5 @@ def check(args):
 
 
 def run(args):
-    from sightline.store.results import describe_output
     print(describe_output(args.out))
     return 0

@@ -26,6 +26,8 @@ class Source:
     """A listed data source.
 
     kind: "folder", "tfrecord", "npy" or "h5"; description: what the manifest records;
+    open_spec: what open_source takes to open the same source again (the manifest records it
+    with kind, so that no reader parses the description);
     keys[N] str; labels[N] int32, the model's class (-1 where unknown); group_names and
     groups[N] int32 (-1 at the top): a folder source's class subfolders, which are
     labels only when --class-names maps them (sightline.data.labels).
@@ -48,6 +50,7 @@ class Source:
     record_numbers: Optional[np.ndarray] = None
     # folder: files in it that are not samples, as (key, reason): listed, never dropped.
     unread: tuple = ()
+    open_spec: str = ""
     group_names: tuple = ()
     groups: Optional[np.ndarray] = None
 
@@ -289,7 +292,8 @@ def _open_folder(folder):
         raise ValueError(f"data folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), "
                          "directly or in class subfolders")
     keys = tuple(os.path.relpath(p, folder) for p in paths)
-    return Source(kind="folder", description=f"folder {os.path.abspath(folder)}", keys=keys,
+    return Source(kind="folder", description=f"folder {os.path.abspath(folder)}",
+                  open_spec=os.path.abspath(folder), keys=keys,
                   labels=np.full(len(paths), -1, np.int32), encoded=True,
                   paths=tuple(paths), unread=tuple(unread), group_names=group_names,
                   groups=np.asarray(groups, np.int32))
@@ -315,7 +319,8 @@ def _open_tfrecords(files, spec, image_key, label_key):
             raise ValueError(f"TFRecord file {file!r} is unreadable ({error.message.strip()})") from None
     if not keys:
         raise ValueError(f"TFRecord source {spec!r} holds no records")
-    return Source(kind="tfrecord", description=f"tfrecord {spec}", keys=tuple(keys),
+    return Source(kind="tfrecord", description=f"tfrecord {spec}", open_spec=spec,
+                  keys=tuple(keys),
                   labels=np.asarray(labels, np.int32), encoded=True,
                   paths=tuple(files), image_key=image_key, label_key=label_key,
                   record_files=np.asarray(record_files, np.int32),
@@ -339,7 +344,8 @@ def _open_npy(path, labels):
         raise ValueError(f"data source {path!r} is not a readable .npy array ({error})") from None
     _check_array(array.shape, f"array {path!r}")
     keys = tuple(f"{os.path.basename(path)}[{i}]" for i in range(array.shape[0]))
-    return Source(kind="npy", description=f"npy {os.path.abspath(path)}", keys=keys,
+    return Source(kind="npy", description=f"npy {os.path.abspath(path)}",
+                  open_spec=os.path.abspath(path), keys=keys,
                   labels=_read_labels(labels, array.shape[0]), encoded=False,
                   array_shape=tuple(array.shape[1:]), array_file=path)
 
@@ -360,7 +366,8 @@ def _open_h5(path, dataset, spec, labels):
         raise ValueError(f"data source {path!r} is not a readable HDF5 file ({error})") from None
     _check_array(shape, f"dataset {spec!r}")
     keys = tuple(f"{os.path.basename(path)}:{dataset}[{i}]" for i in range(shape[0]))
-    return Source(kind="h5", description=f"h5 {os.path.abspath(path)}:{dataset}", keys=keys,
+    return Source(kind="h5", description=f"h5 {os.path.abspath(path)}:{dataset}",
+                  open_spec=f"{os.path.abspath(path)}:{dataset}", keys=keys,
                   labels=_read_labels(labels, shape[0]), encoded=False,
                   array_shape=tuple(shape[1:]), array_file=path, array_dataset=dataset)
 

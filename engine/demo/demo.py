@@ -34,7 +34,19 @@ import os
 import shutil
 import time
 
+from sightline.audit.activations import activation_statistics
+from sightline.audit.audit import run_audit
+from sightline.audit.shortcuts import ShortcutOptions
+from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
+from sightline.audit.virelay import read_clusters
+from sightline.config import make_config
+from sightline.evaluate.run import evaluate_run
+from sightline.evaluate.settings import EvaluationSettings
+from sightline.evaluate.summary import card_text
+from sightline.jobs.runner import run_job
 from sightline.kernels.methods import INPUT, method_names
+from sightline.report.activations import write_activations_output
+from sightline.report.page import embed_png, write_report
 
 IMAGE_SIZE = 64
 SKY_REGION = "sky=0:20,0:64"
@@ -151,8 +163,6 @@ def _accuracy(model, images, labels):
 def mask_free_audit(run_out):
     """The mask-free audit of one run, its flagged clusters verified by ablation on the
     run's own model and images (both found through the run's manifest)."""
-    from sightline.audit.audit import run_audit
-    from sightline.audit.shortcuts import ShortcutOptions
     return run_audit(run_out, method="gradcam", shortcuts=ShortcutOptions(verify=True))
 
 
@@ -273,9 +283,7 @@ def _train_models(out, splits, seed, max_epochs, say):
 
 def _explain_split(model_path, name, data, split, run_out, say, target="predicted"):
     """`sightline explain` with Grad-CAM over one split's image folder, as a user runs it."""
-    from sightline.config import make_config
     from sightline.demo.scenes import CLASS_NAMES
-    from sightline.jobs.runner import run_job
     # The folders are named like the model's classes: saying so makes them labels.
     config = make_config(("gradcam",), model=model_path,
                          data=os.path.join(data, split, "images"), out=run_out,
@@ -294,11 +302,6 @@ def _explain_split(model_path, name, data, split, run_out, say, target="predicte
 
 def _masked_audits(out, data, results, say):
     """Explain the held-out scenes and audit them against the object masks."""
-    from sightline.audit.audit import run_audit
-    from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
-    from sightline.evaluate.run import evaluate_run
-    from sightline.evaluate.settings import EvaluationSettings
-    from sightline.evaluate.summary import card_text
     held_masks = os.path.join(data, "held-out", "masks.h5")
     for name in MASKED_MODELS:
         run_out = os.path.join(out, "runs", name)
@@ -319,7 +322,6 @@ def _masked_audits(out, data, results, say):
 def _mask_free_audit_of(name, results, data, split, run_out, say, *, target="predicted"):
     """Explain one split with one model, audit it without masks (verified), write its
     audit.json and say what was flagged. Returns the audit."""
-    from sightline.audit.summary import AUDIT_FILE, write_audit
     _explain_split(results[name]["model"], name, data, split, run_out, say, target=target)
     audit = mask_free_audit(run_out)
     write_audit(audit, os.path.join(run_out, AUDIT_FILE))
@@ -361,7 +363,6 @@ def _sky_without_masks(out, data, results, held_out, say):
 def _flagged_members(audit, classes=None):
     """{sample key} of every flagged group's members (of `classes` when given), read from
     clusters.h5: /cluster for the where view's groups, /concept for the what view's."""
-    from sightline.audit.virelay import read_clusters
     flagged = [c for c in audit.get("clusters") or [] if c["flagged"]
                and (classes is None or c["class"] in classes)]
     table = read_clusters(audit["clusters_file"])
@@ -393,8 +394,6 @@ def sky_group(audit, scenes):
 
 def _activation_outputs(out, data, results, say):
     """Activation statistics of the masked models, written beside the runs."""
-    from sightline.audit.activations import activation_statistics
-    from sightline.report.activations import write_activations_output
     outputs = []
     for name in MASKED_MODELS:
         folder = os.path.join(out, "activations", name)
@@ -453,7 +452,6 @@ def _verdict_lines(results, groups, flagged, flagged_groups, sky):
 
 def _write_demo_report(out, results, splits, activation_results, lines):
     from sightline.demo.scenes import CLASS_NAMES
-    from sightline.report.page import embed_png, write_report
     folder = os.path.join(out, "report")
     os.makedirs(folder, exist_ok=True)
     shown = splits["held-out"]["images"][:OVERVIEW_IMAGES]

@@ -34,6 +34,7 @@ from sightline.kernels.methods import LAYER, METHODS
 from sightline.store.files import (fsync_directory, remove_quietly, temporary_path,
                                    write_json_atomic)
 from sightline.store.results import open_results
+from sightline.store.layout import PRED_TARGET, SAMPLE_INDEX, SAMPLE_LABEL, SAMPLE_TARGET, heatmap
 
 PARTS_FOLDER = "evaluation.parts"
 SETTINGS_FILE = "settings.json"
@@ -60,8 +61,8 @@ def evaluate_run(out, settings=None, *, progress=None):
         layer_methods = () if run.get("map_size") == "input" else \
             tuple(m for m in METHODS if METHODS[m].resolution == LAYER)
         grid = ranking_grid(results.methods, map_shapes, image_shape[:2], layer_methods)
-        targets = results.read("pred/target")
-        labels = results.read("sample/label")
+        targets = results.read(PRED_TARGET)
+        labels = results.read(SAMPLE_LABEL)
         chosen = choose_samples(results.sample_indices, targets, settings.sample, settings.seed)
         if len(chosen) == 0:
             raise ValueError(f"{out!r} holds no samples to evaluate")
@@ -134,12 +135,12 @@ def _part_maps(results, methods, parts, pending):
     """Yield (part, {method: maps [n,h,w] float32}) for the pending parts, in order,
     streaming the stored maps once (source order is ascending sample index, as the
     parts are)."""
-    names = [f"heatmaps/{m}" for m in methods]
+    names = [heatmap(m) for m in methods]
     queue = [p for p in range(len(parts)) if p in pending]
     wanted = np.concatenate([parts[p] for p in queue])
     buffer, held = {m: [] for m in methods}, 0
-    for chunk in results.chunks(names + ["sample/index"], rows=256):
-        keep = np.isin(chunk["sample/index"], wanted)
+    for chunk in results.chunks(names + [SAMPLE_INDEX], rows=256):
+        keep = np.isin(chunk[SAMPLE_INDEX], wanted)
         if not keep.any():
             continue
         for method, name in zip(methods, names):
@@ -197,7 +198,7 @@ def _write_part(path, indices, values):
     temporary = temporary_path(path)
     try:
         with h5py.File(temporary, "w") as handle:
-            handle["sample/index"] = np.asarray(indices, np.int64)
+            handle[SAMPLE_INDEX] = np.asarray(indices, np.int64)
             for name, entry in values.items():
                 for key, array in entry.items():
                     handle[f"{name}/{key}"] = array
@@ -228,7 +229,7 @@ def _write_sanity(path, results, methods, grid, settings, unsafe):
         raise ValueError(f"the run's model {model!r} is a SavedModel, whose layers the sanity "
                          "checks cannot re-initialise; pass --sanity-sample 0 to evaluate "
                          "without them, or explain a .keras or .h5 file")
-    targets = results.read("pred/target")
+    targets = results.read(PRED_TARGET)
     per_class = min(settings.sanity_sample,
                     max(1, SANITY_MAX_IMAGES // max(1, len(np.unique(targets)))))
     chosen = choose_samples(results.sample_indices, targets, per_class, settings.seed)
@@ -273,7 +274,7 @@ def _merge(out, folder, num_parts, chosen, targets, labels, methods, settings, g
     try:
         handles = [h5py.File(_part_path(folder, p), "r") for p in range(num_parts)]
         try:
-            got = np.concatenate([h["sample/index"][:] for h in handles])
+            got = np.concatenate([h[SAMPLE_INDEX][:] for h in handles])
             if not np.array_equal(got, chosen):
                 raise ValueError("the evaluation's parts do not cover the chosen samples; "
                                  f"remove {folder!r} and run the evaluation again")
@@ -281,9 +282,9 @@ def _merge(out, folder, num_parts, chosen, targets, labels, methods, settings, g
                 handle.attrs["format"] = FORMAT
                 handle.attrs["settings"] = json.dumps({**settings.recorded(),
                                                        "grid": list(grid)}, sort_keys=True)
-                handle["sample/index"] = chosen
-                handle["sample/target"] = np.asarray(targets, np.int32)
-                handle["sample/label"] = np.asarray(labels, np.int32)
+                handle[SAMPLE_INDEX] = chosen
+                handle[SAMPLE_TARGET] = np.asarray(targets, np.int32)
+                handle[SAMPLE_LABEL] = np.asarray(labels, np.int32)
                 for group, name in names:
                     for key in PER_SAMPLE:
                         handle[f"{group}/{name}/{key}"] = np.concatenate(

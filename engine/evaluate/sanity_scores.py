@@ -22,6 +22,7 @@ import json
 
 import numpy as np
 
+from sightline.store.layout import SAMPLE_INDEX
 # A method fails when (final mean Spearman - floor) / (1 - floor) is above this.
 PASS_THRESHOLD = 0.5
 RULE = (f"fails when, after the whole network down to the target layer is randomised, "
@@ -103,7 +104,7 @@ def write_sanity(handle, checks, sample_index):
     /sanity/sample/index [N] (the images checked), the attributes layers (JSON, top-down)
     and target_layer, and per method or control its `Similarity` arrays."""
     group = handle.create_group(SANITY_GROUP)
-    group["sample/index"] = np.asarray(sample_index, np.int64)
+    group[SAMPLE_INDEX] = np.asarray(sample_index, np.int64)
     group.attrs["layers"] = json.dumps(list(checks.layers))
     group.attrs["target_layer"] = checks.target_layer or ""
     for name, result in checks.results.items():
@@ -120,7 +121,7 @@ def read_sanity(handle):
     group = handle[SANITY_GROUP]
     read = {"layers": json.loads(group.attrs["layers"]),
             "target_layer": str(group.attrs["target_layer"]) or None,
-            "count": int(len(group["sample/index"]))}
+            "count": int(len(group[SAMPLE_INDEX]))}
     for kind in ("methods", "controls"):
         read[kind] = {name: Similarity(**{field: group[f"{kind}/{name}/{field}"][:]
                                           for field in FIELDS})

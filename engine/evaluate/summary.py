@@ -29,6 +29,7 @@ import json
 import numpy as np
 
 from sightline.evaluate.sanity_scores import read_sanity
+from sightline.store.layout import SAMPLE_TARGET
 
 FORMAT = "sightline-evaluation/1"
 EVALUATION_FILE = "evaluation.json"
@@ -137,7 +138,7 @@ def summarise(h5_path, methods, settings, grid, names=None):
     """The evaluation dict (evaluation.json's contents) from evaluation.h5."""
     import h5py
     with h5py.File(h5_path, "r") as handle:
-        targets = handle["sample/target"][:]
+        targets = handle[SAMPLE_TARGET][:]
         controls = {name: describe(per_image_scores(handle[f"controls/{name}"]), targets,
                                    settings.seed, names) for name in CONTROLS}
         entries = {}

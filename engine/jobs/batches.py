@@ -10,7 +10,11 @@ import time
 
 import numpy as np
 
-from sightline.store.shards import RELEVANCE, RELEVANCE_SCALE
+from sightline.store.layout import (PRED_CLASS, PRED_SCORE, PRED_TARGET, RELEVANCE,
+                                    RELEVANCE_SCALE, SAMPLE_INDEX, SAMPLE_KEY, SAMPLE_LABEL,
+                                    heatmap, heatmap_method, heatmap_scale,
+                                    in_relevance_group)
+
 # A compiled call of the array path takes about this long at most, so that the progress
 # bar moves while a slow model works through its batches (see CallPace).
 CALL_SECONDS = 1.0
@@ -50,7 +54,8 @@ def stored_dtypes(outputs):
                                         tf.float16)
             stored[RELEVANCE_SCALE] = scale
             continue
-        dtype = tf.float16 if name.startswith("heatmaps/") else (
+        # The step names its maps as the shards do (compute cannot import the store).
+        dtype = tf.float16 if heatmap_method(name) else (
             tf.int32 if name in ("targets", "predictions") else tf.float32)
         stored[name] = tf.cast(value, dtype)
     return stored
@@ -211,18 +216,18 @@ def batch_arrays(outputs, index, labels, samples, encoded_keys):
 
     index = rows(index).astype(np.int64, copy=False)
     arrays = {
-        "sample/index": index,
-        "sample/label": rows(labels).astype(np.int32, copy=False),
-        "sample/key": encoded_keys[index],
-        "pred/target": rows(outputs["targets"]),
-        "pred/class": rows(outputs["predictions"]),
-        "pred/score": rows(outputs["scores"]),
+        SAMPLE_INDEX: index,
+        SAMPLE_LABEL: rows(labels).astype(np.int32, copy=False),
+        SAMPLE_KEY: encoded_keys[index],
+        PRED_TARGET: rows(outputs["targets"]),
+        PRED_CLASS: rows(outputs["predictions"]),
+        PRED_SCORE: rows(outputs["scores"]),
     }
     for name, value in outputs.items():
-        if name.startswith("relevance/"):
+        method = heatmap_method(name)
+        if in_relevance_group(name):
             arrays[name] = rows(value)
-        if name.startswith("heatmaps/"):
-            method = name.split("/", 1)[1]
-            arrays[name] = rows(value)
-            arrays[f"heatmaps/{method}_scale"] = rows(outputs[f"scales/{method}"])
+        if method:
+            arrays[heatmap(method)] = rows(value)
+            arrays[heatmap_scale(method)] = rows(outputs[f"scales/{method}"])
     return arrays

@@ -6,6 +6,7 @@ import hashlib
 import os
 
 import numpy as np
+from sightline.config import method_options
 
 
 def model_digest(path):
@@ -29,7 +30,6 @@ def model_digest(path):
 
 def method_parameters(config):
     """The options that shape the maps, per requested method."""
-    from sightline.config import method_options
     return {method: method_options(config, method) for method in config.methods}
 
 

@@ -15,20 +15,24 @@ from typing import Optional
 
 import numpy as np
 
-from sightline.compute.auto_precision import AUTO
+from sightline.compute.auto_precision import AUTO, CANDIDATES, measure_precisions
 from sightline.config import ExplainConfig
-from sightline.store.files import (OutOfSpace, check_writable_folder, is_out_of_space)
-from sightline.store.manifest import MANIFEST_FILE, ManifestWriter, fingerprint_hash
-from sightline.store.shards import (INDEX_FILE, SHARD_DIRECTORY, ShardWriter, build_index,
-                                    label_attributes, read_shard_columns,
-                                    remove_stale_temporaries, resolve_compression, shard_name,
-                                    verify_shard)
+from sightline.data.labels import check_class_count, parse_class_names
 from sightline.jobs.batches import distributed_batches, single_device_batches, targets_of
 from sightline.jobs.lock import lock_worker, unlock_worker
 from sightline.jobs.predictions import PredictionTally, collapse_message
 from sightline.jobs.provenance import method_parameters, run_fingerprint, run_provenance
 from sightline.jobs.signals import Interrupted, install_signal_handlers, restore_signal_handlers
 from sightline.jobs.workers import resolve_worker, shards_of
+from sightline.kernels.methods import LAYER, METHODS
+from sightline.model.input_range import input_rescaling, rescaling_warning
+from sightline.store.files import OutOfSpace, check_writable_folder, is_out_of_space
+from sightline.store.layout import (PRED_CLASS, PRED_SCORE, RELEVANCE_ATTRIBUTE, SAMPLE_GROUP,
+                                    SAMPLE_INDEX, SAMPLE_LABEL, SHARD_DIRECTORY)
+from sightline.store.manifest import (ManifestWriter, fingerprint_hash, other_run_settings,
+                                      previous_manifest, remove_stale_shards, source_entry)
+from sightline.store.shards import (ShardWriter, build_index, label_attributes, read_shard_columns,
+                                    remove_stale_temporaries, resolve_compression, verify_shard)
 
 # The --preprocess spelling a person types, by the pipeline's name for it.
 PREPROCESS_FLAGS = {"unit": "[0,1]", "symmetric": "[-1,1]"}
@@ -82,12 +86,12 @@ class _ShardProgress:
                 self._close_current()
             self._open(position)
         start = self.ranges[position][0]
-        self.seen[arrays["sample/index"] - start] = True
-        arrays["sample/group"] = self.source.group_of(arrays["sample/index"])
+        self.seen[arrays[SAMPLE_INDEX] - start] = True
+        arrays[SAMPLE_GROUP] = self.source.group_of(arrays[SAMPLE_INDEX])
         self.failures.update(failures)
-        if len(arrays["sample/index"]):
+        if len(arrays[SAMPLE_INDEX]):
             self.writer.append(arrays)
-        self.progress.advance(len(arrays["sample/index"]) + len(failures))
+        self.progress.advance(len(arrays[SAMPLE_INDEX]) + len(failures))
 
     def close_all(self):
         self._close_current()
@@ -232,10 +236,10 @@ def _prediction_warnings(plan, shards):
     kept as well as those it wrote, and the worker that completes the run judges all."""
     tally = PredictionTally(plan.num_classes, plan.source.group_names)
     for columns in read_shard_columns(plan.out, shards, plan.num_shards,
-                                      ("pred/class", "pred/score", "sample/label",
-                                       "sample/group")):
-        tally.add(columns["pred/class"], columns["pred/score"], labels=columns["sample/label"],
-                  groups=columns["sample/group"])
+                                      (PRED_CLASS, PRED_SCORE, SAMPLE_LABEL,
+                                       SAMPLE_GROUP)):
+        tally.add(columns[PRED_CLASS], columns[PRED_SCORE], labels=columns[SAMPLE_LABEL],
+                  groups=columns[SAMPLE_GROUP])
     warnings = []
     for entry in tally.collapsed():
         name = plan.class_names[entry["class"]] if plan.class_names else f"class {entry['class']}"
@@ -262,10 +266,8 @@ def _plan(config, progress):
 
     from sightline.compute.step import build_step, check_methods, run_relevance
     from sightline.compute.strategy import make_strategy
-    from sightline.data.labels import check_class_count, parse_class_names
     from sightline.data.sources import open_source
     from sightline.model.adapter import adapt_model
-    from sightline.model.input_range import input_rescaling, rescaling_warning
 
     for name in ("model", "data", "out"):
         if getattr(config, name) is None:
@@ -305,6 +307,7 @@ def _plan(config, progress):
     map_shapes = _map_shapes(config, adapter, image_shape)
     encoded_keys = np.array([key.encode("utf-8") for key in source.keys], dtype=np.bytes_)
     provenance = run_provenance(config, adapter, replicas, workers)
+    provenance.update(source_entry(source.kind, source.open_spec))
     if rescaling:
         provenance["warnings"] = [{"kind": "input_rescaled_twice", "message": rescaling}]
     provenance["compression"] = resolve_compression(
@@ -314,7 +317,7 @@ def _plan(config, progress):
             config, strategy, source, adapter, image_shape, out, run)
     else:
         step = build_step(adapter, config, config.batch_size // replicas, image_shape)
-    different = _other_run(out, run)
+    different = other_run_settings(out, run)
     if different and not config.overwrite:
         raise ValueError(f"output folder {out!r} holds another run's shards (different "
                          f"{', '.join(different)}); choose another --out or pass --overwrite")
@@ -324,7 +327,7 @@ def _plan(config, progress):
     lock = lock_worker(out, worker)
     try:
         if different:
-            _clear_other_run(out, mine, num_shards)
+            remove_stale_shards(out, mine, num_shards)
         remove_stale_temporaries(out, mine, num_shards)
     except BaseException:
         unlock_worker(lock)
@@ -342,7 +345,7 @@ def _plan(config, progress):
                 "attributes": {**_shard_attributes(config, adapter, image_shape, map_shapes),
                                **label_attributes(names, source.group_names,
                                                   adapter.num_classes),
-                               "relevance": relevance or ""}},
+                               RELEVANCE_ATTRIBUTE: relevance or ""}},
         step=step, class_names=names, num_classes=adapter.num_classes,
         preprocess_flag=PREPROCESS_FLAGS.get(config.preprocess, config.preprocess))
 
@@ -351,9 +354,6 @@ def _auto_precision(config, strategy, source, adapter, image_shape, out, run):
     """precision="auto": (adapter, step, figures) of the precision chosen on the first
     batch (see sightline.compute.auto_precision). A resume of the same run keeps the
     choice its manifest records, so no output folder mixes two precisions."""
-    import json
-
-    from sightline.compute.auto_precision import CANDIDATES, measure_precisions
     from sightline.compute.step import build_step
     from sightline.data.pipeline import batches
     from sightline.model.adapter import adapt_model
@@ -366,13 +366,9 @@ def _auto_precision(config, strategy, source, adapter, image_shape, out, run):
                                                  unsafe=config.unsafe)
     steps = {p: build_step(adapters[p], config, per_replica, image_shape) for p in CANDIDATES}
     figures = None
-    try:
-        with open(os.path.join(out, MANIFEST_FILE)) as handle:
-            previous = json.load(handle)
-        if previous.get("run") == run:
-            figures = previous.get("precision_auto")
-    except (OSError, json.JSONDecodeError):
-        pass
+    previous = previous_manifest(out) or {}
+    if previous.get("run") == run:
+        figures = previous.get("precision_auto")
     if figures is None or figures.get("choice") not in CANDIDATES:
         first = next(iter(batches(source, 0, min(per_replica, source.num_samples),
                                   batch_size=per_replica, image_size=image_shape[:2],
@@ -514,7 +510,6 @@ def _shard_range(shard, shard_size, total):
 
 
 def _map_shapes(config, adapter, image_shape):
-    from sightline.kernels.methods import LAYER, METHODS
     shapes = {}
     for method in config.methods:
         if METHODS[method].resolution == LAYER and config.map_size == "native":
@@ -522,32 +517,3 @@ def _map_shapes(config, adapter, image_shape):
         else:
             shapes[method] = tuple(image_shape[:2])
     return shapes
-
-
-def _other_run(out, run):
-    """The settings in which the run already in `out` differs from `run` (empty when
-    there is none, or it is the same run). Reads only."""
-    import json
-    path = os.path.join(out, MANIFEST_FILE)
-    if not os.path.exists(path):
-        return []
-    try:
-        with open(path) as handle:
-            previous = json.load(handle).get("run", {})
-    except (OSError, json.JSONDecodeError):
-        previous = {}
-    return sorted(k for k in set(run) | set(previous) if run.get(k) != previous.get(k))
-
-
-def _clear_other_run(out, mine, num_shards):
-    folder = os.path.join(out, SHARD_DIRECTORY)
-    own = {shard_name(s, num_shards) for s in mine}
-    suffix = f"-of-{num_shards:05d}"
-    for name in os.listdir(folder):
-        stem = name.split(".")[0]
-        if stem in own or (stem.startswith("shard-") and not stem.endswith(suffix)):
-            os.remove(os.path.join(folder, name))
-    if os.path.exists(os.path.join(out, INDEX_FILE)):
-        os.remove(os.path.join(out, INDEX_FILE))
-
-

@@ -13,9 +13,11 @@ import os
 
 import numpy as np
 
-from sightline.audit.virelay import CLUSTERS_FILE, read_clusters
+from sightline.audit.virelay import read_clusters
 from sightline.report import figures
+from sightline.report.markup import embed_png
 from sightline.report.overlay import colorize, grid, overlay, upscale, write_png
+from sightline.store.layout import CLUSTERS_FILE, SAMPLE_INDEX, heatmap
 from sightline.store.results import open_results
 
 TILE_SIDE = 96  # least display pixels a side per tile of a member grid
@@ -49,9 +51,9 @@ def mean_maps(out, method, table):
     cluster_of = dict(zip(table["index"].tolist(), table["cluster"].tolist()))
     sums, counts = {}, {}
     with open_results(out) as results:
-        for chunk in results.chunks([f"heatmaps/{method}", "sample/index"], rows=1024):
-            maps = chunk[f"heatmaps/{method}"].astype(np.float64)  # [n,h,w]
-            for row, index in enumerate(chunk["sample/index"].tolist()):
+        for chunk in results.chunks([heatmap(method), SAMPLE_INDEX], rows=1024):
+            maps = chunk[heatmap(method)].astype(np.float64)  # [n,h,w]
+            for row, index in enumerate(chunk[SAMPLE_INDEX].tolist()):
                 cluster = cluster_of.get(index, -1)
                 if cluster < 0:
                     continue
@@ -173,16 +175,11 @@ def clusters_section(folder, slug, audit, table_of, load_images):
                                               "coordinates, coloured by cluster",
                                   flagged={c["id"] for c in mine if c["flagged"]})
         parts.append(f"<h4>Class {html.escape(name)}: layout of its maps</h4>"
-                     + _embed(path, f"{name}: the 2-D layout of the maps, one colour per cluster"))
+                     + embed_png(path, f"{name}: the 2-D layout of the maps, one colour per cluster"))
     for c in clusters:
         parts.append(_cluster_card(folder, slug, audit, c, means.get(c["id"]), table_of,
                                    load_images))
     return "\n".join(parts)
-
-
-def _embed(path, alt):
-    from sightline.report.page import embed_png
-    return embed_png(path, alt)
 
 
 def _cluster_card(folder, slug, audit, cluster, mean_map, table_of, load_images):
@@ -212,6 +209,6 @@ def _cluster_card(folder, slug, audit, cluster, mean_map, table_of, load_images)
         path = os.path.join(folder, f"{slug}-cluster-{cluster['id']}.png")
         path, members = member_grid(audit, cluster, mean_map, path, load_images)
         keys = ", ".join(str(m["key"]) for m in members)
-        parts.append(_embed(path, f"cluster {cluster['id']}: its mean heatmap, then its "
+        parts.append(embed_png(path, f"cluster {cluster['id']}: its mean heatmap, then its "
                                   f"most typical members ({keys})"))
     return "\n".join(parts)

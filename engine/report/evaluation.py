@@ -19,9 +19,14 @@ import os
 
 import numpy as np
 
+from sightline.audit.metrics import resize_maps
+from sightline.audit.replay import open_run_source, read_images
+from sightline.evaluate.sanity_scores import read_sanity
 from sightline.evaluate.summary import CONTROLS, H5_FILE, card_text
 from sightline.report import figures
-from sightline.report.page import _STYLE, _fmt, _slug, _table, embed_png, write_page
+from sightline.report.markup import STYLE, embed_png, fmt, section_anchor, table, write_page
+from sightline.store.layout import SAMPLE_INDEX
+from sightline.store.results import open_results
 
 EVALUATION_REPORT = "evaluation.html"
 UNCHANGED_IMAGES = 8
@@ -33,7 +38,7 @@ METRICS = (("srg", "SRG"), ("deletion_auc", "deletion AUC (MoRF)"), ("lerf_auc",
 
 def _interval(entry):
     low, high = entry["srg_ci95"]
-    return f"{_fmt(entry['srg'])} [{_fmt(low)}, {_fmt(high)}]"
+    return f"{fmt(entry['srg'])} [{fmt(low)}, {fmt(high)}]"
 
 
 def _metrics_table(evaluation):
@@ -42,14 +47,14 @@ def _metrics_table(evaluation):
     for kind, group in (("method", evaluation["methods"]), ("control", evaluation["controls"])):
         for name, entry in group.items():
             cells = [html.escape(name), kind, _interval(entry)]
-            cells += [_fmt(entry[key], 1 if "%" in label else 3) for key, label in METRICS[1:]]
+            cells += [fmt(entry[key], 1 if "%" in label else 3) for key, label in METRICS[1:]]
             cells.append("yes" if entry.get("beats_random") else
                          '<span class="flagged">no</span>')
             sanity = entry.get("sanity")
             cells.append("not run" if sanity is None else "passes" if sanity["passes"] else
                          '<span class="flagged">fails</span>')
             rows.append(cells)
-    return _table(header, rows, text_columns=(0, 1))
+    return table(header, rows, text_columns=(0, 1))
 
 
 def _class_table(evaluation):
@@ -64,7 +69,7 @@ def _class_table(evaluation):
             entry = entries[name]["per_class"].get(label)
             row.append(_interval(entry) if entry else "n/a")
         rows.append(row)
-    return _table(["class (SRG)"] + methods, rows)
+    return table(["class (SRG)"] + methods, rows)
 
 
 def mean_curves(h5_path, names, path):
@@ -103,7 +108,7 @@ def unchanged_samples(h5_path, method, count=UNCHANGED_IMAGES):
     least (relative to the original) after the first fifth of the MoRF steps."""
     import h5py
     with h5py.File(h5_path, "r") as handle:
-        indices = handle["sample/index"][:]
+        indices = handle[SAMPLE_INDEX][:]
         probabilities = handle[f"methods/{method}/probabilities"][:].astype(np.float64)
     step = max(1, (probabilities.shape[2] - 1) // 5)
     original = probabilities[:, 0, 0]
@@ -116,8 +121,6 @@ def unchanged_samples(h5_path, method, count=UNCHANGED_IMAGES):
 def _unchanged_figure(out, method, samples, path):
     """The images with their maps over them; the images are read again from the run's
     source (shown as a person sees them: resized, not preprocessed)."""
-    from sightline.audit.replay import open_run_source, read_images
-    from sightline.store.results import open_results
 
     with open_results(out) as results:
         shape = tuple(int(v) for v in results.manifest["run"]["image_shape"])
@@ -133,7 +136,6 @@ def _unchanged_figure(out, method, samples, path):
         for index, drop in samples:
             heatmap = results.heatmap(method, index=index)
             if heatmap.shape != shape[:2]:
-                from sightline.audit.metrics import resize_maps
                 heatmap = resize_maps(heatmap[None], shape[:2])[0]
             items.append({"image": image_of[index], "heatmap": heatmap, "mask": None,
                           "caption": f"#{index}: -{100 * drop:.0f}% after the top fifth"})
@@ -182,7 +184,6 @@ def sanity_strips(h5_path, path):
     the original, then after each randomisation step."""
     import h5py
 
-    from sightline.evaluate.sanity_scores import read_sanity
     with h5py.File(h5_path, "r") as handle:
         sanity = read_sanity(handle)
     rows = [(name, result.strip) for kind in ("methods", "controls")
@@ -228,7 +229,7 @@ def _sanity_section(folder, slug, h5_path, evaluation):
 
 def evaluation_section(folder, title, out, evaluation):
     """The HTML of one evaluation, its PNGs written into `folder`."""
-    slug = _slug("evaluation " + title)
+    slug = section_anchor("evaluation " + title)
     h5_path = os.path.join(out, H5_FILE)
     parts = [f'<h2 id="{slug}">Which method to trust: {html.escape(title)}</h2>',
              f'<p class="verdict ok">{html.escape(card_text(evaluation))}</p>']
@@ -261,6 +262,6 @@ def write_evaluation_report(folder, out, evaluation, title="sightline evaluation
     os.makedirs(folder, exist_ok=True)
     body = evaluation_section(folder, os.path.basename(os.path.abspath(out)), out, evaluation)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>'
+            f'<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>'
             f'<h1>{html.escape(title)}</h1>{body}</body></html>\n')
     return write_page(os.path.join(folder, EVALUATION_REPORT), page)

@@ -10,10 +10,8 @@ activations result (`sightline activations`): the per-layer table, the statistic
 and the feature-map grids.
 """
 
-import base64
 import html
 import os
-import re
 
 import numpy as np
 
@@ -21,60 +19,11 @@ from sightline.audit.masks import open_masks
 from sightline.audit.metrics import resize_maps
 from sightline.audit.summary import checks, verdict
 from sightline.report import figures
+from sightline.report.evaluation import evaluation_section
+from sightline.report.markup import STYLE, embed_png, fmt, section_anchor, table, write_page
 from sightline.store.results import open_results
 
 REPORT_FILE = "report.html"
-
-_STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto;
-       max-width: 1180px; color: #1a1a1a; line-height: 1.4; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 4px; margin-top: 2em; }
-h3 { margin-top: 1.4em; }
-table { border-collapse: collapse; margin: 8px 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th { background: #f3f3f3; } td.text, th.text { text-align: left; }
-.flagged { color: #b00020; font-weight: bold; } .ok { color: #2e7d32; font-weight: bold; }
-.verdict { font-size: 1.15em; padding: 8px 12px; border-left: 5px solid #999; background: #fafafa; }
-.verdict.flagged { border-color: #b00020; } .verdict.unchecked { border-color: #b26a00; } ul.reasons { margin: 4px 0; } .verdict.ok { border-color: #2e7d32; }
-img { max-width: 100%; border: 1px solid #eee; } .note { color: #555; font-size: 0.9em; }
-code { background: #f3f3f3; padding: 0 3px; }
-"""
-
-
-def _slug(text):
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40] or "section"
-
-
-def embed_png(path, alt):
-    """A <figure> holding the PNG at `path` as a data URI, captioned, linking the file."""
-    with open(path, "rb") as handle:
-        data = base64.b64encode(handle.read()).decode("ascii")
-    name = os.path.basename(path)
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
-            f'<figcaption class="note">{html.escape(alt)} (<a href="{html.escape(name)}">'
-            f'{html.escape(name)}</a>)</figcaption></figure>')
-
-
-def _fmt(value, digits=3):
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "n/a"  # NaN: nothing to average (e.g. a class whose maps are all zero)
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return html.escape(str(value))
-
-
-def _table(header, rows, text_columns=(0,)):
-    out = ["<table><tr>"]
-    out += [f'<th class="{"text" if i in text_columns else ""}">{html.escape(h)}</th>'
-            for i, h in enumerate(header)]
-    out.append("</tr>")
-    for row in rows:
-        out.append("<tr>" + "".join(
-            f'<td class="{"text" if i in text_columns else ""}">{cell}</td>'
-            for i, cell in enumerate(row)) + "</tr>")
-    out.append("</table>")
-    return "".join(out)
-
 
 # ----------------------------------------------------------------------------- worst images
 
@@ -82,31 +31,32 @@ def _table(header, rows, text_columns=(0,)):
 def _load_display_images(audit, items):
     """The source images of the worst items, resized to the compared size by the run's
     rule (stretch, pad or crop); None where the source cannot be read back (TFRecord,
-    moved files)."""
-    source = (audit.get("provenance") or {}).get("source") or ""
+    moved or changed files: the report then shows the heatmap alone)."""
+    import h5py
+    import tensorflow as tf
+
+    from sightline.data.decode import resize_images  # loads TensorFlow: only when drawing
+    kind, location = (audit.get("provenance") or {}).get("source_spec") or ("", "")
     resize = (audit.get("provenance") or {}).get("resize") or "stretch"
     size = tuple(audit["compared_at"])
-    kind, _, location = source.partition(" ")
     images = []
     for item in items:
         image = None
         try:
-            import tensorflow as tf
-
-            from sightline.data.decode import resize_images
             if kind == "folder":
                 data = tf.io.read_file(os.path.join(location, item["key"]))
                 image = tf.io.decode_image(data, channels=3, expand_animations=False)
             elif kind == "npy":
                 image = np.load(location, mmap_mode="r")[item["index"]]
             elif kind == "h5":
-                import h5py
                 path, _, dataset = location.rpartition(":")
                 with h5py.File(path, "r") as handle:
                     image = handle[dataset][item["index"]]
             if image is not None:
                 image = resize_images(image, *size, resize).numpy()
-        except Exception:  # noqa: BLE001 - the report shows the heatmap alone
+        # A file gone or unreadable (OSError, TensorFlow's NotFound), not an image any
+        # more (InvalidArgument), a dataset or row no longer there (KeyError, IndexError).
+        except (OSError, KeyError, IndexError, ValueError, tf.errors.OpError):
             image = None
         images.append(image)
     return images
@@ -157,7 +107,7 @@ def _groups_table(audit):
     note = ("the folders are groups of images, not the model's classes (--class-names says how "
             "they map)" if audit.get("labels_are") == "groups" else "the folders' labels")
     return (f"<h3>Class folders</h3><p class=\"note\">{html.escape(note)}.</p>"
-            + _table(["group", "images", "predicted as (most often)"], rows, text_columns=(0, 2)))
+            + table(["group", "images", "predicted as (most often)"], rows, text_columns=(0, 2)))
 
 
 def _checked_list(audit):
@@ -167,7 +117,7 @@ def _checked_list(audit):
 
 
 def _audit_section(folder, title, audit):
-    slug = _slug(title)
+    slug = section_anchor(title)
     parts = [f'<h2 id="{slug}">{html.escape(title)}</h2>']
     verdict_text, css = _verdict(audit)
     parts.append(f'<p class="verdict {css}">{html.escape(verdict_text)}</p>' + _checked_list(audit))
@@ -190,20 +140,20 @@ def _audit_section(folder, title, audit):
     header += ["entropy", "coverage", "peak spread"] + [f"{r} share" for r in regions] + ["verdict"]
     rows = []
     for c in classes:
-        row = [html.escape(str(c["name"])), str(c["count"]), _fmt(c["accuracy"])]
+        row = [html.escape(str(c["name"])), str(c["count"]), fmt(c["accuracy"])]
         if with_masks:
             share = c.get("on_object_share") or {}
-            row += [_fmt(share.get("mean")), _fmt(share.get("median")), _fmt(c["area_fraction"]),
-                    _fmt(c["lift"], 2), _fmt(c["pointing_game"]), _fmt(c["pointing_chance"])]
-        row += [_fmt((c.get("entropy") or {}).get("mean")),
-                _fmt((c.get("coverage") or {}).get("median")), _fmt(c["peak_spread"])]
-        row += [_fmt((c["regions"].get(r) or {}).get("mean")) for r in regions]
+            row += [fmt(share.get("mean")), fmt(share.get("median")), fmt(c["area_fraction"]),
+                    fmt(c["lift"], 2), fmt(c["pointing_game"]), fmt(c["pointing_chance"])]
+        row += [fmt((c.get("entropy") or {}).get("mean")),
+                fmt((c.get("coverage") or {}).get("median")), fmt(c["peak_spread"])]
+        row += [fmt((c["regions"].get(r) or {}).get("mean")) for r in regions]
         row.append('<span class="flagged">FLAGGED</span>' if c["flagged"]
                    else '<span class="note">diffuse</span>' if c.get("status") == "diffuse"
                    else '<span class="note">empty maps</span>' if c.get("status") == "empty"
                    else '<span class="ok">ok</span>' if with_masks else "n/a")
         rows.append(row)
-    parts.append(_table(header, rows))
+    parts.append(table(header, rows))
     parts.append(_groups_table(audit))
     parts.append('<p class="note">Entropy: 1 = evidence spread evenly, 0 = on one pixel. '
                  'Coverage (median): the fraction of the image the evidence effectively spreads '
@@ -230,12 +180,14 @@ def _audit_section(folder, title, audit):
                          "</h3>" + embed_png(path, f"{title}: worst images (left: image, object "
                                                 "outlined; right: heatmap over it)"))
     if audit.get("clusters"):
+        # report.clusters draws with TensorFlow (report.overlay): imported only when drawn,
+        # so that the command line starts without it.
         from sightline.report.clusters import clusters_section
-        parts.append(clusters_section(folder, slug, audit, _table, _load_display_images))
+        parts.append(clusters_section(folder, slug, audit, table, _load_display_images))
     provenance = audit.get("provenance") or {}
     rows = [[html.escape(k), f"<code>{html.escape(str(v))}</code>"]
             for k, v in provenance.items() if v is not None]
-    parts.append("<h3>Provenance (from the run's manifest)</h3>" + _table(
+    parts.append("<h3>Provenance (from the run's manifest)</h3>" + table(
         ["field", "value"], rows, text_columns=(0, 1)))
     parts.append(f'<p class="note">run folder <code>{html.escape(audit["out"])}</code></p>')
     return "\n".join(parts)
@@ -243,7 +195,7 @@ def _audit_section(folder, title, audit):
 
 def _activations_section(folder, title, result):
     import shutil
-    slug = _slug("activations " + title)
+    slug = section_anchor("activations " + title)
     parts = [f'<h2 id="{slug}">Activations: {html.escape(title)}</h2>',
              f'<p class="note">{result["images"]} images of {html.escape(result["data"])}, model '
              f'<code>{html.escape(str(result["model"]))}</code>. Dead: never active anywhere. '
@@ -251,8 +203,8 @@ def _activations_section(folder, title, result):
     rows = [[html.escape(layer["layer"]), html.escape(str(layer["activation"])),
              str(layer["channels"]), f'{len(layer["dead"])} {layer["dead"][:12]}',
              f'{len(layer["saturated"])} {layer["saturated"][:12]}',
-             _fmt(layer["mean_activation"], 4)] for layer in result["layers"]]
-    parts.append(_table(["layer", "activation", "channels", "dead", "saturated",
+             fmt(layer["mean_activation"], 4)] for layer in result["layers"]]
+    parts.append(table(["layer", "activation", "channels", "dead", "saturated",
                          "mean activation"], rows, text_columns=(0, 1, 3, 4)))
 
     def local(path, name):
@@ -269,7 +221,7 @@ def _activations_section(folder, title, result):
     for key, path in files.items():
         if key.startswith("featuremaps/"):
             layer = key.split("/", 1)[1]
-            parts.append(embed_png(local(path, f"featuremaps-{_slug(layer)}.png"),
+            parts.append(embed_png(local(path, f"featuremaps-{section_anchor(layer)}.png"),
                                 f"{title}: feature maps of {layer} for the first images"))
     return "\n".join(parts)
 
@@ -287,23 +239,13 @@ def write_report(folder, audits, *, activations=None, title="sightline audit", i
     os.makedirs(folder, exist_ok=True)
     sections = [_audit_section(folder, t, a) for t, a in audits]
     if evaluations:
-        from sightline.report.evaluation import evaluation_section
         sections += [evaluation_section(folder, t, out, e) for t, out, e in evaluations]
     sections += [_activations_section(folder, t, r) for t, r in (activations or [])]
-    toc = "".join(f'<li><a href="#{_slug(t)}">{html.escape(t)}</a></li>' for t, _ in audits)
-    toc += "".join(f'<li><a href="#{_slug("activations " + t)}">Activations: '
+    toc = "".join(f'<li><a href="#{section_anchor(t)}">{html.escape(t)}</a></li>' for t, _ in audits)
+    toc += "".join(f'<li><a href="#{section_anchor("activations " + t)}">Activations: '
                    f'{html.escape(t)}</a></li>' for t, _ in (activations or []))
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>'
+            f'<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>'
             f'<h1>{html.escape(title)}</h1>{intro or ""}<ul>{toc}</ul>'
             + "\n".join(sections) + "</body></html>\n")
     return write_page(os.path.join(folder, REPORT_FILE), page)
-
-
-def write_page(path, page):
-    """Write an HTML page under a temporary name and rename it: never half a page."""
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(page)
-    os.replace(temporary, path)
-    return path

@@ -14,7 +14,9 @@ import threading
 import time
 
 from sightline.store.files import write_json_atomic
-from sightline.store.shards import INDEX_FILE, MANIFEST_FILE, SHARD_DIRECTORY, shard_name, verify_shard
+from sightline.store.layout import (INDEX_FILE, MANIFEST_FILE, REOPENABLE_SOURCES,
+                                    SHARD_DIRECTORY, SOURCE_SPEC)
+from sightline.store.shards import shard_name, verify_shard
 
 
 def read_manifest(out):
@@ -27,6 +29,58 @@ def read_manifest(out):
                          "sightline explain run") from None
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{path!r} is unreadable ({error})") from None
+
+
+def previous_manifest(out):
+    """The manifest a former run left in `out`, or None when there is none or it cannot be
+    read: a job about to (re)write the folder only compares against it."""
+    try:
+        return read_manifest(out)
+    except ValueError:
+        return None
+
+
+def other_run_settings(out, run):
+    """The settings in which the run already in `out` differs from `run` (empty when
+    there is none, or it is the same run). Reads only."""
+    if not os.path.exists(os.path.join(out, MANIFEST_FILE)):
+        return []
+    # An unreadable manifest is another run's until proven otherwise: every setting differs.
+    before = (previous_manifest(out) or {}).get("run", {})
+    return sorted(k for k in set(run) | set(before) if run.get(k) != before.get(k))
+
+
+def remove_stale_shards(out, mine, num_shards):
+    """Make room for a new run in `out`: delete this worker's own shards (`mine`) and every
+    shard of another shard count, and the index that stitched them. Shards of the same
+    count that other workers own are theirs to replace."""
+    folder = os.path.join(out, SHARD_DIRECTORY)
+    own = {shard_name(s, num_shards) for s in mine}
+    suffix = f"-of-{num_shards:05d}"
+    for name in os.listdir(folder):
+        stem = name.split(".")[0]
+        if stem in own or (stem.startswith("shard-") and not stem.endswith(suffix)):
+            os.remove(os.path.join(folder, name))
+    if os.path.exists(os.path.join(out, INDEX_FILE)):
+        os.remove(os.path.join(out, INDEX_FILE))
+
+
+def source_entry(kind, spec):
+    """The manifest's structured record of the run's source (provenance, not fingerprint:
+    an old run's resume stays the same run)."""
+    return {SOURCE_SPEC: {"kind": str(kind), "spec": str(spec)}}
+
+
+def run_source(manifest):
+    """(kind, spec) that open_source takes to open the run's source again, or None when the
+    manifest names none sightline can reopen. Runs written before the structured record
+    fall back to their description ("npy /abs/x.npy", "h5 /abs/x.h5:images", ...)."""
+    recorded = manifest.get(SOURCE_SPEC)
+    if isinstance(recorded, dict) and recorded.get("spec"):
+        kind, spec = recorded.get("kind"), recorded["spec"]
+    else:
+        kind, _, spec = str((manifest.get("run") or {}).get("source") or "").partition(" ")
+    return (kind, spec) if kind in REOPENABLE_SOURCES and spec else None
 
 
 def fingerprint_hash(run):

@@ -6,9 +6,13 @@ import os
 
 import numpy as np
 
-from sightline.store.manifest import MANIFEST_FILE, read_manifest, refresh_manifest
-from sightline.store.shards import (INDEX_FILE, PER_SHARD_ATTRIBUTES, RELEVANCE,
-                                    RELEVANCE_SCALE, build_index, label_names,
+from sightline.store.layout import (INDEX_FILE, MANIFEST_FILE, PRED_CLASS, PRED_SCORE,
+                                    PRED_TARGET, RELEVANCE, RELEVANCE_ATTRIBUTE,
+                                    RELEVANCE_COLUMNS, RELEVANCE_SCALE, SAMPLE_GROUP,
+                                    SAMPLE_INDEX, SAMPLE_KEY, SAMPLE_LABEL, heatmap,
+                                    heatmap_scale)
+from sightline.store.manifest import read_manifest, refresh_manifest, run_source
+from sightline.store.shards import (PER_SHARD_ATTRIBUTES, build_index, label_names,
                                     remove_stale_temporaries, verify_shard, verify_shards)
 
 # What `sightline inspect` calls a shard, by the kind of its problem (see ShardProblem).
@@ -48,7 +52,7 @@ class Results:
     results.relevance: how each channel's relevance was stored, None when it was not;
         results.relevance_of(chunk) -> float32 [n, K] from a chunk of RELEVANCE and
         RELEVANCE_SCALE (results.relevance_channels = K)
-    results.read(name) -> a whole dataset, e.g. "pred/class" (per-sample vectors only:
+    results.read(name) -> a whole dataset, e.g. PRED_CLASS (per-sample vectors only:
         a whole heatmap dataset does not fit in memory for a large run)
 
     checksum: verify the shards' sha256 when there is no index (the index step did).
@@ -66,12 +70,12 @@ class Results:
         counts, indices = [], []
         for path in self._paths:
             with h5py.File(path, "r") as handle:
-                indices.append(handle["sample/index"][:])
+                indices.append(handle[SAMPLE_INDEX][:])
                 counts.append(len(indices[-1]))
                 if path == self._paths[0]:
                     self.attrs = {k: v for k, v in handle.attrs.items()
                                   if k not in PER_SHARD_ATTRIBUTES}
-                    self._map_shapes = {m: tuple(handle[f"heatmaps/{m}"].shape[1:])
+                    self._map_shapes = {m: tuple(handle[heatmap(m)].shape[1:])
                                         for m in self.methods}
                     self.relevance_channels = (int(handle[RELEVANCE].shape[1])
                                                if RELEVANCE in handle else None)
@@ -97,9 +101,9 @@ class Results:
     @property
     def labels_are(self):
         if self._labels_are is None:
-            if (self.read("sample/label") >= 0).any():
+            if (self.read(SAMPLE_LABEL) >= 0).any():
                 self._labels_are = "classes"
-            elif self.group_names and self.has("sample/group"):
+            elif self.group_names and self.has(SAMPLE_GROUP):
                 self._labels_are = "groups"
             else:
                 self._labels_are = "none"
@@ -178,7 +182,7 @@ class Results:
             raise TypeError("pass exactly one of index= or key=")
         if key is not None:
             if self._row_of_key is None:
-                keys = self.read("sample/key")
+                keys = self.read(SAMPLE_KEY)
                 self._row_of_key = {k.decode("utf-8"): row for row, k in enumerate(keys)}
             if key not in self._row_of_key:
                 raise KeyError(f"no sample with key {key!r} (skipped, or not in this run)")
@@ -198,9 +202,9 @@ class Results:
     def heatmap(self, method, index=None, key=None, raw=False):
         self._check_method(method)
         handle, row = self._locate(self.row(index=index, key=key))
-        values = handle[f"heatmaps/{method}"][row].astype(np.float32)
+        values = handle[heatmap(method)][row].astype(np.float32)
         if raw:
-            values = values * handle[f"heatmaps/{method}_scale"][row]
+            values = values * handle[heatmap_scale(method)][row]
         return values
 
     @property
@@ -208,7 +212,9 @@ class Results:
         """How the shards' channel relevance was computed (GRADIENT_RELEVANCE or
         CAM_RELEVANCE of sightline.compute.step), or None: a run written before it, or a model that
         shows no feature map."""
-        return (str(self.attrs.get("relevance", "")) or None) if self.relevance_channels else None
+        if not self.relevance_channels:
+            return None
+        return str(self.attrs.get(RELEVANCE_ATTRIBUTE, "")) or None
 
     def relevance_of(self, chunk):
         """A chunk holding RELEVANCE and RELEVANCE_SCALE -> float32 [n, K], the raw
@@ -220,12 +226,12 @@ class Results:
         handle, local = self._locate(row)
         return {
             "index": int(self.sample_indices[row]),
-            "key": handle["sample/key"][local].decode("utf-8"),
-            "label": int(handle["sample/label"][local]),
-            "group": int(handle["sample/group"][local]) if self.has("sample/group") else -1,
-            "target": int(handle["pred/target"][local]),
-            "predicted": int(handle["pred/class"][local]),
-            "score": float(handle["pred/score"][local]),
+            "key": handle[SAMPLE_KEY][local].decode("utf-8"),
+            "label": int(handle[SAMPLE_LABEL][local]),
+            "group": int(handle[SAMPLE_GROUP][local]) if self.has(SAMPLE_GROUP) else -1,
+            "target": int(handle[PRED_TARGET][local]),
+            "predicted": int(handle[PRED_CLASS][local]),
+            "score": float(handle[PRED_SCORE][local]),
         }
 
     def read(self, name):
@@ -326,7 +332,5 @@ def _timing(timing):
 
 
 # The datasets a reader asks chunks() for to get relevance_of(chunk).
-RELEVANCE_COLUMNS = (RELEVANCE, RELEVANCE_SCALE)
-
 __all__ = ["open_results", "Results", "index_output", "describe_output", "MANIFEST_FILE",
-           "RELEVANCE_COLUMNS"]
+           "RELEVANCE_COLUMNS", "run_source"]

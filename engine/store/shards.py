@@ -22,8 +22,11 @@ import numpy as np
 from sightline.store.files import (FOREIGN_TEMPORARY_SECONDS, TEMPORARY_MARK,  # noqa: F401
                                    fsync_directory, remove_quietly, sha256_of, temporary_path,
                                    write_json_atomic, writer_is_gone)
+from sightline.store.layout import (  # noqa: F401 (the names this module used to define)
+    CLASS_NAMES_ATTRIBUTE, GROUP_NAMES_ATTRIBUTE, INDEX_FILE, MANIFEST_FILE,
+    NUM_CLASSES_ATTRIBUTE, RELEVANCE, RELEVANCE_SCALE, SAMPLE_INDEX, SAMPLE_KEY,
+    SCALAR_DATASETS, SCALAR_DEFAULTS, SHARD_DIRECTORY, heatmap, heatmap_scale)
 
-SHARD_DIRECTORY = "shards"
 # Heatmap chunks hold several maps, up to this many bytes (or MAX_CHUNK_ROWS maps): HDF5
 # pays per chunk (compression call, index entry), and one chunk per 3x3 or 28x28 map cost
 # the writer 3 to 5 times as much as the compression of the bytes themselves. Reading
@@ -32,30 +35,10 @@ CHUNK_BYTES = 64 * 1024
 MAX_CHUNK_ROWS = 256
 # Rows per chunk of the per-sample scalars (index, label, key, class, score, scale).
 SCALAR_CHUNK_ROWS = 1024
-INDEX_FILE = "index.h5"
 # Attributes that describe one shard, not the run: the index (and the reader of a run
 # without one) leaves them out of the run's attributes.
 PER_SHARD_ATTRIBUTES = ("shard", "sample_start", "sample_stop", "num_samples", "worker",
                         "workers")
-MANIFEST_FILE = "manifest.json"
-# Each target-layer channel's relevance to the explained class, float16 [n, K] scaled
-# per sample to max |r| = 1, and the float32 [n] factor that undoes it. The attribute
-# "relevance" names how it was computed ("" when the shards hold none).
-RELEVANCE = "relevance/channels"
-RELEVANCE_SCALE = "relevance/channels_scale"
-SCALAR_DATASETS = {
-    "sample/index": np.int64, "sample/label": np.int32, "sample/group": np.int32,
-    "pred/target": np.int32, "pred/class": np.int32, "pred/score": np.float32,
-}
-# Per-sample values a writer may leave out, and what they then hold: /sample/group is
-# the sample's class folder (index into the group_names attribute), -1 for none.
-SCALAR_DEFAULTS = {"sample/group": -1}
-# What the labels mean, as file attributes of every shard and of index.h5 (arrays of
-# UTF-8 strings, so an h5py reader maps /pred/class and /sample/label to class names and
-# /sample/group to folder names): absent when unknown.
-CLASS_NAMES_ATTRIBUTE = "class_names"  # [num_classes], the model's classes in order
-GROUP_NAMES_ATTRIBUTE = "group_names"  # the source's class folders, in /sample/group order
-NUM_CLASSES_ATTRIBUTE = "num_classes"
 
 
 def label_attributes(class_names, group_names, num_classes):
@@ -329,16 +312,16 @@ class _OpenShard:
             self.pending[name] = _PendingRows(chunk_rows)
 
         for method, (height, width) in layout["maps"].items():
-            create(f"heatmaps/{method}", (height, width), np.float16,
+            create(heatmap(method), (height, width), np.float16,
                    map_chunk_rows(height, width))
-            create(f"heatmaps/{method}_scale", (), np.float32, SCALAR_CHUNK_ROWS)
+            create(heatmap_scale(method), (), np.float32, SCALAR_CHUNK_ROWS)
         for name, dtype in SCALAR_DATASETS.items():
             create(name, (), dtype, SCALAR_CHUNK_ROWS)
         channels = layout.get("relevance_channels")
         if channels:
             create(RELEVANCE, (channels,), np.float16, map_chunk_rows(1, channels))
             create(RELEVANCE_SCALE, (), np.float32, SCALAR_CHUNK_ROWS)
-        create("sample/key", (), f"S{layout['key_length']}", SCALAR_CHUNK_ROWS)
+        create(SAMPLE_KEY, (), f"S{layout['key_length']}", SCALAR_CHUNK_ROWS)
         for name, value in layout["attributes"].items():
             self.handle.attrs[name] = value
         self.handle.attrs["shard"] = shard
@@ -351,7 +334,7 @@ class _OpenShard:
             self.handle.attrs["fingerprint"] = writer.fingerprint
 
     def append(self, arrays):
-        rows = len(arrays["sample/index"])
+        rows = len(arrays[SAMPLE_INDEX])
         if rows == 0:
             return
         missing = {name: np.full(rows, value, SCALAR_DATASETS[name])
@@ -413,7 +396,7 @@ def read_shard_columns(out, shards, num_shards, names):
     for shard in shards:
         path, _ = shard_paths(out, shard, num_shards)
         with h5py.File(path, "r") as handle:
-            count = int(handle["sample/index"].shape[0])
+            count = int(handle[SAMPLE_INDEX].shape[0])
             yield {name: handle[name][()] if name in handle
                    else np.full(count, SCALAR_DEFAULTS[name], SCALAR_DATASETS[name])
                    for name in names}
