@@ -13,6 +13,8 @@ import importlib
 import numbers
 from typing import Optional, Tuple
 
+from sightline.errors import UsageError
+
 # What a kernel can ask the step for, by argument name. The step computes each value
 # only when a requested method asks for it.
 ACTIVATIONS = "activations"  # [B,h,w,K] at the target layer
@@ -45,21 +47,21 @@ class Option:
     choices: Tuple[str, ...] = ()
 
     def check(self, value):
-        """Raise TypeError/ValueError with one line when `value` is not acceptable."""
+        """Raise UsageError with one line when `value` is not acceptable."""
         if self.choices:
             if value not in self.choices:
-                raise ValueError(f"{self.name} must be one of {', '.join(map(repr, self.choices))}; "
+                raise UsageError(f"{self.name} must be one of {', '.join(map(repr, self.choices))}; "
                                  f"got {value!r}; the default is {self.default!r}")
             return
         wanted = numbers.Integral if self.kind is int else numbers.Real
         if not isinstance(value, wanted) or isinstance(value, bool):
             what = "an integer" if self.kind is int else "a number"
-            raise TypeError(f"{self.name} must be {what}{self._range()} ({self.help}); got "
-                            f"{value!r}; the default is {self.default!r}")
+            raise UsageError(f"{self.name} must be {what}{self._range()} ({self.help}); got "
+                             f"{value!r}; the default is {self.default!r}")
         if ((self.minimum is not None and value < self.minimum)
                 or (self.below is not None and value >= self.below)):
             what = "an integer" if self.kind is int else "a number"
-            raise ValueError(f"{self.name} must be {what}{self._range()} ({self.help}); got "
+            raise UsageError(f"{self.name} must be {what}{self._range()} ({self.help}); got "
                              f"{value!r}; the default is {self.default!r}")
 
     def _range(self):

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from sightline.bench.eager_baseline import EAGER_FUNCTIONS
+from sightline.errors import UsageError
 from sightline.kernels.methods import CLASS_WEIGHTS, LAYER
 from sightline.kernels.methods import METHODS as METHOD_TABLE
 
@@ -102,7 +103,7 @@ def build_model(name, size="full", seed=0):
         return K.applications.ResNet50(input_shape=shape, weights=None, classes=classes)
     if name == "small_cnn":
         return small_cnn(K, shape, classes)
-    raise ValueError(f"unknown built-in model {name!r}; choose from {', '.join(BUILTIN_MODELS)} "
+    raise UsageError(f"unknown built-in model {name!r}; choose from {', '.join(BUILTIN_MODELS)} "
                      "or pass a model file")
 
 

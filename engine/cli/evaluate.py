@@ -4,6 +4,7 @@ curves, one-pass scores, controls), then (--report) draw it."""
 import os
 
 from sightline.cli.checks import check_run_folder
+from sightline.errors import UsageError
 from sightline.evaluate.settings import (DEFAULT_SANITY_SAMPLE, DEFAULT_STEPS, FILLS,
                                         EvaluationSettings)
 
@@ -57,11 +58,11 @@ def _settings(args):
 def check(args):
     check_run_folder(args.out)
     if not os.path.isfile(os.path.join(args.out, "manifest.json")):
-        raise ValueError(f"run folder {args.out!r} holds no manifest.json; pass the --out "
+        raise UsageError(f"run folder {args.out!r} holds no manifest.json; pass the --out "
                          "folder of a finished `sightline explain` run")
     _settings(args)
     if args.report is not None and os.path.isfile(args.report):
-        raise ValueError(f"--report {args.report!r} is a file; pass a folder (it is created "
+        raise UsageError(f"--report {args.report!r} is a file; pass a folder (it is created "
                          "when missing)")
 
 

@@ -4,9 +4,10 @@ run(args) -> exit code: it parses and calls the engine, nothing else. A module m
 define check(args): the checks of paths and options that need no TensorFlow, run before
 anything imports it, so that a typo fails at once.
 
-Every failure is ONE line on stderr: bad input (ValueError, TypeError, OSError) exits 2,
-a full disk exits 1, anything unexpected exits 1 with the traceback written to a crash
-report file whose path the line gives. TensorFlow's start-up noise and Python warnings
+Every failure is ONE line on stderr. Bad input is a UsageError, raised where the input is
+checked: exit 2. A full disk exits 1. Anything else, a ValueError or OSError included, is
+sightline's own bug: exit 1, with the traceback written to a crash report file whose
+path the line gives, so a bug never reads as the user's mistake. TensorFlow's start-up noise and Python warnings
 are kept off the terminal unless --verbose.
 """
 
@@ -16,6 +17,7 @@ import sys
 
 from sightline.cli import activations, audit, bench, demo, evaluate, explain, index, inspect
 from sightline.cli.quiet import native_log_captured, python_chatter_captured, write_crash_report
+from sightline.errors import UsageError
 from sightline.kernels.methods import METHODS
 from sightline.store.files import OutOfSpace
 
@@ -98,8 +100,8 @@ def main(argv=None):
             if argv is None:
                 _end_now(EXIT_FAILED)
             return EXIT_FAILED
-        except (ValueError, TypeError, OSError) as error:
-            print(f"{name}: error: {one_line(_describe(error))}", file=sys.stderr)
+        except UsageError as error:
+            print(f"{name}: error: {one_line(error)}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except KeyboardInterrupt:
             # `explain` handles SIGINT itself (finished shards kept, exit 130); elsewhere
@@ -125,13 +127,6 @@ def _end_now(code):
         except (OSError, ValueError, AttributeError):
             pass
     os._exit(code)
-
-
-def _describe(error):
-    """An OSError's own str() is "[Errno 2] No such file or directory: 'x'"; say it plainly."""
-    if isinstance(error, OSError) and error.strerror and error.filename is not None:
-        return f"{error.strerror}: {error.filename!r}"
-    return str(error) or type(error).__name__
 
 
 if __name__ == "__main__":

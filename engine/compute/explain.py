@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from sightline.config import make_config
+from sightline.errors import UsageError
 from sightline.model.adapter import adapt_model
 from sightline.model.loading import model_flavor
 from sightline.model.precision import copy_weights
@@ -198,19 +199,19 @@ def _as_images(images):
     images = np.asarray(images)
     if images.dtype == object or not (np.issubdtype(images.dtype, np.number)
                                       or images.dtype == np.bool_):
-        raise TypeError(f"images must be a numeric array [N,H,W,C]; got dtype {images.dtype}")
+        raise UsageError(f"images must be a numeric array [N,H,W,C]; got dtype {images.dtype}")
     if images.ndim == 3:
-        raise ValueError(f"images must be a batch [N,H,W,C]; got one image of shape "
+        raise UsageError(f"images must be a batch [N,H,W,C]; got one image of shape "
                          f"{images.shape}: add a batch axis with images[None]")
     if images.ndim != 4:
-        raise ValueError(f"images must be a batch [N,H,W,C]; got shape {images.shape}")
+        raise UsageError(f"images must be a batch [N,H,W,C]; got shape {images.shape}")
     if images.shape[0] == 0:
-        raise ValueError("images is empty (N = 0): pass at least one image")
+        raise UsageError("images is empty (N = 0): pass at least one image")
     images = np.ascontiguousarray(images, np.float32)
     # min and max are NaN or infinite when any value is, without a boolean copy of
     # the whole array.
     if not (np.isfinite(images.min()) and np.isfinite(images.max())):
-        raise ValueError("images contain NaN or infinite values; clean or re-preprocess them")
+        raise UsageError("images contain NaN or infinite values; clean or re-preprocess them")
     return images
 
 
@@ -219,7 +220,7 @@ def _check_image_shape(images, input_shape):
     for axis, (want, have) in enumerate(zip(input_shape, got)):
         if want is not None and want != have:
             what = ("channels", "height", "width")[(axis + 1) % 3]
-            raise ValueError(f"images have shape {tuple(got)} per image but the model takes "
+            raise UsageError(f"images have shape {tuple(got)} per image but the model takes "
                              f"{tuple(input_shape)} ({what} differ); resize or convert them first")
 
 
@@ -234,12 +235,12 @@ def _as_targets(targets, num_images, num_classes):
             targets = targets.numpy()
         targets = np.asarray(targets)
         if not np.issubdtype(targets.dtype, np.integer):
-            raise TypeError(f"targets must be None, an int or an int array [N]; got dtype {targets.dtype}")
+            raise UsageError(f"targets must be None, an int or an int array [N]; got dtype {targets.dtype}")
         if targets.shape != (num_images,):
-            raise ValueError(f"targets must have one class per image, shape ({num_images},); "
+            raise UsageError(f"targets must have one class per image, shape ({num_images},); "
                              f"got shape {targets.shape}")
     bad = (targets < 0) | (targets >= num_classes)
     if np.any(bad):
-        raise ValueError(f"targets must be class indices in [0, {num_classes}); got "
+        raise UsageError(f"targets must be class indices in [0, {num_classes}); got "
                          f"{targets[bad][:5].tolist()}")
     return targets.astype(np.int32)

@@ -34,6 +34,7 @@ import os
 import shutil
 import time
 
+from sightline.errors import UsageError
 from sightline.kernels.methods import INPUT, method_names
 
 IMAGE_SIZE = 64
@@ -67,10 +68,10 @@ def check_demo_folder(out):
     if not os.path.exists(out):
         return
     if not os.path.isdir(out):
-        raise ValueError(f"--out must be a folder; {out!r} is a file. Pass a new or empty folder "
+        raise UsageError(f"--out must be a folder; {out!r} is a file. Pass a new or empty folder "
                          "for the demo's output")
     if os.listdir(out) and not os.path.isfile(os.path.join(out, MARKER_FILE)):
-        raise ValueError(f"--out {out!r} is a non-empty folder the demo did not write (it has no "
+        raise UsageError(f"--out {out!r} is a non-empty folder the demo did not write (it has no "
                          f"{MARKER_FILE}), and the demo replaces {', '.join(OWNED_FOLDERS)} in "
                          "it; pass a new or empty folder, or the output of an earlier demo")
 

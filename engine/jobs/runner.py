@@ -17,6 +17,7 @@ import numpy as np
 
 from sightline.compute.auto_precision import AUTO
 from sightline.config import ExplainConfig
+from sightline.errors import UsageError
 from sightline.store.files import (OutOfSpace, check_writable_folder, is_out_of_space)
 from sightline.store.manifest import MANIFEST_FILE, ManifestWriter, fingerprint_hash
 from sightline.store.shards import (INDEX_FILE, SHARD_DIRECTORY, ShardWriter, build_index,
@@ -269,14 +270,14 @@ def _plan(config, progress):
 
     for name in ("model", "data", "out"):
         if getattr(config, name) is None:
-            raise ValueError(f"a dataset job needs {name}: pass --{name}")
+            raise UsageError(f"a dataset job needs {name}: pass --{name}")
     worker, workers = resolve_worker(config.worker, config.workers)
     out = os.path.abspath(config.out)
     check_writable_folder(out)  # creates nothing: a refused run leaves no folder behind
     strategy = make_strategy(config.devices)  # before anything initialises TensorFlow
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
-        raise ValueError(f"batch size {config.batch_size} must be a multiple of the {replicas} "
+        raise UsageError(f"batch size {config.batch_size} must be a multiple of the {replicas} "
                          f"devices, each takes an equal part; try --batch-size "
                          f"{replicas * max(1, config.batch_size // replicas)}")
     auto = config.precision == AUTO
@@ -316,7 +317,7 @@ def _plan(config, progress):
         step = build_step(adapter, config, config.batch_size // replicas, image_shape)
     different = _other_run(out, run)
     if different and not config.overwrite:
-        raise ValueError(f"output folder {out!r} holds another run's shards (different "
+        raise UsageError(f"output folder {out!r} holds another run's shards (different "
                          f"{', '.join(different)}); choose another --out or pass --overwrite")
     # Every check passed: only now does the folder appear, and this worker's lock is
     # taken before anything in it is removed or written.
@@ -426,19 +427,19 @@ def _image_shape(config, adapter, source):
     height, width, channels = (tuple(adapter.input_shape) + (None,) * 3)[:3]
     if config.image_size is not None:
         if (height, width) != (None, None) and (height, width) != config.image_size:
-            raise ValueError(f"image size {config.image_size} differs from the model's input "
+            raise UsageError(f"image size {config.image_size} differs from the model's input "
                              f"({height}, {width}); leave --image-size out to use the model's")
         height, width = config.image_size
     if height is None or width is None:
         if not source.encoded:
             height, width = source.array_shape[:2]
         else:
-            raise ValueError("the model takes any image size: pass --image-size H,W")
+            raise UsageError("the model takes any image size: pass --image-size H,W")
     if channels is None:
-        raise ValueError("the model does not fix its number of input channels; re-save it "
+        raise UsageError("the model does not fix its number of input channels; re-save it "
                          "with a defined input shape")
     if not source.encoded and source.array_shape[-1] != channels:
-        raise ValueError(f"the images have {source.array_shape[-1]} channel(s) but the model "
+        raise UsageError(f"the images have {source.array_shape[-1]} channel(s) but the model "
                          f"takes {channels}; convert the array first")
     return (int(height), int(width), int(channels))
 
@@ -463,7 +464,7 @@ def _check_finite_pixels(source, chunk=256):
             finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)  # [chunk]
             if not finite.all():
                 first = start + int(np.argmin(finite))
-                raise ValueError(f"sample {first} ({source.keys[first]}) of {source.description} "
+                raise UsageError(f"sample {first} ({source.keys[first]}) of {source.description} "
                                  "holds NaN or Inf pixels; replace or drop such samples first")
     finally:
         if handle is not None:
@@ -474,19 +475,19 @@ def _check_targets(config, adapter, source):
     if config.target == "label":
         unknown = int(np.sum(source.labels < 0))
         if unknown and source.group_names:
-            raise ValueError(f"--target label needs the model's class of every image, but the "
+            raise UsageError(f"--target label needs the model's class of every image, but the "
                              f"class folders ({', '.join(source.group_names[:5])}) are only groups "
                              "of images until --class-names says how they map to the model's "
                              "classes (names in class order, or a JSON/TOML file folder -> index)")
         if unknown:
-            raise ValueError(f"--target label needs a label for every image; {unknown} of "
+            raise UsageError(f"--target label needs a label for every image; {unknown} of "
                              f"{source.num_samples} have none (use class subfolders with "
                              "--class-names, or --labels)")
         if source.labels.max() >= adapter.num_classes:
-            raise ValueError(f"labels go up to {source.labels.max()} but the model has "
+            raise UsageError(f"labels go up to {source.labels.max()} but the model has "
                              f"{adapter.num_classes} classes")
     elif isinstance(config.target, int) and config.target >= adapter.num_classes:
-        raise ValueError(f"--target {config.target} is not a class of this model (it has "
+        raise UsageError(f"--target {config.target} is not a class of this model (it has "
                          f"{adapter.num_classes}: 0 to {adapter.num_classes - 1})")
 
 

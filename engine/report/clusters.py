@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from sightline.audit.virelay import CLUSTERS_FILE, read_clusters
+from sightline.errors import UsageError
 from sightline.report import figures
 from sightline.report.overlay import colorize, grid, overlay, upscale, write_png
 from sightline.store.results import open_results
@@ -26,7 +27,7 @@ def read_cluster_file(audit):
     gives it; ValueError when it is missing."""
     path = audit.get("clusters_file") or os.path.join(audit["out"], CLUSTERS_FILE)
     if not os.path.isfile(path):
-        raise ValueError(f"the audit lists clusters but {path!r} does not exist; run "
+        raise UsageError(f"the audit lists clusters but {path!r} does not exist; run "
                          "`sightline audit` again on this run to write it")
     return read_clusters(path)
 

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from sightline.errors import UsageError
 from sightline.store.manifest import MANIFEST_FILE, read_manifest, refresh_manifest
 from sightline.store.shards import (INDEX_FILE, PER_SHARD_ATTRIBUTES, RELEVANCE,
                                     RELEVANCE_SCALE, build_index, label_names,
@@ -117,12 +118,12 @@ class Results:
         records, problems = verify_shards(self.out, num_shards, checksum=checksum,
                                           fingerprint=self.manifest.get("fingerprint"))
         if problems:
-            raise ValueError(f"{self.out!r} is not complete: {len(problems)} of {num_shards} "
+            raise UsageError(f"{self.out!r} is not complete: {len(problems)} of {num_shards} "
                              f"shard(s) are not finished shards of this run "
                              f"({'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}); "
                              "run the job again to finish them")
         if not records:
-            raise ValueError(f"{self.out!r} holds no shards")
+            raise UsageError(f"{self.out!r} holds no shards")
         return [os.path.join(self.out, record["file"]) for record in records]
 
     def __len__(self):
@@ -164,7 +165,7 @@ class Results:
         chunk never spans two shards."""
         names = list(names)
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            raise ValueError(f"rows must be an integer >= 1; got {rows!r}")
+            raise UsageError(f"rows must be an integer >= 1; got {rows!r}")
         # Files of their own: heatmap() between two chunks must not close them.
         for part, path in enumerate(self._paths):
             count = int(self._offsets[part + 1] - self._offsets[part])
@@ -175,7 +176,7 @@ class Results:
 
     def row(self, index=None, key=None):
         if (index is None) == (key is None):
-            raise TypeError("pass exactly one of index= or key=")
+            raise UsageError("pass exactly one of index= or key=")
         if key is not None:
             if self._row_of_key is None:
                 keys = self.read("sample/key")
