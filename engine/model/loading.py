@@ -75,7 +75,7 @@ def _first_line(error):
 def _damaged(path, part, error):
     """The one line for a file whose bytes are not what its writer left."""
     kind = error.kind if isinstance(error, _ProbeError) else type(error).__name__
-    return ValueError(f"model file {path!r} is damaged or not a model: its {part} could not be "
+    return UsageError(f"model file {path!r} is damaged or not a model: its {part} could not be "
                       f"read ({kind}: {_first_line(error)}); re-save the model or copy the "
                       "file again")
 
@@ -173,7 +173,7 @@ class _ProbeError(Exception):
 
 
 def _probe_h5(path):
-    """Raise the one-line ValueError of a damaged HDF5 model file, or return."""
+    """Raise the one-line UsageError of a damaged HDF5 model file, or return."""
     import subprocess
     import sys
     try:
