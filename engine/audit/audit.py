@@ -48,13 +48,14 @@ OUT/clusters.h5).
 import heapq
 import math
 import os
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
 from sightline.audit.masks import check_mask_size, missing_masks, open_masks, parse_region, region_bounds
 from sightline.audit.metrics import (concentration, lift, object_metrics, peak_mean, peak_spread,
                                      region_shares, region_weights, resize_maps, summarize)
-from sightline.audit.shortcuts import ClusterAudit
+from sightline.audit.shortcuts import ClusterAudit, ShortcutOptions
 from sightline.audit.summary import group_entries, provenance
 from sightline.errors import UsageError
 from sightline.jobs.predictions import PredictionTally
@@ -69,9 +70,12 @@ HISTOGRAM_BINS = 25
 EXIT_FLAGGED = 3
 
 
-def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold=DEFAULT_THRESHOLD,
-              diffuse=DEFAULT_DIFFUSE, flag_diffuse=False, worst=DEFAULT_WORST, chunk=CHUNK,
-              shortcuts=None):
+def run_audit(out: Union[str, os.PathLike[str]], *, method: Optional[str] = None,
+              masks: Optional[str] = None, boxes: Optional[str] = None,
+              regions: Sequence[str] = (), threshold: float = DEFAULT_THRESHOLD,
+              diffuse: float = DEFAULT_DIFFUSE, flag_diffuse: bool = False,
+              worst: int = DEFAULT_WORST, chunk: int = CHUNK,
+              shortcuts: Optional[ShortcutOptions] = None) -> Dict[str, Any]:
     """Audit the complete run in `out` (indexed or not); returns the audit as a dict (what
     audit.json holds) and writes OUT/clusters.h5. shortcuts: a ShortcutOptions (how to
     look for shortcuts without masks; default: the documented rule, no --verify)."""

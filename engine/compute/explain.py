@@ -2,10 +2,12 @@
 
 import dataclasses
 import numbers
+import os
 import weakref
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from sightline.config import make_config
@@ -16,6 +18,15 @@ from sightline.model.precision import copy_weights
 from sightline.compute.auto_precision import AUTO, CANDIDATES, measure_precisions
 from sightline.compute.step import (batches_per_call, build_batches_function, build_step,
                                     check_methods)
+
+if TYPE_CHECKING:
+    import tf_keras
+
+# What `explain` (and `sightline.load_model`) take as a model: a Keras 3 or tf_keras
+# model in memory, or the path of a .keras or .h5 file or of a SavedModel directory.
+ModelSource = Union["tf.keras.Model", "tf_keras.Model", str, os.PathLike[str]]
+# A method option's value, as the table of methods types them (Option.kind).
+OptionValue = Union[int, float, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +61,11 @@ _TENSOR_ALIGNMENT = 64
 _AUTO_CHOICES = weakref.WeakKeyDictionary()
 
 
-def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, normalize=True,
-            map_size="native", precision="float32", batch_size=64, xla="auto", unsafe=False,
-            **method_options):
+def explain(model: ModelSource, images: npt.ArrayLike, methods: Sequence[str] = ("gradcam",),
+            *, layer: Optional[str] = None, targets: Union[None, int, npt.ArrayLike] = None,
+            normalize: bool = True, map_size: str = "native", precision: str = "float32",
+            batch_size: int = 64, xla: str = "auto", unsafe: bool = False,
+            **method_options: OptionValue) -> Explanation:
     """Explain every image of `images` with every method in `methods`.
 
     model: a Keras 3 or tf_keras model, or a path (.keras, .h5, SavedModel directory).

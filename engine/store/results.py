@@ -3,6 +3,7 @@ streamed chunks for the audit, the index step, and a human summary for `sightlin
 inspect`."""
 
 import os
+from typing import Union
 
 import numpy as np
 
@@ -237,7 +238,7 @@ class Results:
             return handle[name][:0]
 
 
-def open_results(out, *, checksum=True):
+def open_results(out: Union[str, os.PathLike[str]], *, checksum: bool = True) -> Results:
     """Open the output folder of a complete `sightline explain` run, indexed or not."""
     return Results(out, checksum=checksum)
 
