@@ -13,17 +13,36 @@ are kept off the terminal unless --verbose.
 
 import argparse
 import os
+import signal
 import sys
 
+from sightline.audit.audit import EXIT_FLAGGED
 from sightline.cli import activations, audit, bench, demo, evaluate, explain, index, inspect
 from sightline.cli.quiet import native_log_captured, python_chatter_captured, write_crash_report
 from sightline.errors import UsageError
+from sightline.jobs.signals import EXIT_CODES as SIGNAL_EXIT_CODES
 from sightline.kernels.methods import METHODS
 from sightline.store.files import OutOfSpace
 
-EXIT_BAD_INPUT = 2
+EXIT_DONE = 0
 EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = SIGNAL_EXIT_CODES[signal.SIGINT]  # 128 + SIGINT, as shells report it
+# Every exit code of the command and what it means: README.md's table under "### Errors"
+# says the same (tests/cli/test_readme_errors.py compares them).
+EXIT_CODES = {
+    EXIT_DONE: "done",
+    EXIT_FAILED: "failed, not for the input: a full disk, a crash (its line names the crash "
+                 "report holding the traceback), a failed accuracy guard of `bench`, or a "
+                 "demo whose audit did not find what was planted",
+    EXIT_BAD_INPUT: "bad input (a path, an option, a model, data, `--out`): one line says "
+                    "what is wrong, what was given and how to fix it; nothing was done",
+    EXIT_FLAGGED: "`audit --fail-on-flag`: a class or cluster was flagged",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); `explain` keeps its finished shards: run the "
+                      "same command again to resume",
+    SIGNAL_EXIT_CODES[signal.SIGTERM]: "terminated (SIGTERM, as a scheduler ends a job); "
+                                       "`explain` keeps its finished shards as for Ctrl-C",
+}
 
 # name -> (module, one-line help, description or None for the help line)
 COMMANDS = {
@@ -84,7 +103,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 0
+        return EXIT_DONE
     module = COMMANDS[args.command][0]
     name = f"sightline {args.command}"
     if not args.verbose:
