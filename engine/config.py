@@ -7,6 +7,7 @@ import dataclasses
 import numbers
 from typing import Optional, Union
 
+from sightline.errors import UsageError
 from sightline.kernels.methods import METHODS, OPTIONS, methods_using
 
 # "auto" (opt-in, never the default): float32 or mixed_bfloat16, whichever runs faster on
@@ -75,22 +76,22 @@ class _RunSettings:
         if isinstance(methods, str):
             methods = (methods,)
         if not isinstance(methods, (tuple, list)) or not methods:
-            raise TypeError(f"methods must be a non-empty sequence of method names; got {self.methods!r}")
+            raise UsageError(f"methods must be a non-empty sequence of method names; got {self.methods!r}")
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
-            raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; "
+            raise UsageError(f"unknown method(s) {', '.join(map(repr, unknown))}; "
                              f"choose from {', '.join(METHODS)}")
         if len(set(methods)) != len(methods):
-            raise ValueError(f"methods must not repeat; got {list(methods)}")
+            raise UsageError(f"methods must not repeat; got {list(methods)}")
         object.__setattr__(self, "methods", tuple(methods))
         if self.layer is not None and not isinstance(self.layer, str):
-            raise TypeError(f"layer must be a layer name or None; got {self.layer!r}")
+            raise UsageError(f"layer must be a layer name or None; got {self.layer!r}")
         _check_bool("normalize", self.normalize)
         _check_bool("unsafe", self.unsafe)
         _check_choice("map_size", self.map_size, MAP_SIZES)
         _check_choice("precision", self.precision, PRECISIONS)
         if not (self.xla is True or self.xla is False or self.xla == "auto"):
-            raise ValueError(f"xla must be True, False or 'auto'; got {self.xla!r}")
+            raise UsageError(f"xla must be True, False or 'auto'; got {self.xla!r}")
         _check_int("batch_size", self.batch_size, 1)
         for option in OPTIONS.values():
             option.check(getattr(self, option.name))
@@ -103,12 +104,12 @@ class _RunSettings:
         if not (self.target in TARGET_MODES or (isinstance(self.target, numbers.Integral)
                                                 and not isinstance(self.target, bool)
                                                 and self.target >= 0)):
-            raise ValueError(f"target must be 'predicted', 'label' or a class index >= 0; "
+            raise UsageError(f"target must be 'predicted', 'label' or a class index >= 0; "
                              f"got {self.target!r}")
         if self.image_size is not None:
             size = tuple(self.image_size)
             if len(size) != 2 or not all(isinstance(v, numbers.Integral) and v > 0 for v in size):
-                raise ValueError(f"image_size must be two positive integers (height, width); "
+                raise UsageError(f"image_size must be two positive integers (height, width); "
                                  f"got {self.image_size!r}")
             object.__setattr__(self, "image_size", tuple(int(v) for v in size))
         object.__setattr__(self, "preprocess", preprocessing_name(self.preprocess))
@@ -153,34 +154,34 @@ def make_config(methods=("gradcam",), **options):
     known = {field.name for field in dataclasses.fields(ExplainConfig)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(unknown)}; method options are "
-                        f"{', '.join(METHOD_OPTIONS)}")
+        raise UsageError(f"unknown option(s) {', '.join(unknown)}; method options are "
+                         f"{', '.join(METHOD_OPTIONS)}")
     return ExplainConfig(methods=methods, **options)
 
 
 def _check_bool(name, value):
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False; got {value!r}")
+        raise UsageError(f"{name} must be True or False; got {value!r}")
 
 
 def _check_choice(name, value, choices):
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        raise UsageError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 def _check_int(name, value, minimum):
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}; pass a whole "
-                        f"number such as {max(minimum, 1)}")
+        raise UsageError(f"{name} must be an integer >= {minimum}; got {value!r}; pass a whole "
+                         f"number such as {max(minimum, 1)}")
     if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}; pass a whole "
+        raise UsageError(f"{name} must be an integer >= {minimum}; got {value!r}; pass a whole "
                          f"number such as {max(minimum, 1)}")
 
 
 def preprocessing_name(name):
     """The canonical name of a preprocessing convention, or a ValueError."""
     if name not in PREPROCESSING:
-        raise ValueError(f"unknown preprocessing {name!r}; choose from none, [0,1], [-1,1], "
+        raise UsageError(f"unknown preprocessing {name!r}; choose from none, [0,1], [-1,1], "
                          "caffe, torch")
     return PREPROCESSING[name]
 
@@ -192,7 +193,7 @@ def parse_devices(devices):
     try:
         count = int(devices)
     except (TypeError, ValueError):
-        raise ValueError(f"devices must be a number >= 1 or 'all'; got {devices!r}") from None
+        raise UsageError(f"devices must be a number >= 1 or 'all'; got {devices!r}") from None
     if count < 1:
-        raise ValueError(f"devices must be a number >= 1 or 'all'; got {devices!r}")
+        raise UsageError(f"devices must be a number >= 1 or 'all'; got {devices!r}")
     return count

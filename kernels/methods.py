@@ -11,7 +11,9 @@ first use), so the command line can check a user's options in well under a secon
 import dataclasses
 import importlib
 import numbers
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
+
+from sightline.errors import UsageError
 
 # What a kernel can ask the step for, by argument name. The step computes each value
 # only when a requested method asks for it.
@@ -38,31 +40,31 @@ class Option:
 
     name: str
     kind: type  # int, float or str
-    default: object
+    default: Union[int, float, str]
     help: str
     minimum: Optional[float] = None
     below: Optional[int] = None  # exclusive upper bound
     choices: Tuple[str, ...] = ()
 
-    def check(self, value):
-        """Raise TypeError/ValueError with one line when `value` is not acceptable."""
+    def check(self, value: object) -> None:
+        """Raise UsageError with one line when `value` is not acceptable."""
         if self.choices:
             if value not in self.choices:
-                raise ValueError(f"{self.name} must be one of {', '.join(map(repr, self.choices))}; "
+                raise UsageError(f"{self.name} must be one of {', '.join(map(repr, self.choices))}; "
                                  f"got {value!r}; the default is {self.default!r}")
             return
         wanted = numbers.Integral if self.kind is int else numbers.Real
         if not isinstance(value, wanted) or isinstance(value, bool):
             what = "an integer" if self.kind is int else "a number"
-            raise TypeError(f"{self.name} must be {what}{self._range()} ({self.help}); got "
-                            f"{value!r}; the default is {self.default!r}")
+            raise UsageError(f"{self.name} must be {what}{self._range()} ({self.help}); got "
+                             f"{value!r}; the default is {self.default!r}")
         if ((self.minimum is not None and value < self.minimum)
                 or (self.below is not None and value >= self.below)):
             what = "an integer" if self.kind is int else "a number"
-            raise ValueError(f"{self.name} must be {what}{self._range()} ({self.help}); got "
+            raise UsageError(f"{self.name} must be {what}{self._range()} ({self.help}); got "
                              f"{value!r}; the default is {self.default!r}")
 
-    def _range(self):
+    def _range(self) -> str:
         parts = []
         if self.minimum is not None:
             parts.append(f" >= {self.minimum}")
@@ -71,7 +73,7 @@ class Option:
         return " and".join(parts)
 
 
-OPTIONS = {option.name: option for option in (
+OPTIONS: Dict[str, Option] = {option.name: option for option in (
     Option("channel_reduce", str, "max", "how input gradients are reduced over colour "
            "channels: max or sum", choices=("max", "sum")),
     Option("num_copies", int, 25, "SmoothGrad's noisy copies per image", minimum=1),
@@ -109,20 +111,20 @@ class Method:
     chunk_keyword: Optional[str] = None
 
     @property
-    def option_names(self):
+    def option_names(self) -> Tuple[str, ...]:
         """Every option a user may set for this method."""
         return self.options + ((MEMORY_BUDGET,) if self.chunk_keyword else ())
 
     @property
-    def needs_gradients(self):
+    def needs_gradients(self) -> bool:
         return bool({ACTIVATION_GRADS, INPUT_GRADS, INPUT_GRADIENT} & set(self.arguments))
 
-    def load_kernel(self):
+    def load_kernel(self) -> Callable[..., object]:
         module, function = self.kernel.split(":")
         return getattr(importlib.import_module(f"sightline.kernels.{module}"), function)
 
 
-METHODS = {method.name: method for method in (
+METHODS: Dict[str, Method] = {method.name: method for method in (
     Method("cam", "activation_maps:cam", (CAM_ACTIVATIONS, CLASS_WEIGHTS), LAYER,
            "class activation map (GAP + dense, or one convolution channel per class)"),
     Method("gradcam", "activation_maps:gradcam", (ACTIVATIONS, ACTIVATION_GRADS), LAYER,
@@ -155,12 +157,12 @@ METHODS = {method.name: method for method in (
 )}
 
 
-def method_names(resolution=None):
+def method_names(resolution: Optional[str] = None) -> Tuple[str, ...]:
     """Method names in table order, all of them or those of one resolution."""
     return tuple(name for name, method in METHODS.items()
                  if resolution is None or method.resolution == resolution)
 
 
-def methods_using(option):
+def methods_using(option: str) -> Tuple[str, ...]:
     """The methods that read `option`."""
     return tuple(name for name, method in METHODS.items() if option in method.option_names)

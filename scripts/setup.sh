@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Shared set-up for scripts/test.sh and scripts/demo.sh: make .venv and install the
-# project (editable) with its test extra. Re-installs only when pyproject.toml changed.
+# project (editable) with its test extra. Re-installs only when pyproject.toml, this
+# script or the list of modules changed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,7 +23,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.sightline-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+# A strict editable install is a tree of links to the modules under build/: editors, type
+# checkers and import-linter read it as the installed package sightline, with no finder
+# to follow. A module added or removed needs a new tree, hence the module list here.
+want=$({ cat pyproject.toml scripts/setup.sh; find engine kernels -name '*.py' | sort; } \
+       | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # Before 0.2 the distribution was named "sightline" and installed top-level packages
@@ -30,6 +35,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     if .venv/bin/python -m pip show --quiet sightline >/dev/null 2>&1; then
         .venv/bin/python -m pip uninstall --quiet --yes sightline
     fi
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+    .venv/bin/python -m pip install --quiet -e ".[test]" --config-settings editable_mode=strict
     echo "$want" > "$stamp"
 fi

@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from sightline.errors import UsageError
 from sightline.store.files import write_json_atomic
 
 ACTIVATIONS_FILE = "activations.json"
@@ -126,11 +127,11 @@ def activation_statistics(model, data, *, layers=None, batch_size=32, preprocess
 
     started = time.monotonic()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch size must be an integer >= 1; got {batch_size!r}")
+        raise UsageError(f"batch size must be an integer >= 1; got {batch_size!r}")
     preprocess = preprocessing_name(preprocess)
     keras_model, flavor = load_model(model, unsafe=unsafe)
     if flavor == "saved_model":
-        raise ValueError("activation statistics need a Keras model (.keras or .h5), not a "
+        raise UsageError("activation statistics need a Keras model (.keras or .h5), not a "
                          "SavedModel: its layers are not reachable")
     names = _chosen_layers(keras_model, layers)
     keras_module = _keras_module(flavor)
@@ -166,7 +167,7 @@ def activation_statistics(model, data, *, layers=None, batch_size=32, preprocess
                                    element["index"].numpy()[valid][:room])
         seen += int(valid.sum())
     if not seen:
-        raise ValueError(f"no image of {data!r} could be read")
+        raise UsageError(f"no image of {data!r} could be read")
     return {
         "format": "sightline-activations/1",
         "model": os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else None,
@@ -198,17 +199,17 @@ def _chosen_layers(keras_model, layers):
         all_names = [layer.name for layer in keras_model.layers]
         unknown = [name for name in layers if name not in all_names]
         if unknown:
-            raise ValueError(f"no layer named {', '.join(map(repr, unknown))} in the model; its "
+            raise UsageError(f"no layer named {', '.join(map(repr, unknown))} in the model; its "
                              f"layers are {', '.join(all_names)}")
         not_maps = [n for n in layers if len(keras_model.get_layer(n).output.shape) != 4]
         if not_maps:
-            raise ValueError(f"layer(s) {', '.join(not_maps)} do not give feature maps "
+            raise UsageError(f"layer(s) {', '.join(not_maps)} do not give feature maps "
                              "[B,h,w,C]; choose convolutional layers")
         names = list(layers)
     else:
         names = _default_layers(keras_model)
     if not names:
-        raise ValueError("the model has no convolutional layer to look at; name layers with "
+        raise UsageError("the model has no convolutional layer to look at; name layers with "
                          "--layers")
     return names
 
@@ -220,7 +221,7 @@ def _input_size(keras_model, source, image_size):
         height, width = image_size
     if height is None or width is None:
         if source.encoded:
-            raise ValueError("the model takes any image size: pass --image-size H,W")
+            raise UsageError("the model takes any image size: pass --image-size H,W")
         height, width = source.array_shape[:2]
     return height, width, channels
 
@@ -243,7 +244,7 @@ def read_activations(out):
         with open(path) as handle:
             result = json.load(handle)
     except FileNotFoundError:
-        raise ValueError(f"{out!r} holds no {ACTIVATIONS_FILE}: run `sightline activations "
+        raise UsageError(f"{out!r} holds no {ACTIVATIONS_FILE}: run `sightline activations "
                          f"--out {out}` first") from None
     result["files"] = {k: os.path.join(os.path.abspath(out), v) for k, v in result["files"].items()}
     return result

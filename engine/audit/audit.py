@@ -48,14 +48,16 @@ OUT/clusters.h5).
 import heapq
 import math
 import os
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
 from sightline.audit.masks import check_mask_size, missing_masks, open_masks, parse_region, region_bounds
 from sightline.audit.metrics import (concentration, lift, object_metrics, peak_mean, peak_spread,
                                      region_shares, region_weights, resize_maps, summarize)
-from sightline.audit.shortcuts import ClusterAudit
+from sightline.audit.shortcuts import ClusterAudit, ShortcutOptions
 from sightline.audit.summary import group_entries, provenance
+from sightline.errors import UsageError
 from sightline.jobs.predictions import PredictionTally
 from sightline.store.layout import (PRED_CLASS, PRED_SCORE, PRED_TARGET, RELEVANCE_COLUMNS,
                                     SAMPLE_GROUP, SAMPLE_INDEX, SAMPLE_KEY, SAMPLE_LABEL,
@@ -71,18 +73,21 @@ HISTOGRAM_BINS = 25
 EXIT_FLAGGED = 3
 
 
-def run_audit(out, *, method=None, masks=None, boxes=None, regions=(), threshold=DEFAULT_THRESHOLD,
-              diffuse=DEFAULT_DIFFUSE, flag_diffuse=False, worst=DEFAULT_WORST, chunk=CHUNK,
-              shortcuts=None):
+def run_audit(out: Union[str, os.PathLike[str]], *, method: Optional[str] = None,
+              masks: Optional[str] = None, boxes: Optional[str] = None,
+              regions: Sequence[str] = (), threshold: float = DEFAULT_THRESHOLD,
+              diffuse: float = DEFAULT_DIFFUSE, flag_diffuse: bool = False,
+              worst: int = DEFAULT_WORST, chunk: int = CHUNK,
+              shortcuts: Optional[ShortcutOptions] = None) -> Dict[str, Any]:
     """Audit the complete run in `out` (indexed or not); returns the audit as a dict (what
     audit.json holds) and writes OUT/clusters.h5. shortcuts: a ShortcutOptions (how to
     look for shortcuts without masks; default: the documented rule, no --verify)."""
     with open_results(out) as results:
         method = _choose_method(results, method, out)
         if not (isinstance(threshold, (int, float)) and threshold > 0):
-            raise ValueError(f"--threshold must be a number > 0 (a lift); got {threshold!r}")
+            raise UsageError(f"--threshold must be a number > 0 (a lift); got {threshold!r}")
         if not (isinstance(diffuse, (int, float)) and 0 < diffuse <= 1):
-            raise ValueError(f"--diffuse must be a fraction in (0, 1]; got {diffuse!r}")
+            raise UsageError(f"--diffuse must be a fraction in (0, 1]; got {diffuse!r}")
         cluster_audit = ClusterAudit(out, method, shortcuts)
         size = tuple(int(v) for v in results.attrs["input_size"])
         stored = results.map_shape(method)
@@ -152,7 +157,7 @@ def _chunk_rows(chunk, stored, measured):
     """Maps per chunk: `chunk` at most, and no more than CHUNK_BYTES of float64 maps at
     the size they are measured at (the stored size, or the images' with masks)."""
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a whole number of maps >= 1; received {chunk!r}")
+        raise UsageError(f"chunk must be a whole number of maps >= 1; received {chunk!r}")
     pixels = max(int(np.prod(stored)), int(np.prod(measured)))
     return max(1, min(chunk, CHUNK_BYTES // (8 * pixels)))
 
@@ -162,7 +167,7 @@ def _choose_method(results, method, out):
     if method is None:
         method = "gradcam" if "gradcam" in methods else methods[0]
     if method not in methods:
-        raise ValueError(f"method {method!r} was not run in {out!r}; it has {', '.join(methods)} "
+        raise UsageError(f"method {method!r} was not run in {out!r}; it has {', '.join(methods)} "
                          "(pass --method)")
     return method
 
@@ -172,7 +177,7 @@ def _parse_regions(regions, size):
     for text in regions:
         name, region = parse_region(text, size)
         if name in region_masks:
-            raise ValueError(f"region name {name!r} is given twice ({text!r}); give each "
+            raise UsageError(f"region name {name!r} is given twice ({text!r}); give each "
                              "--regions its own name")
         region_masks[name] = region
     return region_masks
@@ -206,7 +211,7 @@ def _check_samples(results, mask_source, size, chunk):
             missing.extend(absent[:5 - len(missing)] if len(missing) < 5 else [])
             num_missing += len(absent)
     if mask_source is not None and missing:
-        raise ValueError(f"{mask_source.description} has no mask for {num_missing} of "
+        raise UsageError(f"{mask_source.description} has no mask for {num_missing} of "
                          f"{num_samples} sample(s): {', '.join(missing)}"
                          f"{' ...' if num_missing > len(missing) else ''}")
     num_classes = results.num_classes or largest + 1

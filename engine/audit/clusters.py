@@ -66,6 +66,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from sightline.errors import UsageError
+
 # scikit-learn and SciPy load when a fit runs, not when the module does: the command line
 # imports this room to build its help, and importing scikit-learn costs most of a second,
 # which a mistyped option should not wait for.
@@ -142,7 +144,7 @@ def embed_maps(maps, grid=GRID):
     samples hold; the distances are then computed in float64 from these exact values."""
     maps = np.asarray(maps, np.float64)
     if maps.ndim != 3:
-        raise ValueError(f"maps must be [n, height, width]; received shape {maps.shape}: "
+        raise UsageError(f"maps must be [n, height, width]; received shape {maps.shape}: "
                          "pass one 2-D heatmap per sample")
     rows = area_matrix(grid, maps.shape[1])
     cols = area_matrix(grid, maps.shape[2])
@@ -179,7 +181,7 @@ class ClassSample:
 
     def __init__(self, size=SAMPLE_SIZE, seed=0, grid=GRID, embed=None):
         if int(size) < 1:
-            raise ValueError(f"sample size must be a positive number of maps per class; "
+            raise UsageError(f"sample size must be a positive number of maps per class; "
                              f"received {size!r}")
         self.size, self.seed, self.grid = int(size), int(seed), int(grid)
         self.embed = embed or (lambda maps: embed_maps(maps, self.grid))
@@ -224,7 +226,7 @@ def _check_rows(indices, classes, maps):
     classes = np.asarray(classes, np.int64).reshape(-1)
     count = np.shape(maps)[0]
     if len(indices) != count or len(classes) != count:
-        raise ValueError(f"indices, classes and maps must have one row per sample; received "
+        raise UsageError(f"indices, classes and maps must have one row per sample; received "
                          f"{len(indices)} indices, {len(classes)} classes, {count} maps")
     return indices, classes
 
@@ -514,7 +516,7 @@ class ClusterModel:
         never fitted), layout float32 [n,2] (NaN where -1), features [n, D])."""
         classes = np.asarray(classes, np.int64).reshape(-1)
         if len(classes) != np.shape(maps)[0]:
-            raise ValueError(f"one explained class per map: received {len(classes)} classes "
+            raise UsageError(f"one explained class per map: received {len(classes)} classes "
                              f"for {np.shape(maps)[0]} maps")
         features, empty = self.embed(maps)
         cluster = np.full(len(classes), -1, np.int32)
@@ -534,7 +536,7 @@ class ClusterModel:
             fit = self.fits[label]
             if offset <= cluster < offset + fit.cluster_count:
                 return fit, cluster - offset
-        raise ValueError(f"cluster id {cluster} is not one of this model's 0..{self.count - 1}")
+        raise UsageError(f"cluster id {cluster} is not one of this model's 0..{self.count - 1}")
 
 
 def fit_clusters(sample, *, cluster_count=None, seed=0, min_distance=DEFAULT_RULE.min_distance,
@@ -547,7 +549,7 @@ def fit_clusters(sample, *, cluster_count=None, seed=0, min_distance=DEFAULT_RUL
         indices, features = sample.members(label)
         wanted = cluster_count.get(label) if isinstance(cluster_count, dict) else cluster_count
         if wanted is not None and int(wanted) < 1:
-            raise ValueError(f"the number of clusters must be at least 1; received {wanted!r} "
+            raise UsageError(f"the number of clusters must be at least 1; received {wanted!r} "
                              f"for class {label}")
         fits[label] = fit_class(label, indices, features, cluster_count=wanted, seed=seed,
                                 min_distance=min_distance, max_overlap=max_overlap)
@@ -579,7 +581,7 @@ class ClusterStatistics:
         indices, classes = _check_rows(indices, classes, maps)
         cluster = np.asarray(cluster)
         if len(cluster) != len(indices) or len(features) != len(indices):
-            raise ValueError(f"cluster and features must have one row per map: received "
+            raise UsageError(f"cluster and features must have one row per map: received "
                              f"{len(cluster)} and {len(features)} for {len(indices)} maps; "
                              "pass what ClusterModel.assign returned for this chunk")
         maps = np.maximum(np.asarray(maps, np.float64), 0.0)

@@ -44,6 +44,7 @@ import numpy as np
 
 from sightline.audit.clusters import (DEFAULT_RULE, NEIGHBOURS, ClassClusters, ClusterModel,
                                       _separateness)
+from sightline.errors import UsageError
 
 NO_EVIDENCE = 0.1
 MAX_DEPTH = 4
@@ -57,7 +58,7 @@ def embed_relevance(relevance):
     """relevance [n, K] -> (features float32 [n, K] = r / |r|, empty bool [n]: no relevance)."""
     relevance = np.asarray(relevance, np.float64)
     if relevance.ndim != 2:
-        raise ValueError(f"relevance must be [n, channels]; received shape {relevance.shape}")
+        raise UsageError(f"relevance must be [n, channels]; received shape {relevance.shape}")
     norm = np.linalg.norm(relevance, axis=1)
     empty = ~(norm > 0)
     return (relevance / np.where(empty, 1.0, norm)[:, None]).astype(np.float32), empty

@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from sightline.errors import UsageError
+
 
 def parse_region(text, size):
     """'NAME=y0:y1,x0:x1' -> (name, bool [H,W]). Pixels, or fractions when any number
@@ -28,13 +30,13 @@ def parse_region(text, size):
         fractional = any("." in v for v in numbers)
         values = [float(v) for v in numbers]
     except ValueError:
-        raise ValueError(f"region {text!r} must look like NAME=y0:y1,x0:x1 (pixels, or "
+        raise UsageError(f"region {text!r} must look like NAME=y0:y1,x0:x1 (pixels, or "
                          "fractions of the side such as sky=0:0.3,0:1)") from None
     if fractional:
         values = [values[0] * height, values[1] * height, values[2] * width, values[3] * width]
     y0, y1, x0, x1 = (int(round(v)) for v in values)
     if not name or not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
-        raise ValueError(f"region {text!r} is empty or outside the {height}x{width} images")
+        raise UsageError(f"region {text!r} is empty or outside the {height}x{width} images")
     region = np.zeros((height, width), bool)
     region[y0:y1, x0:x1] = True
     return name, region
@@ -65,7 +67,7 @@ class _H5Masks:
         for name in ("keys", "masks"):
             if name not in self.handle:
                 self.handle.close()
-                raise ValueError(f"mask file {path!r} has no /{name} dataset; it needs /keys [N] "
+                raise UsageError(f"mask file {path!r} has no /{name} dataset; it needs /keys [N] "
                                  "(the sample keys) and /masks [N,H,W]")
         # Shapes are read while the file is open: the messages below name them after it
         # is closed.
@@ -73,11 +75,11 @@ class _H5Masks:
         mask_shape = tuple(self.handle["masks"].shape)
         if len(key_shape) != 1:
             self.handle.close()
-            raise ValueError(f"mask file {path!r}: /keys must be a 1-D list of sample keys; "
+            raise UsageError(f"mask file {path!r}: /keys must be a 1-D list of sample keys; "
                              f"it has shape {key_shape}")
         if len(mask_shape) != 3 or mask_shape[0] != key_shape[0]:
             self.handle.close()
-            raise ValueError(f"mask file {path!r}: /masks must be [N,H,W] with N = len(/keys) = "
+            raise UsageError(f"mask file {path!r}: /masks must be [N,H,W] with N = len(/keys) = "
                              f"{key_shape[0]}; it has shape {mask_shape}")
         keys = [k.decode("utf-8") if isinstance(k, bytes) else str(k)
                 for k in self.handle["keys"][:]]
@@ -111,10 +113,10 @@ def _read_png(path):
 def open_masks(masks=None, boxes=None, size=None):
     """The MaskSource for --masks (file.h5 or a folder) or --boxes (CSV), or None."""
     if masks and boxes:
-        raise ValueError("pass --masks or --boxes, not both")
+        raise UsageError("pass --masks or --boxes, not both")
     if masks:
         if not os.path.exists(masks):
-            raise ValueError(f"masks not found: {masks!r}; pass an HDF5 file with /keys and "
+            raise UsageError(f"masks not found: {masks!r}; pass an HDF5 file with /keys and "
                              "/masks, or a folder of mask PNGs mirroring the image keys")
         if os.path.isdir(masks):
             return _folder_masks(masks, size)
@@ -132,7 +134,7 @@ def _folder_masks(folder, size):
         for key in keys:
             mask = _read_png(_png_mask_path(folder, key))
             if mask.shape != tuple(size):
-                raise ValueError(f"mask {_png_mask_path(folder, key)!r} is "
+                raise UsageError(f"mask {_png_mask_path(folder, key)!r} is "
                                  f"{mask.shape[0]}x{mask.shape[1]} but the images are "
                                  f"{size[0]}x{size[1]}; masks must have the images' size")
             out.append(mask != 0)
@@ -146,19 +148,19 @@ def _folder_masks(folder, size):
 
 def _box_masks(boxes, size):
     if not os.path.exists(boxes):
-        raise ValueError(f"box file not found: {boxes!r}")
+        raise UsageError(f"box file not found: {boxes!r}")
     table = {}
     with open(boxes, newline="") as handle:
         reader = csv.DictReader(handle)
         needed = {"key", "y0", "x0", "y1", "x1"}
         if not reader.fieldnames or not needed <= set(reader.fieldnames):
-            raise ValueError(f"box file {boxes!r} needs the header key,y0,x0,y1,x1; it has "
+            raise UsageError(f"box file {boxes!r} needs the header key,y0,x0,y1,x1; it has "
                              f"{','.join(reader.fieldnames or [])}")
         for number, row in enumerate(reader, start=2):
             try:
                 box = tuple(int(round(float(row[k]))) for k in ("y0", "x0", "y1", "x1"))
             except (TypeError, ValueError):
-                raise ValueError(f"box file {boxes!r} line {number}: y0,x0,y1,x1 must be "
+                raise UsageError(f"box file {boxes!r} line {number}: y0,x0,y1,x1 must be "
                                  "numbers") from None
             table.setdefault(row["key"], []).append(box)
     height, width = size
@@ -179,7 +181,7 @@ def check_mask_size(mask_source, first_key, size):
         if os.path.exists(first):
             mask_source.size = _read_png(first).shape[:2]
     if tuple(mask_source.size) != tuple(size):
-        raise ValueError(f"{mask_source.description}: masks are {mask_source.size[0]}x"
+        raise UsageError(f"{mask_source.description}: masks are {mask_source.size[0]}x"
                          f"{mask_source.size[1]} but the run's images are {size[0]}x{size[1]} "
                          "(input_size); masks must have the images' size")
 

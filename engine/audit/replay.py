@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from sightline.store.results import run_source
+from sightline.errors import UsageError
 
 READ_BATCH = 16  # images per pipeline batch when reading scattered samples
 _GAP = 16  # members closer than this are read as one range and the gap dropped
@@ -26,7 +27,7 @@ def source_spec(manifest):
     found = run_source(manifest)
     if found is None:
         described = manifest["run"].get("source")
-        raise ValueError(f"the run's manifest names its source as {described!r}, which is "
+        raise UsageError(f"the run's manifest names its source as {described!r}, which is "
                          "not a source sightline can open again; audit without --verify "
                          "and --export-virelay")
     return found[1]
@@ -43,11 +44,11 @@ def open_run_source(manifest):
     try:
         source = open_source(spec, **options)
     except ValueError as error:
-        raise ValueError(f"the run's source cannot be opened again ({error}); --verify and "
+        raise UsageError(f"the run's source cannot be opened again ({error}); --verify and "
                          "--export-virelay read its images") from None
     digest = hashlib.sha256("\0".join(source.keys).encode("utf-8")).hexdigest()
     if run.get("keys_sha256") not in (None, digest):
-        raise ValueError(f"the run's source {spec!r} no longer lists the samples the run "
+        raise UsageError(f"the run's source {spec!r} no longer lists the samples the run "
                          "explained (its keys changed); --verify and --export-virelay need "
                          "the same images")
     return source
@@ -73,7 +74,7 @@ def read_images(source, indices, *, image_shape, preprocess, resize="stretch", c
 
     indices = np.asarray(indices, np.int64)
     if np.any(np.diff(indices) <= 0):
-        raise ValueError("sample indices to read must be ascending without repeats")
+        raise UsageError("sample indices to read must be ascending without repeats")
     if len(indices) == 0:
         return
     dataset = shard_batches(source, sample_runs(indices), batch_size=READ_BATCH,
@@ -103,7 +104,7 @@ def read_images(source, indices, *, image_shape, preprocess, resize="stretch", c
 def _check_read(got, wanted):
     if len(got) != len(wanted) or np.any(got != wanted):
         missing = sorted(set(wanted.tolist()) - set(got.tolist()))[:5]
-        raise ValueError(f"the run's source could not give back sample(s) {missing} (they "
+        raise UsageError(f"the run's source could not give back sample(s) {missing} (they "
                          "no longer decode); --verify and --export-virelay need the same images")
 
 
@@ -137,7 +138,7 @@ def load_run_model(manifest, *, unsafe=False):
 
     path = manifest.get("model")
     if not path or not os.path.exists(path):
-        raise ValueError(f"the run's model {path!r} is not there any more; --verify needs "
+        raise UsageError(f"the run's model {path!r} is not there any more; --verify needs "
                          "the model the run explained")
     run = manifest["run"]
     return adapt_model(path, layer=run.get("layer"), precision=run.get("precision", "float32"),
@@ -170,7 +171,7 @@ def compiled_probabilities(adapter, image_shape, batch_size):
         images = np.asarray(images, np.float32)
         count = len(images)
         if count > shape[0] or images.shape[1:] != shape[1:]:
-            raise ValueError(f"at most {shape[0]} images of shape {shape[1:]} per call; "
+            raise UsageError(f"at most {shape[0]} images of shape {shape[1:]} per call; "
                              f"received {images.shape}")
         padded = np.zeros(shape, np.float32)
         padded[:count] = images
@@ -207,7 +208,7 @@ def compiled_feature_functions(adapter, image_shape, batch_size):
     def padded(values, shape):
         values = np.asarray(values, np.float32)
         if len(values) > shape[0] or values.shape[1:] != shape[1:]:
-            raise ValueError(f"at most {shape[0]} rows of shape {shape[1:]} per call; "
+            raise UsageError(f"at most {shape[0]} rows of shape {shape[1:]} per call; "
                              f"received {values.shape}")
         full = np.zeros(shape, np.float32)
         full[:len(values)] = values

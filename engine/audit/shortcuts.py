@@ -34,6 +34,7 @@ from sightline.audit.virelay import ClustersWriter, VirelayExport
 from sightline.store.layout import (CLUSTERS_FILE, PRED_CLASS, PRED_SCORE, PRED_TARGET,
                                     RELEVANCE_COLUMNS, SAMPLE_INDEX, SAMPLE_KEY, SAMPLE_LABEL,
                                     heatmap)
+from sightline.errors import UsageError
 
 VERIFY_THRESHOLDS = {"min_drop": MIN_DROP, "min_ratio": MIN_RATIO}
 # A what-view group that shares at least this much of its members with a flagged
@@ -73,21 +74,21 @@ class ShortcutOptions:
         verify_thresholds = _check_thresholds(self.verify_thresholds, VERIFY_THRESHOLDS,
                                               "verify threshold")
         if self.cluster_count is not None and not _whole(self.cluster_count, 1):
-            raise ValueError(f"--clusters must be a whole number of clusters >= 1 per class; "
+            raise UsageError(f"--clusters must be a whole number of clusters >= 1 per class; "
                              f"received {self.cluster_count!r} (leave it out to let the eigengap "
                              "choose)")
         if not _whole(self.sample_size, 2):
-            raise ValueError(f"--cluster-sample-size must be a whole number of maps >= 2 per "
+            raise UsageError(f"--cluster-sample-size must be a whole number of maps >= 2 per "
                              f"class; received {self.sample_size!r}")
         if not _whole(self.batch_size, 1):
-            raise ValueError(f"the verify batch size must be a whole number >= 1; received "
+            raise UsageError(f"the verify batch size must be a whole number >= 1; received "
                              f"{self.batch_size!r}")
         if self.unsafe and not (self.verify or self.export_virelay):
-            raise ValueError("--unsafe only matters for --verify and --export-virelay (they "
+            raise UsageError("--unsafe only matters for --verify and --export-virelay (they "
                              "load the model); add one of them or leave --unsafe out")
         folder = self.export_virelay
         if folder is not None and os.path.exists(folder) and not os.path.isdir(folder):
-            raise ValueError(f"--export-virelay {folder!r} is a file; pass a folder (it is "
+            raise UsageError(f"--export-virelay {folder!r} is a file; pass a folder (it is "
                              "created when missing)")
         return thresholds, verify_thresholds
 
@@ -103,8 +104,8 @@ class ClusterAudit:
     def __init__(self, out, method, options=None):
         options = options or ShortcutOptions()
         if not isinstance(options, ShortcutOptions):
-            raise TypeError(f"shortcuts must be a ShortcutOptions; received "
-                            f"{type(options).__name__}")
+            raise UsageError(f"shortcuts must be a ShortcutOptions; received "
+                             f"{type(options).__name__}")
         self.thresholds, self.verify_thresholds = options.checked()
         self.options, self.out, self.method = options, out, method
         self.path = options.clusters_file or os.path.join(out, CLUSTERS_FILE)
@@ -450,15 +451,15 @@ def _check_thresholds(given, known, what):
     checked = dict(known)
     for name, value in (given or {}).items():
         if name not in known:
-            raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+            raise UsageError(f"unknown {what} {name!r}; known: {', '.join(known)}")
         if value is None:
             continue
         lowest = -1.0 if name in ClusterRule.SIGNED else 0.0
         number = not isinstance(value, bool) and isinstance(value, (int, float))
         if not number or not np.isfinite(value) or value < lowest:
-            raise ValueError(f"{what} {name} must be a number >= {lowest:g}; received {value!r}")
+            raise UsageError(f"{what} {name} must be a number >= {lowest:g}; received {value!r}")
         if name in ClusterRule.FRACTIONS and value > 1:
-            raise ValueError(f"{what} {name} is a fraction (of the class or of the image side) "
+            raise UsageError(f"{what} {name} is a fraction (of the class or of the image side) "
                              f"in [0, 1]; received {value!r}")
         checked[name] = value
     return checked

@@ -29,6 +29,8 @@ batches of at most `batch_size` images. No TensorFlow here.
 
 import numpy as np
 
+from sightline.errors import UsageError
+
 MIN_DROP = 0.10
 MIN_RATIO = 2.0
 BATCH_SIZE = 64
@@ -39,7 +41,7 @@ def region_pixels(region, height, width):
     outwards to whole pixels (floor of the start, ceil of the end)."""
     y0, y1, x0, x1 = (float(v) for v in region)
     if not (0.0 <= y0 < y1 <= 1.0 and 0.0 <= x0 < x1 <= 1.0):
-        raise ValueError(f"a region is [y0, y1, x0, x1] in fractions of the side with "
+        raise UsageError(f"a region is [y0, y1, x0, x1] in fractions of the side with "
                          f"0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1; received {list(region)}")
     # The tolerance keeps 0.3 * 10 = 3.0000000000000004 at pixel 3, not 4.
     return (int(np.floor(y0 * height + 1e-9)), int(np.ceil(y1 * height - 1e-9)),
@@ -107,18 +109,18 @@ def ablation_drops(probabilities, images, target, regions, *, batch_size=BATCH_S
     mean_drop and changed_share of ablating it, and count. `images` [n,H,W,C] or an
     iterable of such chunks (the members of one cluster); `target` the explained class."""
     if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive number of images; received {batch_size!r}")
+        raise UsageError(f"batch_size must be a positive number of images; received {batch_size!r}")
     target = int(target)
     drop_sum = np.zeros(len(regions))
     changed = np.zeros(len(regions))
     before_sum, count = 0.0, 0
     for batch in _batches(images, int(batch_size)):
         if batch.ndim != 4:
-            raise ValueError(f"images must be [n, height, width, channels]; received shape "
+            raise UsageError(f"images must be [n, height, width, channels]; received shape "
                              f"{batch.shape}")
         original = np.asarray(probabilities(np.asarray(batch, np.float32)), np.float64)
         if original.ndim != 2 or not 0 <= target < original.shape[1]:
-            raise ValueError(f"probabilities(images) must return [n, classes] with the "
+            raise UsageError(f"probabilities(images) must return [n, classes] with the "
                              f"explained class {target} among them; received shape "
                              f"{original.shape}")
         before_sum += original[:, target].sum()
@@ -130,7 +132,7 @@ def ablation_drops(probabilities, images, target, regions, *, batch_size=BATCH_S
             drop_sum[slot] += (original[:, target] - ablated[:, target]).sum()
             changed[slot] += (original.argmax(axis=1) != ablated.argmax(axis=1)).sum()
     if count == 0:
-        raise ValueError("no images to ablate: pass the cluster members' images, at least one")
+        raise UsageError("no images to ablate: pass the cluster members' images, at least one")
     return [None if region is None else
             {"region": [float(v) for v in region], "mean_drop": float(drop_sum[slot] / count),
              "changed_share": float(changed[slot] / count), "count": count,
@@ -146,7 +148,7 @@ def verify_cluster(probabilities, images, cluster, *, batch_size=BATCH_SIZE,
     Returns {"hot": numbers, "control": numbers or None, "depends": bool, "rule": str}."""
     region = cluster["hot_region"]
     if region is None:
-        raise ValueError(f"cluster {cluster['id']} has no hot region (an empty mean heatmap): "
+        raise UsageError(f"cluster {cluster['id']} has no hot region (an empty mean heatmap): "
                          "nothing to ablate")
     control = control_region(cluster["mean_heatmap"], region)
     hot, controlled = ablation_drops(probabilities, images, cluster["class"], [region, control],

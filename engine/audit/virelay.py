@@ -60,6 +60,7 @@ import numpy as np
 
 from sightline.audit.clusters import area_matrix
 from sightline.store.layout import CLUSTERS_FILE, SAMPLE_INDEX, SAMPLE_KEY  # noqa: F401
+from sightline.errors import UsageError
 
 PROJECT_FILE = "project.yaml"
 LABEL_MAP_FILE = "label-map.json"
@@ -139,7 +140,7 @@ class ClustersWriter:
         embedding = np.asarray(embedding, np.float32)
         if not (len(keys) == len(classes) == len(cluster) == count
                 and embedding.shape == (count, 2)):
-            raise ValueError(f"clusters.h5 rows must match: received {count} indices, "
+            raise UsageError(f"clusters.h5 rows must match: received {count} indices, "
                              f"{len(keys)} keys, {len(classes)} classes, {len(cluster)} "
                              f"clusters and an embedding of shape {embedding.shape} (want "
                              f"[{count}, 2])")
@@ -159,7 +160,7 @@ class ClustersWriter:
         mean_heatmaps = np.asarray(mean_heatmaps, np.float32)
         if not (len(ids) == len(classes) == len(flagged) == len(mean_heatmaps)
                 and mean_heatmaps.ndim == 3):
-            raise ValueError(f"one id, class, flag and 2-D mean heatmap per cluster: received "
+            raise UsageError(f"one id, class, flag and 2-D mean heatmap per cluster: received "
                              f"{len(ids)}, {len(classes)}, {len(flagged)} and an array of "
                              f"shape {mean_heatmaps.shape}")
         table = self._file.create_group("clusters")
@@ -248,10 +249,10 @@ class VirelayExport:
     def __init__(self, directory, *, class_names, method, strategy="predicted_label",
                  name="sightline", model="model", title=None):
         if strategy not in STRATEGIES:
-            raise ValueError(f"attribution strategy must be one of {STRATEGIES}; received "
+            raise UsageError(f"attribution strategy must be one of {STRATEGIES}; received "
                              f"{strategy!r}")
         if not class_names:
-            raise ValueError("class_names must name every class of the model (ViRelAy's "
+            raise UsageError("class_names must name every class of the model (ViRelAy's "
                              "label map); received none")
         os.makedirs(directory, exist_ok=True)
         self.directory, self.class_names = directory, [str(n) for n in class_names]
@@ -292,31 +293,31 @@ class VirelayExport:
         images = np.asarray(images)
         count = len(images)
         if images.ndim != 4:
-            raise ValueError(f"images must be [n, height, width, channels]; received shape "
+            raise UsageError(f"images must be [n, height, width, channels]; received shape "
                              f"{images.shape}")
         if self._image_shape is None:
             self._create(images.shape[1:])
         elif images.shape[1:] != self._image_shape:
-            raise ValueError(f"every image must have the shape {self._image_shape}; received "
+            raise UsageError(f"every image must have the shape {self._image_shape}; received "
                              f"{images.shape[1:]}")
         explained = np.asarray(explained, np.int64)
         if len(heatmaps) != count or len(explained) != count or len(cluster) != count:
-            raise ValueError(f"one heatmap, explained class and cluster per image: received "
+            raise UsageError(f"one heatmap, explained class and cluster per image: received "
                              f"{count} images, {len(heatmaps)} heatmaps, {len(explained)} "
                              f"classes, {len(cluster)} clusters")
         classes = len(self.class_names)
         if explained.min(initial=0) < 0 or explained.max(initial=0) >= classes:
-            raise ValueError(f"explained classes must lie in 0..{classes - 1} (class_names "
+            raise UsageError(f"explained classes must lie in 0..{classes - 1} (class_names "
                              f"has {classes}); received {explained.min()}..{explained.max()}")
         labels = np.full(count, -1) if labels is None else np.asarray(labels, np.int64)
         known = labels >= 0
         if labels.max(initial=-1) >= classes:
-            raise ValueError(f"labels must lie in 0..{classes - 1} (class_names has {classes}) "
+            raise UsageError(f"labels must lie in 0..{classes - 1} (class_names has {classes}) "
                              f"or be -1 (unknown); received up to {labels.max()}")
         probabilities = np.zeros((count, classes), np.float32) if predictions is None \
             else np.asarray(predictions, np.float32)
         if probabilities.shape != (count, classes):
-            raise ValueError(f"predictions must be [n, classes] = [{count}, {classes}]; "
+            raise UsageError(f"predictions must be [n, classes] = [{count}, {classes}]; "
                              f"received {probabilities.shape}")
         start = self._rows["index"].shape[0]
         _append(self._rows["data"], display_pixels(images).transpose(0, 3, 1, 2))
@@ -336,7 +337,7 @@ class VirelayExport:
         """Write the analysis (model: the ClusterModel; clusters: its cluster dicts, for
         the flags), the label map and the project file; publish every file."""
         if self._image_shape is None:
-            raise ValueError("nothing to export: add() at least one chunk of samples first")
+            raise UsageError("nothing to export: add() at least one chunk of samples first")
         explained = np.concatenate(self._per_sample["explained"])
         cluster = np.concatenate(self._per_sample["cluster"])
         layout = np.concatenate(self._per_sample["layout"])

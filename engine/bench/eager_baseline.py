@@ -27,6 +27,8 @@ raw maps, float32 [N,h,w] (CAM family, the target layer's resolution) or [N,H,W]
 
 import numpy as np
 
+from sightline.errors import UsageError
+
 _FINAL_ACTIVATIONS = ("softmax", "sigmoid")
 
 
@@ -180,7 +182,7 @@ def eager_cam(model, images, targets=None, *, layer=None):
     """CAM: sum_k W[k,c] A[...,k] with W the dense weights [K,classes]."""
     def one(features, x, target, _):
         if features.cam_weights is None:
-            raise ValueError(f"CAM cannot run: {features.cam_unsupported}")
+            raise UsageError(f"CAM cannot run: {features.cam_unsupported}")
         activations, logits = features.forward(x)
         c = _class(logits, target)
         weights = np.asarray(features.cam_weights)[:, c]  # [K]
@@ -193,7 +195,7 @@ def _activation_gradients(features, x, target):
     with tf.GradientTape() as tape:
         activations, logits = features.forward(x)
         if activations is None:
-            raise ValueError("CAM-family methods need a layer with a 4-D output; this model "
+            raise UsageError("CAM-family methods need a layer with a 4-D output; this model "
                              "has none: use saliency, smoothgrad or integrated_gradients")
         c = _class(logits, target)
         score = logits[0, c]
@@ -344,6 +346,6 @@ EAGER_FUNCTIONS = {
 def eager_maps(method, model, images, targets=None, **options):
     """Dispatch by method name; options are the method's own (num_copies, ...)."""
     if method not in EAGER_FUNCTIONS:
-        raise ValueError(f"the eager baseline has no method {method!r}; "
+        raise UsageError(f"the eager baseline has no method {method!r}; "
                          f"choose from {', '.join(EAGER_FUNCTIONS)}")
     return EAGER_FUNCTIONS[method](model, images, targets, **options)

@@ -16,6 +16,7 @@ from sightline.config import make_config
 from sightline.jobs.runner import run_job
 from sightline.store.layout import heatmap
 from sightline.store.results import open_results
+from sightline.errors import UsageError
 
 
 # Rounds of the end-to-end measurement; the median round is reported.
@@ -66,7 +67,7 @@ def end_to_end(context, methods=("gradcam", "saliency"), batches=None, workdir=N
     round as the two jobs; the median of END_TO_END_ROUNDS rounds is reported.
     """
     if source not in ("png", "jpeg", "npy"):
-        raise ValueError(f"end-to-end source must be png, jpeg or npy; got {source!r}")
+        raise UsageError(f"end-to-end source must be png, jpeg or npy; got {source!r}")
     if batches is None:
         # Enough extra batches for about 20 s of kernel time at the inference ceiling
         # (between 4 batches' and 16,384 images' worth), so the difference of the two

@@ -9,6 +9,7 @@ inference rate over that; `x_per_pass` = x_ceiling x passes says how close it co
 
 from sightline.bench.timing import measure
 from sightline.evaluate.settings import DEFAULT_GRID
+from sightline.errors import UsageError
 
 CURVE_FILLS = ("mean", "blur", "road")
 CURVE_STEPS = {"full": 20, "tiny": 4}
@@ -49,7 +50,7 @@ def measure_curves(context, ceiling_call, log=None):
 
         result, startup, median, reps = measure(call, context.seconds, paired=ceiling_call)
         if not np.isfinite(result).all():
-            raise ValueError(f"the {fill} curves gave non-finite areas on {context.name}")
+            raise UsageError(f"the {fill} curves gave non-finite areas on {context.name}")
         rate = context.batch / median
         ceiling = context.batch / measure.paired_median
         passes = forward_passes(steps)

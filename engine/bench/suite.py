@@ -15,6 +15,7 @@ from sightline.bench.zoo import (BENCH_METHOD_OPTIONS, BENCH_METHODS, BUILTIN_MO
                                  Context)
 from sightline.compute.auto_precision import CANDIDATES, measure_precisions
 from sightline.config import make_config
+from sightline.errors import UsageError
 
 # The issue's targets.
 TARGET_CAM_FAMILY = 0.8  # cam and gradcam against the inference ceiling
@@ -290,21 +291,21 @@ def run_suite(model, *, methods=BENCH_METHODS, modes=MODES, batch_size=None, pre
     targets; returns the result dict `--json` holds."""
     unknown = [m for m in methods if m not in BENCH_METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from "
+        raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(BENCH_METHODS)}")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
-        raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+        raise UsageError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     if precision not in (None, "float32", "mixed_bfloat16"):
-        raise ValueError(f"--precision must be float32 or mixed_bfloat16; got {precision!r}")
+        raise UsageError(f"--precision must be float32 or mixed_bfloat16; got {precision!r}")
     if precision == "float32":
         modes = tuple(m for m in modes if m != "bf16")
     if devices < 1:
-        raise ValueError(f"--devices must be >= 1; got {devices}")
+        raise UsageError(f"--devices must be >= 1; got {devices}")
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1; got {batch_size}")
+        raise UsageError(f"--batch-size must be >= 1; got {batch_size}")
     if model not in BUILTIN_MODELS and not os.path.exists(model):
-        raise ValueError(f"model {model!r} is neither a file nor a built-in model "
+        raise UsageError(f"model {model!r} is neither a file nor a built-in model "
                          f"({', '.join(BUILTIN_MODELS)})")
     strategy = None
     if devices > 1:
@@ -317,7 +318,7 @@ def run_suite(model, *, methods=BENCH_METHODS, modes=MODES, batch_size=None, pre
     context = Context(model, size=size, batch_size=batch_size)
     if strategy is not None:
         if context.batch % strategy.num_replicas_in_sync:
-            raise ValueError(f"batch size {context.batch} must be a multiple of {devices} devices")
+            raise UsageError(f"batch size {context.batch} must be a multiple of {devices} devices")
         context.strategy = strategy
     methods = tuple(m for m in methods if m in context.methods_supported) or methods
     say(f"sightline bench: {context.name}, batch {context.batch}, input {context.image_shape}, "

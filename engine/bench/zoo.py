@@ -14,6 +14,7 @@ from sightline.config import make_config
 from sightline.kernels.methods import CLASS_WEIGHTS, LAYER
 from sightline.kernels.methods import METHODS as METHOD_TABLE
 from sightline.store.layout import heatmap
+from sightline.errors import UsageError
 
 # Every method of the table with an eager loop to measure it against, in table order.
 BENCH_METHODS = tuple(name for name in METHOD_TABLE if name in EAGER_FUNCTIONS)
@@ -104,7 +105,7 @@ def build_model(name, size="full", seed=0):
         return K.applications.ResNet50(input_shape=shape, weights=None, classes=classes)
     if name == "small_cnn":
         return small_cnn(K, shape, classes)
-    raise ValueError(f"unknown built-in model {name!r}; choose from {', '.join(BUILTIN_MODELS)} "
+    raise UsageError(f"unknown built-in model {name!r}; choose from {', '.join(BUILTIN_MODELS)} "
                      "or pass a model file")
 
 

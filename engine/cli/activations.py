@@ -5,6 +5,7 @@ import os
 from sightline.audit.activations import (ACTIVATIONS_FILE, DEFAULT_SHOWN_IMAGES,
                                          activation_statistics, summary_lines)
 from sightline.cli.checks import check_model_path, check_out_path, check_source_path
+from sightline.errors import UsageError
 from sightline.report.activations import write_activations_output
 
 
@@ -44,7 +45,7 @@ def run(args):
         try:
             image_size = tuple(int(v) for v in args.image_size.split(","))
         except ValueError:
-            raise ValueError(f"--image-size must be H,W; got {args.image_size!r}") from None
+            raise UsageError(f"--image-size must be H,W; got {args.image_size!r}") from None
     result = activation_statistics(args.model, args.data, layers=args.layers,
                                    batch_size=args.batch_size, preprocess=args.preprocess,
                                    image_size=image_size, limit=args.limit, labels=args.labels,

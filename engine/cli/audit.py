@@ -10,6 +10,7 @@ from sightline.audit.shortcuts import VERIFY_THRESHOLDS, ShortcutOptions
 from sightline.audit.virelay import PROJECT_FILE
 from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
 from sightline.cli.checks import check_run_folder
+from sightline.errors import UsageError
 from sightline.evaluate.summary import EVALUATION_FILE, card_text, read_evaluation
 from sightline.report.page import write_report
 
@@ -96,12 +97,12 @@ def cluster_thresholds(items):
     for item in items or ():
         name, _, value = item.partition("=")
         if name not in known:
-            raise ValueError(f"--cluster-threshold {item!r}: unknown threshold {name!r}; known: "
+            raise UsageError(f"--cluster-threshold {item!r}: unknown threshold {name!r}; known: "
                              f"{', '.join(known)}")
         try:
             thresholds[name] = float(value)
         except ValueError:
-            raise ValueError(f"--cluster-threshold {item!r}: the value must be a number, as in "
+            raise UsageError(f"--cluster-threshold {item!r}: the value must be a number, as in "
                              f"{name}={known[name]}") from None
     return thresholds
 

@@ -1,6 +1,7 @@
 """`sightline demo`: the planted-shortcut demonstration, end to end."""
 
 from sightline.demo.demo import run_demo
+from sightline.errors import UsageError
 
 
 def add_arguments(parser):
@@ -16,7 +17,7 @@ def add_arguments(parser):
 def run(args):
     for name in ("num_train", "num_held_out", "max_epochs"):
         if getattr(args, name) < 2:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 2")
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 2")
     result = run_demo(args.out, args.seed, num_train=args.num_train,
                       num_held_out=args.num_held_out, max_epochs=args.max_epochs)
     return 0 if result["as_expected"] else 1

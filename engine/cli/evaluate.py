@@ -10,6 +10,7 @@ from sightline.evaluate.settings import (DEFAULT_SANITY_SAMPLE, DEFAULT_STEPS, F
 from sightline.evaluate.summary import EVALUATION_FILE, H5_FILE, card_text
 from sightline.report.evaluation import write_evaluation_report
 from sightline.store.layout import MANIFEST_FILE
+from sightline.errors import UsageError
 
 
 def add_arguments(parser):
@@ -61,11 +62,11 @@ def _settings(args):
 def check(args):
     check_run_folder(args.out)
     if not os.path.isfile(os.path.join(args.out, MANIFEST_FILE)):
-        raise ValueError(f"run folder {args.out!r} holds no {MANIFEST_FILE}; pass the --out "
+        raise UsageError(f"run folder {args.out!r} holds no {MANIFEST_FILE}; pass the --out "
                          "folder of a finished `sightline explain` run")
     _settings(args)
     if args.report is not None and os.path.isfile(args.report):
-        raise ValueError(f"--report {args.report!r} is a file; pass a folder (it is created "
+        raise UsageError(f"--report {args.report!r} is a file; pass a folder (it is created "
                          "when missing)")
 
 

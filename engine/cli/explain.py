@@ -11,6 +11,7 @@ from sightline.jobs.lock import check_not_locked
 from sightline.jobs.runner import run_job
 from sightline.jobs.workers import resolve_worker
 from sightline.kernels.methods import METHODS, OPTIONS
+from sightline.errors import UsageError
 
 # The options of `sightline explain`, one a line: name, type, help. Each is a flag
 # (--batch-size for batch_size) and a key a TOML file (--config) may give; flags win. The
@@ -73,13 +74,13 @@ def explain_options(args):
             with open(args.config, "rb") as handle:
                 table = tomllib.load(handle)
         except OSError as error:
-            raise ValueError(f"config file {args.config!r} is unreadable ({error.strerror})") from None
+            raise UsageError(f"config file {args.config!r} is unreadable ({error.strerror})") from None
         except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"config file {args.config!r} is not valid TOML ({error})") from None
+            raise UsageError(f"config file {args.config!r} is not valid TOML ({error})") from None
         table = {key.replace("-", "_"): value for key, value in table.items()}
         unknown = sorted(set(table) - set(EXPLAIN_OPTIONS))
         if unknown:
-            raise ValueError(f"config file {args.config!r} has unknown option(s) "
+            raise UsageError(f"config file {args.config!r} has unknown option(s) "
                              f"{', '.join(unknown)}")
         for key, value in table.items():
             if key == "class_names" and isinstance(value, (list, dict)):
@@ -93,7 +94,7 @@ def explain_options(args):
                 value = float(value)  # TOML writes 0 for 0.0
             if not isinstance(value, EXPLAIN_OPTIONS[key]) or (EXPLAIN_OPTIONS[key] is int
                                                                and isinstance(value, bool)):
-                raise ValueError(f"config option {key} must be {EXPLAIN_OPTIONS[key].__name__}; "
+                raise UsageError(f"config option {key} must be {EXPLAIN_OPTIONS[key].__name__}; "
                                  f"got {value!r}")
             options[key] = value
     for key in EXPLAIN_OPTIONS:
@@ -115,11 +116,11 @@ def config_from_options(options):
         try:
             options["image_size"] = tuple(int(v) for v in str(options["image_size"]).split(","))
         except ValueError:
-            raise ValueError(f"--image-size must be H,W; got {options['image_size']!r}") from None
+            raise UsageError(f"--image-size must be H,W; got {options['image_size']!r}") from None
     if "xla" in options:
         xla = {"auto": "auto", "on": True, "off": False}.get(options["xla"])
         if xla is None:
-            raise ValueError(f"--xla must be auto, on or off; got {options['xla']!r}")
+            raise UsageError(f"--xla must be auto, on or off; got {options['xla']!r}")
         options["xla"] = xla
     return make_config(methods, **options)
 

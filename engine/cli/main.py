@@ -4,24 +4,45 @@ run(args) -> exit code: it parses and calls the engine, nothing else. A module m
 define check(args): the checks of paths and options that need no TensorFlow, run before
 anything imports it, so that a typo fails at once.
 
-Every failure is ONE line on stderr: bad input (ValueError, TypeError, OSError) exits 2,
-a full disk exits 1, anything unexpected exits 1 with the traceback written to a crash
-report file whose path the line gives. TensorFlow's start-up noise and Python warnings
+Every failure is ONE line on stderr. Bad input is a UsageError, raised where the input is
+checked: exit 2. A full disk exits 1. Anything else, a ValueError or OSError included, is
+sightline's own bug: exit 1, with the traceback written to a crash report file whose
+path the line gives, so a bug never reads as the user's mistake. TensorFlow's start-up noise and Python warnings
 are kept off the terminal unless --verbose.
 """
 
 import argparse
 import os
+import signal
 import sys
 
+from sightline.audit.audit import EXIT_FLAGGED
 from sightline.cli import activations, audit, bench, demo, evaluate, explain, index, inspect
 from sightline.cli.quiet import native_log_captured, python_chatter_captured, write_crash_report
+from sightline.errors import UsageError
+from sightline.jobs.signals import EXIT_CODES as SIGNAL_EXIT_CODES
 from sightline.kernels.methods import METHODS
 from sightline.store.files import OutOfSpace
 
-EXIT_BAD_INPUT = 2
+EXIT_DONE = 0
 EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = SIGNAL_EXIT_CODES[signal.SIGINT]  # 128 + SIGINT, as shells report it
+# Every exit code of the command and what it means: README.md's table under "### Errors"
+# says the same (tests/cli/test_readme_errors.py compares them).
+EXIT_CODES = {
+    EXIT_DONE: "done",
+    EXIT_FAILED: "failed, not for the input: a full disk, a crash (its line names the crash "
+                 "report holding the traceback), a failed accuracy guard of `bench`, or a "
+                 "demo whose audit did not find what was planted",
+    EXIT_BAD_INPUT: "bad input (a path, an option, a model, data, `--out`): one line says "
+                    "what is wrong, what was given and how to fix it; nothing was done",
+    EXIT_FLAGGED: "`audit --fail-on-flag`: a class or cluster was flagged",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); `explain` keeps its finished shards: run the "
+                      "same command again to resume",
+    SIGNAL_EXIT_CODES[signal.SIGTERM]: "terminated (SIGTERM, as a scheduler ends a job); "
+                                       "`explain` keeps its finished shards as for Ctrl-C",
+}
 
 # name -> (module, one-line help, description or None for the help line)
 COMMANDS = {
@@ -82,7 +103,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 0
+        return EXIT_DONE
     module = COMMANDS[args.command][0]
     name = f"sightline {args.command}"
     if not args.verbose:
@@ -98,8 +119,8 @@ def main(argv=None):
             if argv is None:
                 _end_now(EXIT_FAILED)
             return EXIT_FAILED
-        except (ValueError, TypeError, OSError) as error:
-            print(f"{name}: error: {one_line(_describe(error))}", file=sys.stderr)
+        except UsageError as error:
+            print(f"{name}: error: {one_line(error)}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except KeyboardInterrupt:
             # `explain` handles SIGINT itself (finished shards kept, exit 130); elsewhere
@@ -125,13 +146,6 @@ def _end_now(code):
         except (OSError, ValueError, AttributeError):
             pass
     os._exit(code)
-
-
-def _describe(error):
-    """An OSError's own str() is "[Errno 2] No such file or directory: 'x'"; say it plainly."""
-    if isinstance(error, OSError) and error.strerror and error.filename is not None:
-        return f"{error.strerror}: {error.filename!r}"
-    return str(error) or type(error).__name__
 
 
 if __name__ == "__main__":

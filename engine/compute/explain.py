@@ -2,19 +2,31 @@
 
 import dataclasses
 import numbers
+import os
 import weakref
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from sightline.config import make_config
+from sightline.errors import UsageError
 from sightline.model.adapter import adapt_model
 from sightline.model.loading import model_flavor
 from sightline.model.precision import copy_weights
 from sightline.compute.auto_precision import AUTO, CANDIDATES, measure_precisions
 from sightline.compute.step import (batches_per_call, build_batches_function, build_step,
                                     check_methods)
+
+if TYPE_CHECKING:
+    import tf_keras
+
+# What `explain` (and `sightline.load_model`) take as a model: a Keras 3 or tf_keras
+# model in memory, or the path of a .keras or .h5 file or of a SavedModel directory.
+ModelSource = Union["tf.keras.Model", "tf_keras.Model", str, os.PathLike[str]]
+# A method option's value, as the table of methods types them (Option.kind).
+OptionValue = Union[int, float, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +61,11 @@ _TENSOR_ALIGNMENT = 64
 _AUTO_CHOICES = weakref.WeakKeyDictionary()
 
 
-def explain(model, images, methods=("gradcam",), *, layer=None, targets=None, normalize=True,
-            map_size="native", precision="float32", batch_size=64, xla="auto", unsafe=False,
-            **method_options):
+def explain(model: ModelSource, images: npt.ArrayLike, methods: Sequence[str] = ("gradcam",),
+            *, layer: Optional[str] = None, targets: Union[None, int, npt.ArrayLike] = None,
+            normalize: bool = True, map_size: str = "native", precision: str = "float32",
+            batch_size: int = 64, xla: str = "auto", unsafe: bool = False,
+            **method_options: OptionValue) -> Explanation:
     """Explain every image of `images` with every method in `methods`.
 
     model: a Keras 3 or tf_keras model, or a path (.keras, .h5, SavedModel directory).
@@ -198,19 +212,19 @@ def _as_images(images):
     images = np.asarray(images)
     if images.dtype == object or not (np.issubdtype(images.dtype, np.number)
                                       or images.dtype == np.bool_):
-        raise TypeError(f"images must be a numeric array [N,H,W,C]; got dtype {images.dtype}")
+        raise UsageError(f"images must be a numeric array [N,H,W,C]; got dtype {images.dtype}")
     if images.ndim == 3:
-        raise ValueError(f"images must be a batch [N,H,W,C]; got one image of shape "
+        raise UsageError(f"images must be a batch [N,H,W,C]; got one image of shape "
                          f"{images.shape}: add a batch axis with images[None]")
     if images.ndim != 4:
-        raise ValueError(f"images must be a batch [N,H,W,C]; got shape {images.shape}")
+        raise UsageError(f"images must be a batch [N,H,W,C]; got shape {images.shape}")
     if images.shape[0] == 0:
-        raise ValueError("images is empty (N = 0): pass at least one image")
+        raise UsageError("images is empty (N = 0): pass at least one image")
     images = np.ascontiguousarray(images, np.float32)
     # min and max are NaN or infinite when any value is, without a boolean copy of
     # the whole array.
     if not (np.isfinite(images.min()) and np.isfinite(images.max())):
-        raise ValueError("images contain NaN or infinite values; clean or re-preprocess them")
+        raise UsageError("images contain NaN or infinite values; clean or re-preprocess them")
     return images
 
 
@@ -219,7 +233,7 @@ def _check_image_shape(images, input_shape):
     for axis, (want, have) in enumerate(zip(input_shape, got)):
         if want is not None and want != have:
             what = ("channels", "height", "width")[(axis + 1) % 3]
-            raise ValueError(f"images have shape {tuple(got)} per image but the model takes "
+            raise UsageError(f"images have shape {tuple(got)} per image but the model takes "
                              f"{tuple(input_shape)} ({what} differ); resize or convert them first")
 
 
@@ -234,12 +248,12 @@ def _as_targets(targets, num_images, num_classes):
             targets = targets.numpy()
         targets = np.asarray(targets)
         if not np.issubdtype(targets.dtype, np.integer):
-            raise TypeError(f"targets must be None, an int or an int array [N]; got dtype {targets.dtype}")
+            raise UsageError(f"targets must be None, an int or an int array [N]; got dtype {targets.dtype}")
         if targets.shape != (num_images,):
-            raise ValueError(f"targets must have one class per image, shape ({num_images},); "
+            raise UsageError(f"targets must have one class per image, shape ({num_images},); "
                              f"got shape {targets.shape}")
     bad = (targets < 0) | (targets >= num_classes)
     if np.any(bad):
-        raise ValueError(f"targets must be class indices in [0, {num_classes}); got "
+        raise UsageError(f"targets must be class indices in [0, {num_classes}); got "
                          f"{targets[bad][:5].tolist()}")
     return targets.astype(np.int32)

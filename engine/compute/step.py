@@ -4,6 +4,7 @@ plain methods, every requested method, for one fixed-shape batch."""
 import tensorflow as tf
 
 from sightline import kernels
+from sightline.errors import UsageError
 from sightline.kernels.methods import (ACTIVATION_GRADS, ACTIVATIONS, CAM_ACTIVATIONS,
                                        CLASS_WEIGHTS, IMAGES, INPUT_GRADIENT, INPUT_GRADS,
                                        LAYER, METHODS, SAMPLE_INDEX, TARGET_PROBABILITY,
@@ -36,9 +37,9 @@ def check_methods(adapter, config):
     for method in config.methods:
         row = METHODS[method]
         if row.resolution == LAYER and adapter.activations_unsupported:
-            raise ValueError(f"method {method!r} cannot run: {adapter.activations_unsupported}")
+            raise UsageError(f"method {method!r} cannot run: {adapter.activations_unsupported}")
         if CLASS_WEIGHTS in row.arguments and adapter.cam_unsupported:
-            raise ValueError(f"method {method!r} cannot run: {adapter.cam_unsupported}")
+            raise UsageError(f"method {method!r} cannot run: {adapter.cam_unsupported}")
 
 
 # How the step computes each channel's relevance to the explained score (the audit's

@@ -8,6 +8,7 @@ happen before TensorFlow initialises its runtime.
 import tensorflow as tf
 
 from sightline.config import parse_devices
+from sightline.errors import UsageError
 
 
 def make_strategy(devices="all"):
@@ -18,7 +19,7 @@ def make_strategy(devices="all"):
         names = [d.name for d in tf.config.list_logical_devices("GPU")]
         if devices != "all":
             if devices > len(names):
-                raise ValueError(f"devices={devices} but this machine has {len(names)} GPU(s)")
+                raise UsageError(f"devices={devices} but this machine has {len(names)} GPU(s)")
             names = names[:devices]
         return tf.distribute.MirroredStrategy(devices=names)
     if devices != "all" and devices > 1:
@@ -33,7 +34,7 @@ def make_strategy(devices="all"):
     cpu_names = [d.name for d in tf.config.list_logical_devices("CPU")]
     wanted = len(cpu_names) if devices == "all" else devices
     if len(cpu_names) < wanted:
-        raise ValueError(f"devices={wanted} needs {wanted} logical CPU devices, but TensorFlow "
+        raise UsageError(f"devices={wanted} needs {wanted} logical CPU devices, but TensorFlow "
                          f"is already initialised with {len(cpu_names)}; choose the device "
                          "count before any TensorFlow work")
     return tf.distribute.MirroredStrategy(devices=cpu_names[:wanted])

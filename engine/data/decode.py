@@ -16,6 +16,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from sightline.errors import UsageError
+
 OK = 0
 NOT_AN_IMAGE = 1
 TRUNCATED = 2
@@ -66,7 +68,7 @@ def resize_images(images, height, width, mode="stretch"):
     if mode == "stretch":
         return _stretch(images, (height, width))
     if mode not in ("pad", "crop"):
-        raise ValueError(f"resize mode must be stretch, pad or crop; got {mode!r}")
+        raise UsageError(f"resize mode must be stretch, pad or crop; got {mode!r}")
     shape = tf.shape(images)
     rank = images.shape.rank
     h = tf.cast(shape[rank - 3], tf.float64)

@@ -24,6 +24,8 @@ from typing import Optional
 
 import numpy as np
 
+from sightline.errors import UsageError
+
 CLASS_NAME_FILES = (".json", ".toml")
 
 
@@ -66,13 +68,13 @@ def parse_class_names(value):
         return _from_names(value, given)
     if isinstance(value, dict):
         return _from_mapping(value, given)
-    raise TypeError(f"--class-names must be names in class order (a,b,c), or a .json/.toml file "
-                    f"of names or of folder -> class index; got {given!r}")
+    raise UsageError(f"--class-names must be names in class order (a,b,c), or a .json/.toml file "
+                     f"of names or of folder -> class index; got {given!r}")
 
 
 def _read_file(path):
     if not os.path.isfile(path):
-        raise ValueError(f"--class-names file not found: {path!r}; pass an existing .json or "
+        raise UsageError(f"--class-names file not found: {path!r}; pass an existing .json or "
                          ".toml file, or the names themselves (a,b,c)")
     try:
         if path.lower().endswith(".json"):
@@ -82,7 +84,7 @@ def _read_file(path):
         with open(path, "rb") as handle:
             table = tomllib.load(handle)
     except (OSError, ValueError) as error:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise ValueError(f"--class-names file {path!r} is unreadable ({error}); write a list of "
+        raise UsageError(f"--class-names file {path!r} is unreadable ({error}); write a list of "
                          "names or an object folder -> class index") from None
     # TOML's top level is a table: names = [...] is the list form, anything else a mapping.
     if set(table) == {"names"}:
@@ -93,21 +95,21 @@ def _read_file(path):
 def _from_names(names, given):
     names = list(names)
     if not names or not all(isinstance(n, str) and n.strip() for n in names):
-        raise ValueError(f"--class-names needs one non-empty name per class, in class order; "
+        raise UsageError(f"--class-names needs one non-empty name per class, in class order; "
                          f"got {given!r}")
     names = [n.strip() for n in names]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(f"--class-names names a class twice ({', '.join(repeated)}); got {given!r}")
+        raise UsageError(f"--class-names names a class twice ({', '.join(repeated)}); got {given!r}")
     return ClassNames(names=tuple(names), given=given)
 
 
 def _from_mapping(mapping, given):
     if not mapping:
-        raise ValueError(f"--class-names maps no folder; got {given!r}")
+        raise UsageError(f"--class-names maps no folder; got {given!r}")
     for folder, index in mapping.items():
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise ValueError(f"--class-names maps folder {folder!r} to {index!r}; a folder maps "
+            raise UsageError(f"--class-names maps folder {folder!r} to {index!r}; a folder maps "
                              "to a class index >= 0 of the model")
     return ClassNames(folders={str(k): int(v) for k, v in mapping.items()}, given=given)
 
@@ -127,7 +129,7 @@ def folder_labels(class_names, group_names, groups):
         if missing or extra:
             problem = (f"has no class for folder(s) {', '.join(missing)}" if missing else
                        f"maps folder(s) {', '.join(extra)} that the data does not have")
-            raise ValueError(f"--class-names {problem}; the data's class folders are "
+            raise UsageError(f"--class-names {problem}; the data's class folders are "
                              f"{', '.join(group_names)}; map each of them to a class index")
         table = np.array([mapping[g] for g in group_names], np.int32)
     else:
@@ -136,7 +138,7 @@ def folder_labels(class_names, group_names, groups):
             return unknown  # names for the model's classes; the folders are groups
         if len(named) != len(group_names):
             others = [g for g in group_names if g not in class_names.names]
-            raise ValueError(f"class folder(s) {', '.join(others)} are not among --class-names "
+            raise UsageError(f"class folder(s) {', '.join(others)} are not among --class-names "
                              f"({', '.join(class_names.names)}) while {', '.join(named)} are; "
                              "rename the folders or map them with a JSON/TOML file "
                              "{folder: class index}")
@@ -152,8 +154,8 @@ def check_class_count(class_names, num_classes):
         beyond = {f: i for f, i in class_names.folders.items() if i >= num_classes}
         if beyond:
             folder, index = sorted(beyond.items())[0]
-            raise ValueError(f"--class-names maps folder {folder!r} to class {index}, but the "
+            raise UsageError(f"--class-names maps folder {folder!r} to class {index}, but the "
                              f"model has {num_classes} classes (0 to {num_classes - 1})")
     elif len(class_names.names) != num_classes:
-        raise ValueError(f"--class-names gives {len(class_names.names)} name(s) but the model has "
+        raise UsageError(f"--class-names gives {len(class_names.names)} name(s) but the model has "
                          f"{num_classes} classes; give one name per class, in class order")

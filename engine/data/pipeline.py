@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from sightline.config import preprocessing_name
 from sightline.data.decode import CORRUPT, OK, UNREADABLE, decode_batch, resize_images
+from sightline.errors import UsageError
 
 # ImageNet statistics of the two common conventions (Keras applications' "caffe" and
 # "torch" modes): caffe is BGR with mean subtraction on 0..255, torch is RGB on 0..1.
@@ -39,7 +40,7 @@ def preprocess(images, name):
     if name == "symmetric":
         return _divide(images, 127.5) - 1.0
     if images.shape[-1] != 3:
-        raise ValueError(f"preprocessing {name!r} needs 3-channel RGB images; these have "
+        raise UsageError(f"preprocessing {name!r} needs 3-channel RGB images; these have "
                          f"{images.shape[-1]} channels")
     if name == "caffe":
         return images[..., ::-1] - tf.constant(_CAFFE_BGR_MEAN, tf.float32)

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from sightline.data.labels import folder_labels
+from sightline.errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr")
@@ -220,7 +221,7 @@ def open_source(spec, *, labels=None, image_key="image/encoded", label_key="imag
     """
     source = _open(spec, labels, image_key, label_key)
     if class_names is not None and class_names.folders is not None and source.kind != "folder":
-        raise ValueError(f"--class-names {class_names.given!r} maps folders to classes, but "
+        raise UsageError(f"--class-names {class_names.given!r} maps folders to classes, but "
                          f"{spec!r} is not a folder of class subfolders; give the names in "
                          "class order instead")
     if source.kind == "folder":
@@ -231,7 +232,7 @@ def open_source(spec, *, labels=None, image_key="image/encoded", label_key="imag
 
 def _open(spec, labels, image_key, label_key):
     if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"data source must be a path; got {type(spec).__name__}")
+        raise UsageError(f"data source must be a path; got {type(spec).__name__}")
     spec = os.fspath(spec)
     path, _, dataset = _split_h5_spec(spec)
     if path.lower().endswith((".h5", ".hdf5")):
@@ -247,12 +248,12 @@ def _open(spec, labels, image_key, label_key):
     if any(ch in spec for ch in "*?[") or spec.lower().endswith(TFRECORD_EXTENSIONS):
         records = sorted(glob.glob(spec))
         if not records:
-            raise ValueError(f"no TFRecord files match {spec!r}; check the path or pattern")
+            raise UsageError(f"no TFRecord files match {spec!r}; check the path or pattern")
         return _open_tfrecords(records, spec, image_key, label_key)
     if not os.path.exists(spec):
-        raise ValueError(f"data source not found: {spec!r}; pass a folder of images, TFRecord "
+        raise UsageError(f"data source not found: {spec!r}; pass a folder of images, TFRecord "
                          "files, a .npy file or file.h5:/dataset")
-    raise ValueError(f"unrecognised data source {spec!r}: expected a folder of images, TFRecord "
+    raise UsageError(f"unrecognised data source {spec!r}: expected a folder of images, TFRecord "
                      "files (.tfrecord), a .npy file or file.h5:/dataset")
 
 
@@ -289,7 +290,7 @@ def _open_folder(folder):
             for name in sorted(files):
                 take(os.path.join(root, name), group)
     if not paths:
-        raise ValueError(f"data folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), "
+        raise UsageError(f"data folder {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), "
                          "directly or in class subfolders")
     keys = tuple(os.path.relpath(p, folder) for p in paths)
     return Source(kind="folder", description=f"folder {os.path.abspath(folder)}",
@@ -309,16 +310,16 @@ def _open_tfrecords(files, spec, image_key, label_key):
                 example = tf.train.Example.FromString(record.numpy())
                 features = example.features.feature
                 if image_key not in features:
-                    raise ValueError(f"TFRecord {file!r} record {number} has no feature "
+                    raise UsageError(f"TFRecord {file!r} record {number} has no feature "
                                      f"{image_key!r}; features: {', '.join(sorted(features))}; "
                                      "set the image key (--tfrecord-image-key)")
                 label = features[label_key].int64_list.value if label_key in features else []
                 labels.append(int(label[0]) if len(label) else -1)
                 keys.append(f"{os.path.basename(file)}:{number}")
         except tf.errors.OpError as error:
-            raise ValueError(f"TFRecord file {file!r} is unreadable ({error.message.strip()})") from None
+            raise UsageError(f"TFRecord file {file!r} is unreadable ({error.message.strip()})") from None
     if not keys:
-        raise ValueError(f"TFRecord source {spec!r} holds no records")
+        raise UsageError(f"TFRecord source {spec!r} holds no records")
     return Source(kind="tfrecord", description=f"tfrecord {spec}", open_spec=spec,
                   keys=tuple(keys),
                   labels=np.asarray(labels, np.int32), encoded=True,
@@ -329,19 +330,19 @@ def _open_tfrecords(files, spec, image_key, label_key):
 
 def _check_array(shape, what):
     if len(shape) != 4 or shape[-1] not in (1, 3, 4):
-        raise ValueError(f"{what} must hold images [N,H,W,C] with C in 1, 3, 4; its shape is "
+        raise UsageError(f"{what} must hold images [N,H,W,C] with C in 1, 3, 4; its shape is "
                          f"{tuple(shape)}")
     if shape[0] == 0:
-        raise ValueError(f"{what} is empty (N = 0)")
+        raise UsageError(f"{what} is empty (N = 0)")
 
 
 def _open_npy(path, labels):
     if not os.path.exists(path):
-        raise ValueError(f"data source not found: {path!r}")
+        raise UsageError(f"data source not found: {path!r}")
     try:
         array = np.load(path, mmap_mode="r")
     except (ValueError, OSError) as error:
-        raise ValueError(f"data source {path!r} is not a readable .npy array ({error})") from None
+        raise UsageError(f"data source {path!r} is not a readable .npy array ({error})") from None
     _check_array(array.shape, f"array {path!r}")
     keys = tuple(f"{os.path.basename(path)}[{i}]" for i in range(array.shape[0]))
     return Source(kind="npy", description=f"npy {os.path.abspath(path)}",
@@ -353,17 +354,17 @@ def _open_npy(path, labels):
 def _open_h5(path, dataset, spec, labels):
     import h5py
     if not os.path.exists(path):
-        raise ValueError(f"data source not found: {path!r}")
+        raise UsageError(f"data source not found: {path!r}")
     if not dataset:
-        raise ValueError(f"HDF5 source {spec!r} names no dataset; write it as file.h5:/images")
+        raise UsageError(f"HDF5 source {spec!r} names no dataset; write it as file.h5:/images")
     try:
         with h5py.File(path, "r") as handle:
             if dataset not in handle:
-                raise ValueError(f"HDF5 file {path!r} has no dataset {dataset!r}; it has "
+                raise UsageError(f"HDF5 file {path!r} has no dataset {dataset!r}; it has "
                                  f"{', '.join(sorted(handle.keys()))}")
             shape = handle[dataset].shape
     except OSError as error:
-        raise ValueError(f"data source {path!r} is not a readable HDF5 file ({error})") from None
+        raise UsageError(f"data source {path!r} is not a readable HDF5 file ({error})") from None
     _check_array(shape, f"dataset {spec!r}")
     keys = tuple(f"{os.path.basename(path)}:{dataset}[{i}]" for i in range(shape[0]))
     return Source(kind="h5", description=f"h5 {os.path.abspath(path)}:{dataset}",
@@ -384,8 +385,8 @@ def _read_labels(spec, count):
         else:
             values = np.load(path)
     except (OSError, KeyError, ValueError) as error:
-        raise ValueError(f"labels {spec!r} are unreadable ({error})") from None
+        raise UsageError(f"labels {spec!r} are unreadable ({error})") from None
     if values.shape != (count,) or not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(f"labels {spec!r} must be {count} integers, one per image; got "
+        raise UsageError(f"labels {spec!r} must be {count} integers, one per image; got "
                          f"shape {values.shape} of {values.dtype}")
     return values.astype(np.int32)

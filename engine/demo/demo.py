@@ -47,6 +47,7 @@ from sightline.jobs.runner import run_job
 from sightline.kernels.methods import INPUT, method_names
 from sightline.report.activations import write_activations_output
 from sightline.report.page import embed_png, write_report
+from sightline.errors import UsageError
 
 IMAGE_SIZE = 64
 SKY_REGION = "sky=0:20,0:64"
@@ -80,10 +81,10 @@ def check_demo_folder(out):
     if not os.path.exists(out):
         return
     if not os.path.isdir(out):
-        raise ValueError(f"--out must be a folder; {out!r} is a file. Pass a new or empty folder "
+        raise UsageError(f"--out must be a folder; {out!r} is a file. Pass a new or empty folder "
                          "for the demo's output")
     if os.listdir(out) and not os.path.isfile(os.path.join(out, MARKER_FILE)):
-        raise ValueError(f"--out {out!r} is a non-empty folder the demo did not write (it has no "
+        raise UsageError(f"--out {out!r} is a non-empty folder the demo did not write (it has no "
                          f"{MARKER_FILE}), and the demo replaces {', '.join(OWNED_FOLDERS)} in "
                          "it; pass a new or empty folder, or the output of an earlier demo")
 

@@ -36,6 +36,8 @@ import os
 
 import numpy as np
 
+from sightline.errors import UsageError
+
 IMAGE_SIZE = 64
 CLASS_NAMES = ("cross", "disc")  # sorted, so folder labels are 0 = cross, 1 = disc
 SKY_ROWS = 20  # rows 0..19 are sky
@@ -80,9 +82,9 @@ def make_scenes(n, seed=0, agreement=0.95, size=IMAGE_SIZE, tag_share=0.0):
     "class/NNNNN.png"), plus seed, agreement, tag_share.
     """
     if not 0.0 <= agreement <= 1.0:
-        raise ValueError(f"agreement must be in [0, 1]; got {agreement!r}")
+        raise UsageError(f"agreement must be in [0, 1]; got {agreement!r}")
     if not 0.0 <= tag_share <= 1.0:
-        raise ValueError(f"tag_share must be a fraction in [0, 1] of the {CLASS_NAMES[TAG_CLASS]} "
+        raise UsageError(f"tag_share must be a fraction in [0, 1] of the {CLASS_NAMES[TAG_CLASS]} "
                          f"scenes; got {tag_share!r}")
     rng = np.random.default_rng(seed)
     labels = (np.arange(n) % 2).astype(np.int32)

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from sightline.compute.step import copies_per_call
 from sightline.data.pipeline import preprocess
+from sightline.errors import UsageError
 from sightline.kernels import faithfulness as F
 
 FILLS = ("mean", "blur", "road")
@@ -97,7 +98,7 @@ def build_curves(adapter, image_shape, batch_size, settings, preprocessing="none
     (the probability of the image times its map), original [B], tie_fraction [B].
     """
     if settings.fill not in FILLS:
-        raise ValueError(f"fill must be one of {', '.join(FILLS)}; received {settings.fill!r}")
+        raise UsageError(f"fill must be one of {', '.join(FILLS)}; received {settings.fill!r}")
     height, width, channels = (int(v) for v in image_shape)
     batch_size, steps = int(batch_size), int(settings.steps)
     grid = tuple(int(v) for v in settings.grid)

@@ -28,6 +28,7 @@ import shutil
 import numpy as np
 
 from sightline.audit.replay import ImageFeed, load_run_model, open_run_source, read_images
+from sightline.errors import UsageError
 from sightline.evaluate.settings import EvaluationSettings, choose_samples, ranking_grid
 from sightline.evaluate.summary import (CONTROLS, EVALUATION_FILE, FORMAT, H5_FILE, summarise)
 from sightline.kernels.methods import LAYER, METHODS
@@ -65,7 +66,7 @@ def evaluate_run(out, settings=None, *, progress=None):
         labels = results.read(SAMPLE_LABEL)
         chosen = choose_samples(results.sample_indices, targets, settings.sample, settings.seed)
         if len(chosen) == 0:
-            raise ValueError(f"{out!r} holds no samples to evaluate")
+            raise UsageError(f"{out!r} holds no samples to evaluate")
         parts_folder = os.path.join(out, PARTS_FOLDER)
         unsafe = _prepare_parts(parts_folder, settings, manifest, methods, grid)
         parts = [chosen[start:start + settings.part_size]
@@ -223,10 +224,10 @@ def _write_sanity(path, results, methods, grid, settings, unsafe):
     run = manifest["run"]
     model = manifest.get("model")
     if not model or not os.path.exists(model):
-        raise ValueError(f"the run's model {model!r} is not there any more; the sanity checks "
+        raise UsageError(f"the run's model {model!r} is not there any more; the sanity checks "
                          "randomise a copy of it (--sanity-sample 0 evaluates without them)")
     if os.path.isdir(model):
-        raise ValueError(f"the run's model {model!r} is a SavedModel, whose layers the sanity "
+        raise UsageError(f"the run's model {model!r} is a SavedModel, whose layers the sanity "
                          "checks cannot re-initialise; pass --sanity-sample 0 to evaluate "
                          "without them, or explain a .keras or .h5 file")
     targets = results.read(PRED_TARGET)
@@ -276,7 +277,7 @@ def _merge(out, folder, num_parts, chosen, targets, labels, methods, settings, g
         try:
             got = np.concatenate([h[SAMPLE_INDEX][:] for h in handles])
             if not np.array_equal(got, chosen):
-                raise ValueError("the evaluation's parts do not cover the chosen samples; "
+                raise UsageError("the evaluation's parts do not cover the chosen samples; "
                                  f"remove {folder!r} and run the evaluation again")
             with h5py.File(temporary, "w") as handle:
                 handle.attrs["format"] = FORMAT

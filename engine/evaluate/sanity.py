@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from sightline import kernels
 from sightline.compute.explain import explain
+from sightline.errors import UsageError
 from sightline.evaluate.sanity_scores import PASS_THRESHOLD, RULE, Similarity
 from sightline.kernels.methods import METHODS
 from sightline.model.loading import load_model
@@ -141,36 +142,36 @@ def sanity_checks(model, images, targets, methods, *, controls=None, seed=0, **e
 def _check_arguments(methods, controls, seed, explain_options):
     unknown = [name for name in methods if name not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; known: "
+        raise UsageError(f"unknown method(s) {', '.join(map(repr, unknown))}; known: "
                          f"{', '.join(METHODS)}")
     if not methods and not controls:
-        raise ValueError("sanity_checks needs at least one method or control to check")
+        raise UsageError("sanity_checks needs at least one method or control to check")
     clashes = sorted(set(methods) & set(controls))
     if clashes:
-        raise ValueError(f"control name(s) {', '.join(map(repr, clashes))} are also method "
+        raise UsageError(f"control name(s) {', '.join(map(repr, clashes))} are also method "
                          "names; give the controls names of their own")
     for name, control in controls.items():
         if not callable(control):
-            raise TypeError(f"control {name!r} must be a function images[N,H,W,C] -> "
-                            f"maps[N,h,w]; got {type(control).__name__}")
+            raise UsageError(f"control {name!r} must be a function images[N,H,W,C] -> "
+                             f"maps[N,h,w]; got {type(control).__name__}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2 ** 32:
-        raise ValueError(f"seed must be an integer in [0, 2**32); got {seed!r}")
+        raise UsageError(f"seed must be an integer in [0, 2**32); got {seed!r}")
     own = sorted(set(_OWN_OPTIONS[:2]) & set(explain_options))
     if own:
-        raise ValueError(f"sanity_checks sets {', '.join(own)} itself (the explained classes "
+        raise UsageError(f"sanity_checks sets {', '.join(own)} itself (the explained classes "
                          "come from targets, the raw maps are compared); leave them out")
 
 
 def _check_sample(images, targets):
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
-        raise ValueError(f"images must be a batch [N,H,W,C]; got shape {images.shape}")
+        raise UsageError(f"images must be a batch [N,H,W,C]; got shape {images.shape}")
     if len(images) < 2:
-        raise ValueError(f"the sanity checks need at least 2 images (the floor compares "
+        raise UsageError(f"the sanity checks need at least 2 images (the floor compares "
                          f"maps of different images); got {len(images)}")
     targets = np.asarray(targets)
     if not np.issubdtype(targets.dtype, np.integer) or targets.shape != (len(images),):
-        raise ValueError(f"targets must be one class index per image, int [{len(images)}]; "
+        raise UsageError(f"targets must be one class index per image, int [{len(images)}]; "
                          f"got {targets.dtype} of shape {targets.shape}")
     return images, targets.astype(np.int32)
 
@@ -180,7 +181,7 @@ def copy_model(model, *, unsafe=False):
     left as it is."""
     model, flavor = load_model(model, unsafe=unsafe)
     if flavor == "saved_model":
-        raise ValueError("the sanity checks re-initialise the model's layers, and a "
+        raise UsageError("the sanity checks re-initialise the model's layers, and a "
                          "SavedModel exposes none; save the model as .keras or .h5")
     if flavor == "keras3":
         import keras as K
@@ -189,7 +190,7 @@ def copy_model(model, *, unsafe=False):
     try:
         clone = K.models.clone_model(model)
     except (ValueError, TypeError, NotImplementedError) as error:
-        raise ValueError(f"the sanity checks randomise a copy of the model, and Keras cannot "
+        raise UsageError(f"the sanity checks randomise a copy of the model, and Keras cannot "
                          f"copy this one ({error}); build it as a Sequential or functional "
                          "model") from None
     copy_weights(model, clone)
@@ -206,13 +207,13 @@ def cascade(clone, target_layer):
         start = 0
     else:
         if target_layer not in names:
-            raise ValueError(f"target layer {target_layer!r} is not a layer of the model "
+            raise UsageError(f"target layer {target_layer!r} is not a layer of the model "
                              f"itself; layers: {', '.join(names)}")
         start = names.index(target_layer)
     cascade = [(position, clone.layers[position]) for position in range(len(names) - 1, start - 1, -1)
                if clone.layers[position].weights]
     if not cascade:
-        raise ValueError(f"no layer with weights from the top down to {target_layer!r}: "
+        raise UsageError(f"no layer with weights from the top down to {target_layer!r}: "
                          "nothing to randomise")
     return cascade
 
@@ -305,7 +306,7 @@ def _other_classes(rng, targets, num_classes):
 def _control_maps(name, control, images):
     maps = np.asarray(control(images), np.float32)
     if maps.ndim != 3 or len(maps) != len(images):
-        raise ValueError(f"control {name!r} must return maps [N,h,w] for {len(images)} "
+        raise UsageError(f"control {name!r} must return maps [N,h,w] for {len(images)} "
                          f"images; it returned shape {maps.shape}")
     return maps
 

@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 from sightline.audit.clusters import sample_priority
+from sightline.errors import UsageError
 from sightline.kernels.methods import METHODS
 
 FILLS = ("mean", "blur", "road")  # the same tuple as sightline.evaluate.curves.FILLS
@@ -40,28 +41,28 @@ class EvaluationSettings:
     def checked(self):
         """self, or a ValueError/TypeError of one line naming the bad setting."""
         if not _whole(self.steps, 1) or self.steps > MAX_STEPS:
-            raise ValueError(f"--steps must be a whole number of steps from 1 to {MAX_STEPS}; "
+            raise UsageError(f"--steps must be a whole number of steps from 1 to {MAX_STEPS}; "
                              f"received {self.steps!r} (default {DEFAULT_STEPS})")
         if self.fill not in FILLS:
-            raise ValueError(f"--fill must be one of {', '.join(FILLS)}; received {self.fill!r}")
+            raise UsageError(f"--fill must be one of {', '.join(FILLS)}; received {self.fill!r}")
         if self.sample is not None and not _whole(self.sample, 1):
-            raise ValueError(f"--sample must be a whole number of images per class >= 1; "
+            raise UsageError(f"--sample must be a whole number of images per class >= 1; "
                              f"received {self.sample!r} (leave it out to evaluate every image)")
         if not _whole(self.seed, 0) or self.seed >= 2 ** 31:
-            raise ValueError(f"--seed must be a whole number from 0 to 2**31 - 1; received "
+            raise UsageError(f"--seed must be a whole number from 0 to 2**31 - 1; received "
                              f"{self.seed!r}")
         if not _whole(self.sanity_sample, 0):
-            raise ValueError(f"--sanity-sample must be a whole number of images per class >= 0 "
+            raise UsageError(f"--sanity-sample must be a whole number of images per class >= 0 "
                              f"(0 skips the sanity checks); received {self.sanity_sample!r} "
                              f"(default {DEFAULT_SANITY_SAMPLE})")
         for name in ("batch_size", "memory_budget_mb", "part_size"):
             if not _whole(getattr(self, name), 1):
-                raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1; "
+                raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= 1; "
                                  f"received {getattr(self, name)!r}")
         if self.methods is not None:
             unknown = [m for m in self.methods if m not in METHODS]
             if unknown or not self.methods:
-                raise ValueError(f"--methods names unknown method(s) {', '.join(map(repr, unknown))}; "
+                raise UsageError(f"--methods names unknown method(s) {', '.join(map(repr, unknown))}; "
                                  f"known: {', '.join(METHODS)}" if unknown else
                                  "--methods is empty; name at least one stored method")
         return self
@@ -72,7 +73,7 @@ class EvaluationSettings:
             return list(stored)
         missing = [m for m in self.methods if m not in stored]
         if missing:
-            raise ValueError(f"the run did not store {', '.join(map(repr, missing))}; it holds "
+            raise UsageError(f"the run did not store {', '.join(map(repr, missing))}; it holds "
                              f"{', '.join(stored)}")
         return [m for m in stored if m in self.methods]
 

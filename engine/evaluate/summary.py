@@ -28,6 +28,7 @@ import json
 
 import numpy as np
 
+from sightline.errors import UsageError
 from sightline.evaluate.sanity_scores import read_sanity
 from sightline.store.layout import SAMPLE_TARGET
 
@@ -177,7 +178,7 @@ def read_evaluation(path):
     with open(path) as handle:
         evaluation = json.load(handle)
     if evaluation.get("format") != FORMAT:
-        raise ValueError(f"{path!r} is not a sightline evaluation (format "
+        raise UsageError(f"{path!r} is not a sightline evaluation (format "
                          f"{evaluation.get('format')!r}, expected {FORMAT!r})")
     return evaluation
 

@@ -10,6 +10,8 @@ import fcntl
 import os
 import socket
 
+from sightline.errors import UsageError
+
 
 def lock_path(out, worker):
     return os.path.join(out, f".worker-{worker:05d}.lock")
@@ -33,7 +35,7 @@ def _take(descriptor, out, worker):
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(descriptor, 200, 0).decode("utf-8", "replace").strip() or "unknown"
-        raise ValueError(f"output folder {out!r} is being written by another process "
+        raise UsageError(f"output folder {out!r} is being written by another process "
                          f"(worker {worker}, pid {holder}); wait for it to end, or pass "
                          "another --out or --worker") from None
 

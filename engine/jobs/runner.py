@@ -33,6 +33,7 @@ from sightline.store.manifest import (ManifestWriter, fingerprint_hash, other_ru
                                       previous_manifest, remove_stale_shards, source_entry)
 from sightline.store.shards import (ShardWriter, build_index, label_attributes, read_shard_columns,
                                     remove_stale_temporaries, resolve_compression, verify_shard)
+from sightline.errors import UsageError
 
 # The --preprocess spelling a person types, by the pipeline's name for it.
 PREPROCESS_FLAGS = {"unit": "[0,1]", "symmetric": "[-1,1]"}
@@ -271,14 +272,14 @@ def _plan(config, progress):
 
     for name in ("model", "data", "out"):
         if getattr(config, name) is None:
-            raise ValueError(f"a dataset job needs {name}: pass --{name}")
+            raise UsageError(f"a dataset job needs {name}: pass --{name}")
     worker, workers = resolve_worker(config.worker, config.workers)
     out = os.path.abspath(config.out)
     check_writable_folder(out)  # creates nothing: a refused run leaves no folder behind
     strategy = make_strategy(config.devices)  # before anything initialises TensorFlow
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
-        raise ValueError(f"batch size {config.batch_size} must be a multiple of the {replicas} "
+        raise UsageError(f"batch size {config.batch_size} must be a multiple of the {replicas} "
                          f"devices, each takes an equal part; try --batch-size "
                          f"{replicas * max(1, config.batch_size // replicas)}")
     auto = config.precision == AUTO
@@ -319,7 +320,7 @@ def _plan(config, progress):
         step = build_step(adapter, config, config.batch_size // replicas, image_shape)
     different = other_run_settings(out, run)
     if different and not config.overwrite:
-        raise ValueError(f"output folder {out!r} holds another run's shards (different "
+        raise UsageError(f"output folder {out!r} holds another run's shards (different "
                          f"{', '.join(different)}); choose another --out or pass --overwrite")
     # Every check passed: only now does the folder appear, and this worker's lock is
     # taken before anything in it is removed or written.
@@ -422,19 +423,19 @@ def _image_shape(config, adapter, source):
     height, width, channels = (tuple(adapter.input_shape) + (None,) * 3)[:3]
     if config.image_size is not None:
         if (height, width) != (None, None) and (height, width) != config.image_size:
-            raise ValueError(f"image size {config.image_size} differs from the model's input "
+            raise UsageError(f"image size {config.image_size} differs from the model's input "
                              f"({height}, {width}); leave --image-size out to use the model's")
         height, width = config.image_size
     if height is None or width is None:
         if not source.encoded:
             height, width = source.array_shape[:2]
         else:
-            raise ValueError("the model takes any image size: pass --image-size H,W")
+            raise UsageError("the model takes any image size: pass --image-size H,W")
     if channels is None:
-        raise ValueError("the model does not fix its number of input channels; re-save it "
+        raise UsageError("the model does not fix its number of input channels; re-save it "
                          "with a defined input shape")
     if not source.encoded and source.array_shape[-1] != channels:
-        raise ValueError(f"the images have {source.array_shape[-1]} channel(s) but the model "
+        raise UsageError(f"the images have {source.array_shape[-1]} channel(s) but the model "
                          f"takes {channels}; convert the array first")
     return (int(height), int(width), int(channels))
 
@@ -459,7 +460,7 @@ def _check_finite_pixels(source, chunk=256):
             finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)  # [chunk]
             if not finite.all():
                 first = start + int(np.argmin(finite))
-                raise ValueError(f"sample {first} ({source.keys[first]}) of {source.description} "
+                raise UsageError(f"sample {first} ({source.keys[first]}) of {source.description} "
                                  "holds NaN or Inf pixels; replace or drop such samples first")
     finally:
         if handle is not None:
@@ -470,19 +471,19 @@ def _check_targets(config, adapter, source):
     if config.target == "label":
         unknown = int(np.sum(source.labels < 0))
         if unknown and source.group_names:
-            raise ValueError(f"--target label needs the model's class of every image, but the "
+            raise UsageError(f"--target label needs the model's class of every image, but the "
                              f"class folders ({', '.join(source.group_names[:5])}) are only groups "
                              "of images until --class-names says how they map to the model's "
                              "classes (names in class order, or a JSON/TOML file folder -> index)")
         if unknown:
-            raise ValueError(f"--target label needs a label for every image; {unknown} of "
+            raise UsageError(f"--target label needs a label for every image; {unknown} of "
                              f"{source.num_samples} have none (use class subfolders with "
                              "--class-names, or --labels)")
         if source.labels.max() >= adapter.num_classes:
-            raise ValueError(f"labels go up to {source.labels.max()} but the model has "
+            raise UsageError(f"labels go up to {source.labels.max()} but the model has "
                              f"{adapter.num_classes} classes")
     elif isinstance(config.target, int) and config.target >= adapter.num_classes:
-        raise ValueError(f"--target {config.target} is not a class of this model (it has "
+        raise UsageError(f"--target {config.target} is not a class of this model (it has "
                          f"{adapter.num_classes}: 0 to {adapter.num_classes - 1})")
 
 

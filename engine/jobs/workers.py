@@ -3,6 +3,8 @@ TF_CONFIG. Shard `s` belongs to worker `s mod W`; no two workers write one file.
 
 import json
 
+from sightline.errors import UsageError
+
 
 def resolve_worker(worker=None, workers=None, environ=None):
     """(index, count) of this worker, validated. Flags win over the environment.
@@ -23,14 +25,14 @@ def resolve_worker(worker=None, workers=None, environ=None):
         workers = environment_workers
     if workers is None:
         if source == "JOB_COMPLETION_INDEX":
-            raise ValueError("JOB_COMPLETION_INDEX is set but the number of workers is not: pass "
+            raise UsageError("JOB_COMPLETION_INDEX is set but the number of workers is not: pass "
                              "--workers with the job's completions")
         workers = 1
     worker = 0 if worker is None else worker
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1; got {workers!r}")
+        raise UsageError(f"workers must be an integer >= 1; got {workers!r}")
     if not isinstance(worker, int) or isinstance(worker, bool) or not 0 <= worker < workers:
-        raise ValueError(f"worker index {worker!r} (from {source or 'defaults'}) is out of range "
+        raise UsageError(f"worker index {worker!r} (from {source or 'defaults'}) is out of range "
                          f"for {workers} worker(s): it must be 0 to {workers - 1}")
     return worker, workers
 
@@ -42,7 +44,7 @@ def _from_environment(environ):
         first = _int(environ, "SLURM_ARRAY_TASK_MIN", 0)
         step = _int(environ, "SLURM_ARRAY_TASK_STEP", 1)
         if step < 1 or (task - first) % step:
-            raise ValueError(f"SLURM_ARRAY_TASK_ID {task} is not on the array's grid "
+            raise UsageError(f"SLURM_ARRAY_TASK_ID {task} is not on the array's grid "
                              f"(min {first}, step {step})")
         count = _int(environ, "SLURM_ARRAY_TASK_COUNT", 0) or None
         return (task - first) // step, count, "SLURM_ARRAY_TASK_ID"
@@ -58,12 +60,12 @@ def _int(environ, name, default=None):
     value = environ.get(name)
     if value is None:
         if default is None:
-            raise ValueError(f"{name} is not set; it is needed to place this worker")
+            raise UsageError(f"{name} is not set; it is needed to place this worker")
         return default
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{name} must be an integer; got {value!r}") from None
+        raise UsageError(f"{name} must be an integer; got {value!r}") from None
 
 
 def _from_tf_config(text):
@@ -72,14 +74,14 @@ def _from_tf_config(text):
         task = config["task"]
         cluster = config["cluster"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError("TF_CONFIG must be JSON with 'cluster' and 'task'; got "
+        raise UsageError("TF_CONFIG must be JSON with 'cluster' and 'task'; got "
                          f"{text[:80]!r}") from None
     members = list(cluster.get("chief", [])) + list(cluster.get("worker", []))
     if not members:
-        raise ValueError("TF_CONFIG lists no chief or worker tasks")
+        raise UsageError("TF_CONFIG lists no chief or worker tasks")
     offset = len(cluster.get("chief", [])) if task.get("type") == "worker" else 0
     if task.get("type") not in ("chief", "worker"):
-        raise ValueError(f"TF_CONFIG task type {task.get('type')!r} does not explain images; "
+        raise UsageError(f"TF_CONFIG task type {task.get('type')!r} does not explain images; "
                          "use chief or worker tasks")
     return offset + int(task.get("index", 0)), len(members)
 

@@ -34,6 +34,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from sightline.errors import UsageError
 from sightline.model.folding import fold_batch_normalization
 from sightline.model.graph import (Graph, built_input_shape, flatten, functional_inputs,
                                    is_nested_model, open_nested, trace_subclassed)
@@ -127,16 +128,16 @@ def adapt_model(source, *, layer=None, precision="float32", unsafe=False, input_
 def _adapt_saved_model(loaded, layer):
     signatures = getattr(loaded, "signatures", {})
     if "serving_default" not in signatures:
-        raise ValueError("the SavedModel has no 'serving_default' signature to call; export it "
+        raise UsageError("the SavedModel has no 'serving_default' signature to call; export it "
                          "with model.export() (Keras 3) or model.save(dir) (tf_keras)")
     serve = signatures["serving_default"]
     input_specs = tf.nest.flatten(serve.structured_input_signature)
     if len(input_specs) != 1 or input_specs[0].shape.rank != 4:
-        raise ValueError("the SavedModel's serving signature must take one image batch "
+        raise UsageError("the SavedModel's serving signature must take one image batch "
                          f"[B,H,W,C]; it takes {input_specs}")
     output_specs = serve.structured_outputs
     if len(output_specs) != 1:
-        raise ValueError("the SavedModel's serving signature must return one output (the "
+        raise UsageError("the SavedModel's serving signature must return one output (the "
                          f"class scores); it returns {sorted(output_specs)}")
     (output_name, output_spec), = output_specs.items()
     argument = list(serve.structured_input_signature[1].keys())[0]
@@ -145,7 +146,7 @@ def _adapt_saved_model(loaded, layer):
               "layer's activations) cannot run on it; save the model as .keras or .h5, or "
               "use saliency, smoothgrad or integrated_gradients")
     if layer is not None:
-        raise ValueError(f"layer={layer!r} cannot be used with a SavedModel: {reason}")
+        raise UsageError(f"layer={layer!r} cannot be used with a SavedModel: {reason}")
     if _serves_probabilities(serve, argument, output_name, input_specs[0]):
         _warn_at_caller(
             "the SavedModel serves probabilities (its outputs are non-negative and sum to 1), "
@@ -269,7 +270,7 @@ def _traced(K, model, input_shape):
     if shape is None and input_shape is not None:
         shape = (None, *input_shape)
     if shape is None:
-        raise ValueError("the model has no defined input and was never built or called: call "
+        raise UsageError("the model has no defined input and was never built or called: call "
                          "it once on a batch of images (model(images[:1])) before explaining "
                          "it, or pass it to explain(), which builds it from the images")
     if not model.built:
@@ -295,18 +296,18 @@ def _keras_module(flavor):
 def _image_input_and_scores(model):
     """(input tensor [B,H,W,C], output tensor [B,classes]), or one clear error."""
     if not model.built or not getattr(model, "inputs", None):
-        raise ValueError("the model has no defined input: build it with an Input layer (or call "
+        raise UsageError("the model has no defined input: build it with an Input layer (or call "
                          "model.build((None, H, W, C))) before explaining it")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(f"sightline explains models with one image input and one output; this "
+        raise UsageError(f"sightline explains models with one image input and one output; this "
                          f"model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
                          "save a model of the image branch alone (keras.Model(image_input, "
                          "class_output)) and explain that")
     inputs, output = model.inputs[0], model.outputs[0]
     if _rank(inputs) != 4:
-        raise ValueError(f"the model's input must be an image batch [B,H,W,C]; it is {tuple(inputs.shape)}")
+        raise UsageError(f"the model's input must be an image batch [B,H,W,C]; it is {tuple(inputs.shape)}")
     if _rank(output) != 2:
-        raise ValueError(f"the model's output must be class scores [B,classes]; it is {tuple(output.shape)}")
+        raise UsageError(f"the model's output must be class scores [B,classes]; it is {tuple(output.shape)}")
     return inputs, output
 
 
@@ -381,7 +382,7 @@ def _target(graph, logits, layer, whole_reason=None):
     named = _named_tensors(graph)
     candidates = [t for t in named if _rank(t.tensor) == 4]
     if layer is not None and whole_reason and not candidates:
-        raise ValueError(f"layer={layer!r} cannot be used: {whole_reason}")
+        raise UsageError(f"layer={layer!r} cannot be used: {whole_reason}")
     if layer is not None:
         return _named_target(layer, named, candidates), None
     if not candidates:
@@ -442,10 +443,10 @@ def _named_target(layer, named, candidates):
             listed = (f"nearest layers with 4-D outputs: {', '.join(near[:6]) or 'none'} "
                       f"(of {len(names)}; layers inside a nested model are named "
                       "model/layer)")
-        raise ValueError(f"layer {layer!r} is not in the model; {listed}")
+        raise UsageError(f"layer {layer!r} is not in the model; {listed}")
     target = by_name[layer]
     if _rank(target.tensor) != 4:
-        raise ValueError(f"layer {layer!r} has output shape {tuple(target.tensor.shape)}, not a "
+        raise UsageError(f"layer {layer!r} has output shape {tuple(target.tensor.shape)}, not a "
                          "4-D feature map [B,h,w,K]; layers with 4-D outputs: "
                          f"{', '.join(t.name for t in candidates[-12:]) or 'none'}")
     return target

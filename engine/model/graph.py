@@ -12,6 +12,8 @@ import inspect
 
 import tensorflow as tf
 
+from sightline.errors import UsageError
+
 
 def flatten(value):
     return list(value) if isinstance(value, (list, tuple)) else [value]
@@ -67,7 +69,7 @@ class Graph:
     def input_of(self, producer):
         inputs = self.inputs[id(producer)]
         if len(inputs) != 1:
-            raise ValueError(f"layer {producer.name!r} reads {len(inputs)} tensors, expected one")
+            raise UsageError(f"layer {producer.name!r} reads {len(inputs)} tensors, expected one")
         return inputs[0]
 
     @staticmethod
@@ -118,7 +120,7 @@ def open_nested(K, graph, path, tensor):
     try:
         model = K.Model(functional_inputs(graph.model), outputs)
     except ValueError as error:
-        raise ValueError(f"layers inside nested model {path[0].name!r} cannot be reached "
+        raise UsageError(f"layers inside nested model {path[0].name!r} cannot be reached "
                          f"({_first_line(error)}); rename the clashing layers or explain the "
                          "nested model's output") from None
     return model, _mapped(opened[id(path[-1])], tensor)

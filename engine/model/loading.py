@@ -7,6 +7,9 @@ import zipfile
 
 import tensorflow as tf
 
+from sightline.errors import UsageError
+
+
 def load_model(source, *, unsafe=False):
     """Load a model from a path, or pass an in-memory Keras model through.
 
@@ -19,16 +22,16 @@ def load_model(source, *, unsafe=False):
     if flavor is not None:
         return source, flavor
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(
+        raise UsageError(
             "model must be a Keras model (Keras 3 or tf_keras) or a path to a .keras, .h5 "
             f"or SavedModel directory; got {type(source).__name__}")
     path = os.fspath(source)
     if not os.path.exists(path):
-        raise ValueError(f"model file not found: {path!r}; pass the path of a .keras, .h5 "
+        raise UsageError(f"model file not found: {path!r}; pass the path of a .keras, .h5 "
                          "file or a SavedModel directory")
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
-            raise ValueError(f"model directory {path!r} holds no saved_model.pb: it is not a "
+            raise UsageError(f"model directory {path!r} holds no saved_model.pb: it is not a "
                              "SavedModel; pass a .keras or .h5 file or a SavedModel directory")
         return tf.saved_model.load(path), "saved_model"
     lowered = path.lower()
@@ -37,18 +40,18 @@ def load_model(source, *, unsafe=False):
     elif lowered.endswith((".h5", ".hdf5")):
         config, writer = _read_h5_config(path)
     else:
-        raise ValueError(f"unrecognised model file {path!r}: expected a .keras or .h5 file "
+        raise UsageError(f"unrecognised model file {path!r}: expected a .keras or .h5 file "
                          "or a SavedModel directory")
     if not unsafe:
         lambdas = _lambda_layers(config)
         if lambdas:
-            raise ValueError(
+            raise UsageError(
                 f"model {path!r} has Lambda layer(s) {', '.join(lambdas)} holding Python code, "
                 "which loading would run; pass unsafe=True (--unsafe) only if you trust the file")
     try:
         model = _load_keras_file(path, writer, unsafe)
     except Exception as error:  # noqa: BLE001 - Keras and h5py raise anything on bad bytes
-        raise ValueError(f"model file {path!r} could not be loaded ({type(error).__name__}: "
+        raise UsageError(f"model file {path!r} could not be loaded ({type(error).__name__}: "
                          f"{_first_line(error)}); it may be damaged, or need layers that are "
                          "not registered; re-save it or check the file") from None
     return model, writer
@@ -72,7 +75,7 @@ def _first_line(error):
 def _damaged(path, part, error):
     """The one line for a file whose bytes are not what its writer left."""
     kind = error.kind if isinstance(error, _ProbeError) else type(error).__name__
-    return ValueError(f"model file {path!r} is damaged or not a model: its {part} could not be "
+    return UsageError(f"model file {path!r} is damaged or not a model: its {part} could not be "
                       f"read ({kind}: {_first_line(error)}); re-save the model or copy the "
                       "file again")
 
@@ -97,7 +100,7 @@ def _writer_from_version(version, path):
         return "keras3"
     if major == "2":
         return "tf_keras"
-    raise ValueError(f"model file {path!r} was written by Keras {version!r}; sightline reads "
+    raise UsageError(f"model file {path!r} was written by Keras {version!r}; sightline reads "
                      "files written by Keras 3 or tf_keras (Keras 2)")
 
 
@@ -129,7 +132,7 @@ def _read_h5_config(path):
         attributes = dict(handle.attrs)
     raw_config = attributes.get("model_config")
     if raw_config is None:
-        raise ValueError(f"model file {path!r} holds no model_config: it stores weights only; "
+        raise UsageError(f"model file {path!r} holds no model_config: it stores weights only; "
                          "save the whole model with model.save()")
     if isinstance(raw_config, bytes):
         raw_config = raw_config.decode("utf-8")
@@ -170,7 +173,7 @@ class _ProbeError(Exception):
 
 
 def _probe_h5(path):
-    """Raise the one-line ValueError of a damaged HDF5 model file, or return."""
+    """Raise the one-line UsageError of a damaged HDF5 model file, or return."""
     import subprocess
     import sys
     try:

@@ -3,6 +3,8 @@
 import tensorflow as tf
 
 from sightline.config import PRECISIONS
+from sightline.errors import UsageError
+
 
 def with_precision(model, flavor, precision):
     """Rebuild a float32 Keras model under a mixed-precision policy, same weights.
@@ -12,11 +14,11 @@ def with_precision(model, flavor, precision):
     rebuilt under the policy and given the original weights.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "float32":
         return model
     if flavor == "saved_model":
-        raise ValueError(f"precision {precision!r} needs a Keras model; a SavedModel runs as it "
+        raise UsageError(f"precision {precision!r} needs a Keras model; a SavedModel runs as it "
                          "was saved: use precision='float32' or pass a .keras/.h5 file")
     if flavor == "keras3":
         import keras as K
@@ -33,7 +35,7 @@ def with_precision(model, flavor, precision):
         else:
             rebuilt = K.Model.from_config(config)
     except Exception as error:
-        raise ValueError(f"cannot rebuild the model under {precision!r} ({error}); "
+        raise UsageError(f"cannot rebuild the model under {precision!r} ({error}); "
                          "use precision='float32'") from None
     finally:
         set_policy(previous)

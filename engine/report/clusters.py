@@ -19,6 +19,7 @@ from sightline.report.markup import embed_png
 from sightline.report.overlay import colorize, grid, overlay, upscale, write_png
 from sightline.store.layout import CLUSTERS_FILE, SAMPLE_INDEX, heatmap
 from sightline.store.results import open_results
+from sightline.errors import UsageError
 
 TILE_SIDE = 96  # least display pixels a side per tile of a member grid
 
@@ -28,7 +29,7 @@ def read_cluster_file(audit):
     gives it; ValueError when it is missing."""
     path = audit.get("clusters_file") or os.path.join(audit["out"], CLUSTERS_FILE)
     if not os.path.isfile(path):
-        raise ValueError(f"the audit lists clusters but {path!r} does not exist; run "
+        raise UsageError(f"the audit lists clusters but {path!r} does not exist; run "
                          "`sightline audit` again on this run to write it")
     return read_clusters(path)
 

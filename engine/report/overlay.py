@@ -11,6 +11,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from sightline.errors import UsageError
+
 LUT_SIZE = 256
 
 
@@ -19,7 +21,7 @@ def colormap_table(colormap="inferno", size=LUT_SIZE):
     "viridis", ...), a matplotlib Colormap, or a uint8 table [K,3] itself."""
     if isinstance(colormap, np.ndarray):
         if colormap.ndim != 2 or colormap.shape[1] != 3 or len(colormap) < 2:
-            raise ValueError(f"a colour table must be [K,3] with K >= 2; got shape "
+            raise UsageError(f"a colour table must be [K,3] with K >= 2; got shape "
                              f"{colormap.shape}")
         return colormap.astype(np.uint8)
     import matplotlib
@@ -27,10 +29,10 @@ def colormap_table(colormap="inferno", size=LUT_SIZE):
         try:
             colormap = matplotlib.colormaps[colormap]
         except KeyError:
-            raise ValueError(f"unknown colormap {colormap!r}; pass a matplotlib colormap name "
+            raise UsageError(f"unknown colormap {colormap!r}; pass a matplotlib colormap name "
                              "such as 'inferno', 'jet' or 'viridis'") from None
     if not callable(colormap):
-        raise TypeError(f"colormap must be a matplotlib colormap or its name; got {colormap!r}")
+        raise UsageError(f"colormap must be a matplotlib colormap or its name; got {colormap!r}")
     rgba = np.asarray(colormap(np.linspace(0.0, 1.0, size)), np.float64)  # [size,4]
     return np.round(rgba[:, :3] * 255).clip(0, 255).astype(np.uint8)
 
@@ -73,7 +75,7 @@ def clip_percentile(heatmap, percentile=99.0):
 def upscale(image, factor):
     """Nearest-neighbour enlargement: [H,W,...] -> [H*factor, W*factor, ...]."""
     if int(factor) != factor or factor < 1:
-        raise ValueError(f"factor must be a positive integer; got {factor!r}")
+        raise UsageError(f"factor must be a positive integer; got {factor!r}")
     factor = int(factor)
     return np.repeat(np.repeat(np.asarray(image), factor, axis=0), factor, axis=1)
 
@@ -91,7 +93,7 @@ def to_display_rgb(image):
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"image must be [H,W], [H,W,1], [H,W,3] or [H,W,4]; got shape "
+        raise UsageError(f"image must be [H,W], [H,W,1], [H,W,3] or [H,W,4]; got shape "
                          f"{image.shape}")
     image = image[..., :3]
     if image.dtype == np.uint8:
@@ -121,16 +123,16 @@ def overlay(image, heatmap, *, alpha=0.5, colormap="inferno"):
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) \
             or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1]; got {alpha!r}")
+        raise UsageError(f"alpha must be a number in [0, 1]; got {alpha!r}")
     heatmap = np.asarray(heatmap, np.float32)
     image_shape = np.shape(image)
     if heatmap.ndim != 2:
-        raise ValueError(f"heatmap must be [h,w] for an image [H,W] or [H,W,C]; got heatmap "
+        raise UsageError(f"heatmap must be [h,w] for an image [H,W] or [H,W,C]; got heatmap "
                          f"shape {heatmap.shape} and image shape {image_shape}")
     try:
         base = to_display_rgb(image).astype(np.float64)
     except ValueError:
-        raise ValueError(f"image must be [H,W], [H,W,1], [H,W,3] or [H,W,4]; got image shape "
+        raise UsageError(f"image must be [H,W], [H,W,1], [H,W,3] or [H,W,4]; got image shape "
                          f"{image_shape} (heatmap shape {heatmap.shape})") from None
     table = colormap_table(colormap)
     height, width = base.shape[:2]
@@ -157,15 +159,15 @@ def show(images, heatmaps, *, titles=None, columns=4, colorbar=True, alpha=0.5,
 
     images, heatmaps = list(images), list(heatmaps)
     if not images or len(images) != len(heatmaps):
-        raise ValueError(f"show needs as many heatmaps as images, at least one; got "
+        raise UsageError(f"show needs as many heatmaps as images, at least one; got "
                          f"{len(images)} image(s) and {len(heatmaps)} heatmap(s)")
     if titles is not None:
         titles = list(titles)
         if len(titles) != len(images):
-            raise ValueError(f"titles must give one title per image; got {len(titles)} for "
+            raise UsageError(f"titles must give one title per image; got {len(titles)} for "
                              f"{len(images)} image(s)")
     if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
-        raise ValueError(f"columns must be an integer >= 1; got {columns!r}")
+        raise UsageError(f"columns must be an integer >= 1; got {columns!r}")
     table = colormap_table(colormap)
     tiles = [overlay(image, heatmap, alpha=alpha, colormap=table)
              for image, heatmap in zip(images, heatmaps)]
@@ -194,16 +196,16 @@ def grid(tiles, pad=2, fill=255):
     Returns uint8 [R*H + (R+1)*pad, C*W + (C+1)*pad, 3], C the longest row's length.
     """
     if pad < 0:
-        raise ValueError(f"pad must be >= 0; got {pad}")
+        raise UsageError(f"pad must be >= 0; got {pad}")
     rows = [list(row) for row in tiles]
     if not rows or not any(rows):
-        raise ValueError("grid needs at least one tile")
+        raise UsageError("grid needs at least one tile")
     shapes = {np.shape(tile) for row in rows for tile in row}
     if len(shapes) != 1:
-        raise ValueError(f"all tiles must have the same shape; got {sorted(shapes)}")
+        raise UsageError(f"all tiles must have the same shape; got {sorted(shapes)}")
     shape = shapes.pop()
     if len(shape) != 3 or shape[-1] != 3:
-        raise ValueError(f"tiles must be [H,W,3]; got shape {shape}")
+        raise UsageError(f"tiles must be [H,W,3]; got shape {shape}")
     height, width = shape[:2]
     num_cols = max(len(row) for row in rows)
     out = np.full((len(rows) * height + (len(rows) + 1) * pad,
@@ -224,11 +226,11 @@ def write_png(path, image):
     """
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        raise TypeError(f"write_png takes uint8 images; got dtype {image.dtype}")
+        raise UsageError(f"write_png takes uint8 images; got dtype {image.dtype}")
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"image must be [H,W], [H,W,1], [H,W,3] or [H,W,4]; got {image.shape}")
+        raise UsageError(f"image must be [H,W], [H,W,1], [H,W,3] or [H,W,4]; got {image.shape}")
     data = tf.io.encode_png(image).numpy()
     path = os.fspath(path)
     tmp = path + ".tmp"

@@ -14,6 +14,8 @@ import tempfile
 import threading
 import time
 
+from sightline.errors import UsageError
+
 TEMPORARY_MARK = ".tmp-"
 # Workers on other nodes share the folder, and whether their process is alive cannot be
 # asked from here: their temporaries go only once untouched this long. Every write
@@ -125,17 +127,17 @@ def check_writable_folder(path, what="--out"):
     can write in. Creates nothing that stays: the probe file is removed at once."""
     path = os.path.abspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"output {path!r} is a file, not a folder; pass a folder for {what}")
+        raise UsageError(f"output {path!r} is a file, not a folder; pass a folder for {what}")
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise ValueError(f"output folder {path!r} is not writable: {existing!r} is a file; "
+        raise UsageError(f"output folder {path!r} is not writable: {existing!r} is a file; "
                          f"pass a folder for {what}")
     if existing == path:
         # An existing folder (perhaps another run's) is not touched, not even its mtime.
         if not os.access(path, os.W_OK | os.X_OK):
-            raise ValueError(f"output folder {path!r} is not writable; choose another {what} "
+            raise UsageError(f"output folder {path!r} is not writable; choose another {what} "
                              "or fix its permissions")
         return
     try:
@@ -143,5 +145,5 @@ def check_writable_folder(path, what="--out"):
         os.close(descriptor)
         os.remove(probe)
     except OSError as error:
-        raise ValueError(f"output folder {path!r} is not writable ({error.strerror} in "
+        raise UsageError(f"output folder {path!r} is not writable ({error.strerror} in "
                          f"{existing!r}); choose another {what} or fix its permissions") from None

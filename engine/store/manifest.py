@@ -13,6 +13,7 @@ import os
 import threading
 import time
 
+from sightline.errors import UsageError
 from sightline.store.files import write_json_atomic
 from sightline.store.layout import (INDEX_FILE, MANIFEST_FILE, REOPENABLE_SOURCES,
                                     SHARD_DIRECTORY, SOURCE_SPEC)
@@ -25,10 +26,10 @@ def read_manifest(out):
         with open(path) as handle:
             return json.load(handle)
     except FileNotFoundError:
-        raise ValueError(f"{out!r} holds no {MANIFEST_FILE}: it is not the output folder of a "
+        raise UsageError(f"{out!r} holds no {MANIFEST_FILE}: it is not the output folder of a "
                          "sightline explain run") from None
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path!r} is unreadable ({error})") from None
+        raise UsageError(f"{path!r} is unreadable ({error})") from None
 
 
 def previous_manifest(out):

@@ -3,6 +3,7 @@ streamed chunks for the audit, the index step, and a human summary for `sightlin
 inspect`."""
 
 import os
+from typing import Union
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from sightline.store.layout import (INDEX_FILE, MANIFEST_FILE, PRED_CLASS, PRED_
 from sightline.store.manifest import read_manifest, refresh_manifest, run_source
 from sightline.store.shards import (PER_SHARD_ATTRIBUTES, build_index, label_names,
                                     remove_stale_temporaries, verify_shard, verify_shards)
+from sightline.errors import UsageError
 
 # What `sightline inspect` calls a shard, by the kind of its problem (see ShardProblem).
 INSPECT_STATES = {"missing": "pending", "unfinished": "pending", "lost": "missing",
@@ -121,12 +123,12 @@ class Results:
         records, problems = verify_shards(self.out, num_shards, checksum=checksum,
                                           fingerprint=self.manifest.get("fingerprint"))
         if problems:
-            raise ValueError(f"{self.out!r} is not complete: {len(problems)} of {num_shards} "
+            raise UsageError(f"{self.out!r} is not complete: {len(problems)} of {num_shards} "
                              f"shard(s) are not finished shards of this run "
                              f"({'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}); "
                              "run the job again to finish them")
         if not records:
-            raise ValueError(f"{self.out!r} holds no shards")
+            raise UsageError(f"{self.out!r} holds no shards")
         return [os.path.join(self.out, record["file"]) for record in records]
 
     def __len__(self):
@@ -168,7 +170,7 @@ class Results:
         chunk never spans two shards."""
         names = list(names)
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            raise ValueError(f"rows must be an integer >= 1; got {rows!r}")
+            raise UsageError(f"rows must be an integer >= 1; got {rows!r}")
         # Files of their own: heatmap() between two chunks must not close them.
         for part, path in enumerate(self._paths):
             count = int(self._offsets[part + 1] - self._offsets[part])
@@ -179,7 +181,7 @@ class Results:
 
     def row(self, index=None, key=None):
         if (index is None) == (key is None):
-            raise TypeError("pass exactly one of index= or key=")
+            raise UsageError("pass exactly one of index= or key=")
         if key is not None:
             if self._row_of_key is None:
                 keys = self.read(SAMPLE_KEY)
@@ -242,7 +244,7 @@ class Results:
             return handle[name][:0]
 
 
-def open_results(out, *, checksum=True):
+def open_results(out: Union[str, os.PathLike[str]], *, checksum: bool = True) -> Results:
     """Open the output folder of a complete `sightline explain` run, indexed or not."""
     return Results(out, checksum=checksum)
 

@@ -19,6 +19,7 @@ import threading
 
 import numpy as np
 
+from sightline.errors import UsageError
 from sightline.store.files import (FOREIGN_TEMPORARY_SECONDS, TEMPORARY_MARK,  # noqa: F401
                                    fsync_directory, remove_quietly, sha256_of, temporary_path,
                                    write_json_atomic, writer_is_gone)
@@ -459,7 +460,7 @@ def build_index(out, num_shards, *, checksum=True, fingerprint=None, verified=()
     records, problems = verify_shards(out, num_shards, checksum=checksum, fingerprint=fingerprint,
                                       verified=verified)
     if problems:
-        raise ValueError(f"cannot build {INDEX_FILE}: {len(problems)} of {num_shards} shard(s) "
+        raise UsageError(f"cannot build {INDEX_FILE}: {len(problems)} of {num_shards} shard(s) "
                          f"are not finished shards of this run: {'; '.join(problems[:5])}"
                          f"{' ...' if len(problems) > 5 else ''}; run the job again to finish them")
     total = sum(r["num_samples"] for r in records)

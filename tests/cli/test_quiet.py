@@ -79,6 +79,45 @@ def test_unexpected_error_is_one_line_and_a_crash_report(tmp_path):
     assert "native noise before the crash" in text.split("--- native log")[1]
 
 
+
+def test_a_bug_that_raises_valueerror_or_oserror_is_a_crash_not_the_users_bad_input(tmp_path):
+    """Only a UsageError is the user's fault (exit 2); the ValueError or OSError of a bug
+    inside sightline is a crash: exit 1 and a report holding its traceback."""
+    done = _python("""
+        import sys
+        import sightline.cli.inspect as inspect
+        from sightline.cli.main import main
+        from sightline.errors import UsageError
+
+        def internal_bug(args):
+            {}.fromkeys([1])[2]  # a KeyError, far from any input check
+        def internal_value_error(args):
+            int("not a number")  # a ValueError no check of the user's input raised
+        def internal_os_error(args):
+            open("/nonexistent/sightline-internal/file")
+        def bad_input(args):
+            raise UsageError("out 'x' is not a run folder; give the folder explain wrote")
+
+        for run in (internal_bug, internal_value_error, internal_os_error, bad_input):
+            inspect.run = run
+            print(run.__name__, main(["inspect", sys.argv[1]]), file=sys.stderr)
+    """, str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 8, done.stderr
+    for (message, code), (name, error) in zip(zip(lines[0:6:2], lines[1:6:2]), [
+            ("internal_bug", "KeyError"), ("internal_value_error", "ValueError"),
+            ("internal_os_error", "FileNotFoundError")]):
+        assert code == f"{name} 1", done.stderr
+        assert message.startswith(f"sightline inspect: unexpected error ({error}: "), message
+        report = message.rsplit(" ", 1)[1]
+        text = open(report).read()
+        os.remove(report)
+        assert "Traceback (most recent call last)" in text and f"in {name}" in text, text
+    assert lines[6:] == ["sightline inspect: error: out 'x' is not a run folder; give the "
+                         "folder explain wrote", "bad_input 2"]
+
+
 def test_argparse_errors_are_one_line():
     done = _python("""
         import sys

@@ -6,7 +6,10 @@ nothing in the clean one; the report it writes holds valid pictures only."""
 import base64
 import json
 import os
+import pickle
 import re
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -18,13 +21,79 @@ from sightline.cli.main import build_parser, main
 from sightline.demo.demo import (IMAGE_SIZE, MARKER_FILE, OVERVIEW_IMAGES, OVERVIEW_METHODS, TILE_ZOOM,
                          _mean_over_images, check_demo_folder, run_demo)
 from sightline.demo.scenes import TAG_CLASS
+from tests.jobs.jobs import REPO
 from tests.report.pages import assert_png, parse
+
+
+# Run in a fresh environment by the command of the wheel installed there (see `demo`):
+# it records what run_demo returns for the tests below to read.
+_RUN_INSTALLED_DEMO = """
+import os, pickle, sys
+import sightline, sightline.cli.demo as command
+from sightline.cli.main import main
+returned = []
+def recorded(*args, **kwargs):
+    returned.append(command_run_demo(*args, **kwargs))
+    return returned[-1]
+command_run_demo, command.run_demo = command.run_demo, recorded
+code = main(["demo", "--out", sys.argv[1], "--seed", "0", "--num-train", "1200",
+             "--num-held-out", "200"])
+with open(sys.argv[2], "wb") as handle:
+    pickle.dump({"code": code, "sightline_file": sightline.__file__, "sys_path": sys.path,
+                 "demo": returned[0]}, handle)
+"""
+
+
+def _python_paths(python):
+    """sys.prefix and purelib (site-packages) of an interpreter."""
+    done = subprocess.run([python, "-c", "import sys, sysconfig; "
+                           "print(sys.prefix); print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.split()
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    return run_demo(str(out), seed=0, num_train=1200, num_held_out=200, verbose=False)
+    """The demo as a user gets it: the wheel built from a clean clone of the committed
+    tree, installed into a fresh environment outside the checkout, `sightline demo` run
+    there from a folder outside it. The fresh environment borrows the project
+    environment's dependencies (TensorFlow and the rest) by a .pth line naming its
+    site-packages, so nothing is downloaded; a .pth line adds a path but does not run
+    the .pth files there, so the project's own editable install stays out of it."""
+    root = tmp_path_factory.mktemp("installed")
+    clone, wheels, fresh = root / "clone", root / "wheels", root / "env"
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", REPO, str(clone)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "-w", str(wheels), str(clone)],
+                   check=True, capture_output=True)
+    (wheel,) = wheels.glob("sightline_explain-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True)
+    fresh_python = str(fresh / "bin" / "python")
+    _, fresh_site = _python_paths(fresh_python)
+    _, project_site = _python_paths(sys.executable)
+    with open(os.path.join(fresh_site, "project-dependencies.pth"), "w") as handle:
+        handle.write(project_site + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", fresh_python, "install",
+                    "--quiet", "--no-deps", "--no-index", str(wheel)],
+                   check=True, capture_output=True)
+    out, record = root / "demo-out", root / "demo.pickle"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    done = subprocess.run([fresh_python, "-c", _RUN_INSTALLED_DEMO, str(out), str(record)],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(record, "rb") as handle:
+        recorded = pickle.load(handle)
+    assert recorded["code"] == 0
+    # The wheel's package ran, not the checkout's folders or its editable install.
+    assert recorded["sightline_file"].startswith(fresh_site + os.sep), recorded["sightline_file"]
+    assert [path for path in recorded["sys_path"] if path.startswith(REPO + os.sep)
+            and not path.startswith(project_site)] == [], recorded["sys_path"]
+    # Its console script is there too (--version answers without TensorFlow).
+    version = subprocess.run([str(fresh / "bin" / "sightline"), "--version"], cwd=root,
+                             env=env, capture_output=True, text=True)
+    assert version.stdout.startswith("sightline "), version.stderr
+    return recorded["demo"]
 
 
 def test_the_shortcut_model_learned_the_sky(demo):
