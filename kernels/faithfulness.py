@@ -122,18 +122,55 @@ def gaussian_blur(images, sigma):
     return images
 
 
-def _neighbour_kernel(channels):
-    weights = tf.constant([[DIAGONAL_WEIGHT, DIRECT_WEIGHT, DIAGONAL_WEIGHT],
-                           [DIRECT_WEIGHT, 0.0, DIRECT_WEIGHT],
-                           [DIAGONAL_WEIGHT, DIRECT_WEIGHT, DIAGONAL_WEIGHT]], tf.float32)
-    return tf.tile(weights[:, :, None, None], [1, 1, channels, 1])  # [3,3,C,1]
+def _shift(values, axis, step):
+    """values[N,h,w,C] moved one place along `axis` (1 rows, 2 columns): step +1 gives
+    out[i] = values[i - 1], step -1 gives out[i] = values[i + 1]; zeros come in."""
+    padding = [[0, 0], [0, 0], [0, 0], [0, 0]]
+    padding[axis] = [1, 0] if step > 0 else [0, 1]
+    padded = tf.pad(values, padding)
+    size = int(values.shape[axis])
+    return padded[:, :size] if axis == 1 and step > 0 else padded[:, 1:] if axis == 1 \
+        else padded[:, :, :size] if step > 0 else padded[:, :, 1:]
 
 
-def _neighbour_mean(values, kernel, total):
-    """The ROAD-weighted mean of each pixel's in-image neighbours (zero padding plus the
-    weight total of the neighbours that exist)."""
-    summed = tf.nn.depthwise_conv2d(values, kernel, [1, 1, 1, 1], "SAME")
-    return summed / total
+def _parity_neighbour_sums(parts):
+    """The ROAD-weighted neighbour sums of each parity class of an image split into its
+    four classes parts = (even row even column, even-odd, odd-even, odd-odd), each
+    [N,h,w,C]: a pixel's direct neighbours lie in the two classes that differ from it in
+    one parity, its diagonal ones in the class that differs in both. Returned as four
+    functions of the current parts, so a Gauss-Seidel sweep reads each class's newest
+    values."""
+
+    def pair(x, axis, step):
+        return x + _shift(x, axis, step)
+
+    def for_class(row_step, col_step, row_partner, col_partner, diagonal):
+        # row_partner: the class one row away (same column parity), col_partner: one
+        # column away; row_step/col_step: which side the second neighbour lies on.
+        def sums(parts):
+            direct = pair(parts[col_partner], 2, col_step) + pair(parts[row_partner], 1, row_step)
+            diagonal_sum = pair(pair(parts[diagonal], 2, col_step), 1, row_step)
+            return DIRECT_WEIGHT * direct + DIAGONAL_WEIGHT * diagonal_sum
+        return sums
+
+    # class: (row step, column step, class a row away, class a column away, diagonal class)
+    return (for_class(+1, +1, 2, 1, 3), for_class(+1, -1, 3, 0, 2),
+            for_class(-1, +1, 0, 3, 1), for_class(-1, -1, 1, 2, 0))
+
+
+def _split_parities(values):
+    """values[N,2h,2w,C] -> its four parity classes, each [N,h,w,C]."""
+    return (values[:, 0::2, 0::2], values[:, 0::2, 1::2], values[:, 1::2, 0::2],
+            values[:, 1::2, 1::2])
+
+
+def _merge_parities(parts):
+    """The inverse of _split_parities."""
+    even_row = tf.stack([parts[0], parts[1]], axis=3)  # [N,h,w,2,C]
+    odd_row = tf.stack([parts[2], parts[3]], axis=3)
+    half_height, half_width, channels = (int(v) for v in parts[0].shape[1:])
+    merged = tf.stack([even_row, odd_row], axis=2)  # [N,h,2,w,2,C]
+    return tf.reshape(merged, [-1, 2 * half_height, 2 * half_width, channels])
 
 
 def _solve_level(values, hidden, iterations):
@@ -142,26 +179,31 @@ def _solve_level(values, hidden, iterations):
 
     The 8-neighbour stencil couples only pixels whose row or column parity differs, so
     the four parity classes are updated one after another, each all at once: a
-    Gauss-Seidel sweep in a fixed order, vectorised. omega is the optimum for the
-    model problem on the longer side (2 / (1 + sin(pi / n)))."""
-    height, width, channels = (int(v) for v in values.shape[1:])
-    kernel = _neighbour_kernel(channels)
-    ones = tf.ones([1, height, width, 1], tf.float32)
-    total = tf.nn.depthwise_conv2d(ones, _neighbour_kernel(1), [1, 1, 1, 1], "SAME")  # [1,H,W,1]
+    Gauss-Seidel sweep in a fixed order, vectorised. Each class is kept as its own
+    quarter-size image, so an update computes its stencil on a quarter of the pixels
+    (from shifted slices, not a convolution). An odd side is padded with pixels that
+    are neither hidden nor counted as neighbours. omega is the optimum for the model
+    problem on the longer side (2 / (1 + sin(pi / n)))."""
+    height, width = (int(v) for v in values.shape[1:3])
+    pad = [[0, 0], [0, height % 2], [0, width % 2], [0, 0]]
+    values = tf.pad(values, pad)
+    hidden_parts = _split_parities(tf.pad(hidden, pad))
+    exists = _split_parities(tf.pad(tf.ones([1, height, width, 1], tf.float32), pad))
+    sums = _parity_neighbour_sums(exists)
+    inverse_totals = [tf.math.divide_no_nan(1.0, sum_of(exists)) for sum_of in sums]
     side = max(height, width, 2)
     omega = 2.0 / (1.0 + math.sin(math.pi / side))
-    rows = tf.range(height)[:, None] % 2
-    cols = tf.range(width)[None, :] % 2
-    colours = [tf.cast(tf.logical_and(tf.equal(rows, r), tf.equal(cols, c)), tf.float32)
-               [None, :, :, None] * hidden for r in (0, 1) for c in (0, 1)]  # 4 x [N,H,W,1]
+    relax = [omega * part for part in hidden_parts]
 
-    def sweep(_, values):
-        for update in colours:
-            values = values + omega * update * (_neighbour_mean(values, kernel, total) - values)
-        return values
+    def sweep(parts):
+        parts = list(parts)
+        for k in range(4):
+            parts[k] = parts[k] + relax[k] * (sums[k](parts) * inverse_totals[k] - parts[k])
+        return tuple(parts)
 
-    return tf.while_loop(lambda i, v: i < iterations,
-                         lambda i, v: (i + 1, sweep(i, v)), (0, values))[1]
+    parts = tf.while_loop(lambda i, p: i < iterations, lambda i, p: (i + 1, sweep(p)),
+                          (0, _split_parities(values)))[1]
+    return _merge_parities(parts)[:, :height, :width]
 
 
 def _halve(values):

@@ -141,8 +141,23 @@ def load_run_model(manifest, *, unsafe=False):
         raise UsageError(f"the run's model {path!r} is not there any more; --verify needs "
                          "the model the run explained")
     run = manifest["run"]
-    return adapt_model(path, layer=run.get("layer"), precision=run.get("precision", "float32"),
+    return adapt_model(path, layer=run.get("layer"), precision=run_precision(manifest),
                        unsafe=unsafe)
+
+
+def run_precision(manifest):
+    """The precision the run's maps were made at: the manifest's run records the option
+    ("auto" included), and an "auto" run records the one it chose beside it."""
+    from sightline.compute.auto_precision import AUTO
+
+    precision = manifest["run"].get("precision", "float32")
+    if precision != AUTO:
+        return precision
+    choice = (manifest.get("precision_auto") or {}).get("choice")
+    if choice is None:
+        raise ValueError("the run's manifest says precision 'auto' but records no choice "
+                         "(its precision_auto entry is missing); re-run the job to write it")
+    return choice
 
 
 def preprocess_images(images, preprocess):
