@@ -14,8 +14,9 @@ import os
 
 import numpy as np
 
-from sightline.store.results import run_source
+from sightline.compute.auto_precision import AUTO
 from sightline.errors import UsageError
+from sightline.store.results import run_source
 
 READ_BATCH = 16  # images per pipeline batch when reading scattered samples
 _GAP = 16  # members closer than this are read as one range and the gap dropped
@@ -148,14 +149,12 @@ def load_run_model(manifest, *, unsafe=False):
 def run_precision(manifest):
     """The precision the run's maps were made at: the manifest's run records the option
     ("auto" included), and an "auto" run records the one it chose beside it."""
-    from sightline.compute.auto_precision import AUTO
-
     precision = manifest["run"].get("precision", "float32")
     if precision != AUTO:
         return precision
     choice = (manifest.get("precision_auto") or {}).get("choice")
     if choice is None:
-        raise ValueError("the run's manifest says precision 'auto' but records no choice "
+        raise UsageError("the run's manifest says precision 'auto' but records no choice "
                          "(its precision_auto entry is missing); re-run the job to write it")
     return choice
 
