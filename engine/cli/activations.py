@@ -2,7 +2,7 @@
 
 import os
 
-from sightline.audit.activations import (ACTIVATIONS_FILE, DEFAULT_SHOWN_IMAGES,
+from sightline.activations.statistics import (ACTIVATIONS_FILE, DEFAULT_SHOWN_IMAGES,
                                          activation_statistics, summary_lines)
 from sightline.cli.checks import check_model_path, check_out_path, check_source_path
 from sightline.errors import UsageError

@@ -2,7 +2,7 @@
 
 import os
 
-from sightline.audit.activations import read_activations
+from sightline.activations.statistics import read_activations
 from sightline.audit.audit import (DEFAULT_DIFFUSE, DEFAULT_THRESHOLD, DEFAULT_WORST, EXIT_FLAGGED,
                                    run_audit)
 from sightline.audit.clusters import DEFAULT_RULE, SAMPLE_SIZE

@@ -34,7 +34,7 @@ import os
 import shutil
 import time
 
-from sightline.audit.activations import activation_statistics
+from sightline.activations.statistics import activation_statistics
 from sightline.audit.audit import run_audit
 from sightline.audit.shortcuts import ShortcutOptions
 from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit

@@ -1,10 +1,10 @@
 """The pictures and page of `sightline activations`, drawn from the statistics in memory
-(sightline.audit.activations.activation_statistics), never read back from the JSON."""
+(sightline.activations.statistics.activation_statistics), never read back from the JSON."""
 
 import os
 import re
 
-from sightline.audit.activations import write_activations
+from sightline.activations.statistics import write_activations
 from sightline.report import figures
 from sightline.report.page import write_report
 

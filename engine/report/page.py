@@ -231,7 +231,7 @@ def write_report(folder, audits, *, activations=None, title="sightline audit", i
     """Write report.html (and its PNGs) into `folder`.
 
     audits: [(section title, audit dict from sightline.audit.audit.run_audit)]
-    activations: [(section title, dict from sightline.audit.activations.read_activations)] or None
+    activations: [(section title, dict from sightline.activations.statistics.read_activations)] or None
     intro: optional HTML put under the title (the demo's summary).
     evaluations: [(section title, run folder, dict from sightline.evaluate.run.evaluate_run)]
     Returns the report's path.

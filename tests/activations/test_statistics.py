@@ -1,4 +1,4 @@
-"""sightline.audit.activations: per-layer statistics against NumPy, on a model with channels built
+"""sightline.activations.statistics: per-layer statistics against NumPy, on a model with channels built
 to be dead, always on, saturated, or ordinary; files, report and command line."""
 
 import json
@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from sightline.audit.activations import activation_statistics, read_activations
+from sightline.activations.statistics import activation_statistics, read_activations
 from sightline.report.activations import write_activations_output
 from sightline.cli.main import main
 
