@@ -59,7 +59,7 @@ import h5py
 import numpy as np
 
 from sightline.audit.clusters import area_matrix
-from sightline.store.layout import CLUSTERS_FILE, SAMPLE_INDEX, SAMPLE_KEY  # noqa: F401
+from sightline.store.layout import SAMPLE_INDEX, SAMPLE_KEY
 from sightline.errors import UsageError
 
 PROJECT_FILE = "project.yaml"

@@ -20,11 +20,10 @@ import threading
 import numpy as np
 
 from sightline.errors import UsageError
-from sightline.store.files import (FOREIGN_TEMPORARY_SECONDS, TEMPORARY_MARK,  # noqa: F401
-                                   fsync_directory, remove_quietly, sha256_of, temporary_path,
-                                   write_json_atomic, writer_is_gone)
-from sightline.store.layout import (  # noqa: F401 (the names this module used to define)
-    CLASS_NAMES_ATTRIBUTE, GROUP_NAMES_ATTRIBUTE, INDEX_FILE, MANIFEST_FILE,
+from sightline.store.files import (TEMPORARY_MARK, fsync_directory, remove_quietly, sha256_of,
+                                   temporary_path, write_json_atomic, writer_is_gone)
+from sightline.store.layout import (
+    CLASS_NAMES_ATTRIBUTE, GROUP_NAMES_ATTRIBUTE, INDEX_FILE,
     NUM_CLASSES_ATTRIBUTE, RELEVANCE, RELEVANCE_SCALE, SAMPLE_INDEX, SAMPLE_KEY,
     SCALAR_DATASETS, SCALAR_DEFAULTS, SHARD_DIRECTORY, heatmap, heatmap_scale)
 

@@ -12,7 +12,7 @@ from sightline.cli.main import main
 from sightline.compute.step import CAM_RELEVANCE, GRADIENT_RELEVANCE, run_relevance
 from sightline.model.adapter import adapt_model
 from sightline.store.results import open_results
-from sightline.store.shards import RELEVANCE, RELEVANCE_SCALE
+from sightline.store.layout import RELEVANCE, RELEVANCE_SCALE
 from tests import models
 from tests.tolerances import FLOAT16_ATOL, MODEL_RELATIVE_ATOL
 

@@ -15,7 +15,8 @@ from sightline.audit.audit import run_audit
 from sightline.audit.clusters import cluster_maps
 from sightline.audit.summary import to_json
 from sightline.audit.verify import apply_verification, verify_cluster
-from sightline.audit.virelay import CLUSTERS_FILE, write_clusters
+from sightline.audit.virelay import write_clusters
+from sightline.store.layout import CLUSTERS_FILE
 from sightline.report.clusters import cluster_colours
 from sightline.report.figures import PALETTE
 from sightline.report.page import write_report

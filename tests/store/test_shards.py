@@ -11,7 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from sightline.store.shards import (CHUNK_BYTES, FOREIGN_TEMPORARY_SECONDS, MAX_CHUNK_ROWS,
+from sightline.store.files import FOREIGN_TEMPORARY_SECONDS
+from sightline.store.shards import (CHUNK_BYTES, MAX_CHUNK_ROWS,
                                     ShardWriter, build_index, map_chunk_rows,
                                     remove_stale_temporaries, resolve_compression,
                                     temporary_path)
