@@ -83,7 +83,7 @@ class Progress:
             "images_per_second": None if rate is None else round(rate, 2),
             "steady_images": self.steady_images,
             "steady_seconds": (0.0 if self.first_batch is None
-                               else round(self.last_batch - self.first_batch, 3)),
+                               else round(self.last_batch - self.first_batch, 6)),
             "definition": RATE_DEFINITION,
         }
         if rate is None:
