@@ -138,7 +138,7 @@ def test_feature_ablation_equals_an_eager_recomputation_with_the_model(models, w
     # Both fit under the verification's 512-member cap, so it used all of them.
     assert 0 < len(members) <= 512 and 0 < len(rest) <= 512
     assert features["count"] == len(members)
-    backbone = keras.Model(model.inputs, model.get_layer("last_conv").output)
+    backbone = keras.Model(model.inputs[0], model.get_layer("last_conv").output)
     weights, bias = (np.asarray(w, np.float64) for w in model.get_layer("classifier").get_weights())
 
     def activations(rows):
@@ -194,7 +194,13 @@ def test_the_groups_are_the_same_whatever_the_batch_shards_workers_and_a_resume(
         for suffix in ("h5", "json"):
             os.remove(out / "shards" / f"shard-{shard:05d}-of-00008.{suffix}")
     os.remove(out / "index.h5")
+    kept = {shard: os.stat(out / "shards" / f"shard-{shard:05d}-of-00008.h5").st_mtime_ns
+            for shard in (1, 3)}
     assert main([*job, "--worker", "1"]) == 0
+    # The resume reused the shards worker 1 had finished and wrote the two it had not.
+    assert kept == {shard: os.stat(out / "shards" / f"shard-{shard:05d}-of-00008.h5").st_mtime_ns
+                    for shard in (1, 3)}
+    assert all((out / "shards" / f"shard-{shard:05d}-of-00008.h5").exists() for shard in (5, 7))
     assert (out / "index.h5").exists()
     second = run_audit(str(out), method="gradcam", shortcuts=ShortcutOptions(verify=True))
     one, two = read_clusters(first["clusters_file"]), read_clusters(second["clusters_file"])
