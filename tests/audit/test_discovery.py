@@ -94,15 +94,6 @@ def test_saliency_runs_find_each_kind_too(name, models, workspace):
     check_found(audit, data["cued"], name, method="saliency")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17: at model seed 1 the mark's concept group "
-                   "also takes 45 of the 300 visible class-0 objects (precision 0.816 < 0.9, "
-                   "recall 1.00); benchmarks/discovery_scores.py prints it")
-def test_the_mark_is_found_for_another_model_seed(workspace):
-    model, path = scenes.trained("mark", workspace, seed=1)
-    data = check_uses_its_cue(model, "mark", seed=1)
-    check_found(explain_and_audit(path, data, workspace / "run-mark-1"), data["cued"], "mark")
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_clean_twin_is_not_flagged_even_on_the_tagged_scenes(clean, workspace, seed):
     """As the demo's clean model: trained without the cue, audited on scenes that carry
