@@ -16,12 +16,14 @@ clean twins (2 and 10 classes, trained without any cue, audited on scenes carryi
 corner tag on visible objects): the number of flagged groups per seed and method.
 
 A row passes at precision >= 0.9 and recall >= 0.8 (the issue's bar), marked ok/FAIL.
-Runs go to --out (default /tmp/discovery/scores) and are overwritten.
+Runs go to --out (default: discovery-scores under the system's temporary folder) and
+are overwritten.
 """
 
 import argparse
 import os
 import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -118,7 +120,7 @@ def main():
     parser.add_argument("--methods", nargs="+", default=["gradcam", "saliency"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--clean-seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", default="/tmp/discovery/scores")
+    parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "discovery-scores"))
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out)
