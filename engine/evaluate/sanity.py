@@ -108,12 +108,14 @@ def sanity_checks(model, images, targets, methods, *, controls=None, seed=0, **e
 
     target_layer, original = maps_of(targets)
     input_methods = [m for m in methods if METHODS[m].resolution == INPUT]
-    steps = cascade(clone, None if input_methods else target_layer)
+    steps = cascade(clone, target_layer)
     # The step that randomises the lowest layer a method's maps depend on: the target
     # layer's (or the lowest with weights above it) for maps read there, the last for
-    # gradients of the input and for the controls.
-    target_step = (len(steps) - 1 if target_layer is None else
-                   len(cascade(clone, target_layer)) - 1)
+    # gradients of the input and for the controls. The whole cascade begins with the
+    # target layer's, so that step keeps its index.
+    target_step = len(steps) - 1
+    if input_methods and target_layer is not None:
+        steps = cascade(clone, None)
     verdict_steps = {name: (target_step if name in methods and name not in input_methods
                             else len(steps) - 1) for name in original}
     num_classes = int(clone.outputs[0].shape[-1])
