@@ -1,9 +1,13 @@
-"""The evaluation's curves side by side with xplique's Deletion and Insertion, one run.
+"""The evaluation's curves side by side with xplique's Deletion and Insertion and
+Quantus's PixelFlipping, one run.
 
-The peers are not dependencies (see benchmarks/peers.py for the scratch folder):
+The peers are not dependencies (see benchmarks/peers.py for the scratch folder); Quantus
+0.6.0's import path needs five light packages besides xplique's:
 
-    .venv/bin/pip install --no-deps --target .peers xplique
-    PYTHONPATH=.peers .venv/bin/python benchmarks/peers_faithfulness.py
+    .venv/bin/pip install --no-deps --target .peers xplique quantus \\
+        deprecated wrapt tensorflow-probability decorator dm-tree einops \\
+        pandas scikit-image lazy_loader cachetools opencv-python-headless
+    PYTHONPATH=.peers .venv/bin/python benchmarks/peers_faithfulness.py --json out.json
 
 Where the definitions coincide, both sides compute the same numbers, and that is
 checked before anything is timed: pixel-level ranking (sightline's grid set to the
@@ -14,9 +18,21 @@ area over evenly spaced steps. xplique averages the curve over images before the
 sightline takes the area per image; with even steps the mean of the areas is the area of
 the mean curve.
 
+Quantus's PixelFlipping is sightline's MoRF curve per image when: features_in_step is
+n/S pixels, the map has no ties, attributions are neither normalised nor made absolute
+(ranking is all that matters), the softmax probability, and the fill is each image's
+mean given as an array. Its own "mean" baseline is the mean of the image as already
+perturbed at that step, a moving fill that sightline does not compute. Its curve has S
+points, the probabilities after 1..S steps (sightline's points 1..S; the unperturbed
+point 0 is not in it), and its area is the trapezoid with unit spacing over those S
+points, another number than sightline's area over [0, 1]: the curves are compared, not
+the areas. Quantus flattens the map broadcast to every channel, so the fill array holds
+one value per image: the check runs on a one-channel model (Fashion).
+
 Timing: xplique's Deletion plus Insertion (2 (S + 1) passes) against one sightline
 curves call (MoRF, LeRF, insertion and the one-pass image: 3 (S + 1) + 1 passes), each
 timed in alternation with compiled inference and reported as images per second.
+Quantus's PixelFlipping computes one curve (S passes) against sightline's whole call.
 """
 
 import argparse
@@ -38,10 +54,18 @@ def parse_arguments(argv):
     return parser.parse_args(argv)
 
 
+def relative_speed(ours, theirs):
+    """How many times faster `ours` runs than `theirs`, each row's images per second taken
+    relative to the inference timed alongside it, so that the machine's load cancels."""
+    return ((ours["images_per_second"] / ours["inference_alongside"])
+            / (theirs["images_per_second"] / theirs["inference_alongside"]))
+
+
 def main(argv=None):
     args = parse_arguments(argv)
     import numpy as np
     import tensorflow as tf
+    import quantus
     from xplique.metrics import Deletion, Insertion
 
     from sightline.bench.timing import measure
@@ -76,6 +100,19 @@ def main(argv=None):
     inputs = [tf.constant(images), cells, pixel, tf.constant(targets),
               tf.constant(context.sample_index)]
 
+    pixels_in_step = shape[0] * shape[1] // args.steps
+    if shape[2] != 1:
+        raise SystemExit("Quantus's fill array holds one value per image: a one-channel model")
+    pixel_flipping = quantus.PixelFlipping(
+        features_in_step=pixels_in_step, abs=False, normalise=False,
+        perturb_baseline=np.repeat(images.mean(axis=(1, 2, 3))[:, None], pixels_in_step, 1),
+        disable_warnings=True, display_progressbar=False)
+
+    def quantus_curves():
+        return np.array(pixel_flipping(model=context.model, x_batch=images, y_batch=targets,
+                                       a_batch=heatmaps[:, None], channel_first=False,
+                                       softmax=True, batch_size=len(images)))
+
     ours = {k: v.numpy() for k, v in curves(*inputs).items()}
     theirs_deletion = np.array(list(deletion.detailed_evaluate(heatmaps).values()))
     theirs_insertion = np.array(list(insertion.detailed_evaluate(heatmaps).values()))
@@ -87,6 +124,9 @@ def main(argv=None):
         "deletion_auc": float(abs(ours["auc"][:, F.MORF].mean() - deletion.evaluate(heatmaps))),
         "insertion_auc": float(abs(ours["auc"][:, F.INSERTION].mean()
                                    - insertion.evaluate(heatmaps))),
+        # per image, sightline's points 1..S (Quantus has no unperturbed point)
+        "quantus_pixel_flipping_curves": float(np.abs(ours["probabilities"][:, F.MORF, 1:]
+                                                      - quantus_curves()).max()),
     }
     print("agreement (max abs difference):", json.dumps(agreement))
     if max(agreement.values()) > TOLERANCE:
@@ -98,24 +138,28 @@ def main(argv=None):
     def ours_call():
         return curves(*inputs)["auc"].numpy()
 
-    def theirs_call():
+    def xplique_call():
         return deletion.evaluate(heatmaps), insertion.evaluate(heatmaps)
 
     rows = {}
     for name, call in (("sightline curves (3 curves + one-pass)", ours_call),
-                       ("xplique Deletion + Insertion", theirs_call)):
+                       ("xplique Deletion + Insertion", xplique_call),
+                       ("Quantus PixelFlipping", quantus_curves)):
         _, startup, median, reps = measure(call, context.seconds, paired=inference)
         rows[name] = {"images_per_second": len(images) / median,
                       "inference_alongside": len(images) / measure.paired_median,
                       "startup_seconds": startup, "reps": reps}
-    (ours_row, theirs_row) = rows.values()
-    # Each relative to the inference timed alongside it: the machine's load cancels.
-    speedup = ((ours_row["images_per_second"] / ours_row["inference_alongside"])
-               / (theirs_row["images_per_second"] / theirs_row["inference_alongside"]))
+    ours_row, xplique_row, quantus_row = rows.values()
+    speedup = {"xplique": relative_speed(ours_row, xplique_row),
+               "quantus": relative_speed(ours_row, quantus_row)}
     for name, row in rows.items():
         print(f"{name:42s} {row['images_per_second']:9.2f} img/s "
               f"(inference alongside {row['inference_alongside']:.1f} img/s)")
-    print(f"sightline over xplique: {speedup:.1f}x (sightline computes 1.5x the passes)")
+    passes = 3 * (args.steps + 1) + 1
+    print(f"sightline over xplique: {speedup['xplique']:.1f}x "
+          f"(sightline computes {passes}/{2 * (args.steps + 1)} the passes)")
+    print(f"sightline over Quantus: {speedup['quantus']:.1f}x "
+          f"(sightline computes {passes}/{args.steps} the passes)")
     from benchmarks.peers import cpu_name
     result = {"cpu": cpu_name(), "images": len(images), "steps": args.steps,
               "agreement": agreement, "rows": rows, "speedup": speedup,

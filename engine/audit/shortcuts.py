@@ -22,7 +22,7 @@ import numpy as np
 
 from sightline.audit.clusters import (DEFAULT_RULE, SAMPLE_SIZE, ClassSample, ClusterRule,
                                       ClusterStatistics, fit_clusters, hot_coverage,
-                                      sample_priority)
+                                      hot_region, sample_priority)
 from sightline.audit.concepts import (ABLATION_COVER, describe_concepts, distinguishing_channels,
                                       embed_relevance, evidence_of, fit_concept_model)
 from sightline.audit.replay import run_resize
@@ -30,7 +30,7 @@ from sightline.audit.verify import (BATCH_SIZE, MIN_DROP, MIN_RATIO, VERIFY_MEMB
                                     apply_verification, depends, feature_drops,
                                     features_depend, log_odds, own_regions, own_spot_drops,
                                     verify_cluster)
-from sightline.audit.virelay import ClustersWriter, VirelayExport
+from sightline.audit.virelay import ClustersWriter, VirelayExport, resize_cells
 from sightline.store.layout import (CLUSTERS_FILE, PRED_CLASS, PRED_SCORE, PRED_TARGET,
                                     RELEVANCE_COLUMNS, SAMPLE_INDEX, SAMPLE_KEY, SAMPLE_LABEL,
                                     heatmap)
@@ -295,7 +295,8 @@ class ClusterAudit:
                                                      chunk=batch_size)))
             numbers = {}
             if entry["kind"] == "place":
-                numbers["region"] = verify_cluster(probabilities, images, entry,
+                numbers["region"] = verify_cluster(probabilities, images,
+                                                   self._at_layer_grid(entry),
                                                    batch_size=batch_size,
                                                    **self.verify_thresholds)
             else:
@@ -331,6 +332,23 @@ class ClusterAudit:
                     numbers["features"] = {
                         **features, "depends": features_depend(features, **self.verify_thresholds)}
             apply_verification(entry, numbers, **self.verify_thresholds)
+
+    def _at_layer_grid(self, entry):
+        """The place to hide, drawn on the group's mean map at the target layer's grid
+        when the maps are finer (saliency's, at the input size). A pixel map's hot cells
+        are the few pixels of largest gradient, one side of a 6-pixel ring: hiding them
+        left the rest of the ring, which the model still saw (a corner tag explained with
+        saliency lost 0.03 of its class's probability, with Grad-CAM's 8x8 box 0.98). A
+        cell of the layer's grid is what one of its features sees."""
+        shape = getattr(self.adapter, "activation_shape", None)
+        mean_map = np.asarray(entry["mean_heatmap"], np.float64)
+        if not shape or mean_map.shape[0] <= shape[0] or mean_map.shape[1] <= shape[1]:
+            return entry
+        coarse = resize_cells(mean_map[None], tuple(shape[:2]))[0].astype(np.float64)
+        region, _ = hot_region(coarse)
+        return entry if region is None else {**entry, "hot_region": region,
+                                             "mean_heatmap": coarse}
+
 
 class _ViewTally:
     """Pass 2 of one view: the per-cluster statistics (clusters.ClusterStatistics) and,

@@ -98,8 +98,10 @@ def run(args):
 def _sanity_words(sanity):
     if sanity is None:
         return ""
-    final = sanity["spearman_by_layer"][-1]["mean"]
+    # The step the verdict reads: the target layer's for CAM-family maps, the last for
+    # gradients of the input (older files: the last).
+    layer = sanity.get("verdict_layer") or sanity["spearman_by_layer"][-1]["layer"]
+    final = next(step["mean"] for step in sanity["spearman_by_layer"] if step["layer"] == layer)
     verdict = "passes" if sanity["passes"] else "FAILS"
     return (f", sanity check {verdict} (Spearman {final:.2f} with every layer down to "
-            f"{sanity['spearman_by_layer'][-1]['layer']} random; unrelated maps "
-            f"{sanity['floor']['spearman']:.2f})")
+            f"{layer} random; unrelated maps {sanity['floor']['spearman']:.2f})")

@@ -11,9 +11,10 @@
    "train until the training accuracy stops improving"): `shortcut` on `train`, `clean`
    on `train-clean`, `tagged` on `train-tagged`;
 3. explain with Grad-CAM (sightline.jobs.runner.run_job: the path of `sightline explain`):
-   shortcut and clean on `held-out`, tagged and clean on `held-out-tagged`;
+   shortcut and clean on `held-out` (with saliency too), tagged and clean on
+   `held-out-tagged`;
 4. audit the shortcut and clean models against the object masks, and evaluate their
-   Grad-CAM maps (sightline.evaluate: 16 scenes per class, 10 steps);
+   Grad-CAM and saliency maps (sightline.evaluate: 16 scenes per class, 10 steps);
 5. audit the tagged and clean models without masks (clusters of each class's maps, the
    flagged ones verified by ablation; mask_free_audit) and score the tag group against
    the ground truth (tag_group: precision, recall, ablation drop vs control);
@@ -68,6 +69,10 @@ LEARNING_RATE = 2e-3  # Adam's, for the demo's small CNN: learns the scenes in a
 # about 10 s per model on two shared cores (a full evaluation of 400 scenes is 12x more);
 # the sanity checks on the same 16 scenes per class.
 DEMO_EVALUATION_STEPS, DEMO_EVALUATION_SAMPLE = 10, 16
+# The masked runs also store saliency, so the evaluation has two methods to weigh against
+# each other and against the controls: a CAM-family map and a gradient map, the two kinds
+# Adebayo et al. found to pass the randomisation check.
+EVALUATED_METHODS = ("gradcam", "saliency")
 TILE_ZOOM = 2
 # What the demo replaces in OUT on every run, and the file that says OUT is the demo's:
 # without it, `--out .` in a project would wipe the project's own data/ and models/.
@@ -283,11 +288,13 @@ def _train_models(out, splits, seed, max_epochs, say):
     return results
 
 
-def _explain_split(model_path, name, data, split, run_out, say, target="predicted"):
-    """`sightline explain` with Grad-CAM over one split's image folder, as a user runs it."""
+def _explain_split(model_path, name, data, split, run_out, say, target="predicted",
+                   methods=("gradcam",)):
+    """`sightline explain` with Grad-CAM (and any other `methods`) over one split's image
+    folder, as a user runs it."""
     from sightline.demo.scenes import CLASS_NAMES
     # The folders are named like the model's classes: saying so makes them labels.
-    config = make_config(("gradcam",), model=model_path,
+    config = make_config(tuple(methods), model=model_path,
                          data=os.path.join(data, split, "images"), out=run_out,
                          preprocess="[0,1]", map_size="native", batch_size=64,
                          class_names=CLASS_NAMES, shard_size=256, devices=1, quiet=True,
@@ -299,7 +306,7 @@ def _explain_split(model_path, name, data, split, run_out, say, target="predicte
     rate = (f"no rate: {summary.rate_note}" if summary.images_per_second is None
             else f"{summary.images_per_second:.0f} images/s")
     say(f"[3/7] explained {summary.images} '{split}' images with the {name} model "
-        f"(Grad-CAM, {rate}) into {run_out}")
+        f"({', '.join(methods)}, {rate}) into {run_out}")
 
 
 def _masked_audits(out, data, results, say):
@@ -307,7 +314,8 @@ def _masked_audits(out, data, results, say):
     held_masks = os.path.join(data, "held-out", "masks.h5")
     for name in MASKED_MODELS:
         run_out = os.path.join(out, "runs", name)
-        _explain_split(results[name]["model"], name, data, "held-out", run_out, say)
+        _explain_split(results[name]["model"], name, data, "held-out", run_out, say,
+                       methods=EVALUATED_METHODS)
         audit = run_audit(run_out, method="gradcam", masks=held_masks, regions=[SKY_REGION])
         write_audit(audit, os.path.join(run_out, AUDIT_FILE))
         results[name]["audit"] = audit

@@ -3,7 +3,9 @@ maps depend on the model's weights and on the class explained?
 
 Cascading model-parameter randomisation: a copy of the model (the user's model is never
 touched) has its layers re-initialised one at a time from the top (the logits) down to
-the target layer, each layer with its own initializers and a fixed seed, and after each
+the target layer, or down to the first layer when a gradient method of the input is
+checked (its maps depend on every layer), each layer with its own initializers and a
+fixed seed, and after each
 step the sample is explained again by `sightline.explain`, the code of the run itself.
 Each step's maps are compared with the original maps image by image: Spearman rank
 correlation of the absolute values, and SSIM of the absolute values scaled to [0, 1]
@@ -26,7 +28,7 @@ from sightline import kernels
 from sightline.compute.explain import explain
 from sightline.errors import UsageError
 from sightline.evaluate.sanity_scores import PASS_THRESHOLD, RULE, Similarity
-from sightline.kernels.methods import METHODS
+from sightline.kernels.methods import INPUT, METHODS
 from sightline.model.loading import load_model
 from sightline.model.precision import copy_weights
 
@@ -46,7 +48,8 @@ class SanityChecks:
     """What `sanity_checks` returns.
 
     layers: the layers re-initialised at each step, top-down (the last is the target
-        layer, or the lowest layer with weights above it).
+        layer, or the lowest layer with weights above it; with a gradient method of the
+        input among the methods, the lowest layer with weights).
     results: method or control name -> its `Similarity`.
     initializers: layer -> what each of its variables was re-initialised with
         ("kernel: GlorotUniform", ...); a variable whose initializer the layer does not
@@ -104,7 +107,17 @@ def sanity_checks(model, images, targets, methods, *, controls=None, seed=0, **e
         return explained_layer, maps
 
     target_layer, original = maps_of(targets)
+    input_methods = [m for m in methods if METHODS[m].resolution == INPUT]
     steps = cascade(clone, target_layer)
+    # The step that randomises the lowest layer a method's maps depend on: the target
+    # layer's (or the lowest with weights above it) for maps read there, the last for
+    # gradients of the input and for the controls. The whole cascade begins with the
+    # target layer's, so that step keeps its index.
+    target_step = len(steps) - 1
+    if input_methods and target_layer is not None:
+        steps = cascade(clone, None)
+    verdict_steps = {name: (target_step if name in methods and name not in input_methods
+                            else len(steps) - 1) for name in original}
     num_classes = int(clone.outputs[0].shape[-1])
     rng = np.random.default_rng(seed)
     partner = _derangement(rng, len(images))
@@ -132,7 +145,7 @@ def sanity_checks(model, images, targets, methods, *, controls=None, seed=0, **e
             ssim=np.stack(collected[name]["ssim"]),
             floor_spearman=floor_spearman, floor_ssim=floor_ssim,
             random_logit_spearman=logit_spearman, random_logit_ssim=logit_ssim,
-            strip=np.stack(collected[name]["strip"]))
+            strip=np.stack(collected[name]["strip"]), verdict_step=verdict_steps[name])
     return SanityChecks(layers=tuple(layer.name for _, layer in steps),
                         target_layer=target_layer, results=results,
                         initializers=initializers, controls=tuple(controls), seed=seed,

@@ -16,7 +16,9 @@ Sanity: each method's and control's `"sanity"` entry is the summary of its check
 per randomised layer, the random-logit check), read from evaluation.h5's /sanity.
 
 Recommendation: among the methods (never a control) that pass the sanity checks, the one
-with the best mean SRG, its margin over the next, and whether the metrics agree: Kendall
+with the best mean SRG, its margin over the next (with a paired bootstrap interval of the
+per-image difference: `margin_ci95`, and `margin_clear` when it lies above 0; the card
+says when the lead is not clear), and whether the metrics agree: Kendall
 tau between the methods' rankings by SRG, by insertion AUC and by Average Drop (lower is
 better), all three pairs at least AGREEMENT_TAU. Until the sanity checks run
 (`"sanity": null`) every method counts as passing and the recommendation says so. A
@@ -142,11 +144,12 @@ def summarise(h5_path, methods, settings, grid, names=None):
         targets = handle[SAMPLE_TARGET][:]
         controls = {name: describe(per_image_scores(handle[f"controls/{name}"]), targets,
                                    settings.seed, names) for name in CONTROLS}
-        entries = {}
+        entries, image_srg = {}, {}
         sanity = read_sanity(handle)
         for method in methods:
-            entry = describe(per_image_scores(handle[f"methods/{method}"]), targets,
-                             settings.seed, names)
+            scores = per_image_scores(handle[f"methods/{method}"])
+            image_srg[method] = scores["srg"]
+            entry = describe(scores, targets, settings.seed, names)
             entry["sanity"] = _sanity_entry(sanity, "methods", method)
             entries[method] = entry
         count = int(len(targets))
@@ -159,11 +162,19 @@ def summarise(h5_path, methods, settings, grid, names=None):
     checked = {} if sanity is None else {"sanity_layers": sanity["layers"],
                                          "sanity_target_layer": sanity["target_layer"],
                                          "sanity_count": sanity["count"]}
+    recommended = recommend(entries, random_srg)
+    if recommended.get("next"):
+        # Paired: both methods were scored on the same images, so the interval of the mean
+        # per-image difference is much narrower than the two SRG intervals side by side.
+        low, high = bootstrap_interval(image_srg[recommended["method"]]
+                                       - image_srg[recommended["next"]], settings.seed)
+        recommended["margin_ci95"] = [low, high]
+        recommended["margin_clear"] = bool(low is not None and low > 0)
     return {"format": FORMAT,
             "settings": {**settings.recorded(), "grid": list(grid), "bootstrap": BOOTSTRAP,
                          **checked},
             "count": count, "methods": entries, "controls": controls,
-            "recommended": recommend(entries, random_srg)}
+            "recommended": recommended}
 
 
 def _sanity_entry(sanity, kind, name):
@@ -194,6 +205,10 @@ def card_text(evaluation):
              f"[{low:.2f}, {high:.2f}]"]
     if recommended.get("next"):
         words.append(f", {recommended['margin']:.2f} above {recommended['next']}'s")
+        if recommended.get("margin_clear") is False:
+            low, high = recommended["margin_ci95"]
+            words.append(f" (not a clear lead on these images: the 95% interval of the "
+                         f"difference, [{low:.2f}, {high:.2f}], holds 0)")
     if recommended.get("sanity_checked"):
         words.insert(1, " (it passes the sanity checks)")
     agree = recommended.get("metrics_agree")

@@ -13,7 +13,12 @@ the cue. Kinds of cue:
 
 "none" gives the same scenes with no cue and no faint objects: the clean twin's training
 data. `cued` says who carries the cue. Pure NumPy; the same arguments give the same bytes.
+
+The cases (CASES), their models and the explain + audit round trip that scores them are
+shared by tests/audit/test_discovery.py and benchmarks/discovery_scores.py.
 """
+
+import os
 
 import numpy as np
 
@@ -141,3 +146,71 @@ def accuracy(model, scenes, rows=None):
     rows = slice(None) if rows is None else rows
     predicted = model.predict(scenes["images"][rows], verbose=0, batch_size=256).argmax(axis=1)
     return float((predicted == scenes["labels"][rows]).mean())
+
+
+# name: (kind, share in training, share in the audited data, classes, training scenes,
+# epochs). "ten": the issue's many-class case, a corner tag on 40% of one of ten classes.
+CASES = {
+    "tint": ("tint", 0.4, 0.4, 2, 1600, 8),
+    "mark": ("mark", 0.4, 0.4, 2, 1600, 8),
+    "rare": ("corner", 0.2, 0.03, 2, 1600, 8),
+    "ten": ("corner", 0.4, 0.4, 10, 3000, 8),
+}
+AUDITED = 1000
+MIN_PRECISION, MIN_RECALL = 0.9, 0.8
+
+
+def trained(name, folder, seed=0):
+    """The case's model for a seed, and the path it is saved at in `folder`."""
+    kind, train_share, _, classes, count, epochs = CASES[name]
+    model = train(make_scenes(count, kind, share=train_share, num_classes=classes, seed=seed),
+                  seed=seed, epochs=epochs)
+    path = os.path.join(str(folder), f"{name}-{seed}.keras")
+    model.save(path)
+    return model, path
+
+
+def audited_scenes(name, seed=0, draw_cue=True):
+    """The case's audited scenes: other scenes than the model's (seed + 100)."""
+    kind, _, share, classes, _, _ = CASES[name]
+    return make_scenes(AUDITED, kind, share=share, num_classes=classes, seed=seed + 100,
+                       draw_cue=draw_cue)
+
+
+def explain_and_audit(model_path, data, out, method="gradcam", **job):
+    """`sightline explain` of the scenes into `out`, then the audit with --verify. Job
+    options as keywords (batch_size=16 -> --batch-size 16)."""
+    from sightline.audit.audit import run_audit
+    from sightline.audit.shortcuts import ShortcutOptions
+    from sightline.cli.main import main
+    out = str(out)
+    np.save(out + ".npy", data["images"])
+    extra = [item for key, value in job.items()
+             for item in (f"--{key.replace('_', '-')}", str(value))]
+    code = main(["explain", "--model", str(model_path), "--data", out + ".npy", "--out", out,
+                 "--methods", method, "--quiet", *extra])
+    if code != 0:
+        raise RuntimeError(f"sightline explain exited with {code}")
+    return run_audit(out, method=method, shortcuts=ShortcutOptions(verify=True))
+
+
+def flagged_members(audit):
+    """{flagged group id: sample indices of its members} from clusters.h5."""
+    from sightline.audit.virelay import read_clusters
+    table = read_clusters(audit["clusters_file"])
+    columns = {"where": table["cluster"], "what": table.get("concept")}
+    return {c["id"]: table["index"][columns[c["view"]] == c["id"]]
+            for c in audit["clusters"] if c["flagged"]}
+
+
+def precision_recall(audit, cued, cue_class=0):
+    """(precision, recall, {flagged id: members}): the members of the cue class's
+    flagged groups against the generator's cued scenes."""
+    groups = flagged_members(audit)
+    classes = {c["id"]: c["class"] for c in audit["clusters"]}
+    found = np.zeros(len(cued), bool)
+    for group, members in groups.items():
+        if classes[group] == cue_class:
+            found[members] = True
+    hits = (found & cued).sum()
+    return hits / max(found.sum(), 1), hits / cued.sum(), groups

@@ -155,12 +155,19 @@ def test_the_demo_writes_its_files_and_a_report_of_valid_pictures(demo):
     # and its unmoved images.
     assert len(page.sources) == 2 + 2 * 3 + 2 * 1 + cluster_pictures + 2 * (1 + 4) + 2 * 4
     assert text.count("Which method to trust") == 2
-    assert text.count("For this model use gradcam") >= 2
+    assert text.count("For this model use ") >= 2
     assert text.count("(it passes the sanity checks)") >= 2
     for name in ("shortcut", "clean"):
         evaluation = models[name]["evaluation"]
-        assert evaluation["methods"]["gradcam"]["sanity"]["passes"], name
+        # Adebayo et al.'s finding on a trained model: gradients and Grad-CAM pass (with
+        # the whole network random for saliency), the edge map fails.
+        for method in ("gradcam", "saliency"):
+            assert evaluation["methods"][method]["sanity"]["passes"], (name, method)
         assert not evaluation["controls"]["edge"]["sanity"]["passes"], name
+        recommended = evaluation["recommended"]
+        assert recommended["method"] == max(
+            ("gradcam", "saliency"), key=lambda m: evaluation["methods"][m]["srg"])
+        assert f"For this model use {recommended['method']}" in text
     for src in page.sources:
         assert_png(base64.b64decode(src.split(",", 1)[1]))
     folder = os.path.dirname(demo["report"])

@@ -15,7 +15,7 @@ from sightline.cli.main import main
 from sightline.evaluate.run import PARTS_FOLDER, SANITY_BATCH_SIZE, evaluate_run
 from sightline.evaluate.sanity import sanity_checks
 from sightline.evaluate.settings import EvaluationSettings
-from sightline.evaluate.summary import CONTROLS, FORMAT
+from sightline.evaluate.summary import CONTROLS, FORMAT, bootstrap_interval
 from tests.jobs.jobs import read_index, split_and_whole_runs
 
 STEPS = 4
@@ -93,7 +93,9 @@ def test_output_contract(runs):
         assert METHOD_KEYS <= set(entry)
         assert SANITY_KEYS <= set(entry["sanity"])
         layers = [step["layer"] for step in entry["sanity"]["spearman_by_layer"]]
-        assert layers == evaluation["settings"]["sanity_layers"] == ["logits", "conv_c"]
+        # Saliency is among the methods: the cascade goes down to the first layer.
+        assert layers == evaluation["settings"]["sanity_layers"] == [
+            "logits", "conv_c", "conv_b", "conv_a"]
         low, high = entry["srg_ci95"]
         assert low <= entry["srg"] <= high
         assert entry["srg"] == pytest.approx(entry["lerf_auc"] - entry["deletion_auc"])
@@ -108,6 +110,15 @@ def test_output_contract(runs):
     best = max(passing, key=lambda m: evaluation["methods"][m]["srg"])
     assert recommended["method"] == best
     h5 = runs["reference_h5"]
+    # The lead's interval is paired: the bootstrap of the per-image SRG difference.
+    if recommended["next"]:
+        srg = {m: h5[f"methods/{m}/auc"][:, 1].astype(np.float64)
+               - h5[f"methods/{m}/auc"][:, 0] for m in (best, recommended["next"])}
+        expected = bootstrap_interval(srg[best] - srg[recommended["next"]],
+                                      evaluation["settings"]["seed"])
+        assert recommended["margin_ci95"] == pytest.approx(expected)
+        assert recommended["margin_ci95"][0] <= recommended["margin"] <= recommended["margin_ci95"][1]
+        assert recommended["margin_clear"] == (expected[0] > 0)
     count = len(h5["sample/index"])
     # The stored sanity numbers are the checks' own, called directly on the run's model,
     # images and explained classes (every image: 24 < 256 per class).
@@ -132,7 +143,7 @@ def test_cli_prints_the_numbers_and_writes_the_report(runs, tmp_path, capsys):
                  "--methods", "saliency", "--report", report]) == 0
     printed = capsys.readouterr().out
     assert "method saliency: SRG" in printed and "control edge: SRG" in printed
-    assert "sanity check FAILS (Spearman 1.00 with every layer down to conv_c" in printed
+    assert "sanity check FAILS (Spearman 1.00 with every layer down to conv_a" in printed
     assert "recommendation: For this model use saliency" in printed
     page = open(os.path.join(report, "evaluation.html")).read()
     assert "For this model use saliency" in page and "data:image/png;base64" in page
@@ -195,6 +206,18 @@ def test_sample_per_class_is_the_same_whatever_the_layout(runs):
     np.testing.assert_array_equal(indices, np.sort(expected))
 
 
+def test_bootstrap_interval_is_the_normal_interval_of_a_large_sample():
+    """Independent reference: for 2,000 normal values the mean's 95% interval is about
+    mean +- 1.96 sigma / sqrt(n) (the bootstrap's own Monte Carlo error is a few % of
+    its width at 1,000 resamples)."""
+    values = np.random.default_rng(5).normal(3.0, 2.0, 2000)
+    low, high = bootstrap_interval(values, seed=0)
+    half = 1.96 * values.std() / np.sqrt(len(values))
+    assert low == pytest.approx(values.mean() - half, abs=0.1 * half)
+    assert high == pytest.approx(values.mean() + half, abs=0.1 * half)
+    assert bootstrap_interval(values, seed=0) == [low, high]  # seeded
+
+
 def test_the_card_in_plain_words():
     from sightline.evaluate.summary import card_text, recommend
 
@@ -213,6 +236,13 @@ def test_the_card_in_plain_words():
     assert text.startswith("For this model use gradcam: its SRG is 0.41 [0.39, 0.43], 0.12 "
                            "above saliency's; the three metrics agree.")
     assert "sanity checks were not run" in text
+    # A lead within the noise of the sample is said to be one.
+    unclear = dict(recommended, margin_ci95=[-0.03, 0.07], margin_clear=False)
+    assert ("0.12 above saliency's (not a clear lead on these images: the 95% interval of "
+            "the difference, [-0.03, 0.07], holds 0)") in card_text(
+                {"methods": methods, "recommended": unclear})
+    clear = dict(recommended, margin_ci95=[0.05, 0.2], margin_clear=True)
+    assert "not a clear lead" not in card_text({"methods": methods, "recommended": clear})
     methods["saliency"]["insertion_auc"] = 0.9  # insertion now prefers saliency
     methods["eigencam"]["average_drop"] = 1.0  # and Average Drop eigencam
     assert recommend(methods)["metrics_agree"] is False

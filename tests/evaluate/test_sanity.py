@@ -88,7 +88,7 @@ def test_randomising_changes_the_maps_of_gradients_and_gradcam_and_not_the_edge_
     for method in METHODS:
         result = checks.results[method]
         floor = result.floor_spearman.mean()
-        final = np.nan_to_num(result.spearman[-1]).mean()
+        final = np.nan_to_num(result.spearman[result.verdict_step]).mean()
         # Beyond the threshold: nearer to unrelated maps than to the original ones.
         assert final < floor + PASS_THRESHOLD * (1 - floor), method
         assert not np.allclose(result.strip[0], result.strip[-1], atol=0.05), method
@@ -99,12 +99,23 @@ def test_randomising_changes_the_maps_of_gradients_and_gradcam_and_not_the_edge_
     assert edge.floor_spearman.mean() < 0.5
 
 
-def test_the_cascade_runs_top_down_and_stops_at_the_target_layer(checks):
+def test_the_cascade_runs_top_down_to_the_first_layer_for_gradients_of_the_input(checks):
+    """Saliency's maps depend on every layer: with it among the methods the cascade goes
+    on below the target layer, and Grad-CAM's verdict is still read where the target
+    layer turned random (its step), saliency's and the controls' at the last."""
     assert checks.target_layer == "conv_c"
-    assert checks.layers == ("logits", "conv_c")
+    assert checks.layers == ("logits", "conv_c", "conv_b", "conv_a")
     for result in checks.results.values():
-        assert result.spearman.shape == result.ssim.shape == (2, 48)
-        assert result.strip.shape[0] == 3
+        assert result.spearman.shape == result.ssim.shape == (4, 48)
+        assert result.strip.shape[0] == 5
+    assert checks.summary("gradcam")["verdict_layer"] == "conv_c"
+    assert checks.summary("saliency")["verdict_layer"] == "conv_a"
+    assert checks.summary("edge")["verdict_layer"] == "conv_a"
+    for method in METHODS:
+        result = checks.results[method]
+        floor = result.floor_spearman.mean()
+        expected = (np.nan_to_num(result.spearman[result.verdict_step]).mean() - floor) / (1 - floor)
+        assert checks.summary(method)["relative_similarity"] == pytest.approx(expected)
 
 
 def test_the_user_model_is_unchanged(trained, checks):
