@@ -184,12 +184,23 @@ def _sanity_section(folder, slug, out, evaluation, inputs):
     failing = [name for name, control, sanity in entries if not control and not sanity["passes"]]
     verdict = (f"Fail the sanity check: {', '.join(failing)}." if failing else
                "Every method passes the sanity check.")
+    # Each map is judged once every layer it depends on is random: a map of the target
+    # layer there, a gradient of the input at the first layer (sanity.py's cascade).
+    depths = sorted({str(sanity.get("verdict_layer")) for _, _, sanity in entries
+                     if sanity.get("verdict_layer") is not None})
+    deepest = entries[0][2]["spearman_by_layer"][-1]["layer"] if entries[0][2][
+        "spearman_by_layer"] else settings.get("sanity_target_layer")
+    judged = (f" Each map is judged after the layer it depends on last is random ("
+              + "; ".join(f"{name}: {sanity['verdict_layer']}" for name, _, sanity in entries
+                          if sanity.get("verdict_layer") is not None) + ")."
+              if len(depths) > 1 else "")
     parts = ["<h3>Sanity checks: do the maps depend on the model?</h3>",
              f'<p class="note">{settings.get("sanity_count")} images; the layers of a copy of '
-             f"the model re-initialised one by one from the top down to the target layer "
-             f"{html.escape(str(settings.get('sanity_target_layer')))}, each image explained "
-             f"again after each step. A map {html.escape(entries[0][2]['rule'])}. "
-             f"{html.escape(verdict)}</p>"]
+             f"the model re-initialised one by one from the top down to "
+             f"{html.escape(str(deepest))} (target layer "
+             f"{html.escape(str(settings.get('sanity_target_layer')))}), each image explained "
+             f"again after each step.{html.escape(judged)} A map "
+             f"{html.escape(entries[0][2]['rule'])}. {html.escape(verdict)}</p>"]
     curves = sanity_curves(evaluation, os.path.join(folder, f"{slug}-sanity.png"))
     parts.append(embed_png(curves, "correlation with the original maps against randomised "
                                    "depth; dotted: unrelated maps"))
