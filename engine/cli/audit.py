@@ -12,6 +12,7 @@ from sightline.audit.summary import AUDIT_FILE, summary_lines, write_audit
 from sightline.cli.checks import check_run_folder
 from sightline.errors import UsageError
 from sightline.evaluate.summary import EVALUATION_FILE, card_text, read_evaluation
+from sightline.evaluate.report_inputs import ReportInputs
 from sightline.report.page import write_report
 
 
@@ -143,7 +144,8 @@ def run(args):
         if args.activations:
             activations = [("model", read_activations(args.activations))]
         report = write_report(args.report, [("run", audit)], activations=activations,
-                              evaluations=evaluation and [("run", args.out, evaluation)])
+                              evaluations=evaluation and [("run", args.out, evaluation)],
+                              inputs=ReportInputs())
         print(f"report: {report}")
     print(f"wrote {audit['clusters_file']}")
     if args.export_virelay:

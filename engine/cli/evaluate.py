@@ -8,6 +8,7 @@ from sightline.evaluate.run import evaluate_run
 from sightline.evaluate.settings import (DEFAULT_SANITY_SAMPLE, DEFAULT_STEPS, FILLS,
                                          EvaluationSettings)
 from sightline.evaluate.summary import EVALUATION_FILE, H5_FILE, card_text
+from sightline.evaluate.report_inputs import ReportInputs
 from sightline.report.evaluation import write_evaluation_report
 from sightline.store.layout import MANIFEST_FILE
 from sightline.errors import UsageError
@@ -88,7 +89,9 @@ def run(args):
     print(f"recommendation: {card_text(evaluation)}")
     print(f"wrote {os.path.join(args.out, EVALUATION_FILE)} and {os.path.join(args.out, H5_FILE)}")
     if args.report:
-        print(f"report: {write_evaluation_report(args.report, args.out, evaluation)}")
+        report = write_evaluation_report(args.report, args.out, evaluation,
+                                         inputs=ReportInputs())
+        print(f"report: {report}")
     return 0
 
 

@@ -47,6 +47,7 @@ from sightline.evaluate.summary import card_text
 from sightline.jobs.runner import run_job
 from sightline.kernels.methods import INPUT, method_names
 from sightline.report.activations import write_activations_output
+from sightline.evaluate.report_inputs import ReportInputs
 from sightline.report.page import embed_png, write_report
 from sightline.errors import UsageError
 
@@ -483,7 +484,7 @@ def _write_demo_report(out, results, splits, activation_results, lines):
                    for name in MASKED_MODELS]
     return write_report(folder, sections, activations=activation_results,
                         title="sightline demo: find the cloudy-sky detector and the tag reader",
-                        intro=intro, evaluations=evaluations)
+                        intro=intro, evaluations=evaluations, inputs=ReportInputs())
 
 
 def _mean_over_images(audit, summary_of):

@@ -19,14 +19,10 @@ import os
 
 import numpy as np
 
-from sightline.audit.metrics import resize_maps
-from sightline.audit.replay import open_run_source, read_images
-from sightline.evaluate.sanity_scores import read_sanity
-from sightline.evaluate.summary import CONTROLS, H5_FILE, card_text
+from sightline.evaluate.summary import CONTROLS, card_text
 from sightline.report import figures
-from sightline.report.markup import STYLE, embed_png, fmt, section_anchor, table, write_page
-from sightline.store.layout import SAMPLE_INDEX
-from sightline.store.results import open_results
+from sightline.report.markup import (STYLE, embed_png, fmt, not_read, section_anchor, table,
+                                     write_page)
 
 EVALUATION_REPORT = "evaluation.html"
 UNCHANGED_IMAGES = 8
@@ -72,24 +68,22 @@ def _class_table(evaluation):
     return table(["class (SRG)"] + methods, rows)
 
 
-def mean_curves(h5_path, names, path):
+def mean_curves(curves, path):
     """One panel per curve (MoRF, LeRF, insertion): the mean probability per step of each
-    method and control over the fraction hidden (shown), with its band."""
-    import h5py
+    method and control over the fraction hidden (shown), with its band. `curves`:
+    ReportInputs.evaluation_curves."""
     figure = figures._figure(12, 3.4)
     axes = figure.subplots(1, 3, squeeze=False)[0]
-    with h5py.File(h5_path, "r") as handle:
-        for group, name in names:
-            data = handle[f"{group}/{name}"]
-            probabilities = data["probabilities"][:].astype(np.float64)  # [n,3,S+1]
-            fractions = data["fractions"][:].astype(np.float64).mean(axis=0)  # [3,S+1]
-            mean = probabilities.mean(axis=0)
-            band = 1.96 * probabilities.std(axis=0) / np.sqrt(max(1, len(probabilities)))
-            style = "--" if group == "controls" else "-"
-            for curve, axis in enumerate(axes):
-                axis.plot(fractions[curve], mean[curve], style, label=name, linewidth=1.2)
-                axis.fill_between(fractions[curve], mean[curve] - band[curve],
-                                  mean[curve] + band[curve], alpha=0.2)
+    for (group, name), data in curves.items():
+        probabilities = data["probabilities"]  # [n,3,S+1]
+        fractions = data["fractions"].mean(axis=0)  # [3,S+1]
+        mean = probabilities.mean(axis=0)
+        band = 1.96 * probabilities.std(axis=0) / np.sqrt(max(1, len(probabilities)))
+        style = "--" if group == "controls" else "-"
+        for curve, axis in enumerate(axes):
+            axis.plot(fractions[curve], mean[curve], style, label=name, linewidth=1.2)
+            axis.fill_between(fractions[curve], mean[curve] - band[curve],
+                              mean[curve] + band[curve], alpha=0.2)
     for axis, title, xlabel in zip(axes, ("deletion, most relevant first (MoRF)",
                                           "deletion, least relevant first (LeRF)",
                                           "insertion, most relevant first"),
@@ -103,13 +97,10 @@ def mean_curves(h5_path, names, path):
     return figures._save(figure, path)
 
 
-def unchanged_samples(h5_path, method, count=UNCHANGED_IMAGES):
+def unchanged_samples(indices, probabilities, count=UNCHANGED_IMAGES):
     """[(sample index, relative drop)] of the `count` images whose probability drops
-    least (relative to the original) after the first fifth of the MoRF steps."""
-    import h5py
-    with h5py.File(h5_path, "r") as handle:
-        indices = handle[SAMPLE_INDEX][:]
-        probabilities = handle[f"methods/{method}/probabilities"][:].astype(np.float64)
+    least (relative to the original) after the first fifth of the MoRF steps; `indices`
+    [n] and `probabilities` [n,3,S+1] are evaluation.h5's rows of one method."""
     step = max(1, (probabilities.shape[2] - 1) // 5)
     original = probabilities[:, 0, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -118,27 +109,11 @@ def unchanged_samples(h5_path, method, count=UNCHANGED_IMAGES):
     return [(int(indices[i]), float(drop[i])) for i in order]
 
 
-def _unchanged_figure(out, method, samples, path):
-    """The images with their maps over them; the images are read again from the run's
-    source (shown as a person sees them: resized, not preprocessed)."""
-
-    with open_results(out) as results:
-        shape = tuple(int(v) for v in results.manifest["run"]["image_shape"])
-        indices = np.sort([index for index, _ in samples])
-        try:
-            source = open_run_source(results.manifest)
-            images = np.concatenate(list(read_images(source, indices, image_shape=shape,
-                                                     preprocess="none")))
-        except ValueError:
-            images = [None] * len(indices)
-        image_of = dict(zip(indices.tolist(), images))
-        items = []
-        for index, drop in samples:
-            heatmap = results.heatmap(method, index=index)
-            if heatmap.shape != shape[:2]:
-                heatmap = resize_maps(heatmap[None], shape[:2])[0]
-            items.append({"image": image_of[index], "heatmap": heatmap, "mask": None,
-                          "caption": f"#{index}: -{100 * drop:.0f}% after the top fifth"})
+def _unchanged_figure(pictures, method, samples, path):
+    """The images with their maps over them; `pictures`: ReportInputs.sample_pictures."""
+    items = [{"image": pictures[index][0], "heatmap": pictures[index][1], "mask": None,
+              "caption": f"#{index}: -{100 * drop:.0f}% after the top fifth"}
+             for index, drop in samples]
     return figures.worst_overlays(items, path, title=f"{method}: hiding its hot region "
                                                      "changes (almost) nothing")
 
@@ -179,13 +154,10 @@ def sanity_curves(evaluation, path):
     return figures._save(figure, path)
 
 
-def sanity_strips(h5_path, path):
+def sanity_strips(sanity, path):
     """One row per method and control: one image's map (|map| scaled to [0, 1]) as
-    the original, then after each randomisation step."""
-    import h5py
-
-    with h5py.File(h5_path, "r") as handle:
-        sanity = read_sanity(handle)
+    the original, then after each randomisation step; `sanity`:
+    ReportInputs.sanity_arrays."""
     rows = [(name, result.strip) for kind in ("methods", "controls")
             for name, result in sanity[kind].items()]
     columns = len(sanity["layers"]) + 1
@@ -204,7 +176,7 @@ def sanity_strips(h5_path, path):
     return figures._save(figure, path)
 
 
-def _sanity_section(folder, slug, h5_path, evaluation):
+def _sanity_section(folder, slug, out, evaluation, inputs):
     entries = _sanity_entries(evaluation)
     if not entries:
         return ""
@@ -212,25 +184,40 @@ def _sanity_section(folder, slug, h5_path, evaluation):
     failing = [name for name, control, sanity in entries if not control and not sanity["passes"]]
     verdict = (f"Fail the sanity check: {', '.join(failing)}." if failing else
                "Every method passes the sanity check.")
+    # Each map is judged once every layer it depends on is random: a map of the target
+    # layer there, a gradient of the input at the first layer (sanity.py's cascade).
+    depths = sorted({str(sanity.get("verdict_layer")) for _, _, sanity in entries
+                     if sanity.get("verdict_layer") is not None})
+    deepest = entries[0][2]["spearman_by_layer"][-1]["layer"] if entries[0][2][
+        "spearman_by_layer"] else settings.get("sanity_target_layer")
+    judged = (f" Each map is judged after the layer it depends on last is random ("
+              + "; ".join(f"{name}: {sanity['verdict_layer']}" for name, _, sanity in entries
+                          if sanity.get("verdict_layer") is not None) + ")."
+              if len(depths) > 1 else "")
     parts = ["<h3>Sanity checks: do the maps depend on the model?</h3>",
              f'<p class="note">{settings.get("sanity_count")} images; the layers of a copy of '
-             f"the model re-initialised one by one from the top down to the target layer "
-             f"{html.escape(str(settings.get('sanity_target_layer')))}, each image explained "
-             f"again after each step. A map {html.escape(entries[0][2]['rule'])}. "
-             f"{html.escape(verdict)}</p>"]
+             f"the model re-initialised one by one from the top down to "
+             f"{html.escape(str(deepest))} (target layer "
+             f"{html.escape(str(settings.get('sanity_target_layer')))}), each image explained "
+             f"again after each step.{html.escape(judged)} A map "
+             f"{html.escape(entries[0][2]['rule'])}. {html.escape(verdict)}</p>"]
     curves = sanity_curves(evaluation, os.path.join(folder, f"{slug}-sanity.png"))
     parts.append(embed_png(curves, "correlation with the original maps against randomised "
                                    "depth; dotted: unrelated maps"))
-    if os.path.exists(h5_path):
-        strips = sanity_strips(h5_path, os.path.join(folder, f"{slug}-sanity-strip.png"))
+    sanity = inputs.sanity_arrays(out) if inputs is not None else None
+    if sanity is not None:
+        strips = sanity_strips(sanity, os.path.join(folder, f"{slug}-sanity-strip.png"))
         parts.append(embed_png(strips, "one image's maps as the layers are randomised"))
+    elif inputs is None:
+        parts.append(not_read("one image's maps as the layers are randomised"))
     return "\n".join(parts)
 
 
-def evaluation_section(folder, title, out, evaluation):
-    """The HTML of one evaluation, its PNGs written into `folder`."""
+def evaluation_section(folder, title, out, evaluation, inputs=None):
+    """The HTML of one evaluation, its PNGs written into `folder`; the curves and
+    pictures of run folder `out` come from `inputs` (a ReportInputs; without it the
+    page holds the tables only)."""
     slug = section_anchor("evaluation " + title)
-    h5_path = os.path.join(out, H5_FILE)
     parts = [f'<h2 id="{slug}">Which method to trust: {html.escape(title)}</h2>',
              f'<p class="verdict ok">{html.escape(card_text(evaluation))}</p>']
     settings = evaluation["settings"]
@@ -241,15 +228,20 @@ def evaluation_section(folder, title, out, evaluation):
                  "intervals. Controls (dashed) know nothing about the model.</p>")
     parts.append(_metrics_table(evaluation))
     names = [("methods", m) for m in evaluation["methods"]] + [("controls", c) for c in CONTROLS]
-    if os.path.exists(h5_path):
-        curves = mean_curves(h5_path, names, os.path.join(folder, f"{slug}-curves.png"))
-        parts.append(embed_png(curves, "mean curves per method and control, 95% bands"))
-    parts.append(_sanity_section(folder, slug, h5_path, evaluation))
+    curves = inputs.evaluation_curves(out, names) if inputs is not None else None
+    if curves is not None:
+        picture = mean_curves(curves, os.path.join(folder, f"{slug}-curves.png"))
+        parts.append(embed_png(picture, "mean curves per method and control, 95% bands"))
+    elif inputs is None:
+        parts.append(not_read("the mean curves"))
+    parts.append(_sanity_section(folder, slug, out, evaluation, inputs))
     parts.append("<h3>Per class</h3>" + _class_table(evaluation))
     method = (evaluation.get("recommended") or {}).get("method")
-    if method and os.path.exists(h5_path):
-        samples = unchanged_samples(h5_path, method)
-        picture = _unchanged_figure(out, method, samples,
+    if method and curves is not None:
+        samples = unchanged_samples(inputs.evaluation_indices(out),
+                                    curves[("methods", method)]["probabilities"])
+        pictures = inputs.sample_pictures(out, method, [index for index, _ in samples])
+        picture = _unchanged_figure(pictures, method, samples,
                                     os.path.join(folder, f"{slug}-unchanged.png"))
         parts.append("<h3>Where hiding the hot region changes nothing</h3>"
                      + embed_png(picture, f"{method}: the images least moved by hiding their "
@@ -257,10 +249,12 @@ def evaluation_section(folder, title, out, evaluation):
     return "\n".join(parts)
 
 
-def write_evaluation_report(folder, out, evaluation, title="sightline evaluation"):
+def write_evaluation_report(folder, out, evaluation, title="sightline evaluation", *,
+                            inputs=None):
     """evaluation.html (and its PNGs) in `folder`; returns its path."""
     os.makedirs(folder, exist_ok=True)
-    body = evaluation_section(folder, os.path.basename(os.path.abspath(out)), out, evaluation)
+    body = evaluation_section(folder, os.path.basename(os.path.abspath(out)), out, evaluation,
+                              inputs)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>'
             f'<h1>{html.escape(title)}</h1>{body}</body></html>\n')

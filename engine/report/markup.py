@@ -40,6 +40,13 @@ def embed_png(path, alt):
             f'{html.escape(name)}</a>)</figcaption></figure>')
 
 
+def not_read(what):
+    """The note that stands where a picture read from the run's files would be, when the
+    report was written without its reader (write_report's `inputs`)."""
+    return (f'<p class="note">{html.escape(what)}: not drawn (the report was written '
+            'without the run\'s files: pass inputs=ReportInputs())</p>')
+
+
 def fmt(value, digits=3):
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "n/a"  # NaN: nothing to average (e.g. a class whose maps are all zero)

@@ -15,72 +15,27 @@ import os
 
 import numpy as np
 
-from sightline.audit.masks import open_masks
-from sightline.audit.metrics import resize_maps
 from sightline.audit.summary import checks, verdict
 from sightline.report import figures
 from sightline.report.evaluation import evaluation_section
-from sightline.report.markup import STYLE, embed_png, fmt, section_anchor, table, write_page
-from sightline.store.results import open_results
+from sightline.report.markup import (STYLE, embed_png, fmt, not_read, section_anchor, table,
+                                     write_page)
 
 REPORT_FILE = "report.html"
 
 # ----------------------------------------------------------------------------- worst images
 
 
-def _load_display_images(audit, items):
-    """The source images of the worst items, resized to the compared size by the run's
-    rule (stretch, pad or crop); None where the source cannot be read back (TFRecord,
-    moved or changed files: the report then shows the heatmap alone)."""
-    import h5py
-    import tensorflow as tf
-
-    from sightline.data.decode import resize_images  # loads TensorFlow: only when drawing
-    kind, location = (audit.get("provenance") or {}).get("source_spec") or ("", "")
-    resize = (audit.get("provenance") or {}).get("resize") or "stretch"
-    size = tuple(audit["compared_at"])
-    images = []
-    for item in items:
-        image = None
-        try:
-            if kind == "folder":
-                data = tf.io.read_file(os.path.join(location, item["key"]))
-                image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            elif kind == "npy":
-                image = np.load(location, mmap_mode="r")[item["index"]]
-            elif kind == "h5":
-                path, _, dataset = location.rpartition(":")
-                with h5py.File(path, "r") as handle:
-                    image = handle[dataset][item["index"]]
-            if image is not None:
-                image = resize_images(image, *size, resize).numpy()
-        # A file gone or unreadable (OSError, TensorFlow's NotFound), not an image any
-        # more (InvalidArgument), a dataset or row no longer there (KeyError, IndexError).
-        except (OSError, KeyError, IndexError, ValueError, tf.errors.OpError):
-            image = None
-        images.append(image)
-    return images
-
-
-def _worst_items(audit):
-    items = audit.get("worst") or []
-    if not items:
-        return []
-    size = tuple(audit["compared_at"])
-    mask_source = open_masks(audit["mask_args"]["masks"], audit["mask_args"]["boxes"], size)
-    try:
-        masks = mask_source.read([item["key"] for item in items])
-    finally:
-        mask_source.close()
-    with open_results(audit["out"]) as results:
-        maps = np.stack([results.heatmap(audit["method"], key=item["key"]) for item in items])
-    maps = resize_maps(maps, size)
-    images = _load_display_images(audit, items)
+def _worst_items(audit, inputs):
+    """The worst images as figures.worst_overlays draws them: each map scaled to its own
+    maximum and captioned."""
     out = []
-    for rank, (item, heatmap, mask, image) in enumerate(zip(items, maps, masks, images), 1):
+    for rank, read in enumerate(inputs.worst_items(audit), 1):
+        item, heatmap = read["item"], read["heatmap"]
         top = heatmap.max()
         out.append({
-            "image": image, "mask": mask, "heatmap": heatmap / top if top > 0 else heatmap,
+            "image": read["image"], "mask": read["mask"],
+            "heatmap": heatmap / top if top > 0 else heatmap,
             "caption": f"#{rank} {item['key']}\nlabel {item['class_name']}, pred "
                        f"{item.get('predicted_name', item['predicted'])}\non object {item['share']:.1%} (area "
                        f"{item['area']:.1%}){'' if item['hit'] else ', peak off'}",
@@ -116,7 +71,7 @@ def _checked_list(audit):
     return f'<ul class="reasons">{items}</ul>'
 
 
-def _audit_section(folder, title, audit):
+def _audit_section(folder, title, audit, inputs):
     slug = section_anchor(title)
     parts = [f'<h2 id="{slug}">{html.escape(title)}</h2>']
     verdict_text, css = _verdict(audit)
@@ -172,7 +127,9 @@ def _audit_section(folder, title, audit):
         figures.share_histograms(classes, audit["threshold"], path)
         parts.append("<h3>On-object share</h3>"
                      + embed_png(path, f"{title}: histograms of the on-object share per class"))
-        items = _worst_items(audit)
+        items = _worst_items(audit, inputs) if inputs is not None else []
+        if inputs is None and audit.get("worst"):
+            parts.append(not_read("the images with the least evidence on the object"))
         if items:
             path = os.path.join(folder, f"{slug}-worst.png")
             figures.worst_overlays(items, path)
@@ -183,7 +140,7 @@ def _audit_section(folder, title, audit):
         # report.clusters draws with TensorFlow (report.overlay): imported only when drawn,
         # so that the command line starts without it.
         from sightline.report.clusters import clusters_section
-        parts.append(clusters_section(folder, slug, audit, table, _load_display_images))
+        parts.append(clusters_section(folder, slug, audit, inputs))
     provenance = audit.get("provenance") or {}
     rows = [[html.escape(k), f"<code>{html.escape(str(v))}</code>"]
             for k, v in provenance.items() if v is not None]
@@ -227,19 +184,23 @@ def _activations_section(folder, title, result):
 
 
 def write_report(folder, audits, *, activations=None, title="sightline audit", intro=None,
-                 evaluations=None):
+                 evaluations=None, inputs=None):
     """Write report.html (and its PNGs) into `folder`.
 
     audits: [(section title, audit dict from sightline.audit.audit.run_audit)]
     activations: [(section title, dict from sightline.activations.statistics.read_activations)] or None
     intro: optional HTML put under the title (the demo's summary).
     evaluations: [(section title, run folder, dict from sightline.evaluate.run.evaluate_run)]
+    inputs: the reader of what the dicts do not hold (sightline.evaluate.report_inputs.
+        ReportInputs: images, masks, stored maps, clusters.h5, evaluation.h5); the
+        report opens no file of the run itself. Without it, the pictures read from the
+        run are left out and a note says so (an activations report needs none).
     Returns the report's path.
     """
     os.makedirs(folder, exist_ok=True)
-    sections = [_audit_section(folder, t, a) for t, a in audits]
+    sections = [_audit_section(folder, t, a, inputs) for t, a in audits]
     if evaluations:
-        sections += [evaluation_section(folder, t, out, e) for t, out, e in evaluations]
+        sections += [evaluation_section(folder, t, out, e, inputs) for t, out, e in evaluations]
     sections += [_activations_section(folder, t, r) for t, r in (activations or [])]
     toc = "".join(f'<li><a href="#{section_anchor(t)}">{html.escape(t)}</a></li>' for t, _ in audits)
     toc += "".join(f'<li><a href="#{section_anchor("activations " + t)}">Activations: '

@@ -9,6 +9,7 @@ import pytest
 
 from sightline.audit.audit import run_audit
 from sightline.audit.summary import summary_lines, verdict
+from sightline.evaluate.report_inputs import ReportInputs
 from sightline.report.page import write_report
 from tests.audit.audit_runs import write_run
 
@@ -80,6 +81,7 @@ def test_nothing_found_and_little_checked_is_not_green(tmp_path):
     assert css == "unchecked"
     assert text.startswith("nothing flagged; checked: collapsed predictions; NOT checked: "
                            "evidence on the object")
-    page = open(write_report(str(tmp_path / "report"), [("run", audit)])).read()
+    page = open(write_report(str(tmp_path / "report"), [("run", audit)],
+                                   inputs=ReportInputs())).read()
     assert 'class="verdict unchecked"' in page and "<b>not checked</b>" in page
     assert "<th class=\"text\">predicted class</th>" in page and ">group</th>" in page

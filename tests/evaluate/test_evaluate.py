@@ -150,6 +150,8 @@ def test_cli_prints_the_numbers_and_writes_the_report(runs, tmp_path, capsys):
     assert {"evaluation-whole-curves.png", "evaluation-whole-unchanged.png",
             "evaluation-whole-sanity.png", "evaluation-whole-sanity-strip.png"} <= set(os.listdir(report))
     assert "Sanity checks: do the maps depend on the model?" in page
+    # Saliency is a gradient of the input: its cascade, and the page, go to the first layer.
+    assert "re-initialised one by one from the top down to conv_a (target layer" in page
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from sightline.audit.audit import run_audit
 from sightline.cli.main import main
+from sightline.evaluate.report_inputs import ReportInputs
 from sightline.report.page import write_report
 from tests.audit import audit_runs
 from tests.report.pages import PNG_SIGNATURE, assert_png, parse
@@ -42,7 +43,7 @@ def report(tmp_path_factory):
     json.dump(manifest, open(manifest_path, "w"))
     audit = run_audit(made["out"], masks=made["masks"], regions=["sky=0:8,0:32"])
     path = write_report(str(root / "report"), [("shortcut <model>", audit),
-                                               ("again", audit)])
+                                               ("again", audit)], inputs=ReportInputs())
     return {"path": path, "audit": audit, "made": made, "root": root}
 
 
@@ -119,7 +120,7 @@ def test_report_with_activations_and_the_cli(report, tmp_path):
 
 def test_report_of_an_audit_without_masks(report, tmp_path):
     audit = run_audit(report["made"]["out"])
-    path = write_report(str(tmp_path / "r"), [("no masks", audit)])
+    path = write_report(str(tmp_path / "r"), [("no masks", audit)], inputs=ReportInputs())
     page = parse(path)
     assert len(masked_pictures(page)) == 1  # the mean heatmaps only
     text = " ".join(page.text)

@@ -19,6 +19,7 @@ from sightline.audit.virelay import write_clusters
 from sightline.store.layout import CLUSTERS_FILE
 from sightline.report.clusters import cluster_colours
 from sightline.report.figures import PALETTE
+from sightline.evaluate.report_inputs import ReportInputs
 from sightline.report.page import write_report
 from tests.audit import audit_runs
 from tests.report.pages import Collector, assert_png
@@ -102,8 +103,9 @@ def made(tmp_path_factory):
     write_clusters(os.path.join(out, CLUSTERS_FILE), indices, keys, labels, cluster, layout)
     # What audit.json holds: JSON data, no arrays.
     audit = json.loads(json.dumps(to_json({**plain, "clusters": clusters})))
-    path = write_report(str(root / "report"), [("tagged model", audit)])
-    plain_path = write_report(str(root / "plain"), [("tagged model", plain)])
+    path = write_report(str(root / "report"), [("tagged model", audit)], inputs=ReportInputs())
+    plain_path = write_report(str(root / "plain"), [("tagged model", plain)],
+                              inputs=ReportInputs())
     return {"path": path, "plain": plain_path, "audit": audit, "cluster": cluster,
             "tagged": tagged, "labels": labels}
 
