@@ -66,3 +66,34 @@ def test_the_checkout_keeps_its_layout():
     for folder in ("engine", "kernels", "scripts", "benchmarks", "tests"):
         assert os.path.isdir(os.path.join(CHECKOUT, folder)), folder
     assert os.path.isfile(os.path.join(CHECKOUT, "pyproject.toml"))
+
+
+# The public surface whose annotations a type checker or `typing.get_type_hints` reads.
+ANNOTATED = ("explain", "adapt_model", "load_model", "open_results", "run_job", "run_audit")
+
+
+def test_public_annotations_resolve_without_tf_keras():
+    import typing
+
+    import sightline
+    from sightline.model.loading import KerasModel, ModelSource
+
+    for name in ANNOTATED:
+        hints = typing.get_type_hints(getattr(sightline, name))
+        assert "return" in hints, f"{name} has no return annotation"
+    assert typing.get_type_hints(sightline.explain)["model"] == ModelSource
+    assert KerasModel in typing.get_args(ModelSource)
+
+
+def test_both_keras_flavours_are_keras_models():
+    import tensorflow as tf
+    import tf_keras
+
+    from sightline.model.loading import KerasModel
+
+    for K in (tf.keras, tf_keras):
+        inputs = K.Input((4, 4, 1))
+        model = K.Model(inputs, K.layers.Dense(2)(K.layers.Flatten()(inputs)))
+        assert isinstance(model, KerasModel), K.__name__
+    assert not isinstance(tf.zeros(2), KerasModel)
+    assert not isinstance("model.keras", KerasModel)

@@ -2,9 +2,8 @@
 
 import dataclasses
 import numbers
-import os
 import weakref
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -13,18 +12,12 @@ import tensorflow as tf
 from sightline.config import make_config
 from sightline.errors import UsageError
 from sightline.model.adapter import adapt_model
-from sightline.model.loading import model_flavor
+from sightline.model.loading import ModelSource, model_flavor
 from sightline.model.precision import copy_weights
 from sightline.compute.auto_precision import AUTO, CANDIDATES, measure_precisions
 from sightline.compute.step import (batches_per_call, build_batches_function, build_step,
                                     check_methods)
 
-if TYPE_CHECKING:
-    import tf_keras
-
-# What `explain` (and `sightline.load_model`) take as a model: a Keras 3 or tf_keras
-# model in memory, or the path of a .keras or .h5 file or of a SavedModel directory.
-ModelSource = Union["tf.keras.Model", "tf_keras.Model", str, os.PathLike[str]]
 # A method option's value, as the table of methods types them (Option.kind).
 OptionValue = Union[int, float, str]
 

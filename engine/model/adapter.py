@@ -29,7 +29,7 @@ import difflib
 import os
 import sys
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -38,7 +38,7 @@ from sightline.errors import UsageError
 from sightline.model.folding import fold_batch_normalization
 from sightline.model.graph import (Graph, built_input_shape, flatten, functional_inputs,
                                    is_nested_model, open_nested, trace_subclassed)
-from sightline.model.loading import load_model, model_flavor
+from sightline.model.loading import ModelSource, load_model, model_flavor
 from sightline.model.precision import copy_weights, with_precision
 
 __all__ = ["ModelAdapter", "adapt_model", "load_model", "model_flavor", "copy_weights",
@@ -110,7 +110,9 @@ class ModelAdapter:
 
 
 
-def adapt_model(source, *, layer=None, precision="float32", unsafe=False, input_shape=None):
+def adapt_model(source: ModelSource, *, layer: Optional[str] = None, precision: str = "float32",
+                unsafe: bool = False,
+                input_shape: Optional[Tuple[int, int, int]] = None) -> ModelAdapter:
     """Load (when given a path) and adapt a model; see `ModelAdapter`.
 
     layer: the name of any tensor of the model's graph with a 4-D output: a layer, a

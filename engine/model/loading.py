@@ -4,13 +4,35 @@ path, with Keras safe mode on unless the caller trusts the file."""
 import json
 import os
 import zipfile
+from typing import Any, List, Protocol, Tuple, Union, runtime_checkable
 
 import tensorflow as tf
 
 from sightline.errors import UsageError
 
 
-def load_model(source, *, unsafe=False):
+@runtime_checkable
+class KerasModel(Protocol):
+    """A Keras model in memory, Keras 3 (`tf.keras.Model`) or tf_keras: what sightline
+    reads of it. Structural, so that the annotations resolve (`typing.get_type_hints`)
+    without importing tf_keras, which costs most of a second that a user of Keras 3 alone
+    should not pay."""
+
+    @property
+    def layers(self) -> List[Any]: ...
+
+    @property
+    def inputs(self) -> List[Any]: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+# What `explain`, `load_model` and `adapt_model` take as a model: a Keras model in
+# memory, or the path of a .keras or .h5 file or of a SavedModel directory.
+ModelSource = Union[KerasModel, str, os.PathLike]
+
+
+def load_model(source: ModelSource, *, unsafe: bool = False) -> Tuple[Any, str]:
     """Load a model from a path, or pass an in-memory Keras model through.
 
     Returns (model, flavor) with flavor "keras3", "tf_keras" or "saved_model".
