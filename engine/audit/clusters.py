@@ -327,7 +327,7 @@ class ClassClusters:
             # Any map outside the pool has a float32 rough value >= the pool's largest, so
             # its squared distance is at least that - slack + |x|^2 (in the fewer
             # dimensions too: the rest of |x|^2 is the same for every sample map).
-            top = np.take_along_axis(rough, pool, 1).max(axis=1).astype(np.float64)
+            top = _along(rough, pool).max(axis=1).astype(np.float64)
             scale = squares + self._largest_square + 2.0 * np.sqrt(squares * self._largest_square)
             slack = 4.0 * (features.shape[1] + 4) * float(np.finfo(np.float32).eps) * scale
             unsure = ~(top - slack + squares > distance[:, -1] ** 2)
@@ -464,14 +464,21 @@ def _smallest(values, count, width):
     if body < total:
         columns = np.concatenate([columns, np.broadcast_to(np.arange(body, total),
                                                            (rows, total - body))], axis=1)
-    best = np.argpartition(np.take_along_axis(values, columns, 1), count - 1, axis=1)
-    return np.take_along_axis(columns, best[:, :count], 1)
+    best = np.argpartition(_along(values, columns), count - 1, axis=1)
+    return _along(columns, best[:, :count])
+
+
+def _along(values, columns):
+    """values[i, columns[i, j]] [n, c] for a C-ordered values [n, m]: np.take_along_axis
+    by one flat take, without its index grids."""
+    flat = columns + (np.arange(len(values)) * values.shape[1])[:, None]
+    return np.ascontiguousarray(values).reshape(-1)[flat]
 
 
 def _kth_smallest(values, k):
     """float [n]: the k-th smallest (from 0) of each row of values [n, m]."""
     chosen = _smallest(values, k + 1, max(2, int(np.sqrt(values.shape[1] / (k + 1)))))
-    return np.take_along_axis(values, chosen, 1).max(axis=1)
+    return _along(values, chosen).max(axis=1)
 
 
 def _eigengap(eigenvalues, cluster_count):
