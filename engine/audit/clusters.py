@@ -307,8 +307,9 @@ class ClassClusters:
         Candidates come from one matrix product (fast, but its rounding depends on the
         chunk's shape); their distances are then recomputed element-wise and sorted, so the
         answer for a map never depends on which chunk it came in. The product runs in
-        float32 and in the fewest dimensions that keep the ranking (_rough_space): the
-        assignment's largest cost. A row whose candidates float32 rounding could have cut
+        float32 and in the fewest dimensions that keep the ranking (_rough_space), and the
+        2k lowest of each row are picked by block minima (_smallest): with the exact sums
+        (_squared), the assignment's largest costs. A row whose candidates float32 rounding could have cut
         a nearer map from (the margin to the first map left out below a bound on that
         rounding) takes its candidates from the float64 product instead, so the answer is
         the float64 one."""
