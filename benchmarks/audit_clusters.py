@@ -15,7 +15,10 @@ child times `run_audit(out)` (no masks, no --verify) on it, so the audit's peak 
 (the process's maximum resident set) is its own and not the writing's. In each class
 70% of the maps look at the object near the centre, 15% at the bottom-right corner, 15%
 at the top edge; the planted corner group must be flagged in both classes, or the
-numbers are marked as not counting. The run folder is deleted after each size. With two
+numbers are marked as not counting. Each map also gets its channel relevance
+(/relevance, as the job's Grad-CAM runs store it: as many channels as the --job's run
+stores, or --channels), each planted group lighting channels of its own, so that the
+audit's "what" view is fitted and every map assigned in it too. The run folder is deleted after each size. With two
 or more sizes the audit's steady rate is also given: the difference of maps over the
 difference of seconds, which cancels what does not grow with N (imports, the fit).
 
