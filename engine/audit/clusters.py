@@ -273,7 +273,7 @@ class ClassClusters:
     """The fitted clustering of one explained class (see fit_clusters)."""
 
     def __init__(self, label, indices, features, assignment, layout, eigenvalues, cluster_count,
-                 separateness=None):
+                 *, separateness=None):
         """separateness: (silhouettes, separations) per cluster when the caller has judged
         the clusters already (the "what" view's find_groups): the [m, m] distances are
         then not computed a second time."""
