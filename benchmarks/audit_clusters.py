@@ -15,7 +15,10 @@ child times `run_audit(out)` (no masks, no --verify) on it, so the audit's peak 
 (the process's maximum resident set) is its own and not the writing's. In each class
 70% of the maps look at the object near the centre, 15% at the bottom-right corner, 15%
 at the top edge; the planted corner group must be flagged in both classes, or the
-numbers are marked as not counting. The run folder is deleted after each size. With two
+numbers are marked as not counting. Each map also gets its channel relevance
+(/relevance, as the job's Grad-CAM runs store it: as many channels as the --job's run
+stores, or --channels), each planted group lighting channels of its own, so that the
+audit's "what" view is fitted and every map assigned in it too. The run folder is deleted after each size. With two
 or more sizes the audit's steady rate is also given: the difference of maps over the
 difference of seconds, which cancels what does not grow with N (imports, the fit).
 
@@ -68,6 +71,20 @@ def chunk_maps(start, count, side, seed=0):
     return maps, truth
 
 
+def chunk_relevance(start, truth, channels, seed=0):
+    """Each map's channel relevance [n, channels] (float64): every planted group lights a
+    few channels of its own beside those the whole class shares, with noise, as the job's
+    Grad-CAM runs store it (/relevance), so the audit's "what" view has work to do."""
+    rng = np.random.default_rng([seed, start, 1])
+    base = np.full((3, channels), 0.02)
+    base[:, :channels // 8] = 1.0  # what the whole class uses
+    for group in range(3):
+        own = channels // 8 + group * max(1, channels // 16)
+        base[group, own:own + max(1, channels // 16)] += 0.5
+    relevance = base[truth] * rng.uniform(0.5, 1.5, (len(truth), 1))
+    return relevance + rng.normal(0, 0.05, relevance.shape)
+
+
 def chunks(total, side):
     for start in range(0, total, CHUNK):
         count = min(CHUNK, total - start)
@@ -114,10 +131,10 @@ def run_core(total, side):
           f"{purity:.3f}, flagged {len(flagged)}")
 
 
-def write_synthetic_run(out, per_class, side, compression, input_size=224):
+def write_synthetic_run(out, per_class, side, compression, input_size=224, channels=0):
     """A complete output folder of 2 * per_class maps [side,side] of images input_size
     pixels square, the classes interleaved (row i is class i % 2), written a chunk at a
-    time through the store's writer."""
+    time through the store's writer; with `channels`, each map's channel relevance too."""
     from sightline.store.manifest import write_manifest
     from sightline.store.shards import ShardWriter, build_index
 
@@ -127,6 +144,9 @@ def write_synthetic_run(out, per_class, side, compression, input_size=224):
     layout = {"maps": {method: (side, side)}, "key_length": 32,
               "attributes": {"input_size": [input_size, input_size], "methods": f'["{method}"]',
                              "map_size": "native"}}
+    if channels:
+        layout["relevance_channels"] = channels
+        layout["attributes"]["relevance"] = "gradient_x_activation"
     run = {"model_sha256": "0" * 64, "layer": "last_conv", "logits_layer": "classifier",
            "methods": [method], "parameters": {method: {}}, "normalize": True,
            "map_size": "native", "precision": "float32", "target": "predicted",
@@ -141,7 +161,7 @@ def write_synthetic_run(out, per_class, side, compression, input_size=224):
         writer.begin(shard, start, stop)
         for first in range(start, stop, CHUNK):
             last = min(stop, first + CHUNK)
-            maps, _ = chunk_maps(first, last - first, side)
+            maps, truth = chunk_maps(first, last - first, side)
             indices = np.arange(first, last)
             labels = (indices % 2).astype(np.int32)
             top = maps.reshape(len(maps), -1).max(axis=1)  # [n] the stored scale
@@ -155,6 +175,8 @@ def write_synthetic_run(out, per_class, side, compression, input_size=224):
                 "pred/target": labels,
                 "pred/class": labels,
                 "pred/score": np.full(len(indices), 0.9, np.float32),
+                **(stored_relevance(chunk_relevance(first, truth, channels)) if channels
+                   else {}),
             })
         writer.finish([])
     writer.close()
@@ -162,9 +184,17 @@ def write_synthetic_run(out, per_class, side, compression, input_size=224):
     write_manifest(out, run, provenance, ranges)
 
 
-def child_write(out, per_class, side, compression, input_size):
+def stored_relevance(relevance):
+    """The shards' /relevance columns: each row scaled to max |r| = 1 in float16, and the
+    float32 factor (as the job's step stores them)."""
+    scale = np.abs(relevance).max(axis=1)
+    return {"relevance/channels": (relevance / scale[:, None]).astype(np.float16),
+            "relevance/channels_scale": scale.astype(np.float32)}
+
+
+def child_write(out, per_class, side, compression, input_size, channels):
     started = time.perf_counter()
-    write_synthetic_run(out, per_class, side, compression, input_size)
+    write_synthetic_run(out, per_class, side, compression, input_size, channels)
     seconds = time.perf_counter() - started
     size = sum(os.path.getsize(os.path.join(folder, name))
                for folder, _, names in os.walk(out) for name in names)
@@ -227,11 +257,12 @@ def child_job(model_name, input_size, counts, root):
                 raise RuntimeError(f"the job explained {summary.images} of {count} images")
         with open_results(out) as results:
             stored = list(results.map_shape("gradcam"))
+            channels = results.relevance_channels or 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     small, large = counts
     print(json.dumps({"model": model_name, "input": list(shape), "batch": batch,
-                      "stored": stored, "seconds": {str(k): v for k, v in seconds.items()},
+                      "stored": stored, "channels": channels, "seconds": {str(k): v for k, v in seconds.items()},
                       "rate": (large - small) / (seconds[large] - seconds[small]),
                       "total_rate": large / seconds[large]}))
 
@@ -243,11 +274,12 @@ def run_child(*arguments):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_audit_size(per_class, side, compression, root, input_size, job_rate):
+def run_audit_size(per_class, side, compression, root, input_size, job_rate, channels):
     out = tempfile.mkdtemp(prefix=f"audit-{per_class}-{side}-", dir=root)
     try:
         written = run_child("--write", out, "--maps", str(per_class), "--side", str(side),
-                            "--compression", compression, "--input-size", str(input_size))
+                            "--compression", compression, "--input-size", str(input_size),
+                            "--channels", str(channels))
         audited = run_child("--audit", out)
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -255,7 +287,7 @@ def run_audit_size(per_class, side, compression, root, input_size, job_rate):
     counts = audited["corner_flagged_in"] == [0, 1]
     rate = total / audited["seconds"]
     print(f"{per_class:>8} maps/class x2 {side}x{side} of {input_size}x{input_size} images "
-          f"({compression}, {written['bytes'] / 2**20:.0f} MiB on disk): write "
+          f"({compression}, {channels} relevance channels, {written['bytes'] / 2**20:.0f} MiB on disk): write "
           f"{written['seconds']:6.1f} s; audit {audited['seconds']:6.1f} s ({rate:,.0f} maps/s"
           + (f", {rate / job_rate:.2f} x the job's rate" if job_rate else "")
           + f"), peak RSS {audited['peak_mb']:.0f} MB (after imports {audited['baseline_mb']:.0f} "
@@ -273,8 +305,9 @@ def run_job_rate(model_name, input_size, counts, root):
           f"{job['batch']}, maps stored at {'x'.join(map(str, job['stored']))}: "
           + ", ".join(f"{n} images in {t:.1f} s" for n, t in job["seconds"].items())
           + f" (the first: warm-up); steady {job['rate']:,.0f} maps/s, overall "
-          f"{job['total_rate']:,.0f} maps/s", flush=True)
-    return job["rate"]
+          f"{job['total_rate']:,.0f} maps/s; {job['channels']} relevance channels per map",
+          flush=True)
+    return job["rate"], job["channels"]
 
 
 def main():
@@ -293,6 +326,9 @@ def main():
     parser.add_argument("--job-images", type=int, nargs=2, default=None, metavar=("N", "M"),
                         help="the job's two sizes (default: 20,480 and 102,400 images for "
                              "fashion, 64 and 320 at 224 pixels)")
+    parser.add_argument("--channels", type=int, default=None,
+                        help="relevance channels stored per map (default: as many as the "
+                             "--job's run stores, else none)")
     parser.add_argument("--core", action="store_true", help="time the clustering core only")
     parser.add_argument("--root", default=None, help="where the run folders go (default: temp)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -305,7 +341,8 @@ def main():
     if args.one:
         run_core(args.maps[0], args.side[0])
     elif args.write:
-        child_write(args.write, args.maps[0], args.side[0], args.compression, input_size)
+        child_write(args.write, args.maps[0], args.side[0], args.compression, input_size,
+                    args.channels or 0)
     elif args.audit:
         child_audit(args.audit)
     elif args.run_job:
@@ -316,13 +353,14 @@ def main():
                 subprocess.run([sys.executable, __file__, "--one", "--maps", str(total),
                                 "--side", str(side)], check=True)
     else:
-        job_rate = None
+        job_rate, channels = None, 0
         if args.job:
             counts = args.job_images or ((20_480, 102_400) if input_size <= 64 else (64, 320))
-            job_rate = run_job_rate(args.job, input_size, counts, args.root)
+            job_rate, channels = run_job_rate(args.job, input_size, counts, args.root)
+        channels = channels if args.channels is None else args.channels
         for side in args.side:
             runs = {per_class: run_audit_size(per_class, side, args.compression, args.root,
-                                              input_size, job_rate)
+                                              input_size, job_rate, channels)
                     for per_class in args.maps}
             smallest, largest = min(runs), max(runs)
             if largest != smallest:

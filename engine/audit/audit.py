@@ -191,15 +191,18 @@ def _check_samples(results, mask_source, size, chunk):
     PredictionTally of every image and of each class folder)."""
     missing, num_samples, num_missing, by_label, largest = [], 0, 0, True, -1
     has_group = results.has(SAMPLE_GROUP)
-    columns_read = [SAMPLE_KEY, SAMPLE_LABEL, PRED_CLASS, PRED_SCORE, PRED_TARGET]
+    # The keys only matter to find each image's mask: without masks they are not read.
+    columns_read = ([SAMPLE_KEY] if mask_source is not None else []) + [
+        SAMPLE_LABEL, PRED_CLASS, PRED_SCORE, PRED_TARGET]
     parts = []
     for columns in results.chunks(columns_read + ([SAMPLE_GROUP] if has_group else []),
                                   rows=max(chunk, 1024)):
-        keys = [k.decode("utf-8") for k in columns[SAMPLE_KEY]]
         labels = columns[SAMPLE_LABEL]
-        if mask_source is not None and keys and num_samples == 0:
-            check_mask_size(mask_source, keys[0], size)
-        num_samples += len(keys)
+        if mask_source is not None:
+            keys = [k.decode("utf-8") for k in columns[SAMPLE_KEY]]
+            if keys and num_samples == 0:
+                check_mask_size(mask_source, keys[0], size)
+        num_samples += len(labels)
         by_label = by_label and bool((labels >= 0).all())
         largest = max(largest, *(int(columns[n].max(initial=-1)) for n in
                                  (SAMPLE_LABEL, PRED_CLASS, PRED_TARGET)))

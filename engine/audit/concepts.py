@@ -43,7 +43,7 @@ place. Pure NumPy / scikit-learn / SciPy, no TensorFlow, no file IO.
 import numpy as np
 
 from sightline.audit.clusters import (DEFAULT_RULE, NEIGHBOURS, ClassClusters, ClusterModel,
-                                      _separateness)
+                                      _separateness, one_thread)
 from sightline.errors import UsageError
 
 NO_EVIDENCE = 0.1
@@ -197,10 +197,11 @@ def fit_concepts(label, indices, features, evidence, limit, *, min_size, max_sha
         cluster_count += 1
     layout = np.zeros((len(features), 2))
     layout[rows] = layout_seen
-    fit = ClassClusters(label, indices, features, assignment, layout, np.zeros(0), cluster_count)
     # Each group's numbers against the rest of its class, as find_groups judged it.
-    fit.silhouette = [float("nan"), *silhouettes] + ([float("nan")] if no_evidence else [])
-    fit.separation = [float("nan"), *separations] + ([float("nan")] if no_evidence else [])
+    tail = [float("nan")] if no_evidence else []
+    fit = ClassClusters(label, indices, features, assignment, layout, np.zeros(0), cluster_count,
+                        separateness=([float("nan"), *silhouettes] + tail,
+                                      [float("nan"), *separations] + tail))
     fit.groups, fit.no_evidence, fit.no_evidence_limit = len(groups), no_evidence, limit
     return fit
 
@@ -230,6 +231,13 @@ def fit_concept_model(sample, *, min_size, max_share, min_silhouette, min_separa
                       set_apart=True):
     """ClassSample of unit relevance (scalars: evidence) -> ConceptModel; set_apart: see
     fit_concepts."""
+    with one_thread():
+        return _fit_concept_model(sample, min_size, max_share, min_silhouette, min_separation,
+                                  seed, set_apart)
+
+
+def _fit_concept_model(sample, min_size, max_share, min_silhouette, min_separation, seed,
+                       set_apart):
     fits, channels = {}, 0
     labels = sample.classes()
     limit = no_evidence_limit(np.concatenate([sample.scalars(label) for label in labels])

@@ -16,13 +16,14 @@ its index and cluster (12 bytes) to find a flagged cluster's members for --verif
 import contextlib
 import dataclasses
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
 
 from sightline.audit.clusters import (DEFAULT_RULE, SAMPLE_SIZE, ClassSample, ClusterRule,
-                                      ClusterStatistics, fit_clusters, hot_coverage,
-                                      hot_region, sample_priority)
+                                      ClusterStatistics, add_rows, fit_clusters, hot_coverage,
+                                      hot_region, one_thread, sample_priority)
 from sightline.audit.concepts import (ABLATION_COVER, describe_concepts, distinguishing_channels,
                                       embed_relevance, evidence_of, fit_concept_model)
 from sightline.audit.replay import run_resize
@@ -156,6 +157,10 @@ class ClusterAudit:
     def finish(self, results, manifest, names, chunk):
         """Fit both views, pass 2, verify, write clusters.h5 (and the export). Returns the
         cluster dicts of both views (mean heatmaps moved to clusters.h5)."""
+        with one_thread():
+            return self._finish(results, manifest, names, chunk)
+
+    def _finish(self, results, manifest, names, chunk):
         options, thresholds = self.options, self.thresholds
         model = fit_clusters(self.sample, cluster_count=options.cluster_count, seed=options.seed,
                              min_distance=thresholds["min_distance"],
@@ -192,21 +197,31 @@ class ClusterAudit:
             writer = stack.enter_context(ClustersWriter(self.path))
             if export is not None:  # an error leaves no half export behind
                 stack.enter_context(export)
+            # The views' assignments do not depend on each other: the what view's runs on
+            # a second thread while this one does the where view's (NumPy lets go of the
+            # GIL in their products, selections and sums), so that a second core, when
+            # there is one, takes the larger part of pass 2. Each map's clusters are the
+            # same either way.
+            helper = (stack.enter_context(ThreadPoolExecutor(1, "what-view"))
+                      if concepts is not None else None)
             for columns in results.chunks(names_read, rows=chunk):
                 maps = columns[heatmaps].astype(np.float32)
                 indices, targets = columns[SAMPLE_INDEX], columns[PRED_TARGET]
-                keys = [k.decode("utf-8") for k in columns[SAMPLE_KEY]]
+                keys = columns[SAMPLE_KEY]  # UTF-8 bytes, decoded only where shown
                 relevance = results.relevance_of(columns) if concepts is not None else None
+                pending = (helper.submit(concepts.assign, targets, relevance)
+                           if concepts is not None else None)
                 cluster, layout, features = model.assign(targets, maps)
                 views["where"].add(indices, targets, maps, cluster, features, columns, keys,
                                    relevance)
                 concept = None
                 if concepts is not None:
-                    local, _, concept_features = concepts.assign(targets, relevance)
+                    local, _, concept_features = pending.result()
                     views["what"].add(indices, targets, maps, local, concept_features,
                                       columns, keys, relevance)
                     both = (cluster >= 0) & (local >= 0)
-                    np.add.at(crossed, (cluster[both], local[both]), 1)
+                    crossed += np.bincount(cluster[both] * crossed.shape[1] + local[both],
+                                           minlength=crossed.size).reshape(crossed.shape)
                     # The what view's ids follow the where view's in audit.json.
                     concept = np.where(local >= 0, local + model.count, -1).astype(np.int32)
                     concept_parts.append(concept)
@@ -376,7 +391,7 @@ class _ViewTally:
         if relevance is not None:
             self.evidence += np.bincount(ids, weights=evidence_of(relevance[rows]),
                                          minlength=self.model.count)
-            np.add.at(self.relevance, ids, relevance[rows])
+            add_rows(self.relevance, ids, relevance[rows])
 
     def _means(self):
         size = np.maximum(self.statistics.size, 1)

@@ -133,7 +133,7 @@ class ClustersWriter:
         self._concept = None
 
     def append(self, indices, keys, classes, cluster, embedding, concept=None):
-        """indices int [n], keys str [n], classes int [n], cluster int [n] (-1 not
+        """indices int [n], keys str or UTF-8 bytes [n], classes int [n], cluster int [n] (-1 not
         clustered), embedding float [n,2]; concept int [n]: the "what" view's cluster
         (-1 none), in /concept when the run stored relevance."""
         count = len(indices)
@@ -145,7 +145,11 @@ class ClustersWriter:
                              f"clusters and an embedding of shape {embedding.shape} (want "
                              f"[{count}, 2])")
         _append(self._index, np.asarray(indices, np.int64))
-        _append(self._key, np.array([str(k) for k in keys], dtype=object))
+        # The shards' keys as they are read (UTF-8 bytes) go in as they are: no Python
+        # string per map.
+        keys = np.asarray(keys)
+        _append(self._key, keys if keys.dtype.kind == "S"
+                else np.array([str(k) for k in keys], dtype=object))
         _append(self._class, np.asarray(classes, np.int32))
         _append(self._cluster, np.asarray(cluster, np.int32))
         _append(self._embedding, embedding)

@@ -6,6 +6,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from sightline.audit.clusters import (ClassSample, ClusterModel, ClusterStatistics,
+                                      _kth_smallest, _silhouettes, _smallest, add_rows,
                                       cluster_maps, embed_maps, fit_clusters, hot_region,
                                       place_name)
 from tests.audit.planted_maps import SIDE, blob_maps, planted_corner
@@ -238,6 +239,71 @@ def test_sample_keeps_the_same_maps_whatever_the_chunks():
                    maps[start:start + 7][::-1])
     np.testing.assert_array_equal(whole.members(0)[0], pieces.members(0)[0])
     np.testing.assert_array_equal(whole.members(0)[1], pieces.members(0)[1])
+
+
+def test_nearest_sample_maps_match_a_float64_brute_force():
+    # 3x3 maps up-sampled to the 16x16 grid (columns in groups of equal values: the
+    # fewer-dimension path), 7x7 maps, and unit vectors with dead channels that a few
+    # queries do light (columns equal on the sample but not on those queries).
+    rng = np.random.default_rng(12)
+    cases = [embed_maps(rng.uniform(0, 1, (900, 3, 3)) ** 3)[0],
+             embed_maps(rng.uniform(0, 1, (900, 7, 7)))[0]]
+    vectors = rng.normal(size=(900, 24))
+    vectors[:, 20:] = 0.0
+    vectors[700:710, 21] = 0.5
+    cases.append(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    for features in cases:
+        features = np.asarray(features, np.float64)
+        sample, queries = features[:600], features[600:]
+        fit = fit_clusters(_sample_of(sample)).fits[0]
+        distance, rows = fit.nearest(queries)
+        brute = np.sqrt(((queries[:, None, :] - fit.features[None, :, :]) ** 2).sum(axis=2))
+        expected = np.lexsort((np.broadcast_to(np.arange(600), brute.shape), brute), axis=1)[:, :10]
+        np.testing.assert_array_equal(rows, expected)
+        np.testing.assert_allclose(distance, np.take_along_axis(brute, expected, 1), atol=1e-12)
+
+
+def _sample_of(features):
+    """A ClassSample holding these embedded rows as they are (class 0, indices 0..m-1)."""
+    sample = ClassSample(size=len(features), embed=lambda rows: (np.asarray(rows, np.float32),
+                                                                 np.zeros(len(rows), bool)))
+    sample.add(np.arange(len(features)), np.zeros(len(features), int), features)
+    return sample
+
+
+def test_block_selection_keeps_the_smallest_values_of_each_row():
+    rng = np.random.default_rng(14)
+    for columns in (57, 400, 2003):
+        values = rng.random((30, columns)).astype(np.float32)
+        values[::3] = np.round(values[::3] * 10) / 10  # ties
+        chosen = _smallest(values, 20, max(2, int(np.sqrt(columns / 20))))
+        picked = np.take_along_axis(values, chosen, 1)
+        np.testing.assert_array_equal(np.sort(picked, axis=1), np.sort(values, axis=1)[:, :20])
+        assert all(len(set(row)) == 20 for row in chosen)
+        np.testing.assert_array_equal(_kth_smallest(values, 10), np.sort(values, axis=1)[:, 10])
+
+
+def test_silhouettes_equal_scikit_learns():
+    from sklearn.metrics import pairwise_distances, silhouette_samples
+    rng = np.random.default_rng(15)
+    points = rng.normal(size=(300, 4))
+    assignment = rng.integers(0, 4, 300)
+    assignment[7] = 9  # a cluster of one, and labels with a gap
+    distance = pairwise_distances(points)
+    np.testing.assert_allclose(_silhouettes(distance, assignment),
+                               silhouette_samples(distance, assignment, metric="precomputed"),
+                               atol=1e-12)
+
+
+def test_rows_are_added_per_cluster_as_by_a_loop():
+    rng = np.random.default_rng(16)
+    ids, values = rng.integers(0, 5, 200), rng.normal(size=(200, 3, 3))
+    total = np.ones((6, 3, 3))
+    add_rows(total, ids, values)
+    expected = np.ones((6, 3, 3))
+    for row, cluster in enumerate(ids):
+        expected[cluster] += values[row]
+    np.testing.assert_allclose(total, expected, rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------- statistics
