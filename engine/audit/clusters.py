@@ -358,9 +358,11 @@ def _eigengap(eigenvalues, cluster_count):
     return float(eigenvalues[cluster_count] - eigenvalues[cluster_count - 1])
 
 
-def _separateness(features, assignment, cluster_count, distance=None):
+def _separateness(features, assignment, cluster_count, distance=None, neighbours=NEIGHBOURS):
     """Per cluster: mean silhouette and separation (module docstring); NaN with one cluster.
-    distance: the [m, m] distances of `features`, when the caller has them already."""
+    distance: the [m, m] distances of `features`, when the caller has them already;
+    neighbours: the k of the spread (each member's k-th nearest fellow member), NEIGHBOURS
+    unless the caller judges a small group (concepts.py)."""
     present = np.unique(assignment)
     if cluster_count < 2 or len(present) < 2:
         return [float("nan")] * max(cluster_count, 1), [float("nan")] * max(cluster_count, 1)
@@ -378,7 +380,7 @@ def _separateness(features, assignment, cluster_count, distance=None):
         silhouettes.append(float(silhouette[members].mean()))
         outside = distance[np.ix_(members, ~members)].min(axis=1)
         inside = np.sort(distance[np.ix_(members, members)], axis=1)  # column 0: itself
-        kth = inside[:, min(NEIGHBOURS, members.sum() - 1)]
+        kth = inside[:, min(int(neighbours), members.sum() - 1)]
         scale = np.median(kth)
         separations.append(float(np.quantile(outside, 0.1) / scale) if scale > 0 else float("inf"))
     return silhouettes, separations
