@@ -488,9 +488,11 @@ def _eigengap(eigenvalues, cluster_count):
     return float(eigenvalues[cluster_count] - eigenvalues[cluster_count - 1])
 
 
-def _separateness(features, assignment, cluster_count, distance=None):
+def _separateness(features, assignment, cluster_count, distance=None, neighbours=NEIGHBOURS):
     """Per cluster: mean silhouette and separation (module docstring); NaN with one cluster.
-    distance: the [m, m] distances of `features`, when the caller has them already."""
+    distance: the [m, m] distances of `features`, when the caller has them already;
+    neighbours: the k of the spread (each member's k-th nearest fellow member), NEIGHBOURS
+    unless the caller judges a small group (concepts.py)."""
     present = np.unique(assignment)
     if cluster_count < 2 or len(present) < 2:
         return [float("nan")] * max(cluster_count, 1), [float("nan")] * max(cluster_count, 1)
@@ -510,7 +512,7 @@ def _separateness(features, assignment, cluster_count, distance=None):
         outside = fellows[:, ~members].min(axis=1)
         # The k-th nearest fellow member (column 0 of the sorted row: itself), the others
         # out of the way at +inf: the same value as a full sort's, in linear time.
-        k = min(NEIGHBOURS, members.sum() - 1)
+        k = min(int(neighbours), members.sum() - 1)
         fellows[:, ~members] = np.inf
         kth = _kth_smallest(fellows, k)
         scale = np.median(kth)

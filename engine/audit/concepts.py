@@ -27,7 +27,13 @@ place. Pure NumPy / scikit-learn / SciPy, no TensorFlow, no file IO.
   class: a group that the tree cut into pieces (the pieces touch each other, not the
   rest) is found whole, a group inside a side that also holds a few other maps is found
   one level down, and a rare group that k-means with a global K would merge away is cut
-  off where it stands apart.
+  off where it stands apart. A separate node whose cut gives one side that is a separate
+  group on its own and one that is not even apart from the class outside the node is
+  not the group: that side is a bridge to the rest (a mark seen weakly, objects with a
+  trace of the cue), and the side that stands apart is the group.
+- Separateness (clusters._separateness) is judged against the whole rest of the class,
+  the group's spread at k = min(NEIGHBOURS, half the group) neighbours: a rare group of
+  15 is not measured by its 10th neighbour, two thirds of the way across it.
 - The flag rule (describe_concepts; thresholds in clusters.ClusterRule): separate
   (silhouette >= concept_min_silhouette, separation >= concept_min_separation), large
   enough (min_size maps and min_share of the class; "rare" between rare_min_share and
@@ -103,9 +109,14 @@ def _fiedler_split(features, seed):
 
 def _two_way(distance, members):
     """(silhouette, separation) of `members` (bool [m]) against the rest, on a
-    precomputed distance matrix [m, m] (clusters._separateness's definitions)."""
+    precomputed distance matrix [m, m] (clusters._separateness's definitions). The
+    group's spread is each member's k-th nearest fellow member at k = min(NEIGHBOURS,
+    half the group): the 10th neighbour of a rare group of 15 is two thirds of the way
+    across it, which makes a tight group look as wide as itself."""
     assignment = members.astype(int)
-    silhouette, separation = _separateness(None, assignment, 2, distance=distance)
+    neighbours = max(1, min(NEIGHBOURS, int(members.sum()) // 2))
+    silhouette, separation = _separateness(None, assignment, 2, distance=distance,
+                                           neighbours=neighbours)
     return silhouette[1], separation[1]
 
 
@@ -142,17 +153,50 @@ def find_groups(features, *, min_size, max_share, min_silhouette, min_separation
             cut(part, depth + 1, number)
 
     cut(np.arange(size), 0, -1)
+    children = {}
+    for number, (_, parent, _) in enumerate(tree):
+        children.setdefault(parent, []).append(number)
+    judged = {}
+
+    def mask(number):
+        members = np.zeros(size, bool)
+        members[tree[number][2]] = True
+        return members
+
+    def judge(number):
+        """(separate from the rest of the class, silhouette, separation) of a node."""
+        if number not in judged:
+            silhouette, separation = _two_way(distance, mask(number))
+            judged[number] = (silhouette >= min_silhouette and separation >= min_separation,
+                              silhouette, separation)
+        return judged[number]
+
+    def bridged(number):
+        """True when the node's cut has one side that is a separate group on its own and
+        one that is not apart from the class outside the node: that side touches the rest
+        (a bridge), so the group is the side that stands apart, not the node. A side
+        apart from the outside that only touches its sibling is a piece of the group,
+        which is then found whole."""
+        sides = children.get(number, [])
+        if len(sides) != 2:
+            return False
+        separate = [judge(side)[0] for side in sides]
+        if sum(separate) != 1:
+            return False
+        other = sides[separate.index(False)]
+        near = mask(other) | ~mask(number)  # the other side and the class outside the node
+        silhouette, separation = _two_way(distance[np.ix_(near, near)], mask(other)[near])
+        return not (silhouette >= min_silhouette and separation >= min_separation)
+
     chosen, taken = [], set()
     for number, (depth, parent, rows) in enumerate(tree):
         if depth == 0 or parent in taken or not min_size <= len(rows) <= max_share * size:
             if parent in taken:
                 taken.add(number)  # inside a chosen group: never a group of its own
             continue
-        members = np.zeros(size, bool)
-        members[rows] = True
-        silhouette, separation = _two_way(distance, members)
-        if silhouette >= min_silhouette and separation >= min_separation:
-            chosen.append((members, silhouette, separation))
+        separate, silhouette, separation = judge(number)
+        if separate and not bridged(number):
+            chosen.append((mask(number), silhouette, separation))
             taken.add(number)
     chosen.sort(key=lambda item: (-item[0].sum(), int(np.argmax(item[0]))))
     if chosen and sum(int(c[0].sum()) for c in chosen) == size:

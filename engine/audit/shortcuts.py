@@ -284,7 +284,8 @@ class ClusterAudit:
     def _verify(self, found, indices, members, results, image_shape, preprocess, resize):
         """Every flagged group asked by the model (verify.py): a place by hiding its hot
         region against a control region; a concept, a rare group or a diffuse one by
-        hiding each member's own hot spot against a control spot in the same image, and
+        hiding each member's own hot spot (widened to cells of the target layer) against
+        a control spot in the same image, and
         for every kind by replacing its distinguishing channels with the rest of its
         class's mean activation against as many random channels. At most VERIFY_MEMBERS
         members (the lowest sample priorities) per group."""
@@ -316,7 +317,8 @@ class ClusterAudit:
                                                    **self.verify_thresholds)
             else:
                 maps = np.stack([results.heatmap(self.method, index=i) for i in chosen])
-                hot, control = own_regions(maps)
+                shape = getattr(self.adapter, "activation_shape", None)
+                hot, control = own_regions(maps, grid=tuple(shape[:2]) if shape else None)
                 spot = own_spot_drops(probabilities, images, entry["class"], hot, control,
                                       batch_size=batch_size)
                 if spot is not None:

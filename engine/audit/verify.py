@@ -234,17 +234,39 @@ MIN_EXCESS_SHARE = 0.5
 MIN_EXCESS_RATIO = 1.0
 
 
-def own_regions(maps):
+def own_regions(maps, grid=None):
     """maps [n,h,w] -> (hot, control): per member its own hot region (the box of its
     cells at half its peak or more) and a same-size control box elsewhere in the same
-    image (control_region on its own map); None where a map has no mass or no box fits."""
+    image (control_region on its own map); None where a map has no mass or no box fits.
+
+    grid (rows, cols): the target layer's. On a map finer than it (saliency's, at the
+    input size) the hot box is widened outwards to whole cells of the layer (layer_box)
+    and the control drawn on the map area-averaged to those cells: a pixel map's hot
+    cells are the few pixels of largest gradient, part of a mark, and a cell of the
+    layer is what one of its features sees, so hiding the cells hides the whole of what
+    the model read there. A map at the layer's grid or coarser is taken as it is."""
     from sightline.audit.clusters import hot_region
+    from sightline.audit.virelay import resize_cells
+    maps = np.asarray(maps, np.float64)
+    finer = (grid is not None and maps.ndim == 3
+             and (maps.shape[1] > grid[0] or maps.shape[2] > grid[1]))
+    cells = (min(maps.shape[1], int(grid[0])), min(maps.shape[2], int(grid[1]))) if finer else None
+    coarse = resize_cells(maps, cells).astype(np.float64) if finer else maps
     hot, control = [], []
-    for heatmap in np.asarray(maps, np.float64):
+    for heatmap, layer_map in zip(maps, coarse):
         region, _ = hot_region(heatmap)
+        if region is not None and finer:
+            region = layer_box(region, cells)
         hot.append(region)
-        control.append(None if region is None else control_region(heatmap, region))
+        control.append(None if region is None else control_region(layer_map, region))
     return hot, control
+
+
+def layer_box(region, grid):
+    """[y0, y1, x0, x1] fractions -> the same box widened outwards to whole cells of a
+    grid (rows, cols), in fractions."""
+    top, bottom, left, right = region_pixels(region, grid[0], grid[1])
+    return [top / grid[0], bottom / grid[0], left / grid[1], right / grid[1]]
 
 
 def _call(function, values, batch_size):

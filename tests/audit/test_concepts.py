@@ -162,3 +162,63 @@ def test_cluster_threshold_items_are_parsed_or_refused_in_one_line():
         cluster_thresholds(["bogus=1"])
     with pytest.raises(ValueError, match="must be a number, as in min_size=10"):
         cluster_thresholds(["min_size=abc"])
+
+
+def cue_images(rng, count, cue, channels=16):
+    """Relevance of images seeing the object (channels 0..2) plus `cue` on channel 3."""
+    relevance = np.zeros((count, channels))
+    relevance[:, :3] = 1.0 + 0.15 * rng.normal(size=(count, 3))
+    relevance[:, 3:] = 0.05 * rng.normal(size=(count, channels - 3))
+    relevance[:, 3] += cue
+    return relevance
+
+
+def test_a_bridge_to_the_rest_is_left_out_of_the_group_that_stands_apart():
+    """A tight group (a strong cue on channel 3) and images whose cue runs from almost
+    none to most of the group's: the first cut puts the bridge with the group, the next
+    cuts it off. The bridge touches the rest of the class, so the group is the side
+    that stands apart on its own, not the side the bridge came with."""
+    rng = np.random.default_rng(0)
+    relevance = np.concatenate([cue_images(rng, 300, 0.0),
+                                cue_images(rng, 150, 4.0 + 0.2 * rng.normal(size=150)),
+                                cue_images(rng, 60, np.linspace(0.1, 2.5, 60))])
+    truth = np.r_[np.zeros(300, bool), np.ones(150, bool), np.zeros(60, bool)]
+    groups, silhouettes, separations, _ = find_groups(embed_relevance(relevance)[0], **RULE)
+    assert len(groups) == 1
+    np.testing.assert_array_equal(groups[0], truth)
+    assert silhouettes[0] >= 0.7 and separations[0] >= 2.0
+
+
+def separation_reference(features, members, neighbours):
+    """The separation of clusters.py's docstring, by loops in float64: the 10th
+    percentile over members of the distance to the nearest non-member, over the median
+    of each member's distance to its `neighbours`-th nearest fellow member."""
+    features = np.asarray(features, np.float64)
+    inside, outside = [], []
+    for i in np.flatnonzero(members):
+        fellows, others = [], []
+        for j in range(len(features)):
+            if j != i:
+                distance = np.sqrt(sum((features[i] - features[j]) ** 2))
+                (fellows if members[j] else others).append(distance)
+        inside.append(sorted(fellows)[neighbours - 1])
+        outside.append(min(others))
+    return np.quantile(outside, 0.1) / np.median(inside)
+
+
+def test_a_rare_group_is_judged_by_its_neighbours_within_half_of_it():
+    """Fifteen images with a cue, spread along one channel: their 10th neighbour is two
+    thirds of the way across the group, their 7th (half of it) is the group's own
+    spread, which puts it over a separation bar that the 10th keeps it under."""
+    rng = np.random.default_rng(0)
+    relevance = cue_images(rng, 500, 0.0)
+    relevance[:15, 3] = 3.0
+    relevance[:15, 4] = np.linspace(-1.0, 1.0, 15)
+    truth = np.arange(500) < 15
+    features = embed_relevance(relevance)[0]
+    strict = {**RULE, "min_separation": 3.5}
+    groups, _, separations, _ = find_groups(features, **strict)
+    assert len(groups) == 1
+    np.testing.assert_array_equal(groups[0], truth)
+    assert separations[0] == pytest.approx(separation_reference(features, truth, 7), rel=1e-9)
+    assert separation_reference(features, truth, 10) < 3.5 <= separations[0]

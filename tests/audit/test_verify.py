@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from sightline.audit.verify import (ablate, ablation_drops, apply_verification, control_region,
-                                    region_pixels, verify_cluster)
+                                    own_regions, own_spot_drops, region_pixels, verify_cluster)
 from tests.references import eager_drops
 
 SIDE = 8
@@ -191,3 +191,30 @@ def test_control_region_matches_a_brute_force_reference(seed):
     expected = [row / height, (row + bottom - top) / height, col / width,
                 (col + right - left) / width]
     assert control_region(mean_map, region) == pytest.approx(expected)
+
+
+def test_each_members_own_spot_is_drawn_in_cells_of_the_layer(corner_model):
+    """A pixel map (saliency's) whose hot pixels are two of the corner's nine: on the
+    pixels, the spot hides the 2x2 box around them and leaves the rest of the corner the
+    model reads; on a 4x4 layer grid (cells of 2x2 pixels) the box widens to the cells
+    it touches, the top-left 4x4 pixels. Drops against the eager reference."""
+    model, compiled = corner_model
+    images = corner_images(6, seed=4)
+    maps = np.full((6, SIDE, SIDE), 0.05)
+    maps[:, 1, 1], maps[:, 2, 2] = 1.0, 0.6
+    pixels, _ = own_regions(maps)
+    assert pixels == [[1 / 8, 3 / 8, 1 / 8, 3 / 8]] * 6
+    hot, control = own_regions(maps, grid=(4, 4))
+    # The control: on the map averaged to the cells (0.29 and 0.19 on the diagonal, 0.05
+    # elsewhere), the same-size box apart from the spot, low, and farthest from it.
+    assert hot == [[0.0, 0.5, 0.0, 0.5]] * 6
+    assert control == [[0.5, 1.0, 0.5, 1.0]] * 6
+    numbers = own_spot_drops(compiled, images, 0, hot, control, batch_size=4)
+    assert numbers["mean_drop"] == pytest.approx(eager_drops(model, images, hot[0], 0)[0],
+                                                 abs=1e-5)
+    assert numbers["control_drop"] == pytest.approx(
+        eager_drops(model, images, control[0], 0)[0], abs=1e-5)
+    on_pixels = own_spot_drops(compiled, images, 0, pixels, own_regions(maps)[1])
+    assert numbers["mean_drop"] > on_pixels["mean_drop"] + 0.1
+    # A map already at the layer's grid (Grad-CAM's) is taken as it is.
+    assert own_regions(maps, grid=(SIDE, SIDE)) == own_regions(maps)
