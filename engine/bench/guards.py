@@ -18,6 +18,17 @@ GUARD_RELATIVE_ATOL = 2e-3
 # O(1). Measured: 1.4e-2 between XLA and graph mode for SmoothGrad on the Fashion-MNIST
 # CNN at batch 256, while its noise is bit-identical in both (kernels.sample_noise).
 GUARD_RELATIVE_ATOL_AVERAGED = {"smoothgrad": 3e-2, "integrated_gradients": 3e-2}
+# Saliency (one input gradient) is judged at a quantile of each map's pixels, not at its
+# worst pixel. A deep ReLU6 network holds units within float32 rounding of a kink (3 of
+# the 401,408 of MobileNetV2's first convolution on one random image lie within 1e-6 of
+# one): graph mode at batch 16, whose backward kernels round differently from a batch of
+# one, then flips that unit's mask, and the map changes by up to 3e-2 of its range over
+# the unit's receptive field alone (a 7x7 block of pixels: 42 of 50,176 here), while a
+# float64 copy of the model agrees with the batch of one to 2e-6. Measured on the
+# random-weight MobileNetV2: 2 of 4 maps held such a block (0.0295 and 0.0053 at the
+# worst pixel). A wrong class, layer or method moves most pixels by O(1), so 0.5% of
+# pixels left out still catches it.
+GUARD_PIXEL_QUANTILE = {"saliency": 0.995}
 # mixed_bfloat16 against float32: correlation of the raw maps over the batch. Input
 # gradients pass back through every layer in bfloat16 (8-bit significand), so maps
 # built from them keep less than CAM-family maps; measured on the built-in models.
@@ -29,8 +40,9 @@ BF16_MIN_CORRELATION = {"cam": 0.98, "gradcam": 0.95, "gradcam_plus_plus": 0.9,
 BF16_PROBABILITY_ATOL = 2e-2
 
 
-def relative_error(actual, expected):
-    """Largest |actual - expected| relative to each expected map's largest magnitude."""
+def relative_error(actual, expected, quantile=None):
+    """Largest |actual - expected| relative to each expected map's largest magnitude; with
+    `quantile`, each map's error at that quantile of its values, the largest over maps."""
     actual = np.asarray(actual, np.float64)
     expected = np.asarray(expected, np.float64)
     if actual.shape != expected.shape:
@@ -38,7 +50,11 @@ def relative_error(actual, expected):
     axes = tuple(range(1, expected.ndim))
     scale = np.abs(expected).max(axis=axes, keepdims=True)
     scale = np.maximum(scale, max(np.abs(expected).max() * 1e-6, 1e-30))
-    return float(np.abs(actual - expected).__truediv__(scale).max())
+    error = np.abs(actual - expected) / scale
+    if quantile is None or expected.ndim < 2:
+        return float(error.max())
+    per_map = np.quantile(error.reshape(len(error), -1), quantile, axis=1)  # [B]
+    return float(per_map.max())
 
 
 def correlation(actual, expected):
@@ -56,9 +72,12 @@ def guard(method, mode, result, reference, reference_name):
         threshold = BF16_MIN_CORRELATION[method]
         return {"reference": reference_name, "metric": "correlation", "value": round(value, 5),
                 "threshold": threshold, "passed": bool(value >= threshold)}
-    value = relative_error(result, reference)
+    quantile = GUARD_PIXEL_QUANTILE.get(method)
+    value = relative_error(result, reference, quantile)
     threshold = GUARD_RELATIVE_ATOL_AVERAGED.get(method, GUARD_RELATIVE_ATOL)
-    return {"reference": reference_name, "metric": "max relative error",
+    metric = ("max relative error" if quantile is None
+              else f"relative error at the {100 * quantile:g}th percentile of pixels")
+    return {"reference": reference_name, "metric": metric,
             "value": float(f"{value:.3g}"), "threshold": threshold,
             "passed": bool(value <= threshold)}
 
