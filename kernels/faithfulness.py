@@ -12,6 +12,7 @@ its cell's and a step's mask is a comparison: no Python loop over images or step
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 # Curve kinds, in the order the engine stacks them.
@@ -20,7 +21,6 @@ CURVES = ("morf", "lerf", "insertion")
 # ROAD's neighbour weights (Rong et al. 2022): the four direct neighbours weigh 1/6, the
 # four diagonal ones 1/12.
 DIRECT_WEIGHT, DIAGONAL_WEIGHT = 1.0 / 6.0, 1.0 / 12.0
-COARSE_KNOWN = 0.5
 
 
 def cell_maps(heatmaps, grid):
@@ -133,29 +133,31 @@ def _shift(values, axis, step):
         else padded[:, :, :size] if step > 0 else padded[:, :, 1:]
 
 
-def _parity_neighbour_sums(parts):
-    """The ROAD-weighted neighbour sums of each parity class of an image split into its
-    four classes parts = (even row even column, even-odd, odd-even, odd-odd), each
-    [N,h,w,C]: a pixel's direct neighbours lie in the two classes that differ from it in
-    one parity, its diagonal ones in the class that differs in both. Returned as four
-    functions of the current parts, so a Gauss-Seidel sweep reads each class's newest
-    values."""
+# An image is kept as its four parity classes (even row even column, even-odd, odd-even,
+# odd-odd), each a quarter-size image: the 8-neighbour stencil couples only pixels whose
+# row or column parity differs, so a class's direct neighbours lie in the two classes
+# that differ from it in one parity and its diagonal ones in the class that differs in
+# both. Per class: (row step, column step, class a row away, class a column away,
+# diagonal class); the steps say on which side the second neighbour of each pair lies.
+NEIGHBOURS = ((+1, +1, 2, 1, 3), (+1, -1, 3, 0, 2), (-1, +1, 0, 3, 1), (-1, -1, 1, 2, 0))
+FORWARD, BACKWARD = (0, 1, 2, 3), (3, 2, 1, 0)
+COARSEST_SWEEPS = 2
 
-    def pair(x, axis, step):
-        return x + _shift(x, axis, step)
 
-    def for_class(row_step, col_step, row_partner, col_partner, diagonal):
-        # row_partner: the class one row away (same column parity), col_partner: one
-        # column away; row_step/col_step: which side the second neighbour lies on.
-        def sums(parts):
-            direct = pair(parts[col_partner], 2, col_step) + pair(parts[row_partner], 1, row_step)
-            diagonal_sum = pair(pair(parts[diagonal], 2, col_step), 1, row_step)
-            return DIRECT_WEIGHT * direct + DIAGONAL_WEIGHT * diagonal_sum
-        return sums
-
-    # class: (row step, column step, class a row away, class a column away, diagonal class)
-    return (for_class(+1, +1, 2, 1, 3), for_class(+1, -1, 3, 0, 2),
-            for_class(-1, +1, 0, 3, 1), for_class(-1, -1, 1, 2, 0))
+def _neighbour_sum(k, parts, extra=None):
+    """Class k's 8-neighbour sum over DIRECT_WEIGHT (direct neighbours 1, diagonal ones
+    DIAGONAL_WEIGHT / DIRECT_WEIGHT = 1/2), plus `extra`; parts[j] None counts as zero
+    (a sweep from zero, or a residual that only some classes feed). None when no term
+    is left."""
+    row_step, col_step, row_partner, col_partner, diagonal = NEIGHBOURS[k]
+    terms = [] if extra is None else [extra]
+    for j, axis, step in ((col_partner, 2, col_step), (row_partner, 1, row_step)):
+        if parts[j] is not None:
+            terms += [parts[j], _shift(parts[j], axis, step)]
+    if parts[diagonal] is not None:
+        pair = parts[diagonal] + _shift(parts[diagonal], 2, col_step)
+        terms.append((DIAGONAL_WEIGHT / DIRECT_WEIGHT) * (pair + _shift(pair, 1, row_step)))
+    return tf.add_n(terms) if terms else None
 
 
 def _split_parities(values):
@@ -173,95 +175,177 @@ def _merge_parities(parts):
     return tf.reshape(merged, [-1, 2 * half_height, 2 * half_width, channels])
 
 
-def _solve_level(values, hidden, iterations):
-    """Successive over-relaxation of the imputation system on one level: values[N,H,W,C]
-    hold the known pixels and a first guess elsewhere; hidden[N,H,W,1] in {0,1}.
+class _Level:
+    """One grid of the multigrid hierarchy, built once per call (not per sweep): the
+    parity classes of its unknowns hidden[k] [N,h,w,1] (the padding of an odd side is
+    neither unknown nor a neighbour), each pixel's in-image neighbour weight (the
+    operator's diagonal, a function of the shape only) and the unknowns' inverse of it."""
 
-    The 8-neighbour stencil couples only pixels whose row or column parity differs, so
-    the four parity classes are updated one after another, each all at once: a
-    Gauss-Seidel sweep in a fixed order, vectorised. Each class is kept as its own
-    quarter-size image, so an update computes its stencil on a quarter of the pixels
-    (from shifted slices, not a convolution). An odd side is padded with pixels that
-    are neither hidden nor counted as neighbours. omega is the optimum for the model
-    problem on the longer side (2 / (1 + sin(pi / n)))."""
-    height, width = (int(v) for v in values.shape[1:3])
-    pad = [[0, 0], [0, height % 2], [0, width % 2], [0, 0]]
-    values = tf.pad(values, pad)
-    hidden_parts = _split_parities(tf.pad(hidden, pad))
-    exists = _split_parities(tf.pad(tf.ones([1, height, width, 1], tf.float32), pad))
-    sums = _parity_neighbour_sums(exists)
-    inverse_totals = [tf.math.divide_no_nan(1.0, sum_of(exists)) for sum_of in sums]
-    side = max(height, width, 2)
-    omega = 2.0 / (1.0 + math.sin(math.pi / side))
-    relax = [omega * part for part in hidden_parts]
+    def __init__(self, hidden):
+        self.height, self.width = (int(v) for v in hidden.shape[1:3])
+        self.hidden = self.split(hidden)
+        # The diagonal depends on the shape alone: NumPy at trace time, a constant.
+        exists = np.zeros((1, self.height + self.height % 2, self.width + self.width % 2, 1),
+                          np.float32)
+        exists[:, :self.height, :self.width] = 1.0
+        self.exists = [tf.constant(part) for part in _split_parities(exists)]
+        self.diagonal = [DIRECT_WEIGHT * _neighbour_sum(k, self.exists) for k in range(4)]
+        # x_k = inverse[k] * (right / DIRECT_WEIGHT + neighbour sum): 0 where known.
+        self.inverse = [h * tf.math.divide_no_nan(DIRECT_WEIGHT, d)
+                        for h, d in zip(self.hidden, self.diagonal)]
+        self.direct_hidden = [DIRECT_WEIGHT * h for h in self.hidden]
 
-    def sweep(parts):
+    def split(self, values):
+        pad = [[0, 0], [0, self.height % 2], [0, self.width % 2], [0, 0]]
+        return list(_split_parities(tf.pad(values, pad)))
+
+    def merge(self, parts):
+        return _merge_parities(parts)[:, :self.height, :self.width]
+
+    def apply(self, parts):
+        """A e for e on the unknowns (0 elsewhere): A = D - W, W the neighbour weights
+        between unknowns, D each unknown's total neighbour weight."""
+        return [d * e - w * _neighbour_sum(k, parts)
+                for k, (d, e, w) in enumerate(zip(self.diagonal, parts, self.direct_hidden))]
+
+    def residual(self, parts):
+        """b - A x on the unknowns of a whole image x (known pixels in place): every
+        unknown's weighted neighbour sum minus its total weight times its value."""
+        return [w * _neighbour_sum(k, parts) - h * d * x for k, (h, d, x, w) in
+                enumerate(zip(self.hidden, self.diagonal, parts, self.direct_hidden))]
+
+    def sweep(self, parts, scaled_right, order):
+        """One Gauss-Seidel sweep of A e = right (given as right / DIRECT_WEIGHT), the
+        classes in `order`, each all at once (no pixel neighbours its own class), each
+        reading the newest values of the others."""
         parts = list(parts)
-        for k in range(4):
-            parts[k] = parts[k] + relax[k] * (sums[k](parts) * inverse_totals[k] - parts[k])
-        return tuple(parts)
+        for k in order:
+            parts[k] = self.inverse[k] * _neighbour_sum(k, parts, scaled_right[k])
+        return parts
 
-    parts = tf.while_loop(lambda i, p: i < iterations, lambda i, p: (i + 1, sweep(p)),
-                          (0, _split_parities(values)))[1]
-    return _merge_parities(parts)[:, :height, :width]
-
-
-def _halve(values):
-    """values[N,H,W,C] -> [N,ceil(H/2),ceil(W/2),C]: the mean of each 2x2 block, an odd
-    side padded with zeros (a reshape and a sum, which XLA compiles, unlike an area
-    resize)."""
-    height, width, channels = (int(v) for v in values.shape[1:])
-    padded = tf.pad(values, [[0, 0], [0, height % 2], [0, width % 2], [0, 0]])
-    half_height, half_width = (height + 1) // 2, (width + 1) // 2
-    blocks = tf.reshape(padded, [-1, half_height, 2, half_width, 2, channels])  # [N,h,2,w,2,C]
-    return tf.reduce_mean(blocks, axis=(2, 4))
+    def coarser_hidden(self):
+        """[N,h,w,1] on the grid of 2x2 blocks: unknown when all of a block's pixels are
+        (the padding does not count), so every coarse system keeps a known pixel when
+        the fine one has one."""
+        blocks = [h + (1.0 - e) for h, e in zip(self.hidden, self.exists)]
+        return blocks[0] * blocks[1] * blocks[2] * blocks[3]
 
 
-def road_impute(images, hidden, iterations=16, coarsest=4):
+def _spread(values, axis, sign):
+    """Each value plus a third of its neighbour on the `sign` side (0 past the edge):
+    bilinear weights 3/4 and 1/4 without their common 3/4."""
+    return values + (1.0 / 3.0) * _shift(values, axis, sign)
+
+
+def _sum(values):
+    values = [v for v in values if v is not None]
+    return tf.add_n(values) if values else None
+
+
+# The transfers' common factor, (3/4)^2, applied once on the coarse grid.
+TRANSFER_SCALE = 0.5625
+
+
+def _prolong(coarse):
+    """coarse [N,h,w,C] -> four parity classes [N,h,w,C] of the grid twice as fine:
+    bilinear interpolation between block centres (zero past the image's edge)."""
+    coarse = TRANSFER_SCALE * coarse
+    even_rows, odd_rows = _spread(coarse, 1, +1), _spread(coarse, 1, -1)
+    return [_spread(even_rows, 2, +1), _spread(even_rows, 2, -1),
+            _spread(odd_rows, 2, +1), _spread(odd_rows, 2, -1)]
+
+
+def _restrict(parts):
+    """The transpose of _prolong: fine parity classes (None = zero) -> [N,h,w,C], so
+    the V-cycle stays symmetric, as conjugate gradients needs."""
+    def spread(part, axis, sign):
+        return None if part is None else _spread(part, axis, sign)
+    even_rows = _sum([spread(parts[0], 2, -1), spread(parts[1], 2, +1)])
+    odd_rows = _sum([spread(parts[2], 2, -1), spread(parts[3], 2, +1)])
+    return TRANSFER_SCALE * _sum([spread(even_rows, 1, -1), spread(odd_rows, 1, +1)])
+
+
+def _v_cycle(levels, right):
+    """An approximate solve of A e = right on levels[0]: a forward sweep, the correction
+    of its residual from the next coarser grid (the same stencil there; the transfers,
+    each twice the other's transpose, scale it as a Galerkin product would), a backward
+    sweep; symmetric Gauss-Seidel sweeps on the coarsest grid. Symmetric and positive
+    definite, so it can precondition conjugate gradients."""
+    level = levels[0]
+    scaled = [r / DIRECT_WEIGHT for r in right]
+    solution = level.sweep([None] * 4, scaled, FORWARD)
+    if len(levels) == 1:
+        solution = level.sweep(solution, scaled, BACKWARD)
+        for _ in range(COARSEST_SWEEPS - 1):
+            solution = level.sweep(level.sweep(solution, scaled, FORWARD), scaled, BACKWARD)
+        return solution
+    # After a forward sweep from zero, class k's equation has seen the classes before
+    # it; its residual is the pull of those updated after it (class 3's is zero).
+    residual = [None if k == 3 else w * _neighbour_sum(
+        k, [solution[j] if j > k else None for j in range(4)])
+        for k, w in enumerate(level.direct_hidden)]
+    coarse = levels[1]
+    coarse_right = [h * r for h, r in zip(coarse.hidden, coarse.split(_restrict(residual)))]
+    correction = _prolong(coarse.merge(_v_cycle(levels[1:], coarse_right)))
+    solution = [s + h * c for s, h, c in zip(solution, level.hidden, correction)]
+    return level.sweep(solution, scaled, BACKWARD)
+
+
+def _dot(first, second):
+    """Per image and channel: [N,1,1,C]."""
+    return tf.add_n([tf.reduce_sum(a * b, axis=(1, 2), keepdims=True)
+                     for a, b in zip(first, second)])
+
+
+def road_impute(images, hidden, iterations=3, coarsest=4):
     """ROAD's linear imputation (Rong et al. 2022), without its noise.
 
     images[N,H,W,C], hidden[N,H,W] (1 = to impute) -> [N,H,W,C]: known pixels as they
     were; every hidden pixel the weighted mean of its in-image 8 neighbours (direct 1/6,
-    diagonal 1/12), the sparse linear system ROAD solves, here by `iterations`
-    over-relaxed Gauss-Seidel sweeps (four 3x3 stencils each) on a cascade of grids:
-    the problem is first solved on a grid half as fine (known values averaged by area),
-    which gives the smooth part of the answer, and its solution, upsampled, starts the
-    iterations on this one. An
-    image with no known pixel becomes its mean colour (the system has no solution
-    there); at 16 sweeps per level the answer is within 0.01 of the exact one on 32 px
-    images (0.0003 at 16 px) where it is defined.
+    diagonal 1/12), the sparse linear system ROAD solves. The system is symmetric
+    positive definite (a weighted graph Laplacian with the known pixels as its
+    boundary), so it is solved by `iterations` steps of conjugate gradients from the
+    known pixels' mean colour, each preconditioned by one multigrid V-cycle
+    (Gauss-Seidel sweeps over the four parity classes, on grids halved down to
+    `coarsest` pixels a side, bilinear transfers). A fixed count, so an image's answer
+    never depends on its batch. On images of uniform noise (the hardest case: boundary
+    values that jump from pixel to pixel) at 28 px, the largest error was 0.05, 0.016
+    and 0.004 after 2, 3 and 4 steps (the former 16 sweeps per level of a
+    coarse-to-fine cascade: 0.05); 12 steps reach float32 rounding. An image with no
+    known pixel becomes its mean colour (the system has no solution there).
     """
     images = tf.cast(images, tf.float32)
     hidden = tf.cast(hidden, tf.float32)[..., None]  # [N,H,W,1]
     known = 1.0 - hidden
-    height, width = (int(v) for v in images.shape[1:3])
     known_count = tf.reduce_sum(known, axis=(1, 2), keepdims=True)  # [N,1,1,1]
     mean = tf.where(known_count > 0,
                     tf.math.divide_no_nan(tf.reduce_sum(images * known, axis=(1, 2),
                                                         keepdims=True), known_count),
                     tf.reduce_mean(images, axis=(1, 2), keepdims=True))  # [N,1,1,C]
-    if min(height, width) > coarsest:
-        weight = _halve(known)  # [N,h,w,1]
-        coarse_values = tf.math.divide_no_nan(_halve(images * known), weight)
-        # A coarse pixel is known when at least half of what it covers is (the mean of
-        # those); counting any known pixel gave a worse start on 16-64 px images.
-        coarse_hidden = tf.cast(weight < COARSE_KNOWN, tf.float32)[..., 0]
-        coarse_values = coarse_values * (1.0 - coarse_hidden[..., None]) \
-            + mean * coarse_hidden[..., None]
-        coarse = road_impute(coarse_values, coarse_hidden, iterations, coarsest)
-        guess = tf.image.resize(coarse, (height, width), method="bilinear")
-    else:
-        guess = tf.broadcast_to(mean, tf.shape(images))
-    values = images * known + guess * hidden
-    return _solve_level(values, hidden, iterations)
+    levels = [_Level(hidden)]
+    while min(levels[-1].height, levels[-1].width) > coarsest:
+        levels.append(_Level(levels[-1].coarser_hidden()))
+    level = levels[0]
+    solution = level.split(images * known + mean * hidden)
 
+    def step(solution, residual, direction, product):
+        # The first step starts from direction 0 (any product): the preconditioned
+        # residual itself. One V-cycle and one product with A a step, traced once.
+        preconditioned = _v_cycle(levels, residual)
+        new_product = _dot(residual, preconditioned)
+        beta = tf.math.divide_no_nan(new_product, product)
+        direction = [z + beta * p for z, p in zip(preconditioned, direction)]
+        applied = level.apply(direction)
+        alpha = tf.math.divide_no_nan(new_product, _dot(direction, applied))
+        solution = [x + alpha * p for x, p in zip(solution, direction)]
+        residual = [r - alpha * q for r, q in zip(residual, applied)]
+        return solution, residual, direction, new_product
 
-def road_noise(shape, seeds, scale):
-    """Gaussian noise [N,H,W,C] of std `scale` [N] per row, a function of seeds int32
-    [N,2] only (stateless), for ROAD's noisy imputation."""
-    noise = tf.map_fn(lambda seed: tf.random.stateless_normal(shape[1:], seed),
-                      seeds, fn_output_signature=tf.float32)
-    return noise * scale[:, None, None, None]
+    start = (solution, level.residual(solution), [tf.zeros_like(x) for x in solution],
+             tf.ones_like(mean))
+    _, solution, *_ = tf.while_loop(lambda i, *_: i < iterations,
+                                    lambda i, *state: (i + 1, *step(*state)), (0, *start))
+    return tf.where(known_count > 0, level.merge(solution), mean + 0.0 * images)
 
 
 def trapezoid_auc(fractions, scores):

@@ -10,6 +10,7 @@ copies by the memory budget (sightline.compute.step.copies_per_call).
 """
 
 import dataclasses
+import functools
 import types
 
 import numpy as np
@@ -19,6 +20,7 @@ from sightline.compute.step import copies_per_call
 from sightline.data.pipeline import preprocess
 from sightline.errors import UsageError
 from sightline.kernels import faithfulness as F
+from sightline.kernels.gradient_maps import sample_noise
 
 FILLS = ("mean", "blur", "road")
 # Offsets that keep the stateless streams apart: the tie jitter, the random control, the
@@ -32,13 +34,13 @@ ROAD_NOISE = 0.01
 @dataclasses.dataclass(frozen=True)
 class CurveSettings:
     """What one evaluation computes: steps S, the deletion fill, the cell grid, the tie
-    seed, ROAD's sweeps per level, the memory one call may hold."""
+    seed, ROAD's conjugate-gradient steps, the memory one call may hold."""
 
     steps: int = 20
     fill: str = "mean"
     grid: tuple = (8, 8)
     seed: int = 0
-    road_iterations: int = 16
+    road_iterations: int = 3
     memory_budget_mb: int = 1024
 
 
@@ -107,6 +109,27 @@ def build_curves(adapter, image_shape, batch_size, settings, preprocessing="none
     black = tf.reshape(preprocess(tf.zeros([1, 1, 1, channels], tf.float32), preprocessing),
                        [channels])
     points = steps + 1
+    counts = tf.get_static_value(F.step_counts(num_cells, steps))  # [S+1], NumPy
+
+    def road_fill(images, pixel_rank, mean, noise, kinds, counts, slots, everything):
+        """The call's rows imputed, each distinct mask once (kinds, counts [u]; slots [r]:
+        each row's mask; everything [r]: the rows that hide every cell, whose imputation
+        is the mean colour), plus the noise -> [B,r,H,W,C]."""
+        distinct = int(kinds.shape[0])
+
+        def impute():
+            hidden = F.hidden_masks(pixel_rank, kinds, counts, num_cells)  # [B,u,H,W]
+            imputed = F.road_impute(tf.repeat(images, distinct, axis=0),
+                                    tf.reshape(hidden, [batch_size * distinct, height, width]),
+                                    settings.road_iterations)
+            return tf.reshape(imputed, [batch_size, distinct, height, width, channels])
+
+        # A call whose rows hide nothing or everything solves nothing.
+        imputed = tf.cond(tf.reduce_any(counts > 0), impute,
+                          lambda: tf.zeros([batch_size, distinct, height, width, channels]))
+        rows = tf.gather(imputed, slots, axis=1)  # [B,r,H,W,C]
+        return tf.where(everything[None, :, None, None, None], mean[:, None], rows) \
+            + noise[:, None]
     # Deletion rows (MoRF then LeRF) and insertion rows run as two loops: only the
     # deletions need the fill (ROAD's imputation is the costly one).
     deletion_per_call = rows_per_call(adapter, batch_size, 2 * points, settings.memory_budget_mb,
@@ -124,24 +147,28 @@ def build_curves(adapter, image_shape, batch_size, settings, preprocessing="none
         return (tf.reshape(tf.gather(probabilities, chosen, batch_dims=1), [batch_size, rows]),
                 tf.reshape(tf.gather(logits, chosen, batch_dims=1), [batch_size, rows]))
 
-    def run_rows(kinds, counts, per_call, images, pixel_rank, targets, fill_of):
-        """Every row (kind, count) through the model, per_call rows per image a call."""
-        total = int(kinds.shape[0])
+    def run_rows(kinds, counts, per_call, images, pixel_rank, targets, fill_of, plan_of=None):
+        """Every row (kind, count) through the model, per_call rows per image a call.
+        plan_of(kinds[calls,r], counts[calls,r]) -> per-call NumPy arrays that
+        fill_of(hidden, *plan) receives with the call's masks."""
+        total = len(kinds)
         calls = -(-total // per_call)
         padding = calls * per_call - total
-        kinds = tf.reshape(tf.pad(kinds, [[0, padding]]), [calls, per_call])
-        counts = tf.reshape(tf.pad(counts, [[0, padding]]), [calls, per_call])
+        kinds = np.pad(kinds, [[0, padding]]).reshape(calls, per_call)
+        counts = np.pad(counts, [[0, padding]]).reshape(calls, per_call)
+        plan = tuple(plan_of(kinds, counts)) if plan_of else ()
 
         def one_call(inputs):
-            call_kinds, call_counts = inputs
+            call_kinds, call_counts, *call_plan = inputs
             hidden = F.hidden_masks(pixel_rank, call_kinds, call_counts, num_cells)  # [B,r,H,W]
-            fill = fill_of(hidden)  # [B,r,H,W,C] or broadcastable
+            fill = fill_of(hidden, *call_plan)  # [B,r,H,W,C] or broadcastable
             weight = hidden[..., None]
             perturbed = images[:, None] * (1.0 - weight) + fill * weight  # [B,r,H,W,C]
             probabilities, logits = target_scores(perturbed, targets, per_call)
             return probabilities, logits, tf.reduce_mean(hidden, axis=(2, 3))
 
-        outputs = tf.map_fn(one_call, (kinds, counts), parallel_iterations=1,
+        outputs = tf.map_fn(one_call, tuple(tf.constant(v) for v in (kinds, counts, *plan)),
+                            parallel_iterations=1,
                             fn_output_signature=(tf.float32, tf.float32, tf.float32))
         # [calls,B,r] -> [B,calls*r] -> the real rows
         return [tf.reshape(tf.transpose(v, [1, 0, 2]), [batch_size, -1])[:, :total]
@@ -152,35 +179,31 @@ def build_curves(adapter, image_shape, batch_size, settings, preprocessing="none
         jitter = F.seeded_uniform(stream_seeds(settings.seed, JITTER_STREAM, sample_index), grid)
         ranks, tie_fraction = F.cell_ranks(cells, jitter)
         pixel_rank = F.pixel_ranks(ranks, grid, (height, width))  # [B,H,W]
-        counts = F.step_counts(num_cells, steps)  # [S+1]
         blurred = F.gaussian_blur(images, sigma)  # [B,H,W,C]
         mean = F.mean_fill(images)  # [B,1,1,C]
         spread = (tf.reduce_max(images, axis=(1, 2, 3)) - tf.reduce_min(images, axis=(1, 2, 3)))
 
-        def deletion_fill(hidden):
+        def deletion_fill(hidden, *plan):
             if settings.fill == "mean":
                 return mean[:, None]
             if settings.fill == "blur":
                 return blurred[:, None]
-            rows = int(hidden.shape[1])
-            flat_hidden = tf.reshape(hidden, [batch_size * rows, height, width])
-            flat_images = tf.repeat(images, rows, axis=0)  # [B*r,H,W,C]
-            imputed = F.road_impute(flat_images, flat_hidden, settings.road_iterations)
-            # Noise per (sample, row): a row's place in the batch never changes it.
-            row_ids = tf.tile(tf.range(rows, dtype=tf.int64)[None], [batch_size, 1])
-            seeds = stream_seeds(settings.seed, NOISE_STREAM,
-                                 tf.reshape(tf.cast(sample_index, tf.int64)[:, None] * 4096
-                                            + row_ids, [-1]))
-            noise = F.road_noise(tf.shape(flat_images), seeds,
-                                 ROAD_NOISE * tf.repeat(spread, rows))
-            imputed = imputed + noise * flat_hidden[..., None]
-            return tf.reshape(imputed, [batch_size, rows, height, width, channels])
+            return road_fill(images, pixel_rank, mean, noise, *plan)
 
-        deletion_kinds = tf.concat([tf.fill([points], F.MORF), tf.fill([points], F.LERF)], 0)
-        deletion_counts = tf.concat([counts, counts], 0)
-        d_prob, d_logit, d_hidden = run_rows(deletion_kinds, deletion_counts, deletion_per_call,
-                                             images, pixel_rank, targets, deletion_fill)
-        i_prob, i_logit, i_hidden = run_rows(tf.fill([points], F.INSERTION), counts,
+        if settings.fill == "road":
+            # One noise image per sample (a function of the seed and the sample index
+            # only), the same at every step: each step's image is still a draw of
+            # ROAD's noisy imputation, and the noise costs one image, not one a row.
+            noise = sample_noise(int(settings.seed) * 8 + NOISE_STREAM, sample_index,
+                                 tf.zeros([1], tf.int32), tf.constant([height, width, channels]))
+            noise = ROAD_NOISE * spread[:, None, None, None] * noise[0]  # [B,H,W,C]
+        deletion_kinds = np.repeat(np.array([F.MORF, F.LERF], np.int32), points)
+        deletion_counts = np.tile(counts, 2)
+        d_prob, d_logit, d_hidden = run_rows(
+            deletion_kinds, deletion_counts, deletion_per_call, images, pixel_rank, targets,
+            deletion_fill, functools.partial(imputation_plan, num_cells=num_cells)
+            if settings.fill == "road" else None)
+        i_prob, i_logit, i_hidden = run_rows(np.full(points, F.INSERTION, np.int32), counts,
                                              insertion_per_call, images, pixel_rank, targets,
                                              lambda hidden: blurred[:, None])
         probabilities = tf.stack([d_prob[:, :points], d_prob[:, points:], i_prob], axis=1)
@@ -199,6 +222,29 @@ def build_curves(adapter, image_shape, batch_size, settings, preprocessing="none
                  tf.TensorSpec([batch_size], tf.int32),
                  tf.TensorSpec([batch_size], tf.int64)]
     return tf.function(curves, input_signature=signature, autograph=False)
+
+
+def imputation_plan(kinds, counts, num_cells):
+    """Which masks each call of deletion rows must impute: kinds, counts [calls,r] ->
+    (kinds, counts [calls,u]: each call's distinct masks that hide some but not all
+    cells, padded with a mask that hides nothing; slots [calls,r]: each row's mask;
+    everything [calls,r]: the rows that hide every cell). Rows repeat a mask when the
+    grid has fewer cells than steps (a 3x3 grid in 20 steps has 8 distinct masks per
+    curve, not 21)."""
+    calls, rows = kinds.shape
+    masks = [sorted({(int(k), int(c)) for k, c in zip(kinds[i], counts[i]) if 0 < c < num_cells})
+             for i in range(calls)]
+    distinct = max(1, max(len(m) for m in masks))
+    plan_kinds = np.full((calls, distinct), F.MORF, np.int32)
+    plan_counts = np.zeros((calls, distinct), np.int32)
+    slots = np.zeros((calls, rows), np.int32)
+    for i, call_masks in enumerate(masks):
+        for j, (kind, count) in enumerate(call_masks):
+            plan_kinds[i, j], plan_counts[i, j] = kind, count
+        for r in range(rows):
+            key = (int(kinds[i, r]), int(counts[i, r]))
+            slots[i, r] = call_masks.index(key) if key in call_masks else 0
+    return plan_kinds, plan_counts, slots, counts >= num_cells
 
 
 def padded(array, size, fill=0):

@@ -8,6 +8,7 @@ import pytest
 import scipy.ndimage
 import tensorflow as tf
 
+from sightline.evaluate import curves as curves_module
 from sightline.evaluate.curves import CurveSettings, build_controls, build_curves, build_prepare
 from sightline.kernels import faithfulness as F
 from sightline.model.adapter import adapt_model
@@ -104,7 +105,7 @@ def test_linear_model_curves_areas_and_one_pass_scores_by_hand(linear):
     assert outputs["logits"].numpy()[0, 0, 0] == pytest.approx(logits[targets[0]], abs=2e-5)
 
 
-def test_numbers_do_not_depend_on_rows_per_call(linear):
+def test_numbers_do_not_depend_on_rows_per_call(linear, monkeypatch):
     rng = np.random.default_rng(9)
     images = rng.uniform(0, 1, (BATCH, SIDE, SIDE, 1)).astype(np.float32)
     heatmaps = rng.uniform(0, 1, (BATCH, *GRID)).astype(np.float32)
@@ -112,11 +113,33 @@ def test_numbers_do_not_depend_on_rows_per_call(linear):
     targets = np.zeros(BATCH, np.int32)
     index = np.arange(BATCH, dtype=np.int64)
     one_call = linear["curves"](images, cells, pixel, targets, index)
+    # A 1 MB budget still fits every row of this small model in one call: force one.
+    monkeypatch.setattr(curves_module, "rows_per_call", lambda *args, **kwargs: 1)
     tight = build_curves(linear["adapter"], (SIDE, SIDE, 1), BATCH,
-                         CurveSettings(steps=STEPS, grid=GRID, memory_budget_mb=1),
-                         on_gpu=True)  # forces few rows per call
+                         CurveSettings(steps=STEPS, grid=GRID))
     many_calls = tight(images, cells, pixel, targets, index)
     for key in ("probabilities", "fractions", "auc", "one_pass"):
+        np.testing.assert_allclose(one_call[key].numpy(), many_calls[key].numpy(), atol=1e-6)
+
+
+def test_road_numbers_do_not_depend_on_rows_per_call(linear, monkeypatch):
+    """All deletion rows in one call impute each distinct mask once (a 2x2 grid in 8
+    steps repeats masks, and its last rows hide every cell); one row a call imputes
+    every row: the same numbers."""
+    rng = np.random.default_rng(10)
+    images = rng.uniform(0, 1, (BATCH, SIDE, SIDE, 1)).astype(np.float32)
+    heatmaps = rng.uniform(0, 1, (BATCH, 2, 2)).astype(np.float32)
+    cells, pixel = build_prepare((2, 2), (SIDE, SIDE))(heatmaps)
+    targets = np.arange(BATCH, dtype=np.int32) % CLASSES
+    index = np.arange(BATCH, dtype=np.int64) + 20
+    settings = dict(steps=8, fill="road", grid=(2, 2), seed=3)
+    one_call = build_curves(linear["adapter"], (SIDE, SIDE, 1), BATCH,
+                            CurveSettings(**settings))(images, cells, pixel, targets, index)
+    # One row a call: no budget this small model fits is that tight.
+    monkeypatch.setattr(curves_module, "rows_per_call", lambda *args, **kwargs: 1)
+    many_calls = build_curves(linear["adapter"], (SIDE, SIDE, 1), BATCH,
+                              CurveSettings(**settings))(images, cells, pixel, targets, index)
+    for key in ("probabilities", "fractions", "auc"):
         np.testing.assert_allclose(one_call[key].numpy(), many_calls[key].numpy(), atol=1e-6)
 
 

@@ -2,11 +2,14 @@
 solver for ROAD's imputation, SciPy's Gaussian filter for the blur, NumPy's lexsort for
 the ranking, NumPy's trapezoid for the areas, and masks counted by hand."""
 
+import inspect
+
 import numpy as np
 import pytest
 import scipy.ndimage
 import scipy.sparse
 import scipy.sparse.linalg
+import tensorflow as tf
 
 from sightline.kernels import faithfulness as F
 
@@ -43,12 +46,37 @@ def test_road_imputation_matches_scipy_sparse_solver(size):
     cells = rng.uniform(size=(3, 4, 4)) < 0.6
     hidden = np.repeat(np.repeat(cells, size // 4, 1), size // 4, 2)
     hidden[:, 0, 0] = False  # every image keeps a known pixel
-    got = F.road_impute(images.astype(np.float32), hidden.astype(np.float32),
-                        iterations=150).numpy()
+    # Conjugate gradients run to convergence: float32 rounding is what is left.
+    got = tf.function(lambda x, h: F.road_impute(x, h, iterations=12), autograph=False)(
+        images.astype(np.float32), hidden.astype(np.float32)).numpy()
     for image, mask, mine in zip(images, hidden, got):
         expected = road_reference(image, mask)
         np.testing.assert_allclose(mine, expected, atol=1e-4)
         np.testing.assert_array_equal(mine[~mask], image[~mask].astype(np.float32))
+
+
+def test_road_imputation_at_its_default_steps_is_within_the_noise_of_the_exact_answer():
+    """The default of 3 steps on the hardest input, uniform noise (whose boundary values
+    jump from pixel to pixel), an odd side and cells of uneven width: within 0.03 of
+    the exact answer (0.023 measured; the former 16 sweeps per level of a coarse-to-fine
+    cascade were 0.065 off here), and every step cuts the error."""
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 1, (4, 29, 29, 2))
+    rows = (np.arange(29) * 3) // 29
+    hidden = []
+    for count in (2, 4, 6, 8):
+        cells = np.zeros(9, bool)
+        cells[rng.permutation(9)[:count]] = True
+        hidden.append(cells.reshape(3, 3)[rows[:, None], rows[None, :]])
+    hidden = np.array(hidden)
+    expected = np.stack([road_reference(image, mask) for image, mask in zip(images, hidden)])
+    images, hidden = images.astype(np.float32), hidden.astype(np.float32)
+    assert inspect.signature(F.road_impute).parameters["iterations"].default == 3
+    steps = tf.function(lambda x, h, n: F.road_impute(x, h, iterations=n), autograph=False)
+    errors = [np.abs(steps(images, hidden, tf.constant(n)).numpy() - expected).max()
+              for n in (1, 2, 3)]
+    assert errors[2] < 0.03, errors
+    assert errors[0] > errors[1] > 2 * errors[2], errors
 
 
 def test_road_imputation_with_nothing_known_keeps_the_mean_colour():
