@@ -322,7 +322,7 @@ class ClassClusters:
         # |s|^2 - 2 x.s [n, m]; the factor -2 is exact in the product.
         rough = (-2.0 * reduced).astype(np.float32) @ sample.T
         rough += sample_squares
-        pool = _smallest(rough, candidates, self._width)  # [n, c]
+        pool = _smallest(rough, candidates)  # [n, c]
         distance, rows = self._closest(features, pool, neighbours)
         if candidates < len(self.indices):
             # Any map outside the pool has a float32 rough value >= the pool's largest, so
@@ -365,12 +365,6 @@ class ClassClusters:
         self._rough = (projection, sample.astype(np.float32),
                        (sample ** 2).sum(axis=1).astype(np.float32))
         return self._rough
-
-    @property
-    def _width(self):
-        """Sample maps per block of _smallest: about sqrt(m / candidates), which makes its
-        two selections (among m / width blocks, among candidates x width maps) small."""
-        return max(2, int(np.sqrt(len(self.indices) / (2 * NEIGHBOURS))))
 
     def _closest(self, features, pool, neighbours):
         """The `neighbours` nearest of the candidate rows pool [n, c], exactly."""
@@ -443,10 +437,13 @@ def _squared_distances(features, sample, pool, weights=None):
     return squared
 
 
-def _smallest(values, count, width):
+def _smallest(values, count):
     """values [n, m] -> columns int [n, count]: the `count` smallest of each row (in no
     order; ties either way), such that every column left out is at least the largest
     chosen, as np.argpartition's, at a fraction of its cost for count << m.
+
+    Blocks of width about sqrt(m / count) keep both selections small (among m / width
+    block minima, among count x width values).
 
     The first width * blocks columns form `blocks` blocks (column j in block j % blocks);
     the rest, fewer than `width`, are always candidates. The `count` blocks of lowest
@@ -455,6 +452,7 @@ def _smallest(values, count, width):
     `count` minima are candidates, so the `count` smallest candidates are no larger. One
     pass over the row for the minima, then two small selections."""
     rows, total = values.shape
+    width = max(2, int(np.sqrt(total / count)))
     blocks = total // width
     if blocks < 2 * count:
         return np.argpartition(values, count - 1, axis=1)[:, :count]
@@ -478,7 +476,7 @@ def _along(values, columns):
 
 def _kth_smallest(values, k):
     """float [n]: the k-th smallest (from 0) of each row of values [n, m]."""
-    chosen = _smallest(values, k + 1, max(2, int(np.sqrt(values.shape[1] / (k + 1)))))
+    chosen = _smallest(values, k + 1)
     return _along(values, chosen).max(axis=1)
 
 

@@ -44,10 +44,15 @@ class CurveSettings:
     memory_budget_mb: int = 1024
 
 
+def stream_key(seed, stream):
+    """One int per (seed, stream): the streams of one seed never share numbers."""
+    return int(seed) * 8 + int(stream)
+
+
 def stream_seeds(seed, stream, sample_index):
     """int64 [B,2] stateless seeds of (seed, stream) and each sample index."""
     index = tf.cast(sample_index, tf.int64)
-    first = tf.fill(tf.shape(index), tf.constant(int(seed) * 8 + int(stream), tf.int64))
+    first = tf.fill(tf.shape(index), tf.constant(stream_key(seed, stream), tf.int64))
     return tf.stack([first, index], axis=-1)
 
 
@@ -194,7 +199,7 @@ def build_curves(adapter, image_shape, batch_size, settings, preprocessing="none
             # One noise image per sample (a function of the seed and the sample index
             # only), the same at every step: each step's image is still a draw of
             # ROAD's noisy imputation, and the noise costs one image, not one a row.
-            noise = sample_noise(int(settings.seed) * 8 + NOISE_STREAM, sample_index,
+            noise = sample_noise(stream_key(settings.seed, NOISE_STREAM), sample_index,
                                  tf.zeros([1], tf.int32), tf.constant([height, width, channels]))
             noise = ROAD_NOISE * spread[:, None, None, None] * noise[0]  # [B,H,W,C]
         deletion_kinds = np.repeat(np.array([F.MORF, F.LERF], np.int32), points)
