@@ -317,8 +317,11 @@ class ClusterAudit:
                                                    **self.verify_thresholds)
             else:
                 maps = np.stack([results.heatmap(self.method, index=i) for i in chosen])
-                shape = getattr(self.adapter, "activation_shape", None)
-                hot, control = own_regions(maps, grid=tuple(shape[:2]) if shape else None)
+                # The layer's grid when the model shows a feature map of known size.
+                shape = self.adapter.activation_shape
+                grid = (tuple(int(v) for v in shape[:2])
+                        if shape and all(isinstance(v, int) for v in shape[:2]) else None)
+                hot, control = own_regions(maps, grid=grid)
                 spot = own_spot_drops(probabilities, images, entry["class"], hot, control,
                                       batch_size=batch_size)
                 if spot is not None:
