@@ -202,15 +202,11 @@ class _Level:
     def merge(self, parts):
         return _merge_parities(parts)[:, :self.height, :self.width]
 
-    def apply(self, parts):
-        """A e for e on the unknowns (0 elsewhere): A = D - W, W the neighbour weights
-        between unknowns, D each unknown's total neighbour weight."""
-        return [d * e - w * _neighbour_sum(k, parts)
-                for k, (d, e, w) in enumerate(zip(self.diagonal, parts, self.direct_hidden))]
-
     def residual(self, parts):
         """b - A x on the unknowns of a whole image x (known pixels in place): every
-        unknown's weighted neighbour sum minus its total weight times its value."""
+        unknown's weighted neighbour sum minus its total weight times its value. For an
+        x that is 0 on the known pixels (b's part) it is -A x: A = D - W, W the neighbour
+        weights between unknowns, D each unknown's total neighbour weight."""
         return [w * _neighbour_sum(k, parts) - h * d * x for k, (h, d, x, w) in
                 enumerate(zip(self.hidden, self.diagonal, parts, self.direct_hidden))]
 
@@ -335,10 +331,11 @@ def road_impute(images, hidden, iterations=3, coarsest=4):
         new_product = _dot(residual, preconditioned)
         beta = tf.math.divide_no_nan(new_product, product)
         direction = [z + beta * p for z, p in zip(preconditioned, direction)]
-        applied = level.apply(direction)
-        alpha = tf.math.divide_no_nan(new_product, _dot(direction, applied))
+        # The direction is 0 on the known pixels, so residual() gives -A p.
+        negated = level.residual(direction)
+        alpha = -tf.math.divide_no_nan(new_product, _dot(direction, negated))
         solution = [x + alpha * p for x, p in zip(solution, direction)]
-        residual = [r - alpha * q for r, q in zip(residual, applied)]
+        residual = [r + alpha * q for r, q in zip(residual, negated)]
         return solution, residual, direction, new_product
 
     start = (solution, level.residual(solution), [tf.zeros_like(x) for x in solution],
