@@ -34,13 +34,14 @@ ROAD_NOISE = 0.01
 @dataclasses.dataclass(frozen=True)
 class CurveSettings:
     """What one evaluation computes: steps S, the deletion fill, the cell grid, the tie
-    seed, ROAD's conjugate-gradient steps, the memory one call may hold."""
+    seed, ROAD's conjugate-gradient steps on the image's own grid, the memory one call
+    may hold."""
 
     steps: int = 20
     fill: str = "mean"
     grid: tuple = (8, 8)
     seed: int = 0
-    road_iterations: int = 3
+    road_iterations: int = 1
     memory_budget_mb: int = 1024
 
 
@@ -116,6 +117,13 @@ def build_curves(adapter, image_shape, batch_size, settings, preprocessing="none
     points = steps + 1
     counts = tf.get_static_value(F.step_counts(num_cells, steps))  # [S+1], NumPy
 
+    # XLA fuses the solver's stencil slices with the arithmetic around them; in graph
+    # mode every one of its elementwise steps is a pass over memory. Measured on two CPU
+    # cores, 16 images of 224x224x3: 82 ms against 187 ms in graph mode.
+    impute_compiled = tf.function(
+        functools.partial(F.road_impute, iterations=settings.road_iterations),
+        jit_compile=True, autograph=False)
+
     def road_fill(images, pixel_rank, mean, noise, kinds, counts, slots, everything):
         """The call's rows imputed, each distinct mask once (kinds, counts [u]; slots [r]:
         each row's mask; everything [r]: the rows that hide every cell, whose imputation
@@ -124,9 +132,8 @@ def build_curves(adapter, image_shape, batch_size, settings, preprocessing="none
 
         def impute():
             hidden = F.hidden_masks(pixel_rank, kinds, counts, num_cells)  # [B,u,H,W]
-            imputed = F.road_impute(tf.repeat(images, distinct, axis=0),
-                                    tf.reshape(hidden, [batch_size * distinct, height, width]),
-                                    settings.road_iterations)
+            imputed = impute_compiled(tf.repeat(images, distinct, axis=0),
+                                      tf.reshape(hidden, [batch_size * distinct, height, width]))
             return tf.reshape(imputed, [batch_size, distinct, height, width, channels])
 
         # A call whose rows hide nothing or everything solves nothing.

@@ -212,3 +212,24 @@ def test_road_noise_and_ties_follow_the_sample_not_its_place_in_the_batch(left_h
                          CurveSettings(steps=8, fill="road", grid=GRID, seed=1))
     moved = other(images, cells, pixel, targets, index)["probabilities"].numpy()
     assert np.abs(moved - first["probabilities"].numpy()).max() > 1e-4
+
+
+def test_road_numbers_do_not_depend_on_the_batch(left_half):
+    """The solver is compiled by XLA for each batch shape: a sample's imputation must not
+    depend on how many images share its call."""
+    images = left_half_images(seed=6)
+    index = np.arange(BATCH, dtype=np.int64) + 30
+    targets = np.zeros(BATCH, np.int32)
+    heatmaps = np.random.default_rng(7).uniform(0, 1, (BATCH, *GRID)).astype(np.float32)
+    cells, pixel = build_prepare(GRID, (SIDE, SIDE))(heatmaps)
+    whole = left_half["road"](images, cells, pixel, targets, index)
+    half = BATCH // 2
+    smaller = build_curves(left_half["adapter"], (SIDE, SIDE, 1), half,
+                           CurveSettings(steps=8, fill="road", grid=GRID, seed=0))
+    for start in (0, half):
+        part = smaller(images[start:start + half], cells[start:start + half],
+                       pixel[start:start + half], targets[start:start + half],
+                       index[start:start + half])
+        for key in ("probabilities", "auc"):
+            np.testing.assert_allclose(part[key].numpy(), whole[key].numpy()[start:start + half],
+                                       atol=1e-6)
