@@ -2,11 +2,11 @@
 Quantus's PixelFlipping, one run.
 
 The peers are not dependencies (see benchmarks/peers.py for the scratch folder); Quantus
-0.6.0's import path needs five light packages besides xplique's:
+0.6.0's import path needs six light packages besides xplique's:
 
     .venv/bin/pip install --no-deps --target .peers xplique quantus \\
         deprecated wrapt tensorflow-probability decorator dm-tree einops \\
-        pandas scikit-image lazy_loader cachetools opencv-python-headless
+        pandas scikit-image lazy_loader cachetools opencv-python-headless tqdm
     PYTHONPATH=.peers .venv/bin/python benchmarks/peers_faithfulness.py --json out.json
 
 Where the definitions coincide, both sides compute the same numbers, and that is
