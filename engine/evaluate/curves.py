@@ -6,7 +6,8 @@ math, this module decides what is compiled and how it is chunked).
 Forward passes per image and map: 3 (S + 1) for the curves (S steps, both endpoints)
 plus one for the one-pass scores. Rows (perturbed images) are folded into the batch:
 `rows_per_call` of them per image go into one model call, sized like SmoothGrad's
-copies by the memory budget (sightline.compute.step.copies_per_call).
+copies by the memory budget (sightline.compute.step.copies_per_call), and for `road` by
+what its solver holds as well.
 """
 
 import dataclasses
@@ -29,6 +30,10 @@ JITTER_STREAM, RANDOM_STREAM, NOISE_STREAM = 1, 2, 3
 # ROAD's noise: std a hundredth of each image's value range (Rong et al. add noise of
 # std 0.01 to images in [0, 1]).
 ROAD_NOISE = 0.01
+# Input-sized float32 arrays the compiled ROAD solver holds at its peak per imputed mask:
+# 12 to 16 measured (process peak over the input, 64 and 128 images of 224x224x3, XLA on
+# CPU), on top of what the model call itself needs.
+ROAD_WORKING_COPIES = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +62,17 @@ def stream_seeds(seed, stream, sample_index):
     return tf.stack([first, index], axis=-1)
 
 
-def rows_per_call(adapter, batch_size, total_rows, memory_budget_mb, on_gpu=None):
+def rows_per_call(adapter, batch_size, total_rows, memory_budget_mb, on_gpu=None,
+                  fill_values_per_row=0):
     """Perturbed images per image in one model call, at most `total_rows`, spread evenly
-    over the calls (no call pays for padding rows it does not need)."""
+    over the calls (no call pays for padding rows it does not need). fill_values_per_row:
+    float32 values the fill holds per row while it is computed (ROAD's solver), which the
+    budget must hold too: for a small model on large images it is the bigger share."""
     per_call = copies_per_call(adapter, types.SimpleNamespace(memory_budget_mb=memory_budget_mb),
                                batch_size, gradients=False, on_gpu=on_gpu)
+    if fill_values_per_row:
+        per_call = min(per_call, memory_budget_mb * 2 ** 20
+                       // (4 * int(fill_values_per_row) * int(batch_size)))
     per_call = int(max(1, min(per_call, total_rows)))
     calls = -(-total_rows // per_call)
     return -(-total_rows // calls)
@@ -144,8 +155,9 @@ def build_curves(adapter, image_shape, batch_size, settings, preprocessing="none
             + noise[:, None]
     # Deletion rows (MoRF then LeRF) and insertion rows run as two loops: only the
     # deletions need the fill (ROAD's imputation is the costly one).
-    deletion_per_call = rows_per_call(adapter, batch_size, 2 * points, settings.memory_budget_mb,
-                                      on_gpu)
+    deletion_per_call = rows_per_call(
+        adapter, batch_size, 2 * points, settings.memory_budget_mb, on_gpu,
+        ROAD_WORKING_COPIES * height * width * channels if settings.fill == "road" else 0)
     insertion_per_call = rows_per_call(adapter, batch_size, points, settings.memory_budget_mb,
                                        on_gpu)
 

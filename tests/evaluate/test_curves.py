@@ -233,3 +233,30 @@ def test_road_numbers_do_not_depend_on_the_batch(left_half):
         for key in ("probabilities", "auc"):
             np.testing.assert_allclose(part[key].numpy(), whole[key].numpy()[start:start + half],
                                        atol=1e-6)
+
+
+def test_road_calls_leave_room_in_the_budget_for_the_solver(linear, monkeypatch):
+    """ROAD's solver holds many input-sized arrays per row: with a small model on large
+    images they, not the model, bound the rows a call may take."""
+    budget_mb, total = 64, 42
+    model_only = curves_module.rows_per_call(linear["adapter"], BATCH, total, budget_mb,
+                                             on_gpu=True)
+    fill_values = curves_module.ROAD_WORKING_COPIES * 96 * 96 * 3
+    with_solver = curves_module.rows_per_call(linear["adapter"], BATCH, total, budget_mb,
+                                              on_gpu=True, fill_values_per_row=fill_values)
+    assert model_only == total
+    assert 1 <= with_solver < model_only
+    assert with_solver * BATCH * fill_values * 4 <= budget_mb * 2 ** 20
+    # And build_curves asks for it on the deletion rows of road only.
+    asked = []
+    real = curves_module.rows_per_call
+
+    def recording(*args, **kwargs):
+        asked.append(args[5] if len(args) > 5 else kwargs.get("fill_values_per_row", 0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(curves_module, "rows_per_call", recording)
+    for fill in ("mean", "road"):
+        build_curves(linear["adapter"], (SIDE, SIDE, 1), BATCH,
+                     CurveSettings(steps=STEPS, fill=fill, grid=GRID))
+    assert asked == [0, 0, curves_module.ROAD_WORKING_COPIES * SIDE * SIDE, 0]
