@@ -180,6 +180,12 @@ class _Level:
         self.inverse = hidden * tf.constant(
             (1.0 / np.maximum(diagonal, 1e-12))[None, :, :, None].astype(np.float32))
 
+    def residual(self, values):
+        """b - A x on the unknowns of a whole image x (known pixels in place): each
+        unknown's weighted neighbour sum minus its total weight times its value. For an
+        x that is 0 on the known pixels (b's part) it is -A x."""
+        return self.hidden * (_neighbour_sum(values) - self.diagonal * values)
+
     def _padding(self):
         """Pads each halved odd side by one at its end."""
         padding = [[0, 0], [0, 0], [0, 0], [0, 0]]
@@ -238,13 +244,14 @@ COARSEST_SWEEPS = 4
 
 
 def _v_cycle(levels, residual):
-    """An approximate solve of A e = residual on levels[0], A = D - W on the unknowns
-    (W the neighbour weights, D each pixel's total): a Jacobi step, the correction of its
+    """An approximate solve of A e = residual on levels[0], A = D - W on the unknowns (W
+    the neighbour weights, D each pixel's total): a Jacobi step, the correction of its
     residual from the next coarser grid (the same stencil there: with restriction the
     transpose of bilinear prolongation, the Galerkin product of this stencil is itself
-    when both axes are halved, and near it when one is), the same Jacobi step after. Jacobi damps this stencil's rough errors to a third a
-    step, and D^-1 A has its eigenvalues in (0, 4/3], so the cycle is symmetric positive
-    definite: it can precondition conjugate gradients. Jacobi sweeps on the coarsest."""
+    when both axes are halved, and near it when one is), the same Jacobi step after.
+    Jacobi damps this stencil's rough errors to a third a step, and D^-1 A has its
+    eigenvalues in (0, 4/3], so the cycle is symmetric positive definite: it can
+    precondition conjugate gradients. Jacobi sweeps on the coarsest."""
     level = levels[0]
     solution = level.inverse * residual
     if len(levels) == 1:
@@ -269,14 +276,14 @@ def _conjugate_gradients(levels, start, iterations):
     (known pixels in place), each preconditioned by one V-cycle."""
     level = levels[0]
     solution = start
-    residual = level.hidden * (_neighbour_sum(solution) - level.diagonal * solution)
+    residual = level.residual(solution)
     direction = tf.zeros_like(solution)
     product = tf.ones_like(solution[:, :1, :1])
     for _ in range(iterations):
         preconditioned = _v_cycle(levels, residual)
         new_product = _dot(residual, preconditioned)
         direction = preconditioned + tf.math.divide_no_nan(new_product, product) * direction
-        applied = level.diagonal * direction - level.hidden * _neighbour_sum(direction)
+        applied = -level.residual(direction)  # A p: the direction is 0 on known pixels
         alpha = tf.math.divide_no_nan(new_product, _dot(direction, applied))
         solution = solution + alpha * direction
         residual = residual - alpha * applied
