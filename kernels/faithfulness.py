@@ -150,8 +150,8 @@ def _neighbour_sum(values):
 
 class _Level:
     """One grid of the multigrid hierarchy: its unknowns hidden [N,h,w,1], each pixel's
-    in-image neighbour weight (the operator's diagonal, a function of the shape only:
-    NumPy at trace time) and hidden / diagonal (the Jacobi step)."""
+    in-image neighbour weight (the operator's diagonal: the stencil's sum over an image
+    of ones, a function of the shape only) and hidden / diagonal (the Jacobi step)."""
 
     def __init__(self, hidden, coarsest):
         self.height, self.width = (int(v) for v in hidden.shape[1:3])
@@ -164,21 +164,10 @@ class _Level:
         self.halved = tuple(axis for axis, side in ((1, self.height), (2, self.width))
                             if side > coarsest)
         self.coarsest = coarsest
-        rows = np.full(self.height, 2.0)
-        rows[[0, -1]] = 1.0
-        cols = np.full(self.width, 2.0)
-        cols[[0, -1]] = 1.0
-        # Direct neighbours present along each axis, times each other for the diagonals.
-        row_count, col_count = rows[:, None] + 0 * cols[None], cols[None] + 0 * rows[:, None]
-        if self.height == 1:
-            row_count = row_count * 0
-        if self.width == 1:
-            col_count = col_count * 0
-        diagonal = (DIRECT_WEIGHT * (row_count + col_count)
-                    + DIAGONAL_WEIGHT * row_count * col_count)
-        self.diagonal = tf.constant(diagonal[None, :, :, None].astype(np.float32))
-        self.inverse = hidden * tf.constant(
-            (1.0 / np.maximum(diagonal, 1e-12))[None, :, :, None].astype(np.float32))
+        self.diagonal = _neighbour_sum(tf.ones([1, self.height, self.width, 1]))
+        # Only a 1x1 image has a pixel with no neighbour: never updated, and with no
+        # known pixel road_impute gives it the mean colour.
+        self.inverse = tf.math.divide_no_nan(hidden, self.diagonal)
 
     def residual(self, values):
         """b - A x on the unknowns of a whole image x (known pixels in place): each
@@ -193,20 +182,16 @@ class _Level:
             padding[axis][1] = int(self.hidden.shape[axis]) % 2
         return padding
 
-    def coarser_hidden(self):
-        """[N,h',w',1] (the halved sides halved): a block is unknown when all its pixels
-        are (the padding of an odd side counts as unknown), so a coarse system keeps a
-        known pixel when the fine one has one."""
-        padded = tf.pad(self.hidden, self._padding(), constant_values=1.0)
-        window = [2 if axis in self.halved else 1 for axis in (1, 2)]
-        return -tf.nn.max_pool2d(-padded, window, window, "VALID")
-
-    def coarser(self):
-        return _Level(self.coarser_hidden(), self.coarsest)
+    def coarser(self, known_pixels):
+        """The next coarser grid, given known_pixels [N,h',w',1], the block sums of the
+        known pixels: a block is unknown when none of its pixels is known (the padding
+        of an odd side counts as unknown), so a coarse system keeps a known pixel when
+        the fine one has one."""
+        return _Level(tf.cast(known_pixels == 0.0, tf.float32), self.coarsest)
 
     def block_sum(self, values):
-        """values[N,h,w,C] -> [N,h',w',C]: sums over the blocks coarser_hidden pools (odd
-        sides padded with zeros)."""
+        """values[N,h,w,C] -> [N,h',w',C]: sums over the 2x2 blocks (2x1 or 1x2 when one
+        axis is halved; odd sides padded with zeros)."""
         values = tf.pad(values, self._padding())
         shape = [int(v) for v in values.shape]
         split = [shape[0]]
@@ -327,10 +312,10 @@ def road_impute(images, hidden, iterations=1, coarse_iterations=3, coarsest=4):
     values = [images * known]  # each grid's known pixels, 0 on its unknowns
     while levels[-1].halved:
         level = levels[-1]
-        levels.append(level.coarser())
         known_pixels = level.block_sum(1.0 - level.hidden)
-        values.append((1.0 - levels[-1].hidden)
-                      * tf.math.divide_no_nan(level.block_sum(values[-1]), known_pixels))
+        levels.append(level.coarser(known_pixels))
+        # Block means of the known pixels; 0 on the blocks with none (the new unknowns).
+        values.append(tf.math.divide_no_nan(level.block_sum(values[-1]), known_pixels))
     solution = None
     for depth in range(len(levels) - 1, -1, -1):
         level = levels[depth]

@@ -77,7 +77,7 @@ def test_road_imputation_matches_scipy_sparse_solver(shape):
         np.testing.assert_array_equal(mine[~mask], image[~mask].astype(np.float32))
 
 
-def default_errors(images, hidden, **steps):
+def errors_against_scipy(images, hidden, **steps):
     """Largest and mean error on the hidden pixels against the exact solve."""
     expected = np.stack([road_reference(image, mask) for image, mask in zip(images, hidden)])
     got = F.road_impute(images.astype(np.float32), hidden.astype(np.float32), **steps).numpy()
@@ -92,7 +92,7 @@ def test_road_imputation_at_its_defaults_on_photograph_like_images_at_224_pixels
     rng = np.random.default_rng(4)
     images = smooth_images(rng, 2, (224, 224), 3)
     hidden = cell_masks(rng, (224, 224), 7, (12, 40))
-    largest, mean = default_errors(images, hidden)
+    largest, mean = errors_against_scipy(images, hidden)
     assert largest < 0.03 and mean < 0.01, (largest, mean)
 
 
@@ -103,7 +103,7 @@ def test_road_imputation_coarsens_a_strip_along_its_length():
     rng = np.random.default_rng(0)
     images = smooth_images(rng, 3, (100, 3), 3)
     hidden = cell_masks(rng, (100, 3), 3, (2, 4, 7))
-    largest, _ = default_errors(images, hidden)
+    largest, _ = errors_against_scipy(images, hidden)
     assert largest < 0.05, largest
 
 
@@ -116,7 +116,7 @@ def test_road_imputation_on_uniform_noise_and_what_each_fine_step_buys():
     images = rng.uniform(0, 1, (4, 29, 29, 2))
     hidden = cell_masks(rng, (29, 29), 3, (2, 4, 6, 8))
     assert inspect.signature(F.road_impute).parameters["iterations"].default == 1
-    errors = [default_errors(images, hidden, iterations=n) for n in (0, 1, 2, 3)]
+    errors = [errors_against_scipy(images, hidden, iterations=n) for n in (0, 1, 2, 3)]
     largest = [e[0] for e in errors]
     assert largest[1] < 0.08 and errors[1][1] < 0.02, errors
     assert largest[0] > 2 * largest[1] and largest[1] > largest[2] > largest[3], errors
