@@ -294,11 +294,11 @@ def road_impute(images, hidden, iterations=1, coarse_iterations=3, coarsest=4):
     colour: up to 0.085, they never saw the far known pixels); on uniform noise, the hardest
     case, whose rough boundary only the image's own grid sees, 0.06 at one fine step (mean
     0.014), 0.044 at two, 0.019 at three (29 px); 12 steps on every grid reach float32
-    rounding. Cost on 16 images of 224x224x3 under XLA: 72 ms (63 ms with 2 coarse steps,
-    which doubled the error on smooth images; 45 to 51 ms with no fine step, 0.26 off on
-    noise; Jacobi sweeps on the image's grid in its place, 2.5 ms each, were still 0.12 off
-    after 10). An image with no known pixel becomes its mean colour (the system has no
-    solution there).
+    rounding. Cost on 16 images of 224x224x3 under XLA, median of alternated calls: 73.8 ms
+    (65.1 ms with 2 coarse steps, which doubled the error on smooth images); in single runs
+    44.7 to 51.3 ms with no fine step, 0.26 to 0.30 off on noise, and 58.2 ms with 6 Jacobi
+    sweeps on the image's grid in its place, still 0.12 off after 10. An image with no known
+    pixel becomes its mean colour (the system has no solution there).
     """
     images = tf.cast(images, tf.float32)
     hidden = tf.cast(hidden, tf.float32)[..., None]  # [N,H,W,1]
